@@ -1,0 +1,143 @@
+#!lua name=streamhub
+--[[
+  streamhub's Redis Function library. Loaded with FUNCTION LOAD REPLACE by every
+  streamhub node at start and again whenever a call answers "Function not found".
+
+  The library is assembled from lua/*.lua: this prelude (shared helpers) followed by
+  one file per atomic operation, each registering one function. A function whose
+  meaning changes gets a new name (…_v2); the old name stays until a major release.
+
+  The placeholders {{…}} are filled in from the node's configuration when the library
+  is loaded; every node of one deployment must use the same values.
+
+  Every key a function touches arrives through KEYS, and all of a topic's keys share
+  the hash tag {topic}, so each call touches exactly one cluster slot.
+]]
+
+local DEFAULT_MAX_LEN = {{retention_max_len}}
+local DEFAULT_IDEM_MS = {{idempotency_window_ms}}
+local MAX_PAYLOAD = {{max_payload_bytes}}
+local MAX_HEADERS = {{max_headers}}
+local MAX_HEADER_BYTES = {{max_header_bytes}}
+
+-- Errors carry a stable code after the "SH" prefix; src/store/error.rs maps them.
+local function fail(code, message)
+  return redis.error_reply('SH ' .. code .. ' ' .. message)
+end
+
+-- ---- MessagePack writer: just the types the envelope uses ----------------------
+local function be(n, bytes)
+  local out = {}
+  for i = bytes, 1, -1 do
+    out[i] = string.char(n % 256)
+    n = math.floor(n / 256)
+  end
+  return table.concat(out)
+end
+
+local function mp_str(s)
+  local n = #s
+  if n < 32 then return string.char(0xa0 + n) .. s end
+  if n < 256 then return '\217' .. string.char(n) .. s end
+  if n < 65536 then return '\218' .. be(n, 2) .. s end
+  return '\219' .. be(n, 4) .. s
+end
+
+local function mp_bin(s)
+  local n = #s
+  if n < 256 then return '\196' .. string.char(n) .. s end
+  if n < 65536 then return '\197' .. be(n, 2) .. s end
+  return '\198' .. be(n, 4) .. s
+end
+
+local function mp_uint(n)
+  if n < 128 then return string.char(n) end
+  if n < 256 then return '\204' .. string.char(n) end
+  if n < 65536 then return '\205' .. be(n, 2) end
+  if n < 4294967296 then return '\206' .. be(n, 4) end
+  return '\207' .. be(n, 8)
+end
+
+local function mp_map_header(n)
+  if n < 16 then return string.char(0x80 + n) end
+  return '\222' .. be(n, 2)
+end
+
+-- ---- topic keys ---------------------------------------------------------------
+-- The tag of a key built by src/keys.rs: "<prefix>:{<topic>}:<suffix>".
+local function topic_of(key, suffix)
+  return string.match(key, '^.-:{([^{}]+)}:' .. suffix .. '$')
+end
+
+local function valid_topic(topic)
+  return topic ~= nil and string.match(topic, '^[%w%._:@=+%-]+$') ~= nil
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), t
+end
+
+-- A UUID v7 minted inside Redis: 48 bits of milliseconds, then random bits.
+local function uuid_v7(ms)
+  local hex = string.format('%012x', ms)
+  local r = {}
+  for i = 1, 5 do r[i] = string.format('%04x', math.random(0, 65535)) end
+  local variant = string.format('%x', 8 + math.random(0, 3))
+  return string.sub(hex, 1, 8) .. '-' .. string.sub(hex, 9, 12) .. '-7' .. string.sub(r[1], 2, 4)
+    .. '-' .. variant .. string.sub(r[2], 2, 4) .. '-' .. r[3] .. r[4] .. r[5]
+end
+
+-- The topic's (epoch, top seq). When the meta hash is missing, a fresh epoch is
+-- chosen and numbering continues after the stream's last id (0 for a new topic),
+-- so an entry id is never reused; nothing is written here (see commit_meta).
+local function load_meta(meta, stream)
+  local m = redis.call('HMGET', meta, 'epoch', 'seq')
+  if m[1] then
+    return m[1], tonumber(m[2]), false
+  end
+  local start = 0
+  if redis.call('EXISTS', stream) == 1 then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        start = tonumber(string.match(info[i + 1], '^(%d+)'))
+      end
+    end
+  end
+  local _, t = now_ms()
+  local epoch = string.sub(redis.sha1hex(t[1] .. '.' .. t[2] .. '.' .. math.random() .. meta), 1, 16)
+  return epoch, start, true
+end
+
+local function commit_meta(meta, epoch, seq, created)
+  if created then
+    local ms = now_ms()
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'created_ms', ms)
+  else
+    redis.call('HSET', meta, 'seq', seq)
+  end
+end
+
+-- Look up an idempotency record: returns epoch, seq, id or nil.
+local function idem_lookup(key)
+  local rec = redis.call('GET', key)
+  if not rec then return nil end
+  local e, s, id = string.match(rec, '^(%S+) (%d+) (%S+)$')
+  return e, tonumber(s), id
+end
+
+-- Append one envelope with entry id <seq>-0, trimming to max_len (approximately:
+-- at least max_len entries stay). Writes happen only after every check passed.
+local function append(stream, seq, envelope, max_len)
+  if max_len > 0 then
+    redis.call('XADD', stream, 'MAXLEN', '~', max_len, seq .. '-0', 'e', envelope)
+  else
+    redis.call('XADD', stream, seq .. '-0', 'e', envelope)
+  end
+end
+
+local function hint(channel, epoch, seq)
+  redis.call('SPUBLISH', channel, epoch .. ' ' .. seq)
+end
+

@@ -1,0 +1,101 @@
+
+--[[ sh_publish_raw_v1 — the documented call for publishing from any Redis client.
+  KEYS[1]  meta hash      <prefix>:{T}:m
+  KEYS[2]  stream         <prefix>:{T}:s
+  KEYS[3]  hint channel   <prefix>:{T}:h
+  KEYS[4]  optional idempotency key <prefix>:{T}:i:<key>
+  ARGV[1]  payload bytes
+  ARGV[2]  optional content type (default application/octet-stream)
+  ARGV[3]  optional TTL in ms (0 or absent = none)
+  ARGV[4…] optional header name/value pairs
+  Returns  epoch, seq, duplicate (0|1), message id — exactly as sh_publish_v1
+  Errors   "SH invalid_keys …", "SH invalid_topic …", "SH payload_too_large …",
+           "SH invalid_header …", "SH too_many_headers …", "SH headers_too_large …",
+           "SH invalid_request …"; nothing is written when one is returned.
+  The envelope is built here (UUID v7 id, Redis TIME as publish time) with the same
+  MessagePack layout streamhub writes, then appended like sh_publish_v1 does.
+]]
+local function publish_raw(keys, args)
+  local meta, stream, channel, idem = keys[1], keys[2], keys[3], keys[4]
+  local topic = topic_of(meta, 'm')
+  if #keys < 3 or #keys > 4 or topic_of(stream, 's') ~= topic or topic_of(channel, 'h') ~= topic
+    or (idem and topic_of(idem, 'i:%S+') ~= topic) then
+    return fail('invalid_keys', 'expected KEYS <p>:{T}:m <p>:{T}:s <p>:{T}:h [<p>:{T}:i:<key>]')
+  end
+  if not valid_topic(topic) then
+    return fail('invalid_topic', 'topic may only hold letters, digits and . _ : @ = + -')
+  end
+  local payload = args[1]
+  if payload == nil then
+    return fail('invalid_request', 'ARGV[1] (payload) is required')
+  end
+  if #payload > MAX_PAYLOAD then
+    return fail('payload_too_large', 'payload is ' .. #payload .. ' bytes, limit ' .. MAX_PAYLOAD)
+  end
+  local ct = args[2]
+  if ct == nil or ct == '' then ct = 'application/octet-stream' end
+  local ttl = tonumber(args[3] or '0')
+  if ttl == nil or ttl < 0 or ttl ~= math.floor(ttl) then
+    return fail('invalid_request', 'ARGV[3] (ttl_ms) must be a non-negative integer')
+  end
+  local nh = #args - 3
+  if nh < 0 then nh = 0 end
+  if nh % 2 == 1 then
+    return fail('invalid_header', 'headers must come as name/value pairs')
+  end
+  nh = nh / 2
+  if nh > MAX_HEADERS then
+    return fail('too_many_headers', nh .. ' headers, limit ' .. MAX_HEADERS)
+  end
+  -- Header names are sorted so the bytes match what streamhub writes (a BTreeMap).
+  local names, values, hbytes = {}, {}, 0
+  for i = 0, nh - 1 do
+    local name, value = args[4 + i * 2], args[5 + i * 2]
+    if name == '' or values[name] then
+      return fail('invalid_header', 'header names must be non-empty and unique')
+    end
+    hbytes = hbytes + #name + #value
+    values[name] = value
+    table.insert(names, name)
+  end
+  if hbytes > MAX_HEADER_BYTES then
+    return fail('headers_too_large', hbytes .. ' header bytes, limit ' .. MAX_HEADER_BYTES)
+  end
+  table.sort(names)
+
+  local epoch, seq, created = load_meta(meta, stream)
+  if idem then
+    local dup_epoch, dup_seq, dup_id = idem_lookup(idem)
+    if dup_epoch then return { dup_epoch, dup_seq, 1, dup_id } end
+  end
+
+  local ms = now_ms()
+  local id = uuid_v7(ms)
+  local fields = 5
+  if ttl > 0 then fields = fields + 1 end
+  if nh > 0 then fields = fields + 1 end
+  local parts = { mp_map_header(fields), mp_str('v'), mp_uint(1), mp_str('id'), mp_str(id),
+    mp_str('ts'), mp_uint(ms) }
+  if ttl > 0 then
+    table.insert(parts, mp_str('ttl')); table.insert(parts, mp_uint(ttl))
+  end
+  table.insert(parts, mp_str('ct')); table.insert(parts, mp_str(ct))
+  if nh > 0 then
+    table.insert(parts, mp_str('h')); table.insert(parts, mp_map_header(nh))
+    for _, name in ipairs(names) do
+      table.insert(parts, mp_str(name)); table.insert(parts, mp_str(values[name]))
+    end
+  end
+  table.insert(parts, mp_str('p')); table.insert(parts, mp_bin(payload))
+
+  seq = seq + 1
+  append(stream, seq, table.concat(parts), DEFAULT_MAX_LEN)
+  if idem then
+    redis.call('SET', idem, epoch .. ' ' .. seq .. ' ' .. id, 'PX', DEFAULT_IDEM_MS)
+  end
+  commit_meta(meta, epoch, seq, created)
+  hint(channel, epoch, seq)
+  return { epoch, seq, 0, id }
+end
+
+redis.register_function('sh_publish_raw_v1', publish_raw)

@@ -1,0 +1,245 @@
+//! The `streamhub` command line: `serve`, `publish`, `history`, `topics`, `check-config`.
+//!
+//! `publish`, `history` and `topics` talk to Redis directly through the store (the same
+//! functions the server calls, so the same guarantees); they are operator tools.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError, Overrides};
+use crate::gateway::protocol::{HistoryResponse, PublishResult, TopicResponse};
+use crate::message::NewMessage;
+use crate::server::Server;
+use crate::store::Store;
+use crate::topic::Topic;
+
+#[derive(Debug, Parser)]
+#[command(name = "streamhub", version, about = "A reliable real-time message broker on Redis Streams")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML) laid over the built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Redis URL (overrides redis.url).
+    #[arg(long, global = true, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// HTTP listen address (overrides server.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Metrics listen address (overrides server.metrics_listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Redis key prefix (overrides redis.prefix).
+    #[arg(long, global = true, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker until SIGTERM or Ctrl-C.
+    Serve,
+    /// Publish one message to a topic and print its (epoch, seq).
+    Publish {
+        topic: String,
+        /// The payload: literal text, @FILE to read a file, or - to read standard input.
+        data: String,
+        /// Content type; default: application/json when the data parses as JSON,
+        /// text/plain when it is UTF-8 text, application/octet-stream otherwise.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// A message header, NAME=VALUE (repeatable).
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// Time to live in milliseconds.
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+        /// Idempotency key: a repeat within idempotency.window_ms is not stored twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Print a topic's messages after a seq, as JSON (the HTTP history shape).
+    History {
+        topic: String,
+        /// Print messages with seq greater than this.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// List topics (with their position).
+    Topics {
+        /// At most this many topics.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Validate the configuration and print it (secrets masked).
+    CheckConfig,
+}
+
+/// Parses the command line, runs the command, and turns its outcome into an exit code:
+/// 0 success, 1 runtime failure, 2 invalid configuration or usage.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        redis_url: cli.global.redis_url.clone(),
+        listen: cli.global.listen,
+        metrics_listen: cli.global.metrics_listen,
+        prefix: cli.global.prefix.clone(),
+    };
+    let config = match Config::load(cli.global.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("streamhub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = cli.command {
+        print!("{}", config.to_masked_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("streamhub: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("streamhub: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn run(command: Command, config: Config) -> CliResult {
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Publish { topic, data, content_type, headers, ttl_ms, idempotency_key } => {
+            let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
+            let payload = read_data(&data)?;
+            let content_type = content_type.unwrap_or_else(|| guess_content_type(&payload).to_string());
+            let headers = parse_headers(&headers)?;
+            let message = NewMessage { payload, content_type, headers, ttl_ms, idempotency_key }.check(&config.limits)?;
+            let store = ready_store(&config).await?;
+            let published = store.publish(&topic, vec![message]).await?;
+            for p in published {
+                println!("{}", serde_json::to_string(&PublishResult::from(p))?);
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::History { topic, since, limit } => {
+            let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
+            let store = ready_store(&config).await?;
+            let page = store.read_since(&topic, since, limit).await?;
+            println!("{}", serde_json::to_string_pretty(&HistoryResponse::new(page, since, None))?);
+            store.close().await;
+            Ok(())
+        }
+        Command::Topics { limit } => {
+            let store = ready_store(&config).await?;
+            for name in store.list_topics(limit).await? {
+                let topic = Topic::parse(&name, usize::MAX)?;
+                let info = store.topic_info(&topic).await?;
+                println!("{}", serde_json::to_string(&TopicResponse::new(name, info))?);
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::CheckConfig => Ok(()),
+    }
+}
+
+async fn ready_store(config: &Config) -> Result<Store, Box<dyn std::error::Error>> {
+    let store = Store::connect(config)?;
+    store.wait_ready(Duration::from_millis(config.redis.connect_timeout_ms.max(config.redis.command_timeout_ms))).await?;
+    Ok(store)
+}
+
+async fn serve(config: Config) -> CliResult {
+    let server = Server::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn read_data(data: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    if data == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        Ok(buf)
+    } else if let Some(path) = data.strip_prefix('@') {
+        std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}").into())
+    } else {
+        Ok(data.as_bytes().to_vec())
+    }
+}
+
+fn guess_content_type(payload: &[u8]) -> &'static str {
+    if serde_json::from_slice::<serde_json::Value>(payload).is_ok() {
+        "application/json"
+    } else if std::str::from_utf8(payload).is_ok() {
+        "text/plain; charset=utf-8"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+fn parse_headers(pairs: &[String]) -> Result<BTreeMap<String, String>, ConfigError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| ConfigError::Parse(format!("--header {pair:?}: expected NAME=VALUE")))
+        })
+        .collect()
+}

@@ -1,0 +1,262 @@
+//! Configuration: the embedded `config/default.toml`, then a file, then
+//! `STREAMHUB__SECTION__KEY` environment variables, then CLI flags; validated once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub redis: RedisConfig,
+    pub retention: RetentionConfig,
+    pub idempotency: IdempotencyConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public HTTP API.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics`, on its own listener so it is never public by accident.
+    pub metrics_listen: SocketAddr,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpawnPolicy {
+    /// Start a private redis-server when nothing answers at a loopback URL.
+    Auto,
+    /// Never start one.
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key; lets deployments and tests share one Redis.
+    pub prefix: String,
+    pub spawn: SpawnPolicy,
+    pub data_dir: PathBuf,
+    pub pool_size: usize,
+    /// Upper bound of every command, so a dead Redis is an error, never a hang.
+    pub command_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub reconnect_min_ms: u32,
+    pub reconnect_max_ms: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Approximate number of messages kept per topic (0 = unbounded).
+    pub max_len: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    pub window_ms: u64,
+}
+
+/// Every size bound of the input, each with a documented outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_topic_bytes: usize,
+    pub max_idempotency_key_bytes: usize,
+    pub max_batch_messages: usize,
+    pub max_history_limit: usize,
+    pub max_topics_listed: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+/// Values given on the command line; they override every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub redis_url: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub prefix: Option<String>,
+}
+
+impl Config {
+    /// Defaults, then `file`, then the process environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, overrides, Env::prefixed("STREAMHUB__").split("__"))
+    }
+
+    fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(env);
+        if let Some(url) = &overrides.redis_url {
+            figment = figment.merge(Serialized::default("redis.url", url));
+        }
+        if let Some(addr) = overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", addr.to_string()));
+        }
+        if let Some(addr) = overrides.metrics_listen {
+            figment = figment.merge(Serialized::default("server.metrics_listen", addr.to_string()));
+        }
+        if let Some(prefix) = &overrides.prefix {
+            figment = figment.merge(Serialized::default("redis.prefix", prefix));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in defaults alone (what tests and embedders start from).
+    pub fn defaults() -> Config {
+        Self::load_with_env(None, &Overrides::default(), Env::prefixed("STREAMHUB_UNUSED_NEVER_SET__"))
+            .expect("the embedded default configuration is valid")
+    }
+
+    /// Checks every value a type cannot express; the first violation is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        let p = &self.redis.prefix;
+        if p.is_empty()
+            || p.len() > 64
+            || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+        {
+            return invalid("redis.prefix", "1 to 64 bytes of letters, digits, '.', '_', '-' or ':'");
+        }
+        if !["redis://", "rediss://", "redis-cluster://", "redis-sentinel://", "redis+unix://"]
+            .iter()
+            .any(|scheme| self.redis.url.starts_with(scheme))
+        {
+            return invalid(
+                "redis.url",
+                "must start with redis://, rediss://, redis-cluster://, redis-sentinel:// or redis+unix://",
+            );
+        }
+        if let Err(e) = fred::types::config::Config::from_url(&self.redis.url) {
+            return invalid("redis.url", &e.to_string());
+        }
+        if self.redis.pool_size == 0 || self.redis.pool_size > 64 {
+            return invalid("redis.pool_size", "must be between 1 and 64");
+        }
+        if self.redis.command_timeout_ms == 0 {
+            return invalid("redis.command_timeout_ms", "must be > 0 (a command must never wait forever)");
+        }
+        if self.redis.connect_timeout_ms == 0 {
+            return invalid("redis.connect_timeout_ms", "must be > 0");
+        }
+        if self.redis.reconnect_min_ms == 0 || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms {
+            return invalid("redis.reconnect_min_ms", "must be > 0 and <= reconnect_max_ms");
+        }
+        if self.idempotency.window_ms == 0 {
+            return invalid("idempotency.window_ms", "must be > 0");
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_payload_bytes", l.max_payload_bytes),
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_header_bytes", l.max_header_bytes),
+            ("limits.max_idempotency_key_bytes", l.max_idempotency_key_bytes),
+            ("limits.max_history_limit", l.max_history_limit),
+            ("limits.max_topics_listed", l.max_topics_listed),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be > 0");
+            }
+        }
+        if l.max_topic_bytes == 0 || l.max_topic_bytes > 1024 {
+            return invalid("limits.max_topic_bytes", "must be between 1 and 1024");
+        }
+        if l.max_batch_messages == 0 || l.max_batch_messages > 10_000 {
+            return invalid("limits.max_batch_messages", "must be between 1 and 10000");
+        }
+        if l.max_body_bytes < l.max_payload_bytes {
+            return invalid("limits.max_body_bytes", "must be >= limits.max_payload_bytes");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", "not a valid tracing filter");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with passwords in URLs masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.redis.url = mask_url_password(&shown.redis.url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    let user = userinfo.split(':').next().unwrap_or("");
+    let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
+    format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.redis.prefix, "sh");
+        assert_eq!(c.limits.max_payload_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(mask_url_password("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(mask_url_password("redis://pw@h:1"), "redis://***@h:1");
+        assert_eq!(mask_url_password("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn rejects_bad_prefix() {
+        let mut c = Config::defaults();
+        c.redis.prefix = "a{b}".into();
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "redis.prefix", .. })));
+    }
+}

@@ -1,0 +1,125 @@
+//! The envelope: a message exactly as stored in a topic's stream entry (field `e`).
+//!
+//! MessagePack map with short string keys, so any language can read a stream directly
+//! (layout in docs/PROTOCOL.md, "Stored envelope"):
+//!
+//! | key   | type           | meaning                                   |
+//! |-------|----------------|-------------------------------------------|
+//! | `v`   | uint           | layout version, 1                         |
+//! | `id`  | str            | message id, UUID v7 text                  |
+//! | `ts`  | uint           | publish time, ms since the Unix epoch     |
+//! | `ttl` | uint, optional | time to live in ms                        |
+//! | `ct`  | str            | content type of the payload               |
+//! | `h`   | map str→str, optional (absent = none) | headers            |
+//! | `p`   | bin            | payload bytes, opaque to the broker       |
+//!
+//! Readers ignore keys they do not know, so later versions can add fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Current layout version (`v`).
+pub const ENVELOPE_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(rename = "v")]
+    pub version: u8,
+    pub id: String,
+    #[serde(rename = "ts")]
+    pub published_ms: u64,
+    #[serde(rename = "ttl", default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    #[serde(rename = "ct")]
+    pub content_type: String,
+    #[serde(rename = "h", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(rename = "p", with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// A stream entry that is not a valid envelope (written by something else, or corrupt).
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable envelope: {0}")]
+pub struct DecodeError(String);
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain strings, integers, a map and bytes into a Vec cannot fail.
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn envelope() -> impl Strategy<Value = Envelope> {
+        (
+            any::<u8>(),
+            "[0-9a-f-]{0,40}",
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            ".{0,40}",
+            proptest::collection::btree_map(".{0,12}", ".{0,24}", 0..20),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(version, id, published_ms, ttl_ms, content_type, headers, payload)| Envelope {
+                version,
+                id,
+                published_ms,
+                ttl_ms,
+                content_type,
+                headers,
+                payload,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(e in envelope()) {
+            prop_assert_eq!(Envelope::decode(&e.encode()).expect("decodes"), e);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_mutated_envelopes_never_panics(e in envelope(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = e.encode();
+            for (at, value) in flips {
+                if !bytes.is_empty() {
+                    let i = at % bytes.len();
+                    bytes[i] = value;
+                }
+            }
+            let _ = Envelope::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn layout_uses_the_documented_keys() {
+        let e = Envelope {
+            version: 1,
+            id: "x".into(),
+            published_ms: 5,
+            ttl_ms: None,
+            content_type: "text/plain".into(),
+            headers: BTreeMap::new(),
+            payload: b"hi".to_vec(),
+        };
+        // fixmap of 5: v=1, id="x", ts=5, ct="text/plain", p=bin "hi"
+        let mut expected = vec![0x85, 0xa1, b'v', 1, 0xa2, b'i', b'd', 0xa1, b'x', 0xa2, b't', b's', 5, 0xa2, b'c', b't', 0xaa];
+        expected.extend_from_slice(b"text/plain");
+        expected.extend_from_slice(&[0xa1, b'p', 0xc4, 2, b'h', b'i']);
+        assert_eq!(e.encode(), expected);
+    }
+}

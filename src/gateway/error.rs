@@ -1,0 +1,90 @@
+//! The one HTTP error type: a stable code, a status and a message that never leaks
+//! internals. Every failure of the HTTP API becomes one of these.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::protocol::{ErrorBody, ErrorDetail};
+use crate::message::InvalidMessage;
+use crate::metrics;
+use crate::store::StoreError;
+use crate::topic::InvalidTopic;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub index: Option<usize>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), index: None }
+    }
+
+    pub fn at(mut self, index: usize) -> ApiError {
+        self.index = Some(index);
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, index: self.index } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<InvalidTopic> for ApiError {
+    fn from(e: InvalidTopic) -> ApiError {
+        ApiError::bad_request("invalid_topic", e.to_string())
+    }
+}
+
+impl From<InvalidMessage> for ApiError {
+    fn from(e: InvalidMessage) -> ApiError {
+        let status = match e {
+            InvalidMessage::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let kind = match &e {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Refused { .. } => "refused",
+            StoreError::Protocol(_) => "protocol",
+            StoreError::Redis(_) => "other",
+        };
+        ::metrics::counter!(metrics::REDIS_ERRORS, "kind" => kind).increment(1);
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "redis unavailable");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable", "the message store is unavailable; retry later")
+            }
+            StoreError::Refused { code, message } => {
+                tracing::warn!(%code, %message, "redis function refused a request streamhub had validated");
+                ApiError::bad_request("invalid_request", message)
+            }
+            other => {
+                tracing::error!(error = %other, "redis call failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The HTTP gateway: routes, shared state, and the per-request metrics layer.
+//! Wire types live in `protocol.rs`; handlers validate, then call the store.
+
+pub mod error;
+mod health;
+mod history;
+pub mod protocol;
+mod publish;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+
+use crate::config::Config;
+use crate::metrics;
+use crate::store::Store;
+use error::ApiError;
+
+pub use publish::{HEADER_PREFIX, IDEMPOTENCY_KEY, TTL_HEADER};
+
+/// What every handler can reach.
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+}
+
+/// The public API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/topics", get(history::topics))
+        .route("/v1/topics/{topic}", get(history::topic))
+        .route("/v1/topics/{topic}/messages", get(history::history).post(publish::publish_one))
+        .route("/v1/topics/{topic}/messages:batch", axum::routing::post(publish::publish_batch))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(count_requests))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route; see docs/PROTOCOL.md")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    ::metrics::counter!(
+        metrics::HTTP_REQUESTS,
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string()
+    )
+    .increment(1);
+    response
+}

@@ -1,0 +1,26 @@
+//! streamhub — a reliable real-time message broker on Redis Streams.
+//!
+//! Layers, from the wire inwards:
+//! - [`gateway`]: HTTP routes, wire types (`gateway::protocol`), the API error type.
+//! - [`message`], [`envelope`], [`topic`]: what a message is and what input is valid.
+//! - [`store`]: everything kept in Redis, one Redis Function call per atomic operation
+//!   (`lua/*.lua`), key names from [`keys`], the embedded redis-server.
+//! - [`server`]: starts and stops the parts; [`cli`]: the `streamhub` command.
+//! - [`config`]: layered configuration; [`metrics`]: metric names and `/metrics`.
+
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod gateway;
+pub mod keys;
+pub mod message;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod topic;
+
+pub use config::Config;
+pub use envelope::Envelope;
+pub use server::Server;
+pub use store::Store;
+pub use topic::Topic;

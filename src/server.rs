@@ -1,0 +1,126 @@
+//! Running streamhub: start every part, hand out the bound addresses, stop in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::gateway::{self, AppState};
+use crate::metrics;
+use crate::store::embedded::{EmbeddedError, EmbeddedRedis};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started streamhub node.
+pub struct Server {
+    http_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    store: Store,
+    embedded: Option<EmbeddedRedis>,
+    grace: Duration,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Server {
+    /// Starts the embedded Redis if needed, the store, the API and the metrics listener.
+    /// Returns once both listeners are bound; Redis may still be unreachable (then
+    /// /readyz says so and publishes answer 503 until it is back).
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let embedded = EmbeddedRedis::start_if_needed(&config.redis).await?;
+        let store = Store::connect(&config)?;
+        match store.wait_ready(Duration::from_millis(config.redis.connect_timeout_ms)).await {
+            Ok(()) => tracing::info!(url = %crate::config::mask_url_password(&config.redis.url), "connected to redis"),
+            Err(e) => tracing::warn!(error = %e, "redis not reachable yet; serving and reconnecting"),
+        }
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let http = bind(config.server.listen).await?;
+        let metrics_listener = bind(config.server.metrics_listen).await?;
+        let http_addr = http.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+        let metrics_addr = metrics_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: config.server.metrics_listen, source })?;
+
+        let prometheus = metrics::handle();
+        tasks.spawn(metrics::run_upkeep(prometheus.clone(), shutdown.clone()));
+        let metrics_app = Router::new().route("/metrics", get(move || std::future::ready(prometheus.render())));
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(token.cancelled_owned()).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+
+        let app = gateway::router(Arc::new(AppState { store: store.clone(), config: config.clone() }));
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned()).await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        });
+        tracing::info!(%http_addr, %metrics_addr, "streamhub serving");
+        Ok(Server {
+            http_addr,
+            metrics_addr,
+            shutdown,
+            tasks,
+            store,
+            embedded,
+            grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The address of the redis-server this node started, if it started one.
+    pub fn embedded_redis(&self) -> Option<SocketAddr> {
+        self.embedded.as_ref().map(EmbeddedRedis::addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most `shutdown_grace_ms`),
+    /// closes Redis connections, then stops the embedded Redis.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "in-flight requests did not finish within the grace period");
+        }
+        self.store.close().await;
+        if let Some(embedded) = self.embedded.as_mut() {
+            embedded.stop().await;
+        }
+        tracing::info!("streamhub stopped");
+    }
+}

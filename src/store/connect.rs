@@ -1,0 +1,42 @@
+//! Building the fred connection pool from `[redis]`: timeouts, reconnection, topology.
+
+use std::time::Duration;
+
+use fred::clients::Pool;
+use fred::interfaces::ClientLike;
+use fred::types::config::{Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy};
+use fred::types::Builder;
+
+use super::{Result, StoreError};
+use crate::config::RedisConfig;
+
+/// A pool of `pool_size` multiplexed connections. Standalone, Sentinel and Cluster URLs
+/// are all accepted (fred picks the topology from the URL scheme).
+///
+/// * every command is bounded by `command_timeout_ms` (fred's default command timeout),
+///   so a dead Redis yields an error, never a hang;
+/// * a lost connection is re-established forever with exponential backoff between
+///   `reconnect_min_ms` and `reconnect_max_ms`; the first connection is retried the same
+///   way (`fail_fast = false`), so streamhub can start before Redis.
+pub(super) fn pool(config: &RedisConfig) -> Result<Pool> {
+    let mut fred_config = FredConfig::from_url(&config.url).map_err(|e| StoreError::Redis(format!("redis.url: {e}")))?;
+    fred_config.fail_fast = false;
+    let timeout = Duration::from_millis(config.command_timeout_ms);
+    let connection = ConnectionConfig {
+        connection_timeout: Duration::from_millis(config.connect_timeout_ms),
+        internal_command_timeout: timeout,
+        // A command whose connection dropped is retried at most once more, always
+        // inside the command timeout.
+        max_command_attempts: 2,
+        ..ConnectionConfig::default()
+    };
+    let performance = PerformanceConfig { default_command_timeout: timeout, ..PerformanceConfig::default() };
+    let pool = Builder::from_config(fred_config)
+        .set_connection_config(connection)
+        .set_performance_config(performance)
+        .set_policy(ReconnectPolicy::new_exponential(0, config.reconnect_min_ms, config.reconnect_max_ms, 2))
+        .build_pool(config.pool_size)
+        .map_err(|e| StoreError::Redis(e.to_string()))?;
+    pool.connect();
+    Ok(pool)
+}

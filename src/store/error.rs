@@ -1,0 +1,82 @@
+//! Errors of the Redis boundary, and the one place where Redis and Lua error replies
+//! are mapped to them.
+
+use fred::error::{Error as RedisError, ErrorKind};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Redis did not answer in time, the connection is down, or it is loading.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// A streamhub function refused its input (`SH <code> <message>` error replies).
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+    /// A reply that does not have the documented shape.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+    /// Any other error Redis returned.
+    #[error("redis error: {0}")]
+    Redis(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// True for "the function library is not loaded" (Redis restarted without
+    /// persistence, or FUNCTION FLUSH): the caller loads it and retries once.
+    pub fn is_function_missing(err: &RedisError) -> bool {
+        err.details().contains("Function not found")
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(err: RedisError) -> StoreError {
+        let details = err.details();
+        if let Some(rest) = details.strip_prefix("SH ").or_else(|| details.find(" SH ").map(|i| &details[i + 4..])) {
+            let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+            return StoreError::Refused { code: code.to_string(), message: message.to_string() };
+        }
+        match err.kind() {
+            ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Backpressure => {
+                StoreError::Unavailable(err.to_string())
+            }
+            _ if details.starts_with("LOADING") || details.starts_with("MASTERDOWN") || details.starts_with("CLUSTERDOWN") => {
+                StoreError::Unavailable(details.to_string())
+            }
+            ErrorKind::Parse | ErrorKind::Protocol => StoreError::Protocol(err.to_string()),
+            _ => StoreError::Redis(err.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_function_refusals_to_their_code() {
+        let err = RedisError::new(ErrorKind::Unknown, "SH invalid_topic topic may only hold letters");
+        match StoreError::from(err) {
+            StoreError::Refused { code, message } => {
+                assert_eq!(code, "invalid_topic");
+                assert_eq!(message, "topic may only hold letters");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_timeouts_and_io_to_unavailable() {
+        for kind in [ErrorKind::Timeout, ErrorKind::IO, ErrorKind::Canceled] {
+            assert!(matches!(StoreError::from(RedisError::new(kind, "x")), StoreError::Unavailable(_)));
+        }
+        let loading = RedisError::new(ErrorKind::Unknown, "LOADING Redis is loading the dataset in memory");
+        assert!(matches!(StoreError::from(loading), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn recognises_a_missing_library() {
+        assert!(StoreError::is_function_missing(&RedisError::new(ErrorKind::Unknown, "ERR Function not found")));
+        assert!(!StoreError::is_function_missing(&RedisError::new(ErrorKind::Unknown, "ERR other")));
+    }
+}

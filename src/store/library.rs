@@ -1,0 +1,52 @@
+//! The Redis Function library `streamhub`, assembled from `lua/*.lua` and rendered with
+//! this node's limits.
+//!
+//! Why a Function library rather than EVALSHA scripts: services in any language publish
+//! with one stable, documented `FCALL sh_publish_raw_v1 …` without shipping script text
+//! or SHAs; the functions share helper code (MessagePack writer, meta handling) inside
+//! one library; and functions survive in RDB/AOF with the data. A node loads the library
+//! (`FUNCTION LOAD REPLACE`) at start and again whenever a call answers "Function not
+//! found", so a Redis restarted without persistence heals on the next call.
+
+use crate::config::Config;
+
+/// Function names, one per atomic operation. A changed meaning gets a new name.
+pub const PUBLISH: &str = "sh_publish_v1";
+pub const PUBLISH_RAW: &str = "sh_publish_raw_v1";
+pub const READ_SINCE: &str = "sh_read_since_v1";
+pub const TOPIC_INFO: &str = "sh_topic_info_v1";
+
+const SOURCES: [&str; 5] = [
+    include_str!("../../lua/prelude.lua"),
+    include_str!("../../lua/publish.lua"),
+    include_str!("../../lua/publish_raw.lua"),
+    include_str!("../../lua/read_since.lua"),
+    include_str!("../../lua/topic_info.lua"),
+];
+
+/// The library source with the `{{…}}` placeholders filled in from `config`.
+pub fn render(config: &Config) -> String {
+    let l = &config.limits;
+    SOURCES
+        .concat()
+        .replace("{{retention_max_len}}", &config.retention.max_len.to_string())
+        .replace("{{idempotency_window_ms}}", &config.idempotency.window_ms.to_string())
+        .replace("{{max_payload_bytes}}", &l.max_payload_bytes.to_string())
+        .replace("{{max_headers}}", &l.max_headers.to_string())
+        .replace("{{max_header_bytes}}", &l.max_header_bytes.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_filled_and_every_function_registered() {
+        let source = render(&Config::defaults());
+        assert!(source.starts_with("#!lua name=streamhub\n"));
+        assert!(!source.contains("{{"), "unfilled placeholder");
+        for name in [PUBLISH, PUBLISH_RAW, READ_SINCE, TOPIC_INFO] {
+            assert!(source.contains(&format!("'{name}'")), "{name} not registered");
+        }
+    }
+}

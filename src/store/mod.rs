@@ -1,0 +1,280 @@
+//! The store: everything streamhub keeps in Redis, behind typed methods.
+//!
+//! Each method is one Redis Function call (one round trip, atomic, one cluster slot)
+//! unless it says otherwise. Nothing above this module sees a Redis type.
+
+mod connect;
+pub mod embedded;
+mod error;
+pub mod library;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::bytes::Bytes;
+use fred::clients::Pool;
+use fred::interfaces::{ClientLike, FunctionInterface, KeysInterface};
+use fred::types::scan::{ScanResult, Scanner};
+use fred::types::Value;
+use futures::stream::{BoxStream, StreamExt};
+
+pub use error::{Result, StoreError};
+
+use crate::config::Config;
+use crate::envelope::Envelope;
+use crate::keys::Keys;
+use crate::message::OutgoingMessage;
+use crate::topic::Topic;
+
+/// The outcome of one stored (or recognised duplicate) publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub epoch: String,
+    pub seq: u64,
+    pub id: String,
+    /// True when an earlier publish with the same idempotency key is answered instead.
+    pub duplicate: bool,
+}
+
+/// One entry of a topic's stream.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: u64,
+    /// The decoded envelope, or the raw bytes of an entry that is not one.
+    pub envelope: std::result::Result<Envelope, Vec<u8>>,
+}
+
+/// Position of a topic: the answer of `topic_info`, and the head of every history page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// None when the topic has never been published to (or its meta was lost).
+    pub epoch: Option<String>,
+    /// Highest seq assigned in this epoch (0 when none).
+    pub top: u64,
+    /// Lowest seq still in the stream (0 when the stream is empty).
+    pub first_retained: u64,
+}
+
+/// Messages after a seq, with the topic's position taken in the same snapshot.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub position: Position,
+    pub messages: Vec<StoredMessage>,
+}
+
+impl HistoryPage {
+    /// True when some message after `since` (up to the top) is no longer retained:
+    /// the reader must be told, never handed a silent gap (G3).
+    pub fn truncated(&self, since: u64) -> bool {
+        let p = &self.position;
+        since < p.top && (p.first_retained == 0 || p.first_retained > since + 1)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub position: Position,
+    pub length: u64,
+    pub created_ms: u64,
+}
+
+/// Handle to Redis; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    keys: Keys,
+    library: Arc<String>,
+    max_len: u64,
+    idempotency_window_ms: u64,
+    command_timeout: Duration,
+}
+
+impl Store {
+    /// Builds the connection pool and starts connecting; does not wait for Redis.
+    /// While Redis is unreachable every call fails with `Unavailable` within
+    /// `redis.command_timeout_ms`, and the pool keeps reconnecting with backoff.
+    pub fn connect(config: &Config) -> Result<Store> {
+        let pool = connect::pool(&config.redis)?;
+        Ok(Store {
+            pool,
+            keys: Keys::new(config.redis.prefix.clone()),
+            library: Arc::new(library::render(config)),
+            max_len: config.retention.max_len,
+            idempotency_window_ms: config.idempotency.window_ms,
+            command_timeout: Duration::from_millis(config.redis.command_timeout_ms),
+        })
+    }
+
+    /// Waits until Redis answers (at most `timeout`), then loads the function library.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.pool.wait_for_connect())
+            .await
+            .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {timeout:?}")))??;
+        self.load_library().await
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Loads (or replaces) the function library on every primary.
+    pub async fn load_library(&self) -> Result<()> {
+        let client = self.pool.next();
+        if client.is_clustered() {
+            client.function_load_cluster::<(), _>(true, self.library.as_str()).await?;
+        } else {
+            let _: Value = client.function_load(true, self.library.as_str()).await?;
+        }
+        Ok(())
+    }
+
+    /// One function call; loads the library and retries once when Redis lost it.
+    async fn call(&self, function: &str, keys: Vec<String>, args: Vec<Value>, read_only: bool) -> Result<Value> {
+        for attempt in 0..2 {
+            let reply = if read_only {
+                self.pool.fcall_ro::<Value, _, _, _>(function, keys.clone(), args.clone()).await
+            } else {
+                self.pool.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await
+            };
+            match reply {
+                Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
+                    tracing::info!(function, "function library missing in redis; loading it");
+                    self.load_library().await?;
+                }
+                other => return Ok(other?),
+            }
+        }
+        Err(StoreError::Redis(format!("{function} still missing after loading the library")))
+    }
+
+    /// Stores `messages` on `topic` atomically, with consecutive seqs, in one round trip.
+    /// Acknowledged (Ok) only once every new entry is in the topic's stream (G1).
+    /// Messages whose idempotency key was seen within the window are not stored again;
+    /// their result is the earlier publish, with `duplicate = true`.
+    pub async fn publish(&self, topic: &Topic, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>> {
+        let tk = self.keys.topic(topic);
+        let n = messages.len();
+        let mut keys = vec![tk.meta.clone(), tk.stream.clone(), tk.hint.clone()];
+        let mut args: Vec<Value> = Vec::with_capacity(3 + n * 3);
+        args.push(Value::from(self.max_len as i64));
+        args.push(Value::from(self.idempotency_window_ms as i64));
+        args.push(Value::from(n as i64));
+        for m in messages {
+            let idem_index = match &m.idempotency_key {
+                Some(k) => {
+                    keys.push(tk.idempotency(k));
+                    keys.len() as i64
+                }
+                None => 0,
+            };
+            args.push(Value::Bytes(Bytes::from(m.envelope.encode())));
+            args.push(Value::from(m.envelope.id));
+            args.push(Value::from(idem_index));
+        }
+        let reply = self.call(library::PUBLISH, keys, args, false).await?.into_array();
+        parse_published(reply, n)
+    }
+
+    /// The messages with seq > `since`, at most `limit`, and the topic's position, from
+    /// one snapshot.
+    pub async fn read_since(&self, topic: &Topic, since: u64, limit: usize) -> Result<HistoryPage> {
+        let tk = self.keys.topic(topic);
+        let args = vec![Value::from(since.to_string()), Value::from(limit as i64)];
+        let mut reply = self.call(library::READ_SINCE, vec![tk.meta, tk.stream], args, true).await?.into_array().into_iter();
+        let position = parse_position(&mut reply)?;
+        let mut messages = Vec::new();
+        while let Some(seq) = reply.next() {
+            let seq = seq.as_u64().ok_or_else(|| StoreError::Protocol("entry seq is not an integer".into()))?;
+            let bytes = reply.next().and_then(|v| v.into_owned_bytes()).unwrap_or_default();
+            let envelope = Envelope::decode(&bytes).map_err(|_| bytes);
+            messages.push(StoredMessage { seq, envelope });
+        }
+        Ok(HistoryPage { position, messages })
+    }
+
+    pub async fn topic_info(&self, topic: &Topic) -> Result<TopicInfo> {
+        let tk = self.keys.topic(topic);
+        let mut reply = self.call(library::TOPIC_INFO, vec![tk.meta, tk.stream], vec![], true).await?.into_array().into_iter();
+        let position = parse_position(&mut reply)?;
+        let length = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let created_ms = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(TopicInfo { position, length, created_ms })
+    }
+
+    /// Names of topics that have a meta hash, at most `limit`, sorted. Walks the key space
+    /// with SCAN (every primary on Cluster); meant for operators, not the hot path.
+    pub async fn list_topics(&self, limit: usize) -> Result<Vec<String>> {
+        let client = self.pool.next();
+        let pattern = self.keys.meta_pattern();
+        let mut topics = Vec::new();
+        let mut scan: BoxStream<'_, std::result::Result<ScanResult, fred::error::Error>> = if client.is_clustered() {
+            client.scan_cluster(pattern, Some(500), None).boxed()
+        } else {
+            client.scan(pattern, Some(500), None).boxed()
+        };
+        let deadline = tokio::time::Instant::now() + self.command_timeout * 10;
+        while topics.len() < limit {
+            let page = tokio::time::timeout_at(deadline, scan.next())
+                .await
+                .map_err(|_| StoreError::Unavailable("topic scan took too long".into()))?;
+            let Some(page) = page else { break };
+            let mut page = page?;
+            if let Some(found) = page.take_results() {
+                for key in found {
+                    if let Some(name) = key.as_str().and_then(|k| self.keys.topic_of_meta(k).map(str::to_string)) {
+                        topics.push(name);
+                    }
+                }
+            }
+            if topics.len() >= limit {
+                page.cancel();
+                break;
+            }
+        }
+        topics.sort();
+        topics.dedup();
+        topics.truncate(limit);
+        Ok(topics)
+    }
+
+    /// PING on one pooled connection, bounded by the command timeout.
+    pub async fn ping(&self) -> Result<()> {
+        let _: Value = self.pool.next().ping(None).await?;
+        Ok(())
+    }
+
+    /// Sends QUIT on every connection; in-flight commands finish first.
+    pub async fn close(&self) {
+        let _ = self.pool.quit().await;
+    }
+
+    /// Deletes every key of a topic (tests and admin tools; not atomic with publishes).
+    pub async fn delete_topic_keys(&self, topic: &Topic) -> Result<()> {
+        let tk = self.keys.topic(topic);
+        let _: Value = self.pool.del(vec![tk.meta, tk.stream]).await?;
+        Ok(())
+    }
+}
+
+fn parse_position(reply: &mut impl Iterator<Item = Value>) -> Result<Position> {
+    let epoch = reply.next().and_then(|v| v.as_string()).filter(|e| !e.is_empty());
+    let top = reply.next().and_then(|v| v.as_u64());
+    let first_retained = reply.next().and_then(|v| v.as_u64());
+    match (top, first_retained) {
+        (Some(top), Some(first_retained)) => Ok(Position { epoch, top, first_retained }),
+        _ => Err(StoreError::Protocol("position reply is not (epoch, top, first)".into())),
+    }
+}
+
+fn parse_published(reply: Vec<Value>, n: usize) -> Result<Vec<Published>> {
+    if reply.len() != n * 4 {
+        return Err(StoreError::Protocol(format!("publish answered {} values for {n} messages", reply.len())));
+    }
+    reply
+        .chunks(4)
+        .map(|c| match (c[0].as_string(), c[1].as_u64(), c[2].as_u64(), c[3].as_string()) {
+            (Some(epoch), Some(seq), Some(dup), Some(id)) => Ok(Published { epoch, seq, id, duplicate: dup == 1 }),
+            _ => Err(StoreError::Protocol("publish result is not (epoch, seq, duplicate, id)".into())),
+        })
+        .collect()
+}
