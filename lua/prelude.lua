@@ -7,7 +7,7 @@
   one file per atomic operation, each registering one function. A function whose
   meaning changes gets a new name (…_v2); the old name stays until a major release.
 
-  The placeholders {{…}} are filled in from the node's configuration when the library
+  The double-brace placeholders below are filled in from the node's configuration when the library
   is loaded; every node of one deployment must use the same values.
 
   Every key a function touches arrives through KEYS, and all of a topic's keys share

@@ -118,7 +118,11 @@ impl Config {
         Self::load_with_env(file, overrides, Env::prefixed("STREAMHUB__").split("__"))
     }
 
-    fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Config, ConfigError> {
+    fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
@@ -134,35 +138,60 @@ impl Config {
             figment = figment.merge(Serialized::default("server.listen", addr.to_string()));
         }
         if let Some(addr) = overrides.metrics_listen {
-            figment = figment.merge(Serialized::default("server.metrics_listen", addr.to_string()));
+            figment = figment.merge(Serialized::default(
+                "server.metrics_listen",
+                addr.to_string(),
+            ));
         }
         if let Some(prefix) = &overrides.prefix {
             figment = figment.merge(Serialized::default("redis.prefix", prefix));
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// The built-in defaults alone (what tests and embedders start from).
     pub fn defaults() -> Config {
-        Self::load_with_env(None, &Overrides::default(), Env::prefixed("STREAMHUB_UNUSED_NEVER_SET__"))
-            .expect("the embedded default configuration is valid")
+        Self::load_with_env(
+            None,
+            &Overrides::default(),
+            Env::prefixed("STREAMHUB_UNUSED_NEVER_SET__"),
+        )
+        .expect("the embedded default configuration is valid")
     }
 
     /// Checks every value a type cannot express; the first violation is reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
         let p = &self.redis.prefix;
         if p.is_empty()
             || p.len() > 64
-            || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
         {
-            return invalid("redis.prefix", "1 to 64 bytes of letters, digits, '.', '_', '-' or ':'");
+            return invalid(
+                "redis.prefix",
+                "1 to 64 bytes of letters, digits, '.', '_', '-' or ':'",
+            );
         }
-        if !["redis://", "rediss://", "redis-cluster://", "redis-sentinel://", "redis+unix://"]
-            .iter()
-            .any(|scheme| self.redis.url.starts_with(scheme))
+        if ![
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "redis-sentinel://",
+            "redis+unix://",
+        ]
+        .iter()
+        .any(|scheme| self.redis.url.starts_with(scheme))
         {
             return invalid(
                 "redis.url",
@@ -176,13 +205,21 @@ impl Config {
             return invalid("redis.pool_size", "must be between 1 and 64");
         }
         if self.redis.command_timeout_ms == 0 {
-            return invalid("redis.command_timeout_ms", "must be > 0 (a command must never wait forever)");
+            return invalid(
+                "redis.command_timeout_ms",
+                "must be > 0 (a command must never wait forever)",
+            );
         }
         if self.redis.connect_timeout_ms == 0 {
             return invalid("redis.connect_timeout_ms", "must be > 0");
         }
-        if self.redis.reconnect_min_ms == 0 || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms {
-            return invalid("redis.reconnect_min_ms", "must be > 0 and <= reconnect_max_ms");
+        if self.redis.reconnect_min_ms == 0
+            || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms
+        {
+            return invalid(
+                "redis.reconnect_min_ms",
+                "must be > 0 and <= reconnect_max_ms",
+            );
         }
         if self.idempotency.window_ms == 0 {
             return invalid("idempotency.window_ms", "must be > 0");
@@ -192,7 +229,10 @@ impl Config {
             ("limits.max_payload_bytes", l.max_payload_bytes),
             ("limits.max_body_bytes", l.max_body_bytes),
             ("limits.max_header_bytes", l.max_header_bytes),
-            ("limits.max_idempotency_key_bytes", l.max_idempotency_key_bytes),
+            (
+                "limits.max_idempotency_key_bytes",
+                l.max_idempotency_key_bytes,
+            ),
             ("limits.max_history_limit", l.max_history_limit),
             ("limits.max_topics_listed", l.max_topics_listed),
         ] {
@@ -207,7 +247,10 @@ impl Config {
             return invalid("limits.max_batch_messages", "must be between 1 and 10000");
         }
         if l.max_body_bytes < l.max_payload_bytes {
-            return invalid("limits.max_body_bytes", "must be >= limits.max_payload_bytes");
+            return invalid(
+                "limits.max_body_bytes",
+                "must be >= limits.max_payload_bytes",
+            );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "not a valid tracing filter");
@@ -219,19 +262,28 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.redis.url = mask_url_password(&shown.redis.url);
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
 pub fn mask_url_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
     let userinfo = &rest[..at];
     let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
+    let masked = if userinfo.contains(':') {
+        format!("{user}:***")
+    } else {
+        "***".to_string()
+    };
     format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
 }
 
@@ -248,7 +300,10 @@ mod tests {
 
     #[test]
     fn masks_passwords() {
-        assert_eq!(mask_url_password("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(
+            mask_url_password("redis://u:pw@h:1/0"),
+            "redis://u:***@h:1/0"
+        );
         assert_eq!(mask_url_password("redis://pw@h:1"), "redis://***@h:1");
         assert_eq!(mask_url_password("redis://h:1"), "redis://h:1");
     }
@@ -257,6 +312,12 @@ mod tests {
     fn rejects_bad_prefix() {
         let mut c = Config::defaults();
         c.redis.prefix = "a{b}".into();
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "redis.prefix", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "redis.prefix",
+                ..
+            })
+        ));
     }
 }

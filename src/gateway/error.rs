@@ -23,7 +23,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), index: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            index: None,
+        }
     }
 
     pub fn at(mut self, index: usize) -> ApiError {
@@ -42,7 +47,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, index: self.index } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                index: self.index,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -75,7 +86,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "redis unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable", "the message store is unavailable; retry later")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "redis_unavailable",
+                    "the message store is unavailable; retry later",
+                )
             }
             StoreError::Refused { code, message } => {
                 tracing::warn!(%code, %message, "redis function refused a request streamhub had validated");
@@ -83,7 +98,11 @@ impl From<StoreError> for ApiError {
             }
             other => {
                 tracing::error!(error = %other, "redis call failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }

@@ -109,7 +109,9 @@ impl Store {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         tokio::time::timeout(timeout, self.pool.wait_for_connect())
             .await
-            .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {timeout:?}")))??;
+            .map_err(|_| {
+                StoreError::Unavailable(format!("redis did not answer within {timeout:?}"))
+            })??;
         self.load_library().await
     }
 
@@ -121,7 +123,9 @@ impl Store {
     pub async fn load_library(&self) -> Result<()> {
         let client = self.pool.next();
         if client.is_clustered() {
-            client.function_load_cluster::<(), _>(true, self.library.as_str()).await?;
+            client
+                .function_load_cluster::<(), _>(true, self.library.as_str())
+                .await?;
         } else {
             let _: Value = client.function_load(true, self.library.as_str()).await?;
         }
@@ -129,12 +133,22 @@ impl Store {
     }
 
     /// One function call; loads the library and retries once when Redis lost it.
-    async fn call(&self, function: &str, keys: Vec<String>, args: Vec<Value>, read_only: bool) -> Result<Value> {
+    async fn call(
+        &self,
+        function: &str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        read_only: bool,
+    ) -> Result<Value> {
         for attempt in 0..2 {
             let reply = if read_only {
-                self.pool.fcall_ro::<Value, _, _, _>(function, keys.clone(), args.clone()).await
+                self.pool
+                    .fcall_ro::<Value, _, _, _>(function, keys.clone(), args.clone())
+                    .await
             } else {
-                self.pool.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await
+                self.pool
+                    .fcall::<Value, _, _, _>(function, keys.clone(), args.clone())
+                    .await
             };
             match reply {
                 Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
@@ -144,14 +158,20 @@ impl Store {
                 other => return Ok(other?),
             }
         }
-        Err(StoreError::Redis(format!("{function} still missing after loading the library")))
+        Err(StoreError::Redis(format!(
+            "{function} still missing after loading the library"
+        )))
     }
 
     /// Stores `messages` on `topic` atomically, with consecutive seqs, in one round trip.
     /// Acknowledged (Ok) only once every new entry is in the topic's stream (G1).
     /// Messages whose idempotency key was seen within the window are not stored again;
     /// their result is the earlier publish, with `duplicate = true`.
-    pub async fn publish(&self, topic: &Topic, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>> {
+    pub async fn publish(
+        &self,
+        topic: &Topic,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Published>> {
         let tk = self.keys.topic(topic);
         let n = messages.len();
         let mut keys = vec![tk.meta.clone(), tk.stream.clone(), tk.hint.clone()];
@@ -171,7 +191,10 @@ impl Store {
             args.push(Value::from(m.envelope.id));
             args.push(Value::from(idem_index));
         }
-        let reply = self.call(library::PUBLISH, keys, args, false).await?.into_array();
+        let reply = self
+            .call(library::PUBLISH, keys, args, false)
+            .await?
+            .into_array();
         parse_published(reply, n)
     }
 
@@ -180,12 +203,21 @@ impl Store {
     pub async fn read_since(&self, topic: &Topic, since: u64, limit: usize) -> Result<HistoryPage> {
         let tk = self.keys.topic(topic);
         let args = vec![Value::from(since.to_string()), Value::from(limit as i64)];
-        let mut reply = self.call(library::READ_SINCE, vec![tk.meta, tk.stream], args, true).await?.into_array().into_iter();
+        let mut reply = self
+            .call(library::READ_SINCE, vec![tk.meta, tk.stream], args, true)
+            .await?
+            .into_array()
+            .into_iter();
         let position = parse_position(&mut reply)?;
         let mut messages = Vec::new();
         while let Some(seq) = reply.next() {
-            let seq = seq.as_u64().ok_or_else(|| StoreError::Protocol("entry seq is not an integer".into()))?;
-            let bytes = reply.next().and_then(|v| v.into_owned_bytes()).unwrap_or_default();
+            let seq = seq
+                .as_u64()
+                .ok_or_else(|| StoreError::Protocol("entry seq is not an integer".into()))?;
+            let bytes = reply
+                .next()
+                .and_then(|v| v.into_owned_bytes())
+                .unwrap_or_default();
             let envelope = Envelope::decode(&bytes).map_err(|_| bytes);
             messages.push(StoredMessage { seq, envelope });
         }
@@ -194,11 +226,19 @@ impl Store {
 
     pub async fn topic_info(&self, topic: &Topic) -> Result<TopicInfo> {
         let tk = self.keys.topic(topic);
-        let mut reply = self.call(library::TOPIC_INFO, vec![tk.meta, tk.stream], vec![], true).await?.into_array().into_iter();
+        let mut reply = self
+            .call(library::TOPIC_INFO, vec![tk.meta, tk.stream], vec![], true)
+            .await?
+            .into_array()
+            .into_iter();
         let position = parse_position(&mut reply)?;
         let length = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let created_ms = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        Ok(TopicInfo { position, length, created_ms })
+        Ok(TopicInfo {
+            position,
+            length,
+            created_ms,
+        })
     }
 
     /// Names of topics that have a meta hash, at most `limit`, sorted. Walks the key space
@@ -207,11 +247,12 @@ impl Store {
         let client = self.pool.next();
         let pattern = self.keys.meta_pattern();
         let mut topics = Vec::new();
-        let mut scan: BoxStream<'_, std::result::Result<ScanResult, fred::error::Error>> = if client.is_clustered() {
-            client.scan_cluster(pattern, Some(500), None).boxed()
-        } else {
-            client.scan(pattern, Some(500), None).boxed()
-        };
+        let mut scan: BoxStream<'_, std::result::Result<ScanResult, fred::error::Error>> =
+            if client.is_clustered() {
+                client.scan_cluster(pattern, Some(500), None).boxed()
+            } else {
+                client.scan(pattern, Some(500), None).boxed()
+            };
         let deadline = tokio::time::Instant::now() + self.command_timeout * 10;
         while topics.len() < limit {
             let page = tokio::time::timeout_at(deadline, scan.next())
@@ -221,7 +262,10 @@ impl Store {
             let mut page = page?;
             if let Some(found) = page.take_results() {
                 for key in found {
-                    if let Some(name) = key.as_str().and_then(|k| self.keys.topic_of_meta(k).map(str::to_string)) {
+                    if let Some(name) = key
+                        .as_str()
+                        .and_then(|k| self.keys.topic_of_meta(k).map(str::to_string))
+                    {
                         topics.push(name);
                     }
                 }
@@ -257,24 +301,50 @@ impl Store {
 }
 
 fn parse_position(reply: &mut impl Iterator<Item = Value>) -> Result<Position> {
-    let epoch = reply.next().and_then(|v| v.as_string()).filter(|e| !e.is_empty());
+    let epoch = reply
+        .next()
+        .and_then(|v| v.as_string())
+        .filter(|e| !e.is_empty());
     let top = reply.next().and_then(|v| v.as_u64());
     let first_retained = reply.next().and_then(|v| v.as_u64());
     match (top, first_retained) {
-        (Some(top), Some(first_retained)) => Ok(Position { epoch, top, first_retained }),
-        _ => Err(StoreError::Protocol("position reply is not (epoch, top, first)".into())),
+        (Some(top), Some(first_retained)) => Ok(Position {
+            epoch,
+            top,
+            first_retained,
+        }),
+        _ => Err(StoreError::Protocol(
+            "position reply is not (epoch, top, first)".into(),
+        )),
     }
 }
 
 fn parse_published(reply: Vec<Value>, n: usize) -> Result<Vec<Published>> {
     if reply.len() != n * 4 {
-        return Err(StoreError::Protocol(format!("publish answered {} values for {n} messages", reply.len())));
+        return Err(StoreError::Protocol(format!(
+            "publish answered {} values for {n} messages",
+            reply.len()
+        )));
     }
     reply
         .chunks(4)
-        .map(|c| match (c[0].as_string(), c[1].as_u64(), c[2].as_u64(), c[3].as_string()) {
-            (Some(epoch), Some(seq), Some(dup), Some(id)) => Ok(Published { epoch, seq, id, duplicate: dup == 1 }),
-            _ => Err(StoreError::Protocol("publish result is not (epoch, seq, duplicate, id)".into())),
+        .map(|c| {
+            match (
+                c[0].as_string(),
+                c[1].as_u64(),
+                c[2].as_u64(),
+                c[3].as_string(),
+            ) {
+                (Some(epoch), Some(seq), Some(dup), Some(id)) => Ok(Published {
+                    epoch,
+                    seq,
+                    id,
+                    duplicate: dup == 1,
+                }),
+                _ => Err(StoreError::Protocol(
+                    "publish result is not (epoch, seq, duplicate, id)".into(),
+                )),
+            }
         })
         .collect()
 }
