@@ -21,11 +21,7 @@ use crate::store::Store;
 use crate::topic::Topic;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "streamhub",
-    version,
-    about = "A reliable real-time message broker on Redis Streams"
-)]
+#[command(name = "streamhub", version, about = "A reliable real-time message broker on Redis Streams")]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -117,10 +113,7 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("streamhub: cannot start the async runtime: {e}");
@@ -137,12 +130,8 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -150,27 +139,13 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 async fn run(command: Command, config: Config) -> CliResult {
     match command {
         Command::Serve => serve(config).await,
-        Command::Publish {
-            topic,
-            data,
-            content_type,
-            headers,
-            ttl_ms,
-            idempotency_key,
-        } => {
+        Command::Publish { topic, data, content_type, headers, ttl_ms, idempotency_key } => {
             let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
             let payload = read_data(&data)?;
-            let content_type =
-                content_type.unwrap_or_else(|| guess_content_type(&payload).to_string());
+            let content_type = content_type.unwrap_or_else(|| guess_content_type(&payload).to_string());
             let headers = parse_headers(&headers)?;
-            let message = NewMessage {
-                payload,
-                content_type,
-                headers,
-                ttl_ms,
-                idempotency_key,
-            }
-            .check(&config.limits)?;
+            let message =
+                NewMessage { payload, content_type, headers, ttl_ms, idempotency_key }.check(&config.limits)?;
             let store = ready_store(&config).await?;
             let published = store.publish(&topic, vec![message]).await?;
             for p in published {
@@ -179,18 +154,11 @@ async fn run(command: Command, config: Config) -> CliResult {
             store.close().await;
             Ok(())
         }
-        Command::History {
-            topic,
-            since,
-            limit,
-        } => {
+        Command::History { topic, since, limit } => {
             let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
             let store = ready_store(&config).await?;
             let page = store.read_since(&topic, since, limit).await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&HistoryResponse::new(page, since, None))?
-            );
+            println!("{}", serde_json::to_string_pretty(&HistoryResponse::new(page, since, None))?);
             store.close().await;
             Ok(())
         }
@@ -199,10 +167,7 @@ async fn run(command: Command, config: Config) -> CliResult {
             for name in store.list_topics(limit).await? {
                 let topic = Topic::parse(&name, usize::MAX)?;
                 let info = store.topic_info(&topic).await?;
-                println!(
-                    "{}",
-                    serde_json::to_string(&TopicResponse::new(name, info))?
-                );
+                println!("{}", serde_json::to_string(&TopicResponse::new(name, info))?);
             }
             store.close().await;
             Ok(())
@@ -214,12 +179,7 @@ async fn run(command: Command, config: Config) -> CliResult {
 async fn ready_store(config: &Config) -> Result<Store, Box<dyn std::error::Error>> {
     let store = Store::connect(config)?;
     store
-        .wait_ready(Duration::from_millis(
-            config
-                .redis
-                .connect_timeout_ms
-                .max(config.redis.command_timeout_ms),
-        ))
+        .wait_ready(Duration::from_millis(config.redis.connect_timeout_ms.max(config.redis.command_timeout_ms)))
         .await?;
     Ok(store)
 }
@@ -282,9 +242,7 @@ fn parse_headers(pairs: &[String]) -> Result<BTreeMap<String, String>, ConfigErr
         .map(|pair| {
             pair.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| {
-                    ConfigError::Parse(format!("--header {pair:?}: expected NAME=VALUE"))
-                })
+                .ok_or_else(|| ConfigError::Parse(format!("--header {pair:?}: expected NAME=VALUE")))
         })
         .collect()
 }

@@ -27,6 +27,7 @@ pub enum ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub redis: RedisConfig,
+    pub publish: PublishConfig,
     pub retention: RetentionConfig,
     pub idempotency: IdempotencyConfig,
     pub limits: Limits,
@@ -67,6 +68,26 @@ pub struct RedisConfig {
     pub connect_timeout_ms: u64,
     pub reconnect_min_ms: u32,
     pub reconnect_max_ms: u32,
+}
+
+/// When a publish is acknowledged (G1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Once the entry is in the primary's stream.
+    Stored,
+    /// Also once `replicas` replicas confirmed it (Redis WAIT).
+    Replicated,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    pub durability: Durability,
+    /// Replicas that must confirm a publish when durability = "replicated".
+    pub replicas: u32,
+    /// Longest wait for those confirmations.
+    pub replication_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,11 +139,7 @@ impl Config {
         Self::load_with_env(file, overrides, Env::prefixed("STREAMHUB__").split("__"))
     }
 
-    fn load_with_env(
-        file: Option<&Path>,
-        overrides: &Overrides,
-        env: Env,
-    ) -> Result<Config, ConfigError> {
+    fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
@@ -138,60 +155,32 @@ impl Config {
             figment = figment.merge(Serialized::default("server.listen", addr.to_string()));
         }
         if let Some(addr) = overrides.metrics_listen {
-            figment = figment.merge(Serialized::default(
-                "server.metrics_listen",
-                addr.to_string(),
-            ));
+            figment = figment.merge(Serialized::default("server.metrics_listen", addr.to_string()));
         }
         if let Some(prefix) = &overrides.prefix {
             figment = figment.merge(Serialized::default("redis.prefix", prefix));
         }
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
     /// The built-in defaults alone (what tests and embedders start from).
     pub fn defaults() -> Config {
-        Self::load_with_env(
-            None,
-            &Overrides::default(),
-            Env::prefixed("STREAMHUB_UNUSED_NEVER_SET__"),
-        )
-        .expect("the embedded default configuration is valid")
+        Self::load_with_env(None, &Overrides::default(), Env::prefixed("STREAMHUB_UNUSED_NEVER_SET__"))
+            .expect("the embedded default configuration is valid")
     }
 
     /// Checks every value a type cannot express; the first violation is reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_string(),
-            })
-        };
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_string() });
         let p = &self.redis.prefix;
-        if p.is_empty()
-            || p.len() > 64
-            || !p
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
-        {
-            return invalid(
-                "redis.prefix",
-                "1 to 64 bytes of letters, digits, '.', '_', '-' or ':'",
-            );
+        if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b)) {
+            return invalid("redis.prefix", "1 to 64 bytes of letters, digits, '.', '_', '-' or ':'");
         }
-        if ![
-            "redis://",
-            "rediss://",
-            "redis-cluster://",
-            "redis-sentinel://",
-            "redis+unix://",
-        ]
-        .iter()
-        .any(|scheme| self.redis.url.starts_with(scheme))
+        if !["redis://", "rediss://", "redis-cluster://", "redis-sentinel://", "redis+unix://"]
+            .iter()
+            .any(|scheme| self.redis.url.starts_with(scheme))
         {
             return invalid(
                 "redis.url",
@@ -205,20 +194,24 @@ impl Config {
             return invalid("redis.pool_size", "must be between 1 and 64");
         }
         if self.redis.command_timeout_ms == 0 {
-            return invalid(
-                "redis.command_timeout_ms",
-                "must be > 0 (a command must never wait forever)",
-            );
+            return invalid("redis.command_timeout_ms", "must be > 0 (a command must never wait forever)");
         }
         if self.redis.connect_timeout_ms == 0 {
             return invalid("redis.connect_timeout_ms", "must be > 0");
         }
-        if self.redis.reconnect_min_ms == 0
-            || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms
+        if self.redis.reconnect_min_ms == 0 || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms {
+            return invalid("redis.reconnect_min_ms", "must be > 0 and <= reconnect_max_ms");
+        }
+        if self.publish.replicas == 0 {
+            return invalid("publish.replicas", "must be >= 1");
+        }
+        if self.publish.durability == Durability::Replicated
+            && (self.publish.replication_timeout_ms == 0
+                || self.publish.replication_timeout_ms >= self.redis.command_timeout_ms)
         {
             return invalid(
-                "redis.reconnect_min_ms",
-                "must be > 0 and <= reconnect_max_ms",
+                "publish.replication_timeout_ms",
+                "must be > 0 and < redis.command_timeout_ms (WAIT runs inside the command timeout)",
             );
         }
         if self.idempotency.window_ms == 0 {
@@ -229,10 +222,7 @@ impl Config {
             ("limits.max_payload_bytes", l.max_payload_bytes),
             ("limits.max_body_bytes", l.max_body_bytes),
             ("limits.max_header_bytes", l.max_header_bytes),
-            (
-                "limits.max_idempotency_key_bytes",
-                l.max_idempotency_key_bytes,
-            ),
+            ("limits.max_idempotency_key_bytes", l.max_idempotency_key_bytes),
             ("limits.max_history_limit", l.max_history_limit),
             ("limits.max_topics_listed", l.max_topics_listed),
         ] {
@@ -247,10 +237,7 @@ impl Config {
             return invalid("limits.max_batch_messages", "must be between 1 and 10000");
         }
         if l.max_body_bytes < l.max_payload_bytes {
-            return invalid(
-                "limits.max_body_bytes",
-                "must be >= limits.max_payload_bytes",
-            );
+            return invalid("limits.max_body_bytes", "must be >= limits.max_payload_bytes");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "not a valid tracing filter");
@@ -262,8 +249,7 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.redis.url = mask_url_password(&shown.redis.url);
-        toml::to_string_pretty(&shown)
-            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
@@ -279,11 +265,7 @@ pub fn mask_url_password(url: &str) -> String {
     };
     let userinfo = &rest[..at];
     let user = userinfo.split(':').next().unwrap_or("");
-    let masked = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        "***".to_string()
-    };
+    let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
     format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
 }
 
@@ -300,24 +282,25 @@ mod tests {
 
     #[test]
     fn masks_passwords() {
-        assert_eq!(
-            mask_url_password("redis://u:pw@h:1/0"),
-            "redis://u:***@h:1/0"
-        );
+        assert_eq!(mask_url_password("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(mask_url_password("redis://pw@h:1"), "redis://***@h:1");
         assert_eq!(mask_url_password("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn replication_wait_must_fit_inside_the_command_timeout() {
+        let mut c = Config::defaults();
+        c.publish.durability = Durability::Replicated;
+        c.publish.replication_timeout_ms = c.redis.command_timeout_ms;
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "publish.replication_timeout_ms", .. })));
+        c.publish.replication_timeout_ms = c.redis.command_timeout_ms - 1;
+        assert!(c.validate().is_ok());
     }
 
     #[test]
     fn rejects_bad_prefix() {
         let mut c = Config::defaults();
         c.redis.prefix = "a{b}".into();
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::Invalid {
-                key: "redis.prefix",
-                ..
-            })
-        ));
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "redis.prefix", .. })));
     }
 }

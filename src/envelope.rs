@@ -70,17 +70,15 @@ mod tests {
             proptest::collection::btree_map(".{0,12}", ".{0,24}", 0..20),
             proptest::collection::vec(any::<u8>(), 0..300),
         )
-            .prop_map(
-                |(version, id, published_ms, ttl_ms, content_type, headers, payload)| Envelope {
-                    version,
-                    id,
-                    published_ms,
-                    ttl_ms,
-                    content_type,
-                    headers,
-                    payload,
-                },
-            )
+            .prop_map(|(version, id, published_ms, ttl_ms, content_type, headers, payload)| Envelope {
+                version,
+                id,
+                published_ms,
+                ttl_ms,
+                content_type,
+                headers,
+                payload,
+            })
     }
 
     proptest! {
@@ -119,10 +117,8 @@ mod tests {
             payload: b"hi".to_vec(),
         };
         // fixmap of 5: v=1, id="x", ts=5, ct="text/plain", p=bin "hi"
-        let mut expected = vec![
-            0x85, 0xa1, b'v', 1, 0xa2, b'i', b'd', 0xa1, b'x', 0xa2, b't', b's', 5, 0xa2, b'c',
-            b't', 0xaa,
-        ];
+        let mut expected =
+            vec![0x85, 0xa1, b'v', 1, 0xa2, b'i', b'd', 0xa1, b'x', 0xa2, b't', b's', 5, 0xa2, b'c', b't', 0xaa];
         expected.extend_from_slice(b"text/plain");
         expected.extend_from_slice(&[0xa1, b'p', 0xc4, 2, b'h', b'i']);
         assert_eq!(e.encode(), expected);

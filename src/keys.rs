@@ -26,9 +26,7 @@ pub struct TopicKeys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Keys {
-        Keys {
-            prefix: prefix.into(),
-        }
+        Keys { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -52,9 +50,7 @@ impl Keys {
 
     /// The topic name inside a meta key found by `meta_pattern`, if it is one.
     pub fn topic_of_meta<'k>(&self, key: &'k str) -> Option<&'k str> {
-        key.strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":{")?
-            .strip_suffix("}:m")
+        key.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?.strip_suffix("}:m")
     }
 }
 

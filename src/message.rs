@@ -60,45 +60,29 @@ impl InvalidMessage {
 }
 
 fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl NewMessage {
     /// Checks every limit; on success mints the message id (UUID v7) and publish time.
     pub fn check(self, limits: &Limits) -> Result<OutgoingMessage, InvalidMessage> {
         if self.payload.len() > limits.max_payload_bytes {
-            return Err(InvalidMessage::PayloadTooLarge {
-                len: self.payload.len(),
-                max: limits.max_payload_bytes,
-            });
+            return Err(InvalidMessage::PayloadTooLarge { len: self.payload.len(), max: limits.max_payload_bytes });
         }
         if self.headers.len() > limits.max_headers {
-            return Err(InvalidMessage::TooManyHeaders {
-                count: self.headers.len(),
-                max: limits.max_headers,
-            });
+            return Err(InvalidMessage::TooManyHeaders { count: self.headers.len(), max: limits.max_headers });
         }
         if let Some(name) = self.headers.keys().find(|n| !valid_header_name(n)) {
             return Err(InvalidMessage::InvalidHeaderName(name.clone()));
         }
         let header_bytes: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         if header_bytes > limits.max_header_bytes {
-            return Err(InvalidMessage::HeadersTooLarge {
-                len: header_bytes,
-                max: limits.max_header_bytes,
-            });
+            return Err(InvalidMessage::HeadersTooLarge { len: header_bytes, max: limits.max_header_bytes });
         }
         if self.ttl_ms == Some(0) {
             return Err(InvalidMessage::InvalidTtl);
@@ -117,9 +101,7 @@ impl NewMessage {
                 )));
             }
             if !key.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(InvalidMessage::InvalidIdempotencyKey(
-                    "only visible ASCII characters, no spaces".into(),
-                ));
+                return Err(InvalidMessage::InvalidIdempotencyKey("only visible ASCII characters, no spaces".into()));
             }
         }
         Ok(OutgoingMessage {
@@ -143,24 +125,14 @@ mod tests {
     use crate::config::Config;
 
     fn msg(payload: usize) -> NewMessage {
-        NewMessage {
-            payload: vec![b'x'; payload],
-            content_type: "text/plain".into(),
-            ..Default::default()
-        }
+        NewMessage { payload: vec![b'x'; payload], content_type: "text/plain".into(), ..Default::default() }
     }
 
     #[test]
     fn payload_limit_edge() {
         let limits = Config::defaults().limits;
         assert!(msg(limits.max_payload_bytes).check(&limits).is_ok());
-        assert_eq!(
-            msg(limits.max_payload_bytes + 1)
-                .check(&limits)
-                .unwrap_err()
-                .code(),
-            "payload_too_large"
-        );
+        assert_eq!(msg(limits.max_payload_bytes + 1).check(&limits).unwrap_err().code(), "payload_too_large");
     }
 
     #[test]
@@ -175,11 +147,9 @@ mod tests {
         assert_eq!(m.check(&limits).unwrap_err().code(), "too_many_headers");
 
         let mut m = msg(1);
-        m.headers
-            .insert("big".into(), "v".repeat(limits.max_header_bytes - 3));
+        m.headers.insert("big".into(), "v".repeat(limits.max_header_bytes - 3));
         assert!(m.clone().check(&limits).is_ok());
-        m.headers
-            .insert("big".into(), "v".repeat(limits.max_header_bytes - 2));
+        m.headers.insert("big".into(), "v".repeat(limits.max_header_bytes - 2));
         assert_eq!(m.check(&limits).unwrap_err().code(), "headers_too_large");
 
         let mut m = msg(1);
@@ -194,14 +164,8 @@ mod tests {
         m.idempotency_key = Some("k".repeat(limits.max_idempotency_key_bytes));
         assert!(m.clone().check(&limits).is_ok());
         m.idempotency_key = Some("k".repeat(limits.max_idempotency_key_bytes + 1));
-        assert_eq!(
-            m.clone().check(&limits).unwrap_err().code(),
-            "invalid_idempotency_key"
-        );
+        assert_eq!(m.clone().check(&limits).unwrap_err().code(), "invalid_idempotency_key");
         m.idempotency_key = Some("a b".into());
-        assert_eq!(
-            m.check(&limits).unwrap_err().code(),
-            "invalid_idempotency_key"
-        );
+        assert_eq!(m.check(&limits).unwrap_err().code(), "invalid_idempotency_key");
     }
 }

@@ -23,10 +23,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A started streamhub node.
@@ -41,9 +38,7 @@ pub struct Server {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 impl Server {
@@ -54,10 +49,7 @@ impl Server {
         let config = Arc::new(config);
         let embedded = EmbeddedRedis::start_if_needed(&config.redis).await?;
         let store = Store::connect(&config)?;
-        match store
-            .wait_ready(Duration::from_millis(config.redis.connect_timeout_ms))
-            .await
-        {
+        match store.wait_ready(Duration::from_millis(config.redis.connect_timeout_ms)).await {
             Ok(()) => {
                 tracing::info!(url = %crate::config::mask_url_password(&config.redis.url), "connected to redis")
             }
@@ -70,43 +62,27 @@ impl Server {
         let tasks = TaskTracker::new();
         let http = bind(config.server.listen).await?;
         let metrics_listener = bind(config.server.metrics_listen).await?;
-        let http_addr = http.local_addr().map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
+        let http_addr = http.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
         let metrics_addr = metrics_listener
             .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.server.metrics_listen,
-                source,
-            })?;
+            .map_err(|source| StartError::Bind { addr: config.server.metrics_listen, source })?;
 
         let prometheus = metrics::handle();
         tasks.spawn(metrics::run_upkeep(prometheus.clone(), shutdown.clone()));
-        let metrics_app = Router::new().route(
-            "/metrics",
-            get(move || std::future::ready(prometheus.render())),
-        );
+        let metrics_app = Router::new().route("/metrics", get(move || std::future::ready(prometheus.render())));
         let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, metrics_app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
+            if let Err(e) =
+                axum::serve(metrics_listener, metrics_app).with_graceful_shutdown(token.cancelled_owned()).await
             {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         });
 
-        let app = gateway::router(Arc::new(AppState {
-            store: store.clone(),
-            config: config.clone(),
-        }));
+        let app = gateway::router(Arc::new(AppState { store: store.clone(), config: config.clone() }));
         let token = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(http, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-            {
+            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned()).await {
                 tracing::error!(error = %e, "http listener failed");
             }
         });
@@ -144,10 +120,7 @@ impl Server {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(self.grace, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "in-flight requests did not finish within the grace period");
         }
         self.store.close().await;

@@ -31,15 +31,12 @@ impl Topic {
             return Err(InvalidTopic::Empty);
         }
         if name.len() > max_bytes {
-            return Err(InvalidTopic::TooLong {
-                len: name.len(),
-                max: max_bytes,
-            });
+            return Err(InvalidTopic::TooLong { len: name.len(), max: max_bytes });
         }
-        if let Some(c) = name.chars().find(|c| {
-            !(c.is_ascii_alphanumeric()
-                || (c.is_ascii() && TOPIC_PUNCTUATION.contains(&(*c as u8))))
-        }) {
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || (c.is_ascii() && TOPIC_PUNCTUATION.contains(&(*c as u8)))))
+        {
             return Err(InvalidTopic::BadChar(c));
         }
         Ok(Topic(name.to_string()))
@@ -81,10 +78,7 @@ mod tests {
         ] {
             assert_eq!(Topic::parse(name, 200), Err(expected), "{name:?}");
         }
-        assert_eq!(
-            Topic::parse(&"a".repeat(201), 200),
-            Err(InvalidTopic::TooLong { len: 201, max: 200 })
-        );
+        assert_eq!(Topic::parse(&"a".repeat(201), 200), Err(InvalidTopic::TooLong { len: 201, max: 200 }));
         assert!(Topic::parse(&"a".repeat(200), 200).is_ok());
     }
 }

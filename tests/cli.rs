@@ -13,10 +13,7 @@ fn streamhub(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         command.env(k, v);
     }
-    command
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run streamhub")
+    command.env_remove("RUST_LOG").output().expect("run streamhub")
 }
 
 fn stdout(out: &Output) -> String {
@@ -27,11 +24,8 @@ fn stdout(out: &Output) -> String {
 fn check_config_layers_file_env_and_flags_and_masks_secrets() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("c.toml");
-    std::fs::write(
-        &file,
-        "[limits]\nmax_headers = 5\nmax_batch_messages = 7\n[redis]\nprefix = \"fromfile\"\n",
-    )
-    .expect("write");
+    std::fs::write(&file, "[limits]\nmax_headers = 5\nmax_batch_messages = 7\n[redis]\nprefix = \"fromfile\"\n")
+        .expect("write");
     let out = streamhub(
         &[
             "--config",
@@ -42,43 +36,17 @@ fn check_config_layers_file_env_and_flags_and_masks_secrets() {
             "redis://user:hunter2@127.0.0.1:7777",
             "check-config",
         ],
-        &[
-            ("STREAMHUB__LIMITS__MAX_BATCH_MESSAGES", "9"),
-            ("STREAMHUB__REDIS__PREFIX", "fromenv"),
-        ],
+        &[("STREAMHUB__LIMITS__MAX_BATCH_MESSAGES", "9"), ("STREAMHUB__REDIS__PREFIX", "fromenv")],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = stdout(&out);
     let effective: toml::Value = toml::from_str(&text).expect("check-config prints TOML");
-    assert_eq!(
-        effective["limits"]["max_headers"].as_integer(),
-        Some(5),
-        "file overrides defaults"
-    );
-    assert_eq!(
-        effective["limits"]["max_batch_messages"].as_integer(),
-        Some(9),
-        "env overrides the file"
-    );
-    assert_eq!(
-        effective["redis"]["prefix"].as_str(),
-        Some("fromflag"),
-        "flags override env"
-    );
-    assert_eq!(
-        effective["redis"]["url"].as_str(),
-        Some("redis://user:***@127.0.0.1:7777")
-    );
+    assert_eq!(effective["limits"]["max_headers"].as_integer(), Some(5), "file overrides defaults");
+    assert_eq!(effective["limits"]["max_batch_messages"].as_integer(), Some(9), "env overrides the file");
+    assert_eq!(effective["redis"]["prefix"].as_str(), Some("fromflag"), "flags override env");
+    assert_eq!(effective["redis"]["url"].as_str(), Some("redis://user:***@127.0.0.1:7777"));
     assert!(!text.contains("hunter2"), "the password is never printed");
-    assert_eq!(
-        effective["limits"]["max_payload_bytes"].as_integer(),
-        Some(1 << 20),
-        "defaults fill the rest"
-    );
+    assert_eq!(effective["limits"]["max_payload_bytes"].as_integer(), Some(1 << 20), "defaults fill the rest");
 }
 
 #[test]
@@ -88,52 +56,16 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
     std::fs::write(&unknown, "[limits]\nmax_payload_bytez = 5\n").expect("write");
     type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
+        (vec!["--config".into(), unknown.display().to_string(), "check-config".into()], vec![], "max_payload_bytez"),
         (
-            vec![
-                "--config".into(),
-                unknown.display().to_string(),
-                "check-config".into(),
-            ],
-            vec![],
-            "max_payload_bytez",
-        ),
-        (
-            vec![
-                "--config".into(),
-                "/nonexistent/streamhub.toml".into(),
-                "check-config".into(),
-            ],
+            vec!["--config".into(), "/nonexistent/streamhub.toml".into(), "check-config".into()],
             vec![],
             "does not exist",
         ),
-        (
-            vec![
-                "--prefix".into(),
-                "bad{prefix}".into(),
-                "check-config".into(),
-            ],
-            vec![],
-            "redis.prefix",
-        ),
-        (
-            vec!["check-config".into()],
-            vec![("STREAMHUB__REDIS__COMMAND_TIMEOUT_MS", "0")],
-            "redis.command_timeout_ms",
-        ),
-        (
-            vec!["check-config".into()],
-            vec![("STREAMHUB__LIMITS__MAX_HEADERS", "many")],
-            "max_headers",
-        ),
-        (
-            vec![
-                "--redis-url".into(),
-                "http://x".into(),
-                "check-config".into(),
-            ],
-            vec![],
-            "redis.url",
-        ),
+        (vec!["--prefix".into(), "bad{prefix}".into(), "check-config".into()], vec![], "redis.prefix"),
+        (vec!["check-config".into()], vec![("STREAMHUB__REDIS__COMMAND_TIMEOUT_MS", "0")], "redis.command_timeout_ms"),
+        (vec!["check-config".into()], vec![("STREAMHUB__LIMITS__MAX_HEADERS", "many")], "max_headers"),
+        (vec!["--redis-url".into(), "http://x".into(), "check-config".into()], vec![], "redis.url"),
     ];
     for (args, env, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -162,79 +94,44 @@ fn publish_history_and_topics_work_against_redis() {
     let run = |extra: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         let out = streamhub(&args, &[]);
-        assert!(
-            out.status.success(),
-            "{extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
         stdout(&out)
     };
-    let first: Value =
-        serde_json::from_str(&run(&["publish", "cli.t", "{\"n\":1}", "--header", "k=v"]))
-            .expect("json");
+    let first: Value = serde_json::from_str(&run(&["publish", "cli.t", "{\"n\":1}", "--header", "k=v"])).expect("json");
     assert_eq!(first["seq"], json!(1));
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("payload.txt");
     std::fs::write(&file, "from a file").expect("write");
-    let second: Value = serde_json::from_str(&run(&[
-        "publish",
-        "cli.t",
-        &format!("@{}", file.display()),
-        "--idempotency-key",
-        "x",
-    ]))
-    .expect("json");
+    let second: Value =
+        serde_json::from_str(&run(&["publish", "cli.t", &format!("@{}", file.display()), "--idempotency-key", "x"]))
+            .expect("json");
     assert_eq!(second["seq"], json!(2));
-    let dup: Value = serde_json::from_str(&run(&[
-        "publish",
-        "cli.t",
-        "again",
-        "--idempotency-key",
-        "x",
-    ]))
-    .expect("json");
-    assert_eq!(
-        (dup["seq"].clone(), dup["duplicate"].clone()),
-        (json!(2), json!(true))
-    );
+    let dup: Value =
+        serde_json::from_str(&run(&["publish", "cli.t", "again", "--idempotency-key", "x"])).expect("json");
+    assert_eq!((dup["seq"].clone(), dup["duplicate"].clone()), (json!(2), json!(true)));
 
-    let history: Value =
-        serde_json::from_str(&run(&["history", "cli.t", "--since", "0"])).expect("json");
+    let history: Value = serde_json::from_str(&run(&["history", "cli.t", "--since", "0"])).expect("json");
     assert_eq!(history["messages"][0]["data"], json!({ "n": 1 }));
     assert_eq!(history["messages"][0]["headers"], json!({ "k": "v" }));
     assert_eq!(history["messages"][1]["data"], json!("from a file"));
     assert_eq!(history["messages"].as_array().map(Vec::len), Some(2));
 
     let topics = run(&["topics"]);
-    let listed: Vec<Value> = topics
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let listed: Vec<Value> = topics.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["topic"], json!("cli.t"));
     assert_eq!(listed[0]["seq"], json!(2));
 
     // Bad input and a dead Redis: non-zero exit and a message, not a hang.
-    let args: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain(["publish", "bad topic", "x"])
-        .collect();
+    let args: Vec<&str> = base.iter().copied().chain(["publish", "bad topic", "x"]).collect();
     let out = streamhub(&args, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("topic"));
     drop(redis);
     let out = streamhub(
         &["--redis-url", &url, "publish", "t", "x"],
-        &[
-            ("STREAMHUB__REDIS__CONNECT_TIMEOUT_MS", "300"),
-            ("STREAMHUB__REDIS__COMMAND_TIMEOUT_MS", "300"),
-        ],
+        &[("STREAMHUB__REDIS__CONNECT_TIMEOUT_MS", "300"), ("STREAMHUB__REDIS__COMMAND_TIMEOUT_MS", "300")],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unavailable"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unavailable"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -40,9 +40,7 @@ fn serve(redis_port: u16, data_dir: &std::path::Path, spawn: &str) -> Serve {
 }
 
 async fn http_status(port: u16, path: &str) -> Option<u16> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-        .await
-        .ok()?;
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
     Some(response.status().as_u16())
 }
 
@@ -60,18 +58,12 @@ async fn serve_starts_its_own_redis_and_stops_it_on_sigterm() {
     let data = tempfile::tempdir().expect("temp dir");
     let redis_port = free_port();
     let redis_addr = std::net::SocketAddr::from(([127, 0, 0, 1], redis_port));
-    assert!(
-        !redis_answers(redis_addr),
-        "nothing listens on the chosen port"
-    );
+    assert!(!redis_answers(redis_addr), "nothing listens on the chosen port");
     let mut node = serve(redis_port, &data.path().join("redis"), "auto");
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", node.http);
     wait_for_status(node.http, "/readyz", 200).await;
-    assert!(
-        redis_answers(redis_addr),
-        "the embedded redis-server answers on the configured port"
-    );
+    assert!(redis_answers(redis_addr), "the embedded redis-server answers on the configured port");
     let response = client
         .post(format!("{base}/v1/topics/emb/messages"))
         .json(&serde_json::json!({ "data": "kept" }))
@@ -79,10 +71,7 @@ async fn serve_starts_its_own_redis_and_stops_it_on_sigterm() {
         .await
         .expect("publish");
     assert_eq!(response.status(), 201);
-    assert!(
-        data.path().join("redis").join("appendonlydir").is_dir(),
-        "AOF is on, under redis.data_dir"
-    );
+    assert!(data.path().join("redis").join("appendonlydir").is_dir(), "AOF is on, under redis.data_dir");
 
     kill(Pid::from_raw(node.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -90,16 +79,11 @@ async fn serve_starts_its_own_redis_and_stops_it_on_sigterm() {
         if let Some(status) = node.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "streamhub did not exit after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "streamhub did not exit after SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "clean exit: {status:?}");
-    wait_until("the embedded redis-server to stop", READY_TIMEOUT, || {
-        !redis_answers(redis_addr)
-    });
+    wait_until("the embedded redis-server to stop", READY_TIMEOUT, || !redis_answers(redis_addr));
 }
 
 #[tokio::test]
@@ -109,12 +93,6 @@ async fn spawn_never_leaves_redis_alone_and_reports_not_ready() {
     let node = serve(redis_port, &data.path().join("redis"), "never");
     wait_for_status(node.http, "/healthz", 200).await;
     assert_eq!(http_status(node.http, "/readyz").await, Some(503));
-    assert!(!redis_answers(std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        redis_port
-    ))));
-    assert!(
-        !data.path().join("redis").exists(),
-        "no data directory was created"
-    );
+    assert!(!redis_answers(std::net::SocketAddr::from(([127, 0, 0, 1], redis_port))));
+    assert!(!data.path().join("redis").exists(), "no data directory was created");
 }

@@ -15,26 +15,16 @@ async fn since_paging_returns_exactly_the_messages_after_since() {
         app.publish("p", json!(i)).await;
     }
     for since in [0u64, 1, 7, 24, 25, 30] {
-        let (status, page) = app
-            .get(&format!("/v1/topics/p/messages?since={since}&limit=10"))
-            .await;
+        let (status, page) = app.get(&format!("/v1/topics/p/messages?since={since}&limit=10")).await;
         assert_eq!(status, StatusCode::OK);
-        let seqs: Vec<u64> = page["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .map(|m| m["seq"].as_u64().expect("seq"))
-            .collect();
+        let seqs: Vec<u64> =
+            page["messages"].as_array().expect("messages").iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
         let expected: Vec<u64> = (since + 1..=25).take(10).collect();
         assert_eq!(seqs, expected, "since={since}");
         assert_eq!(page["seq"], json!(25));
         assert_eq!(page["truncated"], json!(false));
-        let data: Vec<u64> = page["messages"]
-            .as_array()
-            .expect("messages")
-            .iter()
-            .map(|m| m["data"].as_u64().expect("data"))
-            .collect();
+        let data: Vec<u64> =
+            page["messages"].as_array().expect("messages").iter().map(|m| m["data"].as_u64().expect("data")).collect();
         assert_eq!(data, expected, "payloads match their seqs");
     }
     // Walking pages reaches every message once.
@@ -59,45 +49,23 @@ async fn truncated_is_true_exactly_when_retention_trimmed_the_range() {
     let app = TestApp::start_with(&redis, |c| c.retention.max_len = 10).await;
     let batch = json!({ "messages": (0..100).map(|i| json!({ "data": i })).collect::<Vec<_>>() });
     for _ in 0..10 {
-        let (status, _) = app
-            .post_json("/v1/topics/trim/messages:batch", &batch)
-            .await;
+        let (status, _) = app.post_json("/v1/topics/trim/messages:batch", &batch).await;
         assert_eq!(status, StatusCode::OK);
     }
     let (_, topic) = app.get("/v1/topics/trim").await;
     let first = topic["first_seq"].as_u64().expect("first_seq");
     assert_eq!(topic["seq"], json!(1000));
-    assert!(
-        first > 1,
-        "retention trimmed the oldest entries (first retained {first})"
-    );
-    assert!(
-        topic["length"].as_u64().expect("length") >= 10,
-        "at least max_len entries stay"
-    );
+    assert!(first > 1, "retention trimmed the oldest entries (first retained {first})");
+    assert!(topic["length"].as_u64().expect("length") >= 10, "at least max_len entries stay");
 
     // Asking for history that is gone: truncated, and the page starts at the oldest kept.
     let (_, page) = app.get("/v1/topics/trim/messages?since=0&limit=5").await;
     assert_eq!(page["truncated"], json!(true));
     assert_eq!(page["messages"][0]["seq"].as_u64(), Some(first));
-    let (_, page) = app
-        .get(&format!(
-            "/v1/topics/trim/messages?since={}&limit=5",
-            first - 2
-        ))
-        .await;
-    assert_eq!(
-        page["truncated"],
-        json!(true),
-        "one message before the first retained is gone"
-    );
+    let (_, page) = app.get(&format!("/v1/topics/trim/messages?since={}&limit=5", first - 2)).await;
+    assert_eq!(page["truncated"], json!(true), "one message before the first retained is gone");
     // Asking from just before the oldest retained entry: nothing is missing.
-    let (_, page) = app
-        .get(&format!(
-            "/v1/topics/trim/messages?since={}&limit=5",
-            first - 1
-        ))
-        .await;
+    let (_, page) = app.get(&format!("/v1/topics/trim/messages?since={}&limit=5", first - 1)).await;
     assert_eq!(page["truncated"], json!(false));
     assert_eq!(page["messages"][0]["seq"].as_u64(), Some(first));
     // Caught up: nothing after since, nothing missing.
@@ -112,15 +80,9 @@ async fn an_unknown_topic_is_404_topic_not_found() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis).await;
     let (status, body) = app.get("/v1/topics/never/messages").await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::NOT_FOUND, "topic_not_found")
-    );
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "topic_not_found"));
     let (status, body) = app.get("/v1/topics/never").await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::NOT_FOUND, "topic_not_found")
-    );
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "topic_not_found"));
     app.stop().await;
 }
 
@@ -136,24 +98,16 @@ async fn the_epoch_changes_when_the_topic_meta_is_lost_and_an_old_epoch_reader_c
 
     // Keys deleted: the topic starts over in a new epoch.
     let topic = streamhub::Topic::parse("e", 200).expect("topic");
-    app.server
-        .store()
-        .delete_topic_keys(&topic)
-        .await
-        .expect("delete");
+    app.server.store().delete_topic_keys(&topic).await.expect("delete");
     let (status, after) = app.publish("e", json!("new")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(after["seq"], json!(1));
     assert_ne!(after["epoch"].as_str(), Some(old_epoch.as_str()));
 
-    let (_, page) = app
-        .get(&format!("/v1/topics/e/messages?since=3&epoch={old_epoch}"))
-        .await;
+    let (_, page) = app.get(&format!("/v1/topics/e/messages?since=3&epoch={old_epoch}")).await;
     assert_eq!(page["epoch_changed"], json!(true), "{page}");
     let new_epoch = after["epoch"].as_str().expect("epoch");
-    let (_, page) = app
-        .get(&format!("/v1/topics/e/messages?since=0&epoch={new_epoch}"))
-        .await;
+    let (_, page) = app.get(&format!("/v1/topics/e/messages?since=0&epoch={new_epoch}")).await;
     assert_eq!(page["epoch_changed"], json!(false));
     assert_eq!(page["messages"][0]["data"], json!("new"));
     app.stop().await;
@@ -179,12 +133,8 @@ async fn a_redis_restart_without_persistence_changes_the_epoch() {
     let next = next.expect("publishing works again after the restart");
     assert_eq!(next["seq"], json!(1));
     assert_ne!(next["epoch"], first["epoch"]);
-    let (_, page) = app
-        .get(&format!(
-            "/v1/topics/r/messages?since=1&epoch={}",
-            first["epoch"].as_str().expect("e")
-        ))
-        .await;
+    let (_, page) =
+        app.get(&format!("/v1/topics/r/messages?since=1&epoch={}", first["epoch"].as_str().expect("e"))).await;
     assert_eq!(page["epoch_changed"], json!(true));
     app.stop().await;
 }

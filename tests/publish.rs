@@ -37,40 +37,17 @@ async fn sixteen_concurrent_publishers_get_seqs_1_to_16000_without_gap_or_duplic
         acked.extend(task.await.expect("publisher task"));
     }
     acked.sort_unstable();
-    assert_eq!(
-        acked,
-        (1..=16000).collect::<Vec<u64>>(),
-        "acknowledged seqs are 1..16000"
-    );
+    assert_eq!(acked, (1..=16000).collect::<Vec<u64>>(), "acknowledged seqs are 1..16000");
 
     let history = app.history_all("load", 0).await;
-    let seqs: Vec<u64> = history
-        .iter()
-        .map(|m| m["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=16000).collect::<Vec<u64>>(),
-        "history holds 1..16000 in order"
-    );
+    let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (1..=16000).collect::<Vec<u64>>(), "history holds 1..16000 in order");
     let payloads: HashSet<(u64, u64)> = history
         .iter()
-        .map(|m| {
-            (
-                m["data"]["publisher"].as_u64().expect("p"),
-                m["data"]["i"].as_u64().expect("i"),
-            )
-        })
+        .map(|m| (m["data"]["publisher"].as_u64().expect("p"), m["data"]["i"].as_u64().expect("i")))
         .collect();
-    assert_eq!(
-        payloads.len(),
-        16000,
-        "every published message is stored exactly once"
-    );
-    let ids: HashSet<&str> = history
-        .iter()
-        .map(|m| m["id"].as_str().expect("id"))
-        .collect();
+    assert_eq!(payloads.len(), 16000, "every published message is stored exactly once");
+    let ids: HashSet<&str> = history.iter().map(|m| m["id"].as_str().expect("id")).collect();
     assert_eq!(ids.len(), 16000, "message ids are unique");
     app.stop().await;
 }
@@ -86,10 +63,7 @@ async fn an_idempotent_repeat_returns_the_same_seq_and_adds_nothing() {
     let (status, again) = app.post_json("/v1/topics/orders/messages", &body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["duplicate"], json!(true));
-    assert_eq!(
-        (&again["epoch"], &again["seq"], &again["id"]),
-        (&first["epoch"], &first["seq"], &first["id"])
-    );
+    assert_eq!((&again["epoch"], &again["seq"], &again["id"]), (&first["epoch"], &first["seq"], &first["id"]));
 
     // The same key as an HTTP header on a raw publish is recognised too.
     let response = app
@@ -104,12 +78,8 @@ async fn an_idempotent_repeat_returns_the_same_seq_and_adds_nothing() {
     assert_eq!(response.status(), StatusCode::OK);
 
     // Another key is a new message.
-    let (status, other) = app
-        .post_json(
-            "/v1/topics/orders/messages",
-            &json!({ "data": 2, "idempotency_key": "order-18" }),
-        )
-        .await;
+    let (status, other) =
+        app.post_json("/v1/topics/orders/messages", &json!({ "data": 2, "idempotency_key": "order-18" })).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(other["seq"], json!(2));
 
@@ -133,15 +103,8 @@ async fn a_batch_is_stored_atomically_with_consecutive_seqs_in_order() {
     let (status, body) = app.post_json("/v1/topics/b/messages:batch", &batch).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let results = body["results"].as_array().expect("results");
-    let seqs: Vec<u64> = results
-        .iter()
-        .map(|r| r["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        vec![2, 3, 4, 3],
-        "consecutive seqs; the in-batch duplicate answers the earlier one"
-    );
+    let seqs: Vec<u64> = results.iter().map(|r| r["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 3], "consecutive seqs; the in-batch duplicate answers the earlier one");
     assert_eq!(results[3]["duplicate"], json!(true));
     assert_eq!(results[3]["id"], results[1]["id"]);
 
@@ -151,8 +114,7 @@ async fn a_batch_is_stored_atomically_with_consecutive_seqs_in_order() {
     assert_eq!(history[2]["ttl_ms"], json!(5000));
 
     // One invalid message refuses the whole batch and names it; nothing is stored.
-    let bad =
-        json!({ "messages": [ { "data": 1 }, { "data": 2, "headers": { "bad name": "v" } } ] });
+    let bad = json!({ "messages": [ { "data": 1 }, { "data": 2, "headers": { "bad name": "v" } } ] });
     let (status, body) = app.post_json("/v1/topics/b/messages:batch", &bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(code(&body), "invalid_header");
@@ -184,9 +146,8 @@ async fn a_raw_body_keeps_its_bytes_content_type_and_headers() {
     assert_eq!(m["headers"]["trace"], json!("abc"));
     assert_eq!(m["ttl_ms"], json!(60000));
     use base64::Engine;
-    let stored = base64::engine::general_purpose::STANDARD
-        .decode(m["data_base64"].as_str().expect("b64"))
-        .expect("base64");
+    let stored =
+        base64::engine::general_purpose::STANDARD.decode(m["data_base64"].as_str().expect("b64")).expect("base64");
     assert_eq!(stored, bytes);
     app.stop().await;
 }

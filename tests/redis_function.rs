@@ -7,15 +7,8 @@ use common::{RedisServer, TestApp};
 use serde_json::json;
 
 fn lines(out: &std::process::Output) -> Vec<String> {
-    assert!(
-        out.status.success(),
-        "redis-cli failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    assert!(out.status.success(), "redis-cli failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
 #[tokio::test]
@@ -24,11 +17,7 @@ async fn redis_cli_publish_is_visible_in_history_with_the_next_seq() {
     let app = TestApp::start(&redis).await;
     let (_, first) = app.publish("fx", json!({ "via": "http" })).await;
     let p = app.prefix().to_string();
-    let (m, s, h) = (
-        format!("{p}:{{fx}}:m"),
-        format!("{p}:{{fx}}:s"),
-        format!("{p}:{{fx}}:h"),
-    );
+    let (m, s, h) = (format!("{p}:{{fx}}:m"), format!("{p}:{{fx}}:s"), format!("{p}:{{fx}}:h"));
     let idem = format!("{p}:{{fx}}:i:job-1");
 
     let out = lines(&redis.cli(&[
@@ -45,11 +34,7 @@ async fn redis_cli_publish_is_visible_in_history_with_the_next_seq() {
         "source",
         "cli",
     ]));
-    assert_eq!(
-        out[0],
-        first["epoch"].as_str().expect("epoch"),
-        "same epoch"
-    );
+    assert_eq!(out[0], first["epoch"].as_str().expect("epoch"), "same epoch");
     assert_eq!(out[1], "2", "next seq");
     assert_eq!(out[2], "0", "not a duplicate");
     let id = out[3].clone();
@@ -57,21 +42,8 @@ async fn redis_cli_publish_is_visible_in_history_with_the_next_seq() {
     assert_eq!(&id[14..15], "7", "version 7: {id}");
 
     // The same idempotency key: same answer, nothing added.
-    let again = lines(&redis.cli(&[
-        "FCALL",
-        "sh_publish_raw_v1",
-        "4",
-        &m,
-        &s,
-        &h,
-        &idem,
-        "other",
-        "text/plain",
-    ]));
-    assert_eq!(
-        again,
-        vec![out[0].clone(), "2".to_string(), "1".to_string(), id.clone()]
-    );
+    let again = lines(&redis.cli(&["FCALL", "sh_publish_raw_v1", "4", &m, &s, &h, &idem, "other", "text/plain"]));
+    assert_eq!(again, vec![out[0].clone(), "2".to_string(), "1".to_string(), id.clone()]);
 
     // Minimal call: payload only.
     let minimal = lines(&redis.cli(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, &h, "bytes"]));
@@ -84,15 +56,9 @@ async fn redis_cli_publish_is_visible_in_history_with_the_next_seq() {
     assert_eq!(history[0]["data"], json!({ "via": "redis" }));
     assert_eq!(history[0]["headers"], json!({ "source": "cli" }));
     assert_eq!(history[0]["content_type"], json!("application/json"));
-    assert_eq!(
-        history[1]["content_type"],
-        json!("application/octet-stream")
-    );
+    assert_eq!(history[1]["content_type"], json!("application/octet-stream"));
     use base64::Engine;
-    assert_eq!(
-        history[1]["data_base64"],
-        json!(base64::engine::general_purpose::STANDARD.encode("bytes"))
-    );
+    assert_eq!(history[1]["data_base64"], json!(base64::engine::general_purpose::STANDARD.encode("bytes")));
 
     // And HTTP continues the same numbering.
     let (_, next) = app.publish("fx", json!(4)).await;
@@ -126,79 +92,18 @@ async fn a_new_topic_can_be_created_from_redis_and_bad_calls_are_refused_with_co
 
     let refused = |args: &[&str], expected: &str| {
         let out = redis.cli(args);
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            text.contains(&format!("SH {expected}")),
-            "{args:?} → {text}"
-        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(&format!("SH {expected}")), "{args:?} → {text}");
     };
     let (m, s, h) = (key("new", "m"), key("new", "s"), key("new", "h"));
+    refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, &h, "this payload is too long"], "payload_too_large");
+    refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &key("other", "s"), &h, "x"], "invalid_keys");
     refused(
-        &[
-            "FCALL",
-            "sh_publish_raw_v1",
-            "3",
-            &m,
-            &s,
-            &h,
-            "this payload is too long",
-        ],
-        "payload_too_large",
-    );
-    refused(
-        &[
-            "FCALL",
-            "sh_publish_raw_v1",
-            "3",
-            &m,
-            &key("other", "s"),
-            &h,
-            "x",
-        ],
-        "invalid_keys",
-    );
-    refused(
-        &[
-            "FCALL",
-            "sh_publish_raw_v1",
-            "3",
-            &key("a b", "m"),
-            &key("a b", "s"),
-            &key("a b", "h"),
-            "x",
-        ],
+        &["FCALL", "sh_publish_raw_v1", "3", &key("a b", "m"), &key("a b", "s"), &key("a b", "h"), "x"],
         "invalid_topic",
     );
-    refused(
-        &[
-            "FCALL",
-            "sh_publish_raw_v1",
-            "3",
-            &m,
-            &s,
-            &h,
-            "x",
-            "text/plain",
-            "-5",
-        ],
-        "invalid_request",
-    );
-    refused(
-        &[
-            "FCALL",
-            "sh_publish_raw_v1",
-            "3",
-            &m,
-            &s,
-            &h,
-            "x",
-            "text/plain",
-            "0",
-            "lonely",
-        ],
-        "invalid_header",
-    );
+    refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, &h, "x", "text/plain", "-5"], "invalid_request");
+    refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, &h, "x", "text/plain", "0", "lonely"], "invalid_header");
     let (_, after) = app.get("/v1/topics/new").await;
     assert_eq!(after["seq"], json!(1), "refused calls wrote nothing");
     app.stop().await;

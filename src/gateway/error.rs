@@ -23,12 +23,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            index: None,
-        }
+        ApiError { status, code, message: message.into(), index: None }
     }
 
     pub fn at(mut self, index: usize) -> ApiError {
@@ -47,13 +42,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-                index: self.index,
-            },
-        };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, index: self.index } };
         (self.status, Json(body)).into_response()
     }
 }
@@ -79,6 +69,7 @@ impl From<StoreError> for ApiError {
         let kind = match &e {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Refused { .. } => "refused",
+            StoreError::NotReplicated { .. } => "not_replicated",
             StoreError::Protocol(_) => "protocol",
             StoreError::Redis(_) => "other",
         };
@@ -92,17 +83,21 @@ impl From<StoreError> for ApiError {
                     "the message store is unavailable; retry later",
                 )
             }
+            e @ StoreError::NotReplicated { .. } => {
+                tracing::warn!(error = %e, "publish not confirmed by replicas");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_replicated",
+                    format!("{e}; retry with the same idempotency key to avoid a duplicate"),
+                )
+            }
             StoreError::Refused { code, message } => {
                 tracing::warn!(%code, %message, "redis function refused a request streamhub had validated");
                 ApiError::bad_request("invalid_request", message)
             }
             other => {
                 tracing::error!(error = %other, "redis call failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
         }
     }

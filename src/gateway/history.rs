@@ -26,19 +26,14 @@ pub(super) async fn history(
 ) -> ApiResult<Json<HistoryResponse>> {
     let topic = Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
     let Query(query) = query.map_err(query_error)?;
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_HISTORY_LIMIT)
-        .min(state.config.limits.max_history_limit);
+    let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT).min(state.config.limits.max_history_limit);
     let page = state.store.read_since(&topic, query.since, limit).await?;
     if page.position.epoch.is_none() && page.position.first_retained == 0 {
-        return Err(ApiError::not_found(
-            "topic_not_found",
-            format!("topic {topic} has no messages"),
-        ));
+        return Err(ApiError::not_found("topic_not_found", format!("topic {topic} has no messages")));
     }
     let response = HistoryResponse::new(page, query.since, query.epoch.as_deref());
-    ::metrics::counter!(metrics::HISTORY_READS, "truncated" => if response.truncated { "true" } else { "false" }).increment(1);
+    ::metrics::counter!(metrics::HISTORY_READS, "truncated" => if response.truncated { "true" } else { "false" })
+        .increment(1);
     Ok(Json(response))
 }
 
@@ -49,18 +44,12 @@ pub(super) async fn topic(
     let topic = Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
     let info = state.store.topic_info(&topic).await?;
     if info.position.epoch.is_none() && info.length == 0 {
-        return Err(ApiError::not_found(
-            "topic_not_found",
-            format!("topic {topic} has no messages"),
-        ));
+        return Err(ApiError::not_found("topic_not_found", format!("topic {topic} has no messages")));
     }
     Ok(Json(TopicResponse::new(topic.to_string(), info)))
 }
 
 pub(super) async fn topics(State(state): State<Arc<AppState>>) -> ApiResult<Json<TopicsResponse>> {
-    let topics = state
-        .store
-        .list_topics(state.config.limits.max_topics_listed)
-        .await?;
+    let topics = state.store.list_topics(state.config.limits.max_topics_listed).await?;
     Ok(Json(TopicsResponse { topics }))
 }

@@ -37,14 +37,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/v1/topics", get(history::topics))
         .route("/v1/topics/{topic}", get(history::topic))
-        .route(
-            "/v1/topics/{topic}/messages",
-            get(history::history).post(publish::publish_one),
-        )
-        .route(
-            "/v1/topics/{topic}/messages:batch",
-            axum::routing::post(publish::publish_batch),
-        )
+        .route("/v1/topics/{topic}/messages", get(history::history).post(publish::publish_one))
+        .route("/v1/topics/{topic}/messages:batch", axum::routing::post(publish::publish_batch))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -57,11 +51,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this route",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {

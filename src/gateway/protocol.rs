@@ -36,12 +36,7 @@ pub struct PublishResult {
 
 impl From<Published> for PublishResult {
     fn from(p: Published) -> Self {
-        PublishResult {
-            epoch: p.epoch,
-            seq: p.seq,
-            id: p.id,
-            duplicate: p.duplicate,
-        }
+        PublishResult { epoch: p.epoch, seq: p.seq, id: p.id, duplicate: p.duplicate }
     }
 }
 
@@ -85,12 +80,7 @@ pub struct MessageOut {
 pub const UNDECODABLE: &str = "application/x-streamhub-undecodable";
 
 pub fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json" || essence.ends_with("+json")
 }
 

@@ -28,11 +28,7 @@ pub const HEADER_PREFIX: &str = "x-streamhub-header-";
 
 pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "request body over limits.max_body_bytes",
-        )
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body over limits.max_body_bytes")
     } else {
         ApiError::bad_request("invalid_request", rejection.body_text())
     }
@@ -47,17 +43,16 @@ fn json_error(e: serde_json::Error) -> ApiError {
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> ApiResult<Option<&'h str>> {
     match headers.get(name) {
         None => Ok(None),
-        Some(v) => v.to_str().map(Some).map_err(|_| {
-            ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII"))
-        }),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII"))),
     }
 }
 
@@ -86,18 +81,15 @@ fn from_raw(content_type: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<N
     let ttl_ms = match header_str(headers, TTL_HEADER)? {
         None => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_request",
-                format!("{TTL_HEADER} must be a whole number of milliseconds"),
-            )
+            ApiError::bad_request("invalid_request", format!("{TTL_HEADER} must be a whole number of milliseconds"))
         })?),
     };
     let mut message_headers = BTreeMap::new();
     for (name, value) in headers {
         if let Some(short) = name.as_str().strip_prefix(HEADER_PREFIX) {
-            let value = value.to_str().map_err(|_| {
-                ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII"))
-            })?;
+            let value = value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} is not visible ASCII")))?;
             message_headers.insert(short.to_string(), value.to_string());
         }
     }
@@ -110,23 +102,14 @@ fn from_raw(content_type: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<N
     })
 }
 
-async fn store(
-    state: &AppState,
-    topic: &Topic,
-    messages: Vec<OutgoingMessage>,
-) -> ApiResult<Vec<Published>> {
+async fn store(state: &AppState, topic: &Topic, messages: Vec<OutgoingMessage>) -> ApiResult<Vec<Published>> {
     let started = Instant::now();
-    let results = state
-        .store
-        .publish(topic, messages)
-        .await
-        .inspect_err(|_| {
-            ::metrics::counter!(metrics::PUBLISH_REJECTED, "code" => "redis").increment(1);
-        })?;
+    let results = state.store.publish(topic, messages).await.inspect_err(|_| {
+        ::metrics::counter!(metrics::PUBLISH_REJECTED, "code" => "redis").increment(1);
+    })?;
     ::metrics::histogram!(metrics::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
     let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
-    ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => "duplicate")
-        .increment(duplicates);
+    ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => "duplicate").increment(duplicates);
     ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => "stored")
         .increment(results.len() as u64 - duplicates);
     Ok(results)
@@ -152,31 +135,21 @@ pub(super) async fn publish_one(
                 from_json(parsed, header_str(&headers, IDEMPOTENCY_KEY)?)?
             }
             Some(ct) => from_raw(ct, &headers, body)?,
-            None => return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "a Content-Type header is required (application/json, or the raw payload's type)",
-            )),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "a Content-Type header is required (application/json, or the raw payload's type)",
+                ))
+            }
         };
         Ok((topic, message.check(&state.config.limits)?))
     };
     let (topic, message) = checked.await.map_err(rejected)?;
-    let result = store(&state, &topic, vec![message])
-        .await?
-        .into_iter()
-        .next();
-    let result = result.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })?;
-    let status = if result.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let result = store(&state, &topic, vec![message]).await?.into_iter().next();
+    let result =
+        result.ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?;
+    let status = if result.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(PublishResult::from(result))))
 }
 
@@ -199,10 +172,7 @@ pub(super) async fn publish_batch(
         }
         let batch: BatchBody = serde_json::from_slice(&body).map_err(json_error)?;
         if batch.messages.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_request",
-                "a batch holds at least one message",
-            ));
+            return Err(ApiError::bad_request("invalid_request", "a batch holds at least one message"));
         }
         if batch.messages.len() > limits.max_batch_messages {
             return Err(ApiError::new(
@@ -224,7 +194,5 @@ pub(super) async fn publish_batch(
     };
     let (topic, messages) = checked.await.map_err(rejected)?;
     let results = store(&state, &topic, messages).await?;
-    Ok(Json(BatchResult {
-        results: results.into_iter().map(PublishResult::from).collect(),
-    }))
+    Ok(Json(BatchResult { results: results.into_iter().map(PublishResult::from).collect() }))
 }

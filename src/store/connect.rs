@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
-use fred::types::config::{
-    Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy,
-};
+use fred::types::config::{Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy};
 use fred::types::Builder;
 
 use super::{Result, StoreError};
@@ -21,8 +19,8 @@ use crate::config::RedisConfig;
 ///   `reconnect_min_ms` and `reconnect_max_ms`; the first connection is retried the same
 ///   way (`fail_fast = false`), so streamhub can start before Redis.
 pub(super) fn pool(config: &RedisConfig) -> Result<Pool> {
-    let mut fred_config = FredConfig::from_url(&config.url)
-        .map_err(|e| StoreError::Redis(format!("redis.url: {e}")))?;
+    let mut fred_config =
+        FredConfig::from_url(&config.url).map_err(|e| StoreError::Redis(format!("redis.url: {e}")))?;
     fred_config.fail_fast = false;
     let timeout = Duration::from_millis(config.command_timeout_ms);
     let connection = ConnectionConfig {
@@ -33,19 +31,11 @@ pub(super) fn pool(config: &RedisConfig) -> Result<Pool> {
         max_command_attempts: 2,
         ..ConnectionConfig::default()
     };
-    let performance = PerformanceConfig {
-        default_command_timeout: timeout,
-        ..PerformanceConfig::default()
-    };
+    let performance = PerformanceConfig { default_command_timeout: timeout, ..PerformanceConfig::default() };
     let pool = Builder::from_config(fred_config)
         .set_connection_config(connection)
         .set_performance_config(performance)
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            config.reconnect_min_ms,
-            config.reconnect_max_ms,
-            2,
-        ))
+        .set_policy(ReconnectPolicy::new_exponential(0, config.reconnect_min_ms, config.reconnect_max_ms, 2))
         .build_pool(config.pool_size)
         .map_err(|e| StoreError::Redis(e.to_string()))?;
     pool.connect();

@@ -22,25 +22,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
-    #[error(
-        "nothing answers at {addr} and redis-server is not on PATH (install it, or set redis.url)"
-    )]
+    #[error("nothing answers at {addr} and redis-server is not on PATH (install it, or set redis.url)")]
     NotInstalled { addr: SocketAddr },
     #[error("cannot prepare {dir}: {source}")]
-    DataDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot start redis-server: {0}")]
     Spawn(std::io::Error),
-    #[error(
-        "redis-server started but did not answer PING at {addr} within {timeout:?} (see {log})"
-    )]
-    NotReady {
-        addr: SocketAddr,
-        timeout: Duration,
-        log: PathBuf,
-    },
+    #[error("redis-server started but did not answer PING at {addr} within {timeout:?} (see {log})")]
+    NotReady { addr: SocketAddr, timeout: Duration, log: PathBuf },
 }
 
 /// A running private redis-server.
@@ -59,11 +48,7 @@ fn loopback_addr(url: &str) -> Option<SocketAddr> {
         None => (hostport, 6379),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = if host == "localhost" {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        host.parse().ok()?
-    };
+    let ip: IpAddr = if host == "localhost" { IpAddr::from([127, 0, 0, 1]) } else { host.parse().ok()? };
     ip.is_loopback().then_some(SocketAddr::new(ip, port))
 }
 
@@ -77,27 +62,18 @@ async fn answers_ping(addr: SocketAddr) -> bool {
         // +PONG, or -NOAUTH / -ERR from a Redis that wants a password: someone answers.
         (n > 0 && (buf[0] == b'+' || buf[0] == b'-')).then_some(())
     };
-    tokio::time::timeout(Duration::from_millis(500), attempt)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+    tokio::time::timeout(Duration::from_millis(500), attempt).await.ok().flatten().is_some()
 }
 
 fn on_path(binary: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(binary))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|p| p.is_file()))
 }
 
 impl EmbeddedRedis {
     /// Starts a private redis-server if the configuration asks for one and nothing
     /// answers at the configured address; None when one is not needed.
-    pub async fn start_if_needed(
-        config: &RedisConfig,
-    ) -> Result<Option<EmbeddedRedis>, EmbeddedError> {
+    pub async fn start_if_needed(config: &RedisConfig) -> Result<Option<EmbeddedRedis>, EmbeddedError> {
         if config.spawn == SpawnPolicy::Never {
             return Ok(None);
         }
@@ -111,41 +87,17 @@ impl EmbeddedRedis {
         Self::start(&binary, addr, &config.data_dir).await.map(Some)
     }
 
-    async fn start(
-        binary: &Path,
-        addr: SocketAddr,
-        data_dir: &Path,
-    ) -> Result<EmbeddedRedis, EmbeddedError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| EmbeddedError::DataDir {
-            dir: data_dir.to_path_buf(),
-            source,
-        })?;
-        let dir = data_dir
-            .canonicalize()
-            .map_err(|source| EmbeddedError::DataDir {
-                dir: data_dir.to_path_buf(),
-                source,
-            })?;
+    async fn start(binary: &Path, addr: SocketAddr, data_dir: &Path) -> Result<EmbeddedRedis, EmbeddedError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| EmbeddedError::DataDir { dir: data_dir.to_path_buf(), source })?;
+        let dir =
+            data_dir.canonicalize().map_err(|source| EmbeddedError::DataDir { dir: data_dir.to_path_buf(), source })?;
         let log = dir.join("redis.log");
         let child = Command::new(binary)
-            .args([
-                "--port",
-                &addr.port().to_string(),
-                "--bind",
-                &addr.ip().to_string(),
-            ])
+            .args(["--port", &addr.port().to_string(), "--bind", &addr.ip().to_string()])
             .arg("--dir")
             .arg(&dir)
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-            ])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"])
             .arg("--logfile")
             .arg(&log)
             .stdin(Stdio::null())
@@ -157,15 +109,9 @@ impl EmbeddedRedis {
         let mut embedded = EmbeddedRedis { child, addr };
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         while !answers_ping(addr).await {
-            if tokio::time::Instant::now() >= deadline
-                || embedded.child.try_wait().ok().flatten().is_some()
-            {
+            if tokio::time::Instant::now() >= deadline || embedded.child.try_wait().ok().flatten().is_some() {
                 embedded.stop().await;
-                return Err(EmbeddedError::NotReady {
-                    addr,
-                    timeout: START_TIMEOUT,
-                    log,
-                });
+                return Err(EmbeddedError::NotReady { addr, timeout: START_TIMEOUT, log });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -179,9 +125,7 @@ impl EmbeddedRedis {
 
     /// Asks the child to SHUTDOWN (it flushes the AOF), waits, and kills it if it hangs.
     pub async fn stop(&mut self) {
-        if let Ok(Ok(mut stream)) =
-            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(self.addr)).await
-        {
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(self.addr)).await {
             let _ = stream.write_all(b"SHUTDOWN\r\n").await;
         }
         match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
@@ -200,18 +144,9 @@ mod tests {
 
     #[test]
     fn only_plain_loopback_urls_qualify() {
-        assert_eq!(
-            loopback_addr("redis://127.0.0.1:6379"),
-            Some("127.0.0.1:6379".parse().expect("addr"))
-        );
-        assert_eq!(
-            loopback_addr("redis://localhost:7000/0"),
-            Some("127.0.0.1:7000".parse().expect("addr"))
-        );
-        assert_eq!(
-            loopback_addr("redis://u:p@[::1]:7001"),
-            Some("[::1]:7001".parse().expect("addr"))
-        );
+        assert_eq!(loopback_addr("redis://127.0.0.1:6379"), Some("127.0.0.1:6379".parse().expect("addr")));
+        assert_eq!(loopback_addr("redis://localhost:7000/0"), Some("127.0.0.1:7000".parse().expect("addr")));
+        assert_eq!(loopback_addr("redis://u:p@[::1]:7001"), Some("[::1]:7001".parse().expect("addr")));
         assert_eq!(loopback_addr("redis://10.0.0.5:6379"), None);
         assert_eq!(loopback_addr("rediss://127.0.0.1:6379"), None);
         assert_eq!(loopback_addr("redis-cluster://127.0.0.1:6379"), None);

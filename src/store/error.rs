@@ -11,6 +11,9 @@ pub enum StoreError {
     /// A streamhub function refused its input (`SH <code> <message>` error replies).
     #[error("{code}: {message}")]
     Refused { code: String, message: String },
+    /// Stored on the primary, but fewer replicas than required confirmed it in time.
+    #[error("stored, but only {acked} of {wanted} replicas confirmed it in time")]
+    NotReplicated { acked: u64, wanted: u32 },
     /// A reply that does not have the documented shape.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
@@ -32,15 +35,9 @@ impl StoreError {
 impl From<RedisError> for StoreError {
     fn from(err: RedisError) -> StoreError {
         let details = err.details();
-        if let Some(rest) = details
-            .strip_prefix("SH ")
-            .or_else(|| details.find(" SH ").map(|i| &details[i + 4..]))
-        {
+        if let Some(rest) = details.strip_prefix("SH ").or_else(|| details.find(" SH ").map(|i| &details[i + 4..])) {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            return StoreError::Refused {
-                code: code.to_string(),
-                message: message.to_string(),
-            };
+            return StoreError::Refused { code: code.to_string(), message: message.to_string() };
         }
         match err.kind() {
             ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Backpressure => {
@@ -64,10 +61,7 @@ mod tests {
 
     #[test]
     fn maps_function_refusals_to_their_code() {
-        let err = RedisError::new(
-            ErrorKind::Unknown,
-            "SH invalid_topic topic may only hold letters",
-        );
+        let err = RedisError::new(ErrorKind::Unknown, "SH invalid_topic topic may only hold letters");
         match StoreError::from(err) {
             StoreError::Refused { code, message } => {
                 assert_eq!(code, "invalid_topic");
@@ -80,30 +74,15 @@ mod tests {
     #[test]
     fn maps_timeouts_and_io_to_unavailable() {
         for kind in [ErrorKind::Timeout, ErrorKind::IO, ErrorKind::Canceled] {
-            assert!(matches!(
-                StoreError::from(RedisError::new(kind, "x")),
-                StoreError::Unavailable(_)
-            ));
+            assert!(matches!(StoreError::from(RedisError::new(kind, "x")), StoreError::Unavailable(_)));
         }
-        let loading = RedisError::new(
-            ErrorKind::Unknown,
-            "LOADING Redis is loading the dataset in memory",
-        );
-        assert!(matches!(
-            StoreError::from(loading),
-            StoreError::Unavailable(_)
-        ));
+        let loading = RedisError::new(ErrorKind::Unknown, "LOADING Redis is loading the dataset in memory");
+        assert!(matches!(StoreError::from(loading), StoreError::Unavailable(_)));
     }
 
     #[test]
     fn recognises_a_missing_library() {
-        assert!(StoreError::is_function_missing(&RedisError::new(
-            ErrorKind::Unknown,
-            "ERR Function not found"
-        )));
-        assert!(!StoreError::is_function_missing(&RedisError::new(
-            ErrorKind::Unknown,
-            "ERR other"
-        )));
+        assert!(StoreError::is_function_missing(&RedisError::new(ErrorKind::Unknown, "ERR Function not found")));
+        assert!(!StoreError::is_function_missing(&RedisError::new(ErrorKind::Unknown, "ERR other")));
     }
 }

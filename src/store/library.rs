@@ -29,14 +29,8 @@ pub fn render(config: &Config) -> String {
     let l = &config.limits;
     SOURCES
         .concat()
-        .replace(
-            "{{retention_max_len}}",
-            &config.retention.max_len.to_string(),
-        )
-        .replace(
-            "{{idempotency_window_ms}}",
-            &config.idempotency.window_ms.to_string(),
-        )
+        .replace("{{retention_max_len}}", &config.retention.max_len.to_string())
+        .replace("{{idempotency_window_ms}}", &config.idempotency.window_ms.to_string())
         .replace("{{max_payload_bytes}}", &l.max_payload_bytes.to_string())
         .replace("{{max_headers}}", &l.max_headers.to_string())
         .replace("{{max_header_bytes}}", &l.max_header_bytes.to_string())
@@ -52,10 +46,7 @@ mod tests {
         assert!(source.starts_with("#!lua name=streamhub\n"));
         assert!(!source.contains("{{"), "unfilled placeholder");
         for name in [PUBLISH, PUBLISH_RAW, READ_SINCE, TOPIC_INFO] {
-            assert!(
-                source.contains(&format!("'{name}'")),
-                "{name} not registered"
-            );
+            assert!(source.contains(&format!("'{name}'")), "{name} not registered");
         }
     }
 }

@@ -12,15 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::bytes::Bytes;
-use fred::clients::Pool;
-use fred::interfaces::{ClientLike, FunctionInterface, KeysInterface};
+use fred::clients::{Client, Pool};
+use fred::interfaces::{ClientLike, ClusterInterface, FunctionInterface, KeysInterface, ServerInterface};
 use fred::types::scan::{ScanResult, Scanner};
 use fred::types::Value;
 use futures::stream::{BoxStream, StreamExt};
 
 pub use error::{Result, StoreError};
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::envelope::Envelope;
 use crate::keys::Keys;
 use crate::message::OutgoingMessage;
@@ -87,6 +87,8 @@ pub struct Store {
     max_len: u64,
     idempotency_window_ms: u64,
     command_timeout: Duration,
+    /// Some((replicas, timeout)) when publishes wait for replica confirmation.
+    replication: Option<(u32, Duration)>,
 }
 
 impl Store {
@@ -102,6 +104,8 @@ impl Store {
             max_len: config.retention.max_len,
             idempotency_window_ms: config.idempotency.window_ms,
             command_timeout: Duration::from_millis(config.redis.command_timeout_ms),
+            replication: (config.publish.durability == Durability::Replicated)
+                .then(|| (config.publish.replicas, Duration::from_millis(config.publish.replication_timeout_ms))),
         })
     }
 
@@ -109,9 +113,7 @@ impl Store {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         tokio::time::timeout(timeout, self.pool.wait_for_connect())
             .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!("redis did not answer within {timeout:?}"))
-            })??;
+            .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {timeout:?}")))??;
         self.load_library().await
     }
 
@@ -123,18 +125,17 @@ impl Store {
     pub async fn load_library(&self) -> Result<()> {
         let client = self.pool.next();
         if client.is_clustered() {
-            client
-                .function_load_cluster::<(), _>(true, self.library.as_str())
-                .await?;
+            client.function_load_cluster::<(), _>(true, self.library.as_str()).await?;
         } else {
             let _: Value = client.function_load(true, self.library.as_str()).await?;
         }
         Ok(())
     }
 
-    /// One function call; loads the library and retries once when Redis lost it.
-    async fn call(
+    /// One function call on `client`; loads the library and retries once when Redis lost it.
+    async fn call_on(
         &self,
+        client: &Client,
         function: &str,
         keys: Vec<String>,
         args: Vec<Value>,
@@ -142,13 +143,9 @@ impl Store {
     ) -> Result<Value> {
         for attempt in 0..2 {
             let reply = if read_only {
-                self.pool
-                    .fcall_ro::<Value, _, _, _>(function, keys.clone(), args.clone())
-                    .await
+                client.fcall_ro::<Value, _, _, _>(function, keys.clone(), args.clone()).await
             } else {
-                self.pool
-                    .fcall::<Value, _, _, _>(function, keys.clone(), args.clone())
-                    .await
+                client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await
             };
             match reply {
                 Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
@@ -158,20 +155,40 @@ impl Store {
                 other => return Ok(other?),
             }
         }
-        Err(StoreError::Redis(format!(
-            "{function} still missing after loading the library"
-        )))
+        Err(StoreError::Redis(format!("{function} still missing after loading the library")))
+    }
+
+    async fn call(&self, function: &str, keys: Vec<String>, args: Vec<Value>, read_only: bool) -> Result<Value> {
+        self.call_on(self.pool.next(), function, keys, args, read_only).await
+    }
+
+    /// WAIT on the connection that wrote (the node owning `key`'s slot on Cluster), so
+    /// the replication offset it waits for covers the write.
+    async fn confirm_replicated(&self, client: &Client, key: &str, replicas: u32, timeout: Duration) -> Result<()> {
+        let timeout_ms = timeout.as_millis() as i64;
+        let acked: i64 = if client.is_clustered() {
+            let slot = fred::util::redis_keyslot(key.as_bytes());
+            let server = client
+                .cached_cluster_state()
+                .and_then(|state| state.get_server(slot).cloned())
+                .ok_or_else(|| StoreError::Unavailable("cluster routing table not known yet".into()))?;
+            client.with_cluster_node(server).wait(replicas as i64, timeout_ms).await?
+        } else {
+            client.wait(replicas as i64, timeout_ms).await?
+        };
+        if acked < replicas as i64 {
+            return Err(StoreError::NotReplicated { acked: acked.max(0) as u64, wanted: replicas });
+        }
+        Ok(())
     }
 
     /// Stores `messages` on `topic` atomically, with consecutive seqs, in one round trip.
-    /// Acknowledged (Ok) only once every new entry is in the topic's stream (G1).
+    /// Acknowledged (Ok) only once every new entry is in the topic's stream (G1), and with
+    /// durability = "replicated" only once the required replicas confirmed it (WAIT on the
+    /// same connection); otherwise `NotReplicated` (the entries are stored on the primary).
     /// Messages whose idempotency key was seen within the window are not stored again;
     /// their result is the earlier publish, with `duplicate = true`.
-    pub async fn publish(
-        &self,
-        topic: &Topic,
-        messages: Vec<OutgoingMessage>,
-    ) -> Result<Vec<Published>> {
+    pub async fn publish(&self, topic: &Topic, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>> {
         let tk = self.keys.topic(topic);
         let n = messages.len();
         let mut keys = vec![tk.meta.clone(), tk.stream.clone(), tk.hint.clone()];
@@ -191,11 +208,13 @@ impl Store {
             args.push(Value::from(m.envelope.id));
             args.push(Value::from(idem_index));
         }
-        let reply = self
-            .call(library::PUBLISH, keys, args, false)
-            .await?
-            .into_array();
-        parse_published(reply, n)
+        let client = self.pool.next();
+        let reply = self.call_on(client, library::PUBLISH, keys, args, false).await?.into_array();
+        let published = parse_published(reply, n)?;
+        if let Some((replicas, timeout)) = self.replication {
+            self.confirm_replicated(client, &tk.stream, replicas, timeout).await?;
+        }
+        Ok(published)
     }
 
     /// The messages with seq > `since`, at most `limit`, and the topic's position, from
@@ -203,21 +222,13 @@ impl Store {
     pub async fn read_since(&self, topic: &Topic, since: u64, limit: usize) -> Result<HistoryPage> {
         let tk = self.keys.topic(topic);
         let args = vec![Value::from(since.to_string()), Value::from(limit as i64)];
-        let mut reply = self
-            .call(library::READ_SINCE, vec![tk.meta, tk.stream], args, true)
-            .await?
-            .into_array()
-            .into_iter();
+        let mut reply =
+            self.call(library::READ_SINCE, vec![tk.meta, tk.stream], args, true).await?.into_array().into_iter();
         let position = parse_position(&mut reply)?;
         let mut messages = Vec::new();
         while let Some(seq) = reply.next() {
-            let seq = seq
-                .as_u64()
-                .ok_or_else(|| StoreError::Protocol("entry seq is not an integer".into()))?;
-            let bytes = reply
-                .next()
-                .and_then(|v| v.into_owned_bytes())
-                .unwrap_or_default();
+            let seq = seq.as_u64().ok_or_else(|| StoreError::Protocol("entry seq is not an integer".into()))?;
+            let bytes = reply.next().and_then(|v| v.into_owned_bytes()).unwrap_or_default();
             let envelope = Envelope::decode(&bytes).map_err(|_| bytes);
             messages.push(StoredMessage { seq, envelope });
         }
@@ -226,19 +237,12 @@ impl Store {
 
     pub async fn topic_info(&self, topic: &Topic) -> Result<TopicInfo> {
         let tk = self.keys.topic(topic);
-        let mut reply = self
-            .call(library::TOPIC_INFO, vec![tk.meta, tk.stream], vec![], true)
-            .await?
-            .into_array()
-            .into_iter();
+        let mut reply =
+            self.call(library::TOPIC_INFO, vec![tk.meta, tk.stream], vec![], true).await?.into_array().into_iter();
         let position = parse_position(&mut reply)?;
         let length = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let created_ms = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        Ok(TopicInfo {
-            position,
-            length,
-            created_ms,
-        })
+        Ok(TopicInfo { position, length, created_ms })
     }
 
     /// Names of topics that have a meta hash, at most `limit`, sorted. Walks the key space
@@ -247,12 +251,11 @@ impl Store {
         let client = self.pool.next();
         let pattern = self.keys.meta_pattern();
         let mut topics = Vec::new();
-        let mut scan: BoxStream<'_, std::result::Result<ScanResult, fred::error::Error>> =
-            if client.is_clustered() {
-                client.scan_cluster(pattern, Some(500), None).boxed()
-            } else {
-                client.scan(pattern, Some(500), None).boxed()
-            };
+        let mut scan: BoxStream<'_, std::result::Result<ScanResult, fred::error::Error>> = if client.is_clustered() {
+            client.scan_cluster(pattern, Some(500), None).boxed()
+        } else {
+            client.scan(pattern, Some(500), None).boxed()
+        };
         let deadline = tokio::time::Instant::now() + self.command_timeout * 10;
         while topics.len() < limit {
             let page = tokio::time::timeout_at(deadline, scan.next())
@@ -262,10 +265,7 @@ impl Store {
             let mut page = page?;
             if let Some(found) = page.take_results() {
                 for key in found {
-                    if let Some(name) = key
-                        .as_str()
-                        .and_then(|k| self.keys.topic_of_meta(k).map(str::to_string))
-                    {
+                    if let Some(name) = key.as_str().and_then(|k| self.keys.topic_of_meta(k).map(str::to_string)) {
                         topics.push(name);
                     }
                 }
@@ -301,50 +301,24 @@ impl Store {
 }
 
 fn parse_position(reply: &mut impl Iterator<Item = Value>) -> Result<Position> {
-    let epoch = reply
-        .next()
-        .and_then(|v| v.as_string())
-        .filter(|e| !e.is_empty());
+    let epoch = reply.next().and_then(|v| v.as_string()).filter(|e| !e.is_empty());
     let top = reply.next().and_then(|v| v.as_u64());
     let first_retained = reply.next().and_then(|v| v.as_u64());
     match (top, first_retained) {
-        (Some(top), Some(first_retained)) => Ok(Position {
-            epoch,
-            top,
-            first_retained,
-        }),
-        _ => Err(StoreError::Protocol(
-            "position reply is not (epoch, top, first)".into(),
-        )),
+        (Some(top), Some(first_retained)) => Ok(Position { epoch, top, first_retained }),
+        _ => Err(StoreError::Protocol("position reply is not (epoch, top, first)".into())),
     }
 }
 
 fn parse_published(reply: Vec<Value>, n: usize) -> Result<Vec<Published>> {
     if reply.len() != n * 4 {
-        return Err(StoreError::Protocol(format!(
-            "publish answered {} values for {n} messages",
-            reply.len()
-        )));
+        return Err(StoreError::Protocol(format!("publish answered {} values for {n} messages", reply.len())));
     }
     reply
         .chunks(4)
-        .map(|c| {
-            match (
-                c[0].as_string(),
-                c[1].as_u64(),
-                c[2].as_u64(),
-                c[3].as_string(),
-            ) {
-                (Some(epoch), Some(seq), Some(dup), Some(id)) => Ok(Published {
-                    epoch,
-                    seq,
-                    id,
-                    duplicate: dup == 1,
-                }),
-                _ => Err(StoreError::Protocol(
-                    "publish result is not (epoch, seq, duplicate, id)".into(),
-                )),
-            }
+        .map(|c| match (c[0].as_string(), c[1].as_u64(), c[2].as_u64(), c[3].as_string()) {
+            (Some(epoch), Some(seq), Some(dup), Some(id)) => Ok(Published { epoch, seq, id, duplicate: dup == 1 }),
+            _ => Err(StoreError::Protocol("publish result is not (epoch, seq, duplicate, id)".into())),
         })
         .collect()
 }

@@ -50,43 +50,50 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with_args(&[])
+    }
+
+    /// A server with extra redis-server arguments (e.g. `--replicaof 127.0.0.1 <port>`).
+    pub fn start_with_args(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = RedisServer {
-            child: None,
-            port: free_port(),
-            dir,
-        };
+        let extra_args = extra.iter().map(|a| a.to_string()).collect();
+        let mut server = RedisServer { child: None, port: free_port(), dir, extra_args };
         server.spawn();
         server
     }
 
+    /// A replica of `primary`, returned once its replication link is up.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let replica = Self::start_with_args(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        wait_until("the replica's link to its primary", READY_TIMEOUT, || {
+            replica.info("replication").contains("master_link_status:up")
+        });
+        replica
+    }
+
+    /// `INFO <section>` as text.
+    pub fn info(&self, section: &str) -> String {
+        String::from_utf8_lossy(&self.cli(&["INFO", section]).stdout).to_string()
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let addr = self.addr();
-        wait_until("redis-server to answer PING", READY_TIMEOUT, || {
-            redis_answers(addr)
-        });
+        wait_until("redis-server to answer PING", READY_TIMEOUT, || redis_answers(addr));
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -134,11 +141,7 @@ impl Drop for RedisServer {
 /// A key prefix no other test in this process uses.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "t{}x{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("t{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The test configuration: defaults, pointed at `redis`, ephemeral ports, short timeouts.
@@ -174,16 +177,9 @@ impl TestApp {
         let mut config = test_config(redis);
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let server = Server::start(config.clone())
-            .await
-            .expect("streamhub starts");
+        let server = Server::start(config.clone()).await.expect("streamhub starts");
         let base = format!("http://{}", server.http_addr());
-        TestApp {
-            server,
-            base,
-            http: reqwest::Client::new(),
-            config,
-        }
+        TestApp { server, base, http: reqwest::Client::new(), config }
     }
 
     pub fn prefix(&self) -> &str {
@@ -201,23 +197,13 @@ impl TestApp {
 
     /// POST a JSON body to `path`.
     pub async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
+        let response = self.http.post(self.url(path)).json(body).send().await.expect("POST");
         decode(response).await
     }
 
     /// Publish `{"data": data}` to `topic`.
     pub async fn publish(&self, topic: &str, data: Value) -> (StatusCode, Value) {
-        self.post_json(
-            &format!("/v1/topics/{topic}/messages"),
-            &serde_json::json!({ "data": data }),
-        )
-        .await
+        self.post_json(&format!("/v1/topics/{topic}/messages"), &serde_json::json!({ "data": data })).await
     }
 
     /// Every message of `topic` after `since`, following pages to the top.
@@ -225,11 +211,7 @@ impl TestApp {
         let mut out = Vec::new();
         let mut since = since;
         loop {
-            let (status, page) = self
-                .get(&format!(
-                    "/v1/topics/{topic}/messages?since={since}&limit=1000"
-                ))
-                .await;
+            let (status, page) = self.get(&format!("/v1/topics/{topic}/messages?since={since}&limit=1000")).await;
             assert_eq!(status, StatusCode::OK, "{page}");
             let messages = page["messages"].as_array().expect("messages").clone();
             let Some(last) = messages.last() else { break };
@@ -241,14 +223,7 @@ impl TestApp {
 
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.server.metrics_addr());
-        self.http
-            .get(url)
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("metrics text")
+        self.http.get(url).send().await.expect("scrape").text().await.expect("metrics text")
     }
 
     pub async fn stop(self) {

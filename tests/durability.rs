@@ -1,0 +1,49 @@
+//! G1 with durability = "replicated": a publish is acknowledged only after a replica
+//! confirmed it (WAIT); without the replica it is refused with `not_replicated` and the
+//! idempotency key makes the retry safe.
+
+mod common;
+
+use common::{code, wait_until, RedisServer, TestApp, READY_TIMEOUT};
+use reqwest::StatusCode;
+use serde_json::json;
+use streamhub::config::Durability;
+
+#[tokio::test]
+async fn replicated_publishes_wait_for_the_replica_and_are_refused_without_it() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&primary);
+    let app = TestApp::start_with(&primary, |c| {
+        c.publish.durability = Durability::Replicated;
+        c.publish.replicas = 1;
+        c.publish.replication_timeout_ms = 300;
+    })
+    .await;
+    let stream = format!("{}:{{d}}:s", app.prefix());
+
+    let (status, body) = app.publish("d", json!(1)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // WAIT returned: the replica already holds the entry when the client gets its ack.
+    let xlen = replica.cli(&["XLEN", &stream]);
+    assert_eq!(String::from_utf8_lossy(&xlen.stdout).trim(), "1");
+
+    replica.kill();
+    wait_until("the primary to notice the replica is gone", READY_TIMEOUT, || {
+        primary.info("replication").contains("connected_slaves:0")
+    });
+    let keyed = json!({ "data": 2, "idempotency_key": "pay-1" });
+    let (status, body) = app.post_json("/v1/topics/d/messages", &keyed).await;
+    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "not_replicated"), "{body}");
+    // The message is stored on the primary; a retry with the same key adds nothing.
+    let (status, _) = app.post_json("/v1/topics/d/messages", &keyed).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let history = app.history_all("d", 0).await;
+    assert_eq!(history.len(), 2, "{history:?}");
+
+    // durability = "stored" does not wait for replicas.
+    let stored = TestApp::start_with(&primary, |c| c.redis.prefix = app.prefix().to_string()).await;
+    let (status, body) = stored.publish("d", json!(3)).await;
+    assert_eq!((status, body["seq"].clone()), (StatusCode::CREATED, json!(3)));
+    stored.stop().await;
+    app.stop().await;
+}
