@@ -110,10 +110,12 @@ local function load_meta(meta, stream)
   return epoch, start, true
 end
 
-local function commit_meta(meta, epoch, seq, created)
+-- `base` is the seq before the first one of this epoch (0 for a new topic; the
+-- stream's last id when only the meta was lost): readers deliver a new epoch from it.
+local function commit_meta(meta, epoch, seq, created, base)
   if created then
     local ms = now_ms()
-    redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'created_ms', ms)
+    redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'created_ms', ms, 'base', base)
   else
     redis.call('HSET', meta, 'seq', seq)
   end

@@ -19,6 +19,7 @@ local function publish(keys, args)
   local window = tonumber(args[2])
   local n = tonumber(args[3])
   local epoch, seq, created = load_meta(meta, stream)
+  local base = seq
   local out = {}
   local appended = false
   for i = 0, n - 1 do
@@ -42,7 +43,7 @@ local function publish(keys, args)
     end
   end
   if appended then
-    commit_meta(meta, epoch, seq, created)
+    commit_meta(meta, epoch, seq, created, base)
     hint(channel, epoch, seq)
   end
   return out

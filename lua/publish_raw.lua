@@ -64,6 +64,7 @@ local function publish_raw(keys, args)
   table.sort(names)
 
   local epoch, seq, created = load_meta(meta, stream)
+  local base = seq
   if idem then
     local dup_epoch, dup_seq, dup_id = idem_lookup(idem)
     if dup_epoch then return { dup_epoch, dup_seq, 1, dup_id } end
@@ -93,7 +94,7 @@ local function publish_raw(keys, args)
   if idem then
     redis.call('SET', idem, epoch .. ' ' .. seq .. ' ' .. id, 'PX', DEFAULT_IDEM_MS)
   end
-  commit_meta(meta, epoch, seq, created)
+  commit_meta(meta, epoch, seq, created, base)
   hint(channel, epoch, seq)
   return { epoch, seq, 0, id }
 end

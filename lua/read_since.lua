@@ -5,14 +5,15 @@
   ARGV[1]  since: return entries with seq > since
   ARGV[2]  limit: at most this many entries
   Returns  { epoch ('' when the topic has no meta), top seq, first retained seq
-             (0 when the stream is empty), seq1, envelope1, seq2, envelope2, … }
+             (0 when the stream is empty), base (seq before the epoch's first),
+             seq1, envelope1, seq2, envelope2, … }
   Read-only (no-writes): may run on replicas with FCALL_RO.
 ]]
 local function read_since(keys, args)
   local meta, stream = keys[1], keys[2]
   local since, limit = args[1], tonumber(args[2])
-  local m = redis.call('HMGET', meta, 'epoch', 'seq')
-  local out = { m[1] or '', tonumber(m[2] or '0'), 0 }
+  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'base')
+  local out = { m[1] or '', tonumber(m[2] or '0'), 0, tonumber(m[3] or '0') }
   local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
   if #first == 0 then return out end
   out[3] = tonumber(string.match(first[1][1], '^(%d+)'))

@@ -3,16 +3,18 @@
   KEYS[1]  meta hash   <prefix>:{T}:m
   KEYS[2]  stream      <prefix>:{T}:s
   Returns  { epoch ('' when the topic has no meta), top seq, first retained seq
-             (0 when empty), retained length, created_ms (0 when unknown) }
+             (0 when empty), base (seq before the epoch's first), retained length,
+             created_ms (0 when unknown) }
   Read-only (no-writes).
 ]]
 local function topic_info(keys, args)
   local meta, stream = keys[1], keys[2]
-  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'created_ms')
+  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'created_ms', 'base')
   local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
   local first_seq = 0
   if #first > 0 then first_seq = tonumber(string.match(first[1][1], '^(%d+)')) end
-  return { m[1] or '', tonumber(m[2] or '0'), first_seq, redis.call('XLEN', stream), tonumber(m[3] or '0') }
+  return { m[1] or '', tonumber(m[2] or '0'), first_seq, tonumber(m[4] or '0'), redis.call('XLEN', stream),
+    tonumber(m[3] or '0') }
 end
 
 redis.register_function { function_name = 'sh_topic_info_v1', callback = topic_info, flags = { 'no-writes' } }

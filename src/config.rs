@@ -31,7 +31,37 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub idempotency: IdempotencyConfig,
     pub limits: Limits,
+    pub fanout: FanoutConfig,
+    pub ws: WsConfig,
     pub log: LogConfig,
+}
+
+/// The per-node, per-topic tail tasks that read topics for local subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutConfig {
+    /// A tail re-reads its topic this often even without hints (catches dropped hints).
+    pub position_check_ms: u64,
+    /// Messages per read of a tail task.
+    pub tail_page: usize,
+    /// Messages per read when a subscriber resumes or catches up on its own.
+    pub catchup_page: usize,
+}
+
+/// WebSocket and SSE sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub max_frame_bytes: usize,
+    pub outbound_queue_messages: usize,
+    pub outbound_queue_bytes: usize,
+    pub ping_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_violations: u32,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +268,40 @@ impl Config {
         }
         if l.max_body_bytes < l.max_payload_bytes {
             return invalid("limits.max_body_bytes", "must be >= limits.max_payload_bytes");
+        }
+        let f = &self.fanout;
+        if f.position_check_ms == 0 {
+            return invalid("fanout.position_check_ms", "must be > 0");
+        }
+        if f.tail_page == 0 || f.tail_page > 10_000 || f.catchup_page == 0 || f.catchup_page > 10_000 {
+            return invalid("fanout.tail_page", "tail_page and catchup_page must be between 1 and 10000");
+        }
+        let w = &self.ws;
+        for (key, value) in [
+            ("ws.max_connections", w.max_connections),
+            ("ws.max_subscriptions", w.max_subscriptions),
+            ("ws.outbound_queue_messages", w.outbound_queue_messages),
+            ("ws.read_buffer_bytes", w.read_buffer_bytes),
+            ("ws.write_buffer_bytes", w.write_buffer_bytes),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be > 0");
+            }
+        }
+        if w.max_frame_bytes < 1024 {
+            return invalid("ws.max_frame_bytes", "must be >= 1024");
+        }
+        if w.outbound_queue_bytes < l.max_payload_bytes {
+            return invalid("ws.outbound_queue_bytes", "must be >= limits.max_payload_bytes (one message must fit)");
+        }
+        if w.outbound_queue_bytes > u32::MAX as usize {
+            return invalid("ws.outbound_queue_bytes", "must be < 4 GiB");
+        }
+        if w.ping_interval_ms == 0 || w.idle_timeout_ms <= w.ping_interval_ms {
+            return invalid("ws.idle_timeout_ms", "must be > ws.ping_interval_ms > 0");
+        }
+        if w.max_violations == 0 {
+            return invalid("ws.max_violations", "must be > 0");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "not a valid tracing filter");

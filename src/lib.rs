@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod gateway;
 pub mod keys;

@@ -52,3 +52,50 @@ pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Tail tasks running on this node (one per topic with local subscribers).
+pub const TAIL_TASKS: &str = "streamhub_tail_tasks";
+/// Reads of topics by tail tasks (one per wake-up and page, not per subscriber).
+pub const TAIL_READS: &str = "streamhub_tail_reads_total";
+/// Subscriptions that fell behind (queue full) and switched to their own catch-up.
+pub const SUBSCRIBERS_LAGGED: &str = "streamhub_subscribers_lagged_total";
+/// Messages delivered by catch-up readers (resume and lagging subscribers).
+pub const CAUGHT_UP_MESSAGES: &str = "streamhub_caught_up_messages_total";
+/// Position jumps told to subscribers (`recovered: false`), by `reason`.
+pub const RESETS: &str = "streamhub_subscription_resets_total";
+/// Bursts of hints that overflowed the listener (every tail is then woken).
+pub const HINTS_LOST: &str = "streamhub_hints_lost_total";
+/// Open WebSocket and SSE sessions, by `transport`.
+pub const SESSIONS: &str = "streamhub_sessions";
+/// Messages written to subscribers, by `transport`.
+pub const MESSAGES_DELIVERED: &str = "streamhub_messages_delivered_total";
+/// Sessions closed by the server, by close `code`.
+pub const SESSIONS_CLOSED: &str = "streamhub_sessions_closed_total";
+
+pub fn tail_started() {
+    metrics::gauge!(TAIL_TASKS).increment(1.0);
+}
+
+pub fn tail_stopped() {
+    metrics::gauge!(TAIL_TASKS).decrement(1.0);
+}
+
+pub fn tail_read() {
+    metrics::counter!(TAIL_READS).increment(1);
+}
+
+pub fn subscriber_lagged() {
+    metrics::counter!(SUBSCRIBERS_LAGGED).increment(1);
+}
+
+pub fn caught_up(count: usize) {
+    metrics::counter!(CAUGHT_UP_MESSAGES).increment(count as u64);
+}
+
+pub fn reset(reason: crate::delivery::subscription::ResetReason) {
+    metrics::counter!(RESETS, "reason" => reason.as_str()).increment(1);
+}
+
+pub fn hints_lost() {
+    metrics::counter!(HINTS_LOST).increment(1);
+}

@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::sync::Semaphore;
+
 use crate::config::Config;
+use crate::delivery::Hub;
 use crate::gateway::{self, AppState};
 use crate::metrics;
 use crate::store::embedded::{EmbeddedError, EmbeddedRedis};
@@ -33,6 +36,7 @@ pub struct Server {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     store: Store,
+    hub: Hub,
     embedded: Option<EmbeddedRedis>,
     grace: Duration,
 }
@@ -79,7 +83,20 @@ impl Server {
             }
         });
 
-        let app = gateway::router(Arc::new(AppState { store: store.clone(), config: config.clone() }));
+        let (hints, hints_task) = store.start_hints(&config.redis, shutdown.clone())?;
+        tasks.spawn(async move {
+            let _ = hints_task.await;
+        });
+        let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
+        let state = AppState {
+            store: store.clone(),
+            config: config.clone(),
+            hub: hub.clone(),
+            connections: Arc::new(Semaphore::new(config.ws.max_connections)),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+        let app = gateway::router(Arc::new(state));
         let token = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned()).await {
@@ -93,6 +110,7 @@ impl Server {
             shutdown,
             tasks,
             store,
+            hub,
             embedded,
             grace: Duration::from_millis(config.server.shutdown_grace_ms),
         })
@@ -108,6 +126,11 @@ impl Server {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Tail tasks running on this node (one per topic with local subscribers).
+    pub fn tail_count(&self) -> usize {
+        self.hub.tail_count()
     }
 
     /// The address of the redis-server this node started, if it started one.

@@ -2,10 +2,13 @@
 //! Wire types live in `protocol.rs`; handlers validate, then call the store.
 
 pub mod error;
+pub mod frames;
 mod health;
 mod history;
 pub mod protocol;
 mod publish;
+mod sse;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -16,7 +19,12 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::config::Config;
+use crate::delivery::Hub;
 use crate::metrics;
 use crate::store::Store;
 use error::ApiError;
@@ -27,6 +35,14 @@ pub use publish::{HEADER_PREFIX, IDEMPOTENCY_KEY, TTL_HEADER};
 pub struct AppState {
     pub store: Store,
     pub config: Arc<Config>,
+    /// The node's tail tasks, for subscriber sessions.
+    pub hub: Hub,
+    /// One permit per open WebSocket or SSE session (`ws.max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Cancelled on shutdown: sessions close with "going away".
+    pub shutdown: CancellationToken,
+    /// Session tasks, awaited on shutdown.
+    pub tasks: TaskTracker,
 }
 
 /// The public API router.
@@ -39,6 +55,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}", get(history::topic))
         .route("/v1/topics/{topic}/messages", get(history::history).post(publish::publish_one))
         .route("/v1/topics/{topic}/messages:batch", axum::routing::post(publish::publish_batch))
+        .route("/v1/topics/{topic}/events", get(sse::events))
+        .route("/v1/ws", get(ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -59,7 +59,7 @@ pub struct HistoryQuery {
 }
 
 /// One message as returned by history (and, later, delivered to subscribers).
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessageOut {
     pub seq: u64,
     pub id: String,
@@ -69,11 +69,17 @@ pub struct MessageOut {
     pub content_type: String,
     pub headers: BTreeMap<String, String>,
     /// The payload: a JSON value for `application/json`, a string for UTF-8 `text/*`.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    /// (A JSON `null` payload is `Some(Null)`: present, unlike an absent `data`.)
+    #[serde(skip_serializing_if = "Option::is_none", default, deserialize_with = "present")]
     pub data: Option<serde_json::Value>,
     /// The payload in base64 when it is neither of the above.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub data_base64: Option<String>,
+}
+
+/// A field that is present is `Some`, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Content type reported for a stream entry that is not a valid envelope.
@@ -94,7 +100,7 @@ impl From<StoredMessage> for MessageOut {
                         Ok(v) => (Some(v), None),
                         Err(_) => (None, b64(&e.payload)),
                     }
-                } else if e.content_type.starts_with("text/") {
+                } else if e.content_type.get(..5).is_some_and(|t| t.eq_ignore_ascii_case("text/")) {
                     match String::from_utf8(e.payload) {
                         Ok(s) => (Some(serde_json::Value::String(s)), None),
                         Err(err) => (None, b64(err.as_bytes())),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fred::clients::Pool;
+use fred::clients::{Client, Pool};
 use fred::interfaces::ClientLike;
 use fred::types::config::{Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy};
 use fred::types::Builder;
@@ -19,6 +19,19 @@ use crate::config::RedisConfig;
 ///   `reconnect_min_ms` and `reconnect_max_ms`; the first connection is retried the same
 ///   way (`fail_fast = false`), so streamhub can start before Redis.
 pub(super) fn pool(config: &RedisConfig) -> Result<Pool> {
+    let pool = builder(config)?.build_pool(config.pool_size).map_err(|e| StoreError::Redis(e.to_string()))?;
+    pool.connect();
+    Ok(pool)
+}
+
+/// One dedicated connection (Pub/Sub hints), configured like the pool.
+pub(super) fn client(config: &RedisConfig) -> Result<Client> {
+    let client = builder(config)?.build().map_err(|e| StoreError::Redis(e.to_string()))?;
+    client.connect();
+    Ok(client)
+}
+
+fn builder(config: &RedisConfig) -> Result<Builder> {
     let mut fred_config =
         FredConfig::from_url(&config.url).map_err(|e| StoreError::Redis(format!("redis.url: {e}")))?;
     fred_config.fail_fast = false;
@@ -31,13 +44,17 @@ pub(super) fn pool(config: &RedisConfig) -> Result<Pool> {
         max_command_attempts: 2,
         ..ConnectionConfig::default()
     };
-    let performance = PerformanceConfig { default_command_timeout: timeout, ..PerformanceConfig::default() };
-    let pool = Builder::from_config(fred_config)
+    // Pub/Sub notices are drained by one task; a burst larger than this is reported as
+    // lagged and handled by re-reading every watched topic.
+    let performance = PerformanceConfig {
+        default_command_timeout: timeout,
+        broadcast_channel_capacity: 4096,
+        ..PerformanceConfig::default()
+    };
+    let mut builder = Builder::from_config(fred_config);
+    builder
         .set_connection_config(connection)
         .set_performance_config(performance)
-        .set_policy(ReconnectPolicy::new_exponential(0, config.reconnect_min_ms, config.reconnect_max_ms, 2))
-        .build_pool(config.pool_size)
-        .map_err(|e| StoreError::Redis(e.to_string()))?;
-    pool.connect();
-    Ok(pool)
+        .set_policy(ReconnectPolicy::new_exponential(0, config.reconnect_min_ms, config.reconnect_max_ms, 2));
+    Ok(builder)
 }

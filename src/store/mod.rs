@@ -6,6 +6,7 @@
 mod connect;
 pub mod embedded;
 mod error;
+pub mod hints;
 pub mod library;
 
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct Position {
     pub top: u64,
     /// Lowest seq still in the stream (0 when the stream is empty).
     pub first_retained: u64,
+    /// The seq before the first one of this epoch (0 for a topic numbered from 1).
+    pub base: u64,
 }
 
 /// Messages after a seq, with the topic's position taken in the same snapshot.
@@ -115,6 +118,15 @@ impl Store {
             .await
             .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {timeout:?}")))??;
         self.load_library().await
+    }
+
+    /// Starts this node's hint listener on its own connection.
+    pub fn start_hints(
+        &self,
+        config: &crate::config::RedisConfig,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(hints::Hints, tokio::task::JoinHandle<()>)> {
+        hints::Hints::start(config, self.keys.clone(), shutdown)
     }
 
     pub fn keys(&self) -> &Keys {
@@ -304,9 +316,10 @@ fn parse_position(reply: &mut impl Iterator<Item = Value>) -> Result<Position> {
     let epoch = reply.next().and_then(|v| v.as_string()).filter(|e| !e.is_empty());
     let top = reply.next().and_then(|v| v.as_u64());
     let first_retained = reply.next().and_then(|v| v.as_u64());
-    match (top, first_retained) {
-        (Some(top), Some(first_retained)) => Ok(Position { epoch, top, first_retained }),
-        _ => Err(StoreError::Protocol("position reply is not (epoch, top, first)".into())),
+    let base = reply.next().and_then(|v| v.as_u64());
+    match (top, first_retained, base) {
+        (Some(top), Some(first_retained), Some(base)) => Ok(Position { epoch, top, first_retained, base }),
+        _ => Err(StoreError::Protocol("position reply is not (epoch, top, first, base)".into())),
     }
 }
 

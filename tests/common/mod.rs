@@ -247,3 +247,165 @@ pub fn code(body: &Value) -> &str {
 pub fn streamhub_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_streamhub"))
 }
+
+/// A WebSocket client speaking the streamhub protocol (JSON or MessagePack frames).
+pub struct WsClient {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    next_id: u64,
+    pub msgpack: bool,
+    /// Frames read while looking for a reply, in arrival order.
+    pending: std::collections::VecDeque<Value>,
+}
+
+/// How long a test waits for one expected frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl WsClient {
+    pub async fn connect(base: &str) -> WsClient {
+        Self::connect_with(base, None).await.expect("websocket connects")
+    }
+
+    pub async fn connect_with(
+        base: &str,
+        protocol: Option<&str>,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().expect("request");
+        if let Some(p) = protocol {
+            request.headers_mut().insert("sec-websocket-protocol", p.parse().expect("header"));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(WsClient { ws, next_id: 1, msgpack: protocol == Some("streamhub.v1.msgpack"), pending: Default::default() })
+    }
+
+    pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
+        use futures::SinkExt;
+        self.ws.send(message).await.expect("send");
+    }
+
+    pub async fn send(&mut self, frame: &Value) {
+        let message = if self.msgpack {
+            tokio_tungstenite::tungstenite::Message::Binary(rmp_serde::to_vec_named(frame).expect("msgpack").into())
+        } else {
+            tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into())
+        };
+        self.send_raw(message).await;
+    }
+
+    /// The next frame from the socket (pings are answered by the library), or None when
+    /// the connection closed; panics after FRAME_TIMEOUT.
+    async fn read_frame(&mut self) -> Option<Value> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let next = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next()).await.expect("a frame within the timeout");
+            match next? {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).expect("json frame")),
+                Ok(Message::Binary(b)) => return Some(rmp_serde::from_slice(&b).expect("msgpack frame")),
+                Ok(Message::Close(frame)) => {
+                    return Some(serde_json::json!({ "type": "close", "code": frame.map(|f| u16::from(f.code)) }))
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next frame, pending ones first.
+    pub async fn next_frame(&mut self) -> Value {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
+        self.read_frame().await.expect("connection open")
+    }
+
+    /// Sends `frame` with a fresh id and returns the frame that answers it; frames read
+    /// meanwhile stay pending.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = serde_json::json!(id);
+        self.send(&frame).await;
+        loop {
+            let reply = self.read_frame().await.expect("connection open");
+            if reply["id"] == serde_json::json!(id) {
+                return reply;
+            }
+            self.pending.push_back(reply);
+        }
+    }
+
+    pub async fn subscribe(&mut self, topic: &str, since: Option<Value>) -> Value {
+        let mut frame = serde_json::json!({ "op": "subscribe", "topic": topic });
+        if let Some(since) = since {
+            frame["since"] = since;
+        }
+        let reply = self.request(frame).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        reply
+    }
+
+    /// The next `n` message frames (other frames are returned in `others`).
+    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let frame = self.next_frame().await;
+            if frame["type"] == "message" {
+                out.push(frame);
+            } else {
+                panic!("expected a message, got {frame}");
+            }
+        }
+        out
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let frame = match self.pending.pop_front() {
+                Some(f) => Some(f),
+                None => self.read_frame().await,
+            };
+            match frame {
+                None => return None,
+                Some(f) if f["type"] == "close" => return f["code"].as_u64().map(|c| c as u16),
+                Some(_) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// The seq of a message frame.
+pub fn seq(frame: &Value) -> u64 {
+    frame["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {frame}"))
+}
+
+/// Publishes `n` messages to `topic` in batches (fast setup for delivery tests).
+pub async fn publish_many(app: &TestApp, topic: &str, n: usize, batch: usize) {
+    let mut sent = 0;
+    while sent < n {
+        let k = batch.min(n - sent);
+        let messages: Vec<Value> = (sent..sent + k).map(|i| serde_json::json!({ "data": { "i": i } })).collect();
+        let (status, body) = app
+            .post_json(&format!("/v1/topics/{topic}/messages:batch"), &serde_json::json!({ "messages": messages }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        sent += k;
+    }
+}
+
+/// Reads an `INFO commandstats` counter, e.g. `fcall_ro` → calls so far.
+pub fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let info = redis.info("commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,262 @@
+//! A subscriber session, independent of its transport: its subscriptions, its bounded
+//! outbound queue, where each subscription starts (resume rules, G3), and the catch-up
+//! reader that brings lagging or resuming subscriptions up to live.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use backon::BackoffBuilder;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::subscription::{Delivered, Item, Outbound, Position, Queued, Reset, ResetReason, Subscription};
+use super::{Hub, TailHandle};
+use crate::config::WsConfig;
+use crate::metrics;
+use crate::store::StoreError;
+use crate::topic::Topic;
+
+/// Where a subscribe asks to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// Live messages only, from the current top.
+    Now,
+    /// Everything still retained.
+    Earliest,
+    /// Every message after `seq` of `epoch`.
+    After { epoch: String, seq: u64 },
+}
+
+/// The answer to a subscribe: messages after `seq` of `epoch` follow, unless
+/// `recovered` says the requested resume was exact (then every message after the
+/// requested seq follows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub epoch: String,
+    /// The topic's top seq when the subscription took effect.
+    pub seq: u64,
+    pub recovered: bool,
+    pub reason: Option<ResetReason>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("already subscribed to {0}")]
+    AlreadySubscribed(Topic),
+    #[error("at most {0} subscriptions per session (ws.max_subscriptions)")]
+    TooMany(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Entry {
+    sub: Arc<Subscription>,
+    tail: TailHandle,
+}
+
+pub struct Session {
+    hub: Hub,
+    outbound: Outbound,
+    subs: Mutex<HashMap<Topic, Entry>>,
+    wake: Arc<Notify>,
+    max_subscriptions: usize,
+}
+
+impl Session {
+    /// A session and the receiving end of its outbound queue (for the transport's writer).
+    pub fn new(hub: Hub, config: &WsConfig) -> (Arc<Session>, mpsc::Receiver<Queued>) {
+        let (outbound, rx) = Outbound::new(config.outbound_queue_messages, config.outbound_queue_bytes);
+        let session = Session {
+            hub,
+            outbound,
+            subs: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
+            max_subscriptions: config.max_subscriptions,
+        };
+        (Arc::new(session), rx)
+    }
+
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Entry>> {
+        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subs().len()
+    }
+
+    /// Decides where the subscription starts and registers it. Nothing is delivered
+    /// until `start` is called, so the transport can first queue its reply.
+    pub async fn subscribe(&self, topic: Topic, since: Since) -> Result<Subscribed, SubscribeError> {
+        {
+            let subs = self.subs();
+            if subs.contains_key(&topic) {
+                return Err(SubscribeError::AlreadySubscribed(topic));
+            }
+            if subs.len() >= self.max_subscriptions {
+                return Err(SubscribeError::TooMany(self.max_subscriptions));
+            }
+        }
+        let since_seq = match &since {
+            Since::After { seq, .. } => *seq,
+            _ => u64::MAX,
+        };
+        let page = self.hub.store().read_since(&topic, since_seq, 0).await?;
+        let p = &page.position;
+        let epoch = p.epoch.clone().unwrap_or_default();
+        let (last, recovered, reason) = match since {
+            Since::Now => (p.top, true, None),
+            Since::Earliest => (if p.first_retained == 0 { p.top } else { p.first_retained - 1 }, true, None),
+            Since::After { epoch: asked, seq } => {
+                if asked != epoch {
+                    (p.top, false, Some(ResetReason::EpochChanged))
+                } else if seq > p.top {
+                    (p.top, false, Some(ResetReason::Ahead))
+                } else if page.truncated(seq) {
+                    (p.top, false, Some(ResetReason::Trimmed))
+                } else {
+                    (seq, true, None)
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            metrics::reset(reason);
+        }
+        let mut subs = self.subs();
+        if subs.contains_key(&topic) {
+            return Err(SubscribeError::AlreadySubscribed(topic));
+        }
+        let sub = Subscription::new(
+            topic.clone(),
+            self.outbound.clone(),
+            Position { epoch: epoch.clone(), last },
+            self.wake.clone(),
+        );
+        let tail = self.hub.acquire(&topic);
+        subs.insert(topic, Entry { sub, tail });
+        Ok(Subscribed { epoch, seq: p.top, recovered, reason })
+    }
+
+    /// Starts delivery of a registered subscription (its catch-up, then live).
+    pub fn start(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Ends a subscription; false when there was none.
+    pub async fn unsubscribe(&self, topic: &Topic) -> bool {
+        let entry = self.subs().remove(topic);
+        match entry {
+            Some(entry) => {
+                entry.sub.close();
+                entry.tail.leave(entry.sub).await;
+                self.hub.release(topic);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every subscription (the transport closed).
+    pub async fn close(&self) {
+        let topics: Vec<Topic> = self.subs().keys().cloned().collect();
+        for topic in topics {
+            self.unsubscribe(&topic).await;
+        }
+    }
+
+    /// Runs until `shutdown`: whenever woken, brings every lagging subscription up to
+    /// its tail by reading the stream at the client's pace, then joins it to live.
+    pub async fn run_catchup(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let lagging: Vec<(Arc<Subscription>, TailHandle)> = self
+                .subs()
+                .values()
+                .filter(|e| e.sub.is_lagging() && !e.sub.is_closed())
+                .map(|e| (e.sub.clone(), e.tail.clone()))
+                .collect();
+            for (sub, tail) in lagging {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.catch_up(&sub, &tail, &shutdown) => {}
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn catch_up(&self, sub: &Arc<Subscription>, tail: &TailHandle, shutdown: &CancellationToken) {
+        let store = self.hub.store();
+        let page_size = self.hub.config().catchup_page;
+        let mut backoff = retry_delays();
+        while !sub.is_closed() {
+            let at = sub.position();
+            let page = match store.read_since(&sub.topic, at.last, page_size).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
+                    tracing::debug!(topic = %sub.topic, error = %e, ?delay, "catch-up read failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            backoff = retry_delays();
+            let p = &page.position;
+            let current = p.epoch.clone().unwrap_or_default();
+            let jump = if current != at.epoch {
+                if at.epoch.is_empty() {
+                    // The topic came into being since: nothing was missed.
+                    sub.set_position(&current, at.last.max(p.base));
+                    continue;
+                }
+                if current.is_empty() {
+                    None // meta lost and not yet recreated: nothing to deliver yet
+                } else {
+                    Some((ResetReason::EpochChanged, p.base))
+                }
+            } else if at.last > p.top {
+                Some((ResetReason::Ahead, p.top))
+            } else if page.truncated(at.last) {
+                Some((ResetReason::Trimmed, p.top))
+            } else {
+                None
+            };
+            if let Some((reason, seq)) = jump {
+                metrics::reset(reason);
+                let reset = Reset { topic: sub.topic.clone(), epoch: current.clone(), seq, reason };
+                if sub.push(Item::Reset(reset)).await.is_err() {
+                    return;
+                }
+                sub.set_position(&current, seq);
+                continue;
+            }
+            let count = page.messages.len();
+            let epoch: Arc<str> = current.as_str().into();
+            for message in page.messages {
+                let seq = message.seq;
+                let delivered = Arc::new(Delivered::new(sub.topic.clone(), epoch.clone(), message));
+                if sub.push(Item::Message(delivered)).await.is_err() {
+                    return;
+                }
+                sub.set_position(&current, seq);
+            }
+            metrics::caught_up(count);
+            if count < page_size && tail.join(sub.clone()).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Delays between failed catch-up reads: exponential from 50 ms to 5 s, forever.
+fn retry_delays() -> impl Iterator<Item = std::time::Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(50))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

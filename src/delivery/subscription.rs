@@ -1,0 +1,263 @@
+//! One subscription of one session to one topic, and the session's bounded outbound
+//! queue that tails and catch-up readers feed.
+//!
+//! Ownership of a subscription's position (`epoch`, `last`) passes between two writers,
+//! never both at once: while `lagging` the session's catch-up reader advances it; after a
+//! successful join the topic's tail task does. The join runs inside the tail task, so
+//! the hand-over is atomic with respect to delivery: no gap, no duplicate.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::store::StoredMessage;
+use crate::topic::Topic;
+
+/// A message read by a tail or catch-up reader, shared by every local subscriber.
+#[derive(Debug)]
+pub struct Delivered {
+    pub topic: Topic,
+    pub epoch: Arc<str>,
+    pub message: StoredMessage,
+    /// Encoded frames, built once per encoding by the first session that writes it.
+    pub frames: [OnceLock<Bytes>; 2],
+}
+
+impl Delivered {
+    pub fn new(topic: Topic, epoch: Arc<str>, message: StoredMessage) -> Delivered {
+        Delivered { topic, epoch, message, frames: [OnceLock::new(), OnceLock::new()] }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.message.seq
+    }
+
+    /// Bytes this message counts against a session's byte bound.
+    pub fn size(&self) -> usize {
+        match &self.message.envelope {
+            Ok(e) => e.payload.len() + e.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
+            Err(raw) => raw.len(),
+        }
+    }
+}
+
+/// Why a subscription's position jumped (`recovered: false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The topic's history was lost and restarted in a new epoch.
+    EpochChanged,
+    /// Messages after the position were already removed by retention.
+    Trimmed,
+    /// The position is beyond the topic's top (history rolled back, e.g. a failover).
+    Ahead,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::EpochChanged => "epoch_changed",
+            ResetReason::Trimmed => "trimmed",
+            ResetReason::Ahead => "ahead",
+        }
+    }
+}
+
+/// "From here on, messages of `topic` continue after `seq` in `epoch`."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    pub topic: Topic,
+    pub epoch: String,
+    pub seq: u64,
+    pub reason: ResetReason,
+}
+
+#[derive(Debug)]
+pub enum Item {
+    Message(Arc<Delivered>),
+    Reset(Reset),
+}
+
+/// An item in a session's outbound queue. Holding it holds its share of the byte bound.
+pub struct Queued {
+    pub sub: Arc<Subscription>,
+    pub item: Item,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Why an item could not be queued without waiting.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Message or byte bound reached: the subscriber is behind.
+    Full,
+    /// The session is gone.
+    Closed,
+}
+
+/// A session's outbound queue: at most `max_messages` items and `max_bytes` payload bytes.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+}
+
+impl Outbound {
+    pub fn new(max_messages: usize, max_bytes: usize) -> (Outbound, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(max_messages);
+        let max_bytes = max_bytes.min(u32::MAX as usize) as u32;
+        (Outbound { tx, bytes: Arc::new(Semaphore::new(max_bytes as usize)), max_bytes }, rx)
+    }
+
+    fn permits(&self, item: &Item) -> u32 {
+        match item {
+            Item::Message(m) => (m.size().min(self.max_bytes as usize)) as u32,
+            Item::Reset(_) => 0,
+        }
+    }
+
+    /// Queues without waiting, or says why it cannot.
+    pub fn offer(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
+        let n = self.permits(&item);
+        let permit = match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(p) => Some(p),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(Refused::Full),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Refused::Closed),
+        };
+        self.tx.try_send(Queued { sub: sub.clone(), item, _bytes: permit }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Refused::Full,
+            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+        })
+    }
+
+    /// Queues, waiting for room (the catch-up reader's pace is the client's pace).
+    pub async fn push(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
+        let n = self.permits(&item);
+        let permit = self.bytes.clone().acquire_many_owned(n).await.map_err(|_| Refused::Closed)?;
+        self.tx.send(Queued { sub: sub.clone(), item, _bytes: Some(permit) }).await.map_err(|_| Refused::Closed)
+    }
+}
+
+/// Where a subscription stands: messages with seq > `last` in `epoch` come next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// "" while the topic has no epoch yet (never published to).
+    pub epoch: String,
+    pub last: u64,
+}
+
+pub struct Subscription {
+    pub topic: Topic,
+    outbound: Outbound,
+    position: Mutex<Position>,
+    /// True while the session's catch-up reader, not the tail, feeds this subscription.
+    lagging: AtomicBool,
+    /// Set on unsubscribe; queued items of a closed subscription are not written.
+    closed: AtomicBool,
+    /// Wakes the session's catch-up reader.
+    wake: Arc<Notify>,
+}
+
+/// What happened to a live offer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    Queued,
+    /// Already delivered (seq <= last): nothing done.
+    Skipped,
+    /// The queue was full: the subscription is now lagging and must leave the live set.
+    Lagging,
+    Closed,
+}
+
+impl Subscription {
+    pub fn new(topic: Topic, outbound: Outbound, start: Position, wake: Arc<Notify>) -> Arc<Subscription> {
+        Arc::new(Subscription {
+            topic,
+            outbound,
+            position: Mutex::new(start),
+            lagging: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            wake,
+        })
+    }
+
+    pub fn position(&self) -> Position {
+        self.position.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub fn set_position(&self, epoch: &str, last: u64) {
+        let mut p = self.position.lock().unwrap_or_else(|e| e.into_inner());
+        if p.epoch != epoch {
+            p.epoch = epoch.to_string();
+        }
+        p.last = last;
+    }
+
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.load(Ordering::Acquire)
+    }
+
+    pub fn set_live(&self) {
+        self.lagging.store(false, Ordering::Release);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    fn fall_behind(&self) {
+        self.lagging.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Called by the tail for each message it reads, in seq order.
+    pub fn offer_live(self: &Arc<Self>, delivered: &Arc<Delivered>) -> Offered {
+        if self.is_closed() {
+            return Offered::Closed;
+        }
+        if delivered.seq() <= self.position().last {
+            return Offered::Skipped;
+        }
+        match self.outbound.offer(self, Item::Message(delivered.clone())) {
+            Ok(()) => {
+                self.set_position(&delivered.epoch, delivered.seq());
+                Offered::Queued
+            }
+            Err(Refused::Full) => {
+                self.fall_behind();
+                Offered::Lagging
+            }
+            Err(Refused::Closed) => Offered::Closed,
+        }
+    }
+
+    /// Called by the tail when the topic's position jumped. A full queue makes the
+    /// subscription lag; its catch-up reader then finds the jump itself and says so.
+    pub fn offer_reset(self: &Arc<Self>, reset: Reset) -> Offered {
+        if self.is_closed() {
+            return Offered::Closed;
+        }
+        let (epoch, seq) = (reset.epoch.clone(), reset.seq);
+        match self.outbound.offer(self, Item::Reset(reset)) {
+            Ok(()) => {
+                self.set_position(&epoch, seq);
+                Offered::Queued
+            }
+            Err(Refused::Full) => {
+                self.fall_behind();
+                Offered::Lagging
+            }
+            Err(Refused::Closed) => Offered::Closed,
+        }
+    }
+
+    /// Queues for the catch-up reader, waiting for room.
+    pub async fn push(self: &Arc<Self>, item: Item) -> Result<(), Refused> {
+        self.outbound.push(self, item).await
+    }
+}

@@ -1,0 +1,314 @@
+//! WebSocket (and SSE) frames: pure serde types and their two encodings, no I/O.
+//! JSON text frames by default; MessagePack binary frames (maps with the same field
+//! names) with the `streamhub.v1.msgpack` subprotocol. Documented in docs/PROTOCOL.md.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::protocol::MessageOut;
+use crate::delivery::session::{Since, Subscribed};
+use crate::delivery::subscription::{Delivered, Reset};
+use crate::store::StoredMessage;
+
+/// Subprotocol for JSON text frames (also the default when none is offered).
+pub const SUBPROTOCOL_JSON: &str = "streamhub.v1.json";
+/// Subprotocol for MessagePack binary frames.
+pub const SUBPROTOCOL_MSGPACK: &str = "streamhub.v1.msgpack";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    /// Index into a `Delivered`'s frame cache.
+    pub fn slot(self) -> usize {
+        match self {
+            Encoding::Json => 0,
+            Encoding::Msgpack => 1,
+        }
+    }
+}
+
+/// `since` of a subscribe: a position, or the string "earliest".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SinceFrame {
+    Position { epoch: String, seq: u64 },
+    Named(String),
+}
+
+/// Frames a client sends; each carries an `id` its reply echoes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Subscribe {
+        id: u64,
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<SinceFrame>,
+    },
+    Unsubscribe {
+        id: u64,
+        topic: String,
+    },
+    Publish {
+        id: u64,
+        topic: String,
+        data: serde_json::Value,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+    Ping {
+        id: u64,
+    },
+}
+
+/// The ops a client may send.
+pub const OPS: [&str; 4] = ["subscribe", "unsubscribe", "publish", "ping"];
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Reply to subscribe — or, without `id`, notice that the topic's position jumped.
+    Subscribed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        topic: String,
+        epoch: String,
+        seq: u64,
+        recovered: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    Unsubscribed {
+        id: u64,
+        topic: String,
+    },
+    /// A message of a subscribed topic.
+    Message {
+        topic: String,
+        epoch: String,
+        #[serde(flatten)]
+        message: MessageOut,
+    },
+    /// Reply to publish: the message is stored (G1).
+    Published {
+        id: u64,
+        topic: String,
+        epoch: String,
+        seq: u64,
+        message_id: String,
+        duplicate: bool,
+    },
+    Pong {
+        id: u64,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: String,
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    pub fn subscribed(id: Option<u64>, topic: &str, s: &Subscribed) -> ServerFrame {
+        ServerFrame::Subscribed {
+            id,
+            topic: topic.to_string(),
+            epoch: s.epoch.clone(),
+            seq: s.seq,
+            recovered: s.recovered,
+            reason: s.reason.map(|r| r.as_str().to_string()),
+        }
+    }
+
+    pub fn reset(reset: &Reset) -> ServerFrame {
+        ServerFrame::Subscribed {
+            id: None,
+            topic: reset.topic.to_string(),
+            epoch: reset.epoch.clone(),
+            seq: reset.seq,
+            recovered: false,
+            reason: Some(reset.reason.as_str().to_string()),
+        }
+    }
+
+    pub fn message(delivered: &Delivered) -> ServerFrame {
+        let stored = StoredMessage { seq: delivered.message.seq, envelope: delivered.message.envelope.clone() };
+        ServerFrame::Message {
+            topic: delivered.topic.to_string(),
+            epoch: delivered.epoch.to_string(),
+            message: MessageOut::from(stored),
+        }
+    }
+
+    pub fn error(id: Option<u64>, code: &str, message: impl Into<String>) -> ServerFrame {
+        ServerFrame::Error { id, code: code.to_string(), message: message.into() }
+    }
+
+    pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
+        // Serializing these plain structures cannot fail.
+        match encoding {
+            Encoding::Json => serde_json::to_vec(self).unwrap_or_default(),
+            Encoding::Msgpack => rmp_serde::to_vec_named(self).unwrap_or_default(),
+        }
+    }
+}
+
+/// Why a client frame was refused; each has a stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub id: Option<u64>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Decodes a client frame: JSON text or MessagePack bytes. Never panics; errors carry
+/// the frame's `id` when one could be read, so the client can match them.
+pub fn decode_client(bytes: &[u8], encoding: Encoding) -> Result<ClientFrame, FrameError> {
+    let value: serde_json::Value = match encoding {
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+    .map_err(|e| FrameError { id: None, code: "invalid_frame", message: format!("not a valid frame: {e}") })?;
+    let id = value.get("id").and_then(serde_json::Value::as_u64);
+    let Some(op) = value.get("op").and_then(serde_json::Value::as_str) else {
+        return Err(FrameError {
+            id,
+            code: "invalid_frame",
+            message: "a frame is an object with a string field \"op\"".into(),
+        });
+    };
+    if !OPS.contains(&op) {
+        return Err(FrameError {
+            id,
+            code: "unknown_op",
+            message: format!("unknown op {op:?}; known: {}", OPS.join(", ")),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| FrameError { id, code: "invalid_request", message: e.to_string() })
+}
+
+impl SinceFrame {
+    pub fn to_since(&self) -> Result<Since, String> {
+        match self {
+            SinceFrame::Position { epoch, seq } => Ok(Since::After { epoch: epoch.clone(), seq: *seq }),
+            SinceFrame::Named(name) if name == "earliest" => Ok(Since::Earliest),
+            SinceFrame::Named(other) => Err(format!("since is {{\"epoch\", \"seq\"}} or \"earliest\", not {other:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            ".{0,20}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn client_frame() -> impl Strategy<Value = ClientFrame> {
+        prop_oneof![
+            (
+                any::<u64>(),
+                "[a-z.]{1,20}",
+                proptest::option::of(prop_oneof![
+                    ("[0-9a-f]{16}", any::<u64>()).prop_map(|(epoch, seq)| SinceFrame::Position { epoch, seq }),
+                    Just(SinceFrame::Named("earliest".into())),
+                ])
+            )
+                .prop_map(|(id, topic, since)| ClientFrame::Subscribe { id, topic, since }),
+            (any::<u64>(), "[a-z.]{1,20}").prop_map(|(id, topic)| ClientFrame::Unsubscribe { id, topic }),
+            (
+                any::<u64>(),
+                "[a-z.]{1,20}",
+                json_value(),
+                proptest::collection::btree_map("[a-z]{1,8}", ".{0,12}", 0..4),
+                proptest::option::of(1..u64::MAX),
+                proptest::option::of("[a-z0-9]{1,12}"),
+            )
+                .prop_map(|(id, topic, data, headers, ttl_ms, idempotency_key)| ClientFrame::Publish {
+                    id,
+                    topic,
+                    data,
+                    headers,
+                    ttl_ms,
+                    idempotency_key,
+                }),
+            any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn json_and_msgpack_client_frames_decode_to_the_same_frame(frame in client_frame()) {
+            let json = serde_json::to_vec(&frame).expect("json");
+            let msgpack = rmp_serde::to_vec_named(&frame).expect("msgpack");
+            let from_json = decode_client(&json, Encoding::Json).expect("decodes json");
+            let from_msgpack = decode_client(&msgpack, Encoding::Msgpack).expect("decodes msgpack");
+            prop_assert_eq!(&from_json, &frame);
+            prop_assert_eq!(&from_msgpack, &frame);
+        }
+
+        #[test]
+        fn json_and_msgpack_server_frames_decode_to_the_same_frame(
+            id in any::<u64>(), seq in any::<u64>(), data in json_value(), topic in "[a-z]{1,10}",
+            headers in proptest::collection::btree_map("[a-z]{1,8}", ".{0,12}", 0..4),
+        ) {
+            let frames = vec![
+                ServerFrame::Subscribed { id: Some(id), topic: topic.clone(), epoch: "e".into(), seq, recovered: false, reason: Some("trimmed".into()) },
+                ServerFrame::Message { topic: topic.clone(), epoch: "e".into(), message: MessageOut {
+                    seq, id: "m".into(), ts: 1, ttl_ms: None, content_type: "application/json".into(), headers, data: Some(data), data_base64: None,
+                }},
+                ServerFrame::Published { id, topic, epoch: "e".into(), seq, message_id: "m".into(), duplicate: true },
+                ServerFrame::Error { id: None, code: "c".into(), message: "m".into() },
+            ];
+            for frame in frames {
+                let from_json: ServerFrame = serde_json::from_slice(&frame.encode(Encoding::Json)).expect("json");
+                let from_msgpack: ServerFrame = rmp_serde::from_slice(&frame.encode(Encoding::Msgpack)).expect("msgpack");
+                prop_assert_eq!(&from_json, &frame);
+                prop_assert_eq!(&from_msgpack, &frame);
+            }
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_client(&bytes, Encoding::Json);
+            let _ = decode_client(&bytes, Encoding::Msgpack);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_echo_the_id() {
+        let e = decode_client(br#"{"op":"fly","id":7}"#, Encoding::Json).unwrap_err();
+        assert_eq!((e.code, e.id), ("unknown_op", Some(7)));
+        let e = decode_client(br#"{"op":"subscribe","id":8}"#, Encoding::Json).unwrap_err();
+        assert_eq!((e.code, e.id), ("invalid_request", Some(8)));
+        let e = decode_client(b"{nope", Encoding::Json).unwrap_err();
+        assert_eq!((e.code, e.id), ("invalid_frame", None));
+        let e = decode_client(br#"[1,2]"#, Encoding::Json).unwrap_err();
+        assert_eq!(e.code, "invalid_frame");
+    }
+}

@@ -1,0 +1,304 @@
+//! `/v1/ws`: one WebSocket session. The socket is split into a reader (this task: frames
+//! in, replies out) and a writer task (replies first, then deliveries, then pings);
+//! subscriptions, resume and slow-consumer handling live in `delivery::session`.
+//!
+//! Close codes (docs/PROTOCOL.md): 1001 server shutting down, 1009 inbound message over
+//! `ws.max_frame_bytes`, 4000 too many protocol violations,
+//! 4001 idle timeout (nothing received for `ws.idle_timeout_ms`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use super::frames::{
+    decode_client, ClientFrame, Encoding, FrameError, ServerFrame, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
+};
+use super::AppState;
+use crate::delivery::session::{Session, Since, SubscribeError};
+use crate::delivery::subscription::{Item, Queued};
+use crate::message::NewMessage;
+use crate::metrics;
+use crate::topic::Topic;
+
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_VIOLATIONS: u16 = 4000;
+pub const CLOSE_IDLE: u16 = 4001;
+
+/// Replies the reader may queue before it waits for the writer.
+const REPLY_QUEUE: usize = 64;
+
+enum Outgoing {
+    Frame(ServerFrame),
+    Close(u16, &'static str),
+}
+
+pub(super) async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return ApiError::bad_request("invalid_request", rejection.body_text()).into_response(),
+    };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!("this node serves at most {} sessions (ws.max_connections)", state.config.ws.max_connections),
+        )
+        .into_response();
+    };
+    let c = &state.config.ws;
+    let tasks = state.tasks.clone();
+    ws.protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK])
+        .max_message_size(c.max_frame_bytes)
+        .max_frame_size(c.max_frame_bytes)
+        .read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes)
+        .on_upgrade(move |socket| tasks.track_future(run(socket, state, permit)))
+}
+
+async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePermit) {
+    let encoding = match socket.protocol().and_then(|p| p.to_str().ok()) {
+        Some(SUBPROTOCOL_MSGPACK) => Encoding::Msgpack,
+        _ => Encoding::Json,
+    };
+    ::metrics::gauge!(metrics::SESSIONS, "transport" => "ws").increment(1.0);
+    let (sink, stream) = socket.split();
+    let (session, deliveries) = Session::new(state.hub.clone(), &state.config.ws);
+    let stop = CancellationToken::new();
+    let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
+    let catchup = tokio::spawn(session.clone().run_catchup(stop.clone()));
+    let writer = tokio::spawn(write(
+        sink,
+        replies_rx,
+        deliveries,
+        encoding,
+        Duration::from_millis(state.config.ws.ping_interval_ms),
+        state.shutdown.clone(),
+        stop.clone(),
+    ));
+    read(stream, &session, &replies, &state, stop.clone()).await;
+    drop(replies);
+    let _ = writer.await;
+    stop.cancel();
+    let _ = catchup.await;
+    session.close().await;
+    ::metrics::gauge!(metrics::SESSIONS, "transport" => "ws").decrement(1.0);
+    drop(permit);
+}
+
+async fn write(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut replies: mpsc::Receiver<Outgoing>,
+    mut deliveries: mpsc::Receiver<Queued>,
+    encoding: Encoding,
+    ping_every: Duration,
+    server_shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    let frame = |bytes: Vec<u8>| match encoding {
+        Encoding::Json => Message::Text(String::from_utf8(bytes).unwrap_or_default().into()),
+        Encoding::Msgpack => Message::Binary(bytes.into()),
+    };
+    let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = server_shutdown.cancelled() => {
+                ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => CLOSE_GOING_AWAY.to_string()).increment(1);
+                let _ = sink.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                break;
+            }
+            _ = stop.cancelled() => break,
+            reply = replies.recv() => match reply {
+                Some(Outgoing::Frame(f)) => frame(f.encode(encoding)),
+                Some(Outgoing::Close(code, reason)) => {
+                    ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => code.to_string()).increment(1);
+                    let _ = sink.send(close(code, reason)).await;
+                    break;
+                }
+                None => break,
+            },
+            queued = deliveries.recv() => match queued {
+                Some(q) if q.sub.is_closed() => continue,
+                Some(q) => match &q.item {
+                    Item::Message(d) => {
+                        ::metrics::counter!(metrics::MESSAGES_DELIVERED, "transport" => "ws").increment(1);
+                        let bytes = d.frames[encoding.slot()].get_or_init(|| ServerFrame::message(d).encode(encoding).into());
+                        match encoding {
+                            Encoding::Json => Message::Text(
+                                axum::extract::ws::Utf8Bytes::try_from(bytes.clone()).unwrap_or_default(),
+                            ),
+                            Encoding::Msgpack => Message::Binary(bytes.clone()),
+                        }
+                    }
+                    Item::Reset(r) => frame(ServerFrame::reset(r).encode(encoding)),
+                },
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Default::default()),
+        };
+        if sink.send(message).await.is_err() {
+            break;
+        }
+    }
+    // Whatever ended the writer ends the session.
+    stop.cancel();
+}
+
+fn is_too_big(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+}
+
+async fn read(
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    session: &Arc<Session>,
+    replies: &mpsc::Sender<Outgoing>,
+    state: &Arc<AppState>,
+    stop: CancellationToken,
+) {
+    let idle = Duration::from_millis(state.config.ws.idle_timeout_ms);
+    let mut deadline = Instant::now() + idle;
+    let mut violations = 0u32;
+    loop {
+        let inbound = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline) => {
+                let _ = replies.send(Outgoing::Close(CLOSE_IDLE, "idle timeout")).await;
+                return;
+            }
+            inbound = stream.next() => inbound,
+        };
+        let (bytes, encoding) = match inbound {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Err(e)) => {
+                if is_too_big(e) {
+                    let _ = replies.send(Outgoing::Close(CLOSE_TOO_BIG, "message over ws.max_frame_bytes")).await;
+                }
+                return;
+            }
+            Some(Ok(Message::Text(text))) => (text.as_str().as_bytes().to_vec(), Encoding::Json),
+            Some(Ok(Message::Binary(bytes))) => (bytes.to_vec(), Encoding::Msgpack),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                deadline = Instant::now() + idle;
+                continue;
+            }
+        };
+        deadline = Instant::now() + idle;
+        let reply = match decode_client(&bytes, encoding) {
+            Ok(frame) => handle(frame, session, state).await,
+            Err(e) => Err(e),
+        };
+        let frame = match reply {
+            Ok(frame) => frame,
+            Err(FrameError { id, code, message }) => {
+                if is_violation(code) {
+                    violations += 1;
+                }
+                ServerFrame::error(id, code, message)
+            }
+        };
+        let starts_delivery = matches!(frame, ServerFrame::Subscribed { .. });
+        if replies.send(Outgoing::Frame(frame)).await.is_err() {
+            return;
+        }
+        if starts_delivery {
+            // Only now, with the reply queued ahead of them, may its messages flow.
+            session.start();
+        }
+        if violations >= state.config.ws.max_violations {
+            let _ = replies.send(Outgoing::Close(CLOSE_VIOLATIONS, "too many protocol violations")).await;
+            return;
+        }
+    }
+}
+
+/// Errors caused by the client (they count towards `ws.max_violations`), as opposed to
+/// the server's own trouble (`redis_unavailable`, `not_replicated`, `internal`).
+fn is_violation(code: &str) -> bool {
+    !matches!(code, "redis_unavailable" | "not_replicated" | "internal")
+}
+
+fn refused(id: u64, e: ApiError) -> FrameError {
+    FrameError { id: Some(id), code: e.code, message: e.message }
+}
+
+fn topic(id: u64, name: &str, state: &AppState) -> Result<Topic, FrameError> {
+    Topic::parse(name, state.config.limits.max_topic_bytes).map_err(|e| refused(id, e.into()))
+}
+
+async fn handle(frame: ClientFrame, session: &Arc<Session>, state: &Arc<AppState>) -> Result<ServerFrame, FrameError> {
+    match frame {
+        ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }),
+        ClientFrame::Subscribe { id, topic: name, since } => {
+            let topic = topic(id, &name, state)?;
+            let since = match since {
+                None => Since::Now,
+                Some(s) => {
+                    s.to_since().map_err(|message| FrameError { id: Some(id), code: "invalid_request", message })?
+                }
+            };
+            match session.subscribe(topic, since).await {
+                Ok(subscribed) => Ok(ServerFrame::subscribed(Some(id), &name, &subscribed)),
+                Err(e @ SubscribeError::AlreadySubscribed(_)) => {
+                    Err(FrameError { id: Some(id), code: "already_subscribed", message: e.to_string() })
+                }
+                Err(e @ SubscribeError::TooMany(_)) => {
+                    Err(FrameError { id: Some(id), code: "too_many_subscriptions", message: e.to_string() })
+                }
+                Err(SubscribeError::Store(e)) => Err(refused(id, e.into())),
+            }
+        }
+        ClientFrame::Unsubscribe { id, topic: name } => {
+            let topic = topic(id, &name, state)?;
+            if session.unsubscribe(&topic).await {
+                Ok(ServerFrame::Unsubscribed { id, topic: name })
+            } else {
+                Err(FrameError { id: Some(id), code: "not_subscribed", message: format!("not subscribed to {name}") })
+            }
+        }
+        ClientFrame::Publish { id, topic: name, data, headers, ttl_ms, idempotency_key } => {
+            let topic = topic(id, &name, state)?;
+            let message = NewMessage {
+                payload: serde_json::to_vec(&data).unwrap_or_default(),
+                content_type: "application/json".into(),
+                headers,
+                ttl_ms,
+                idempotency_key,
+            }
+            .check(&state.config.limits)
+            .map_err(|e| refused(id, e.into()))?;
+            let published = state.store.publish(&topic, vec![message]).await.map_err(|e| refused(id, e.into()))?;
+            let p = published.into_iter().next().ok_or_else(|| FrameError {
+                id: Some(id),
+                code: "internal",
+                message: "internal error".into(),
+            })?;
+            ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => if p.duplicate { "duplicate" } else { "stored" })
+                .increment(1);
+            Ok(ServerFrame::Published {
+                id,
+                topic: name,
+                epoch: p.epoch,
+                seq: p.seq,
+                message_id: p.id,
+                duplicate: p.duplicate,
+            })
+        }
+    }
+}

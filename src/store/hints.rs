@@ -1,0 +1,128 @@
+//! Hints: the sharded Pub/Sub notices (`<prefix>:{topic}:h`, payload "<epoch> <seq>") that
+//! every publish sends, turned into wake-ups of the local tail tasks.
+//!
+//! Hints are only hints. A tail re-reads its topic on every wake-up, whatever the hint
+//! said, and also periodically; when the Pub/Sub connection is re-established or its
+//! notices overflowed, every watched topic is woken, so a lost hint delays a message but
+//! never loses it. One dedicated connection per node; SSUBSCRIBE/SUNSUBSCRIBE are issued
+//! by one task in command order, so watch/unwatch races cannot leave a topic unwatched.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{connect, Result};
+use crate::config::RedisConfig;
+use crate::keys::Keys;
+use crate::topic::Topic;
+
+enum Command {
+    Watch { channel: String, wake: Arc<Notify>, done: oneshot::Sender<()> },
+    Unwatch { channel: String, wake: Arc<Notify> },
+}
+
+/// Handle to the node's hint listener; cheap to clone.
+#[derive(Clone)]
+pub struct Hints {
+    keys: Keys,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Hints {
+    /// Starts the listener task on its own connection; it ends with `shutdown`.
+    pub fn start(
+        config: &RedisConfig,
+        keys: Keys,
+        shutdown: CancellationToken,
+    ) -> Result<(Hints, tokio::task::JoinHandle<()>)> {
+        let client = connect::client(config)?;
+        // The command channel is unbounded but holds at most one watch and one unwatch
+        // per tail task start/stop, and tails are bounded by subscribed topics.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(client, rx, shutdown));
+        Ok((Hints { keys, tx }, task))
+    }
+
+    /// Wakes `wake` on every hint of `topic`. Returns once SSUBSCRIBE was answered (or
+    /// failed: the periodic position check then covers the topic until reconnection).
+    pub async fn watch(&self, topic: &Topic, wake: Arc<Notify>) {
+        let (done, answered) = oneshot::channel();
+        let channel = self.keys.topic(topic).hint;
+        if self.tx.send(Command::Watch { channel, wake, done }).is_ok() {
+            let _ = answered.await;
+        }
+    }
+
+    /// Stops waking `wake` (only if it is still the topic's registered waker).
+    pub fn unwatch(&self, topic: &Topic, wake: Arc<Notify>) {
+        let channel = self.keys.topic(topic).hint;
+        let _ = self.tx.send(Command::Unwatch { channel, wake });
+    }
+}
+
+fn wake_all(watched: &HashMap<String, Arc<Notify>>) {
+    for wake in watched.values() {
+        wake.notify_one();
+    }
+}
+
+async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
+    let mut messages = client.message_rx();
+    let mut reconnects = client.reconnect_rx();
+    let mut watched: HashMap<String, Arc<Notify>> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            command = commands.recv() => match command {
+                None => break,
+                Some(Command::Watch { channel, wake, done }) => {
+                    watched.insert(channel.clone(), wake);
+                    if let Err(e) = client.ssubscribe(channel.clone()).await {
+                        tracing::warn!(%channel, error = %e, "SSUBSCRIBE failed; relying on position checks until reconnection");
+                    }
+                    let _ = done.send(());
+                }
+                Some(Command::Unwatch { channel, wake }) => {
+                    if watched.get(&channel).is_some_and(|w| Arc::ptr_eq(w, &wake)) {
+                        watched.remove(&channel);
+                        if let Err(e) = client.sunsubscribe(channel.clone()).await {
+                            tracing::debug!(%channel, error = %e, "SUNSUBSCRIBE failed");
+                        }
+                    }
+                }
+            },
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    if let Some(wake) = watched.get(&*message.channel) {
+                        wake.notify_one();
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "hint notices overflowed; waking every tail");
+                    crate::metrics::hints_lost();
+                    wake_all(&watched);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            reconnect = reconnects.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = reconnect {
+                    break;
+                }
+                // Subscriptions do not survive a new connection: subscribe again, then
+                // wake every tail to repair whatever was published meanwhile.
+                for channel in watched.keys() {
+                    if let Err(e) = client.ssubscribe(channel.clone()).await {
+                        tracing::warn!(%channel, error = %e, "re-SSUBSCRIBE failed");
+                    }
+                }
+                tracing::info!(topics = watched.len(), "hint connection re-established; repairing every tail");
+                wake_all(&watched);
+            }
+        }
+    }
+    let _ = client.quit().await;
+}
