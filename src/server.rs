@@ -37,6 +37,8 @@ pub struct Server {
     tasks: TaskTracker,
     store: Store,
     hub: Hub,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
     embedded: Option<EmbeddedRedis>,
     grace: Duration,
 }
@@ -88,11 +90,12 @@ impl Server {
             let _ = hints_task.await;
         });
         let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
+        let connections = Arc::new(Semaphore::new(config.ws.max_connections));
         let state = AppState {
             store: store.clone(),
             config: config.clone(),
             hub: hub.clone(),
-            connections: Arc::new(Semaphore::new(config.ws.max_connections)),
+            connections: connections.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
@@ -111,6 +114,8 @@ impl Server {
             tasks,
             store,
             hub,
+            connections,
+            max_connections: config.ws.max_connections,
             embedded,
             grace: Duration::from_millis(config.server.shutdown_grace_ms),
         })
@@ -131,6 +136,11 @@ impl Server {
     /// Tail tasks running on this node (one per topic with local subscribers).
     pub fn tail_count(&self) -> usize {
         self.hub.tail_count()
+    }
+
+    /// Open WebSocket and SSE sessions on this node.
+    pub fn session_count(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
     }
 
     /// The address of the redis-server this node started, if it started one.

@@ -34,6 +34,9 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_VIOLATIONS: u16 = 4000;
 pub const CLOSE_IDLE: u16 = 4001;
 
+/// How long a closing session waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
 /// Replies the reader may queue before it waits for the writer.
 const REPLY_QUEUE: usize = 64;
 
@@ -88,9 +91,20 @@ async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePerm
         state.shutdown.clone(),
         stop.clone(),
     ));
-    read(stream, &session, &replies, &state, stop.clone()).await;
+    let mut stream = stream;
+    read(&mut stream, &session, &replies, &state, stop.clone()).await;
     drop(replies);
     let _ = writer.await;
+    // Closing handshake: give the peer a moment to answer our close frame, so it reads
+    // the close code instead of a reset connection.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     stop.cancel();
     let _ = catchup.await;
     session.close().await;
@@ -166,7 +180,7 @@ fn is_too_big(error: axum::Error) -> bool {
 }
 
 async fn read(
-    mut stream: futures::stream::SplitStream<WebSocket>,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
     session: &Arc<Session>,
     replies: &mpsc::Sender<Outgoing>,
     state: &Arc<AppState>,

@@ -1,0 +1,170 @@
+//! The WebSocket protocol: ops and replies, both encodings, and every documented error
+//! and close code — with other clients unaffected (G7).
+
+mod common;
+
+use common::{seq, RedisServer, TestApp, WsClient};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn ping_publish_subscribe_unsubscribe_round_trip() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    let mut ws = WsClient::connect(&app.base).await;
+    assert_eq!(ws.request(json!({ "op": "ping" })).await["type"], json!("pong"));
+
+    let sub = ws.subscribe("chat", None).await;
+    assert_eq!((sub["recovered"].clone(), sub["seq"].clone()), (json!(true), json!(0)));
+    let ack = ws
+        .request(json!({ "op": "publish", "topic": "chat", "data": { "text": "hi" }, "headers": { "k": "v" }, "idempotency_key": "m1" }))
+        .await;
+    assert_eq!(ack["type"], json!("published"), "{ack}");
+    assert_eq!((ack["seq"].clone(), ack["duplicate"].clone()), (json!(1), json!(false)));
+    // G1: acknowledged means stored.
+    let history = app.history_all("chat", 0).await;
+    assert_eq!(history[0]["id"], ack["message_id"]);
+
+    let m = ws.messages(1).await;
+    assert_eq!(m[0]["data"], json!({ "text": "hi" }));
+    assert_eq!(m[0]["headers"], json!({ "k": "v" }));
+    assert_eq!(
+        (m[0]["topic"].clone(), m[0]["epoch"].clone(), m[0]["id"].clone()),
+        (json!("chat"), ack["epoch"].clone(), ack["message_id"].clone())
+    );
+
+    let dup = ws.request(json!({ "op": "publish", "topic": "chat", "data": "again", "idempotency_key": "m1" })).await;
+    assert_eq!((dup["seq"].clone(), dup["duplicate"].clone()), (json!(1), json!(true)));
+
+    let unsub = ws.request(json!({ "op": "unsubscribe", "topic": "chat" })).await;
+    assert_eq!(unsub["type"], json!("unsubscribed"));
+    let again = ws.request(json!({ "op": "unsubscribe", "topic": "chat" })).await;
+    assert_eq!(again["code"], json!("not_subscribed"));
+    // Many topics per connection.
+    for t in ["a", "b", "c"] {
+        ws.subscribe(t, None).await;
+    }
+    app.publish("b", json!("to b")).await;
+    let m = ws.messages(1).await;
+    assert_eq!(m[0]["topic"], json!("b"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn msgpack_subprotocol_speaks_the_same_frames() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    let mut ws = WsClient::connect_with(&app.base, Some("streamhub.v1.msgpack")).await.expect("connect");
+    let sub = ws.subscribe("bin", None).await;
+    assert_eq!(sub["epoch"], json!(""));
+    let ack = ws.request(json!({ "op": "publish", "topic": "bin", "data": [1, 2, 3] })).await;
+    assert_eq!(ack["seq"], json!(1));
+    let m = ws.messages(1).await;
+    assert_eq!((m[0]["data"].clone(), seq(&m[0])), (json!([1, 2, 3]), 1));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_codes_and_the_connection_stays_usable() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    let mut other = WsClient::connect(&app.base).await;
+    other.subscribe("calm", None).await;
+
+    let mut ws = WsClient::connect(&app.base).await;
+    ws.send_raw(Message::Text("{not json".into())).await;
+    assert_eq!(ws.next_frame().await["code"], json!("invalid_frame"));
+    let cases = [
+        (json!({ "op": "dance" }), "unknown_op"),
+        (json!({ "op": "subscribe" }), "invalid_request"),
+        (json!({ "op": "subscribe", "topic": "a{b" }), "invalid_topic"),
+        (json!({ "op": "subscribe", "topic": "x", "since": "yesterday" }), "invalid_request"),
+        (json!({ "op": "publish", "topic": "x", "data": 1, "ttl_ms": 0 }), "invalid_request"),
+        (json!({ "op": "publish", "topic": "x", "data": 1, "headers": { "bad name": "v" } }), "invalid_header"),
+    ];
+    for (frame, code) in cases {
+        let reply = ws.request(frame.clone()).await;
+        assert_eq!((reply["type"].clone(), reply["code"].clone()), (json!("error"), json!(code)), "{frame}");
+    }
+    // Still usable, and the other client never noticed.
+    assert_eq!(ws.request(json!({ "op": "ping" })).await["type"], json!("pong"));
+    app.publish("calm", json!("fine")).await;
+    assert_eq!(seq(&other.messages(1).await[0]), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn limits_have_their_documented_outcomes() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        c.ws.max_subscriptions = 2;
+        c.ws.max_violations = 3;
+        c.ws.max_frame_bytes = 4096;
+        c.ws.max_connections = 3;
+    })
+    .await;
+    // Too many subscriptions: an error, the connection stays.
+    let mut ws = WsClient::connect(&app.base).await;
+    ws.subscribe("s1", None).await;
+    ws.subscribe("s2", None).await;
+    let reply = ws.request(json!({ "op": "subscribe", "topic": "s3" })).await;
+    assert_eq!(reply["code"], json!("too_many_subscriptions"));
+    let reply = ws.request(json!({ "op": "subscribe", "topic": "s1" })).await;
+    assert_eq!(reply["code"], json!("already_subscribed"));
+
+    // Oversized inbound message: close 1009.
+    let mut big = WsClient::connect(&app.base).await;
+    big.send_raw(Message::Text(json!({ "op": "publish", "topic": "x", "data": "y".repeat(5000) }).to_string().into()))
+        .await;
+    assert_eq!(big.close_code().await, Some(1009));
+
+    // Repeated violations: close 4000.
+    let mut rude = WsClient::connect(&app.base).await;
+    for _ in 0..3 {
+        rude.send_raw(Message::Text("nope".into())).await;
+    }
+    assert_eq!(rude.close_code().await, Some(4000));
+    // Completing the closing handshake frees their sessions at once.
+    big.close().await;
+    rude.close().await;
+
+    // Connection limit: ws (1) + 2 closed ones freed their permits; fill up to 3, then 503.
+    let deadline = std::time::Instant::now() + common::READY_TIMEOUT;
+    while app.server.session_count() != 1 {
+        assert!(std::time::Instant::now() < deadline, "closed sessions never released their permits");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _b = WsClient::connect(&app.base).await;
+    let _c = WsClient::connect(&app.base).await;
+    let refused = WsClient::connect_with(&app.base, None).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a fourth session was accepted"),
+    }
+    assert_eq!(ws.request(json!({ "op": "ping" })).await["type"], json!("pong"), "existing sessions unaffected");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_closed_with_4001_and_shutdown_sends_1001() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        c.ws.ping_interval_ms = 100;
+        c.ws.idle_timeout_ms = 400;
+    })
+    .await;
+    // This client does not read, so it never answers the server's pings.
+    let mut silent = WsClient::connect(&app.base).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(silent.close_code().await, Some(4001));
+
+    // A reading client answers pings and stays open until the server shuts down.
+    let mut alive = WsClient::connect(&app.base).await;
+    alive.subscribe("x", None).await;
+    let reader = tokio::spawn(async move { alive.close_code().await });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(!reader.is_finished(), "a responsive client is not closed");
+    app.stop().await;
+    assert_eq!(reader.await.expect("reader"), Some(1001));
+}
