@@ -87,6 +87,23 @@ pub enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Follow a topic over the WebSocket API, printing messages as JSON lines;
+    /// reconnects with backoff and resumes without a gap.
+    Tail {
+        topic: String,
+        /// Start after this seq (needs --epoch), or "earliest"; default: new messages only.
+        #[arg(long)]
+        since: Option<String>,
+        /// The epoch --since refers to.
+        #[arg(long)]
+        epoch: Option<String>,
+        /// WebSocket URL; default: ws://<server.listen>/v1/ws.
+        #[arg(long)]
+        url: Option<String>,
+        /// Exit after printing this many messages.
+        #[arg(long)]
+        max_messages: Option<u64>,
+    },
     /// Validate the configuration and print it (secrets masked).
     CheckConfig,
 }
@@ -171,6 +188,26 @@ async fn run(command: Command, config: Config) -> CliResult {
             }
             store.close().await;
             Ok(())
+        }
+        Command::Tail { topic, since, epoch, url, max_messages } => {
+            Topic::parse(&topic, config.limits.max_topic_bytes)?;
+            let start = match (since.as_deref(), epoch) {
+                (None, _) => crate::tail::Start::Now,
+                (Some("earliest"), _) => crate::tail::Start::Earliest,
+                (Some(seq), Some(epoch)) => crate::tail::Start::After { epoch, seq: seq.parse()? },
+                (Some(_), None) => return Err("--since <seq> needs --epoch (or use --since earliest)".into()),
+            };
+            let url = url.unwrap_or_else(|| {
+                let mut addr = config.server.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("ws://{addr}/v1/ws")
+            });
+            tokio::select! {
+                result = crate::tail::follow(&url, &topic, start, max_messages) => result.map_err(Into::into),
+                _ = wait_for_signal() => Ok(()),
+            }
         }
         Command::CheckConfig => Ok(()),
     }

@@ -5,7 +5,9 @@
 //! - [`message`], [`envelope`], [`topic`]: what a message is and what input is valid.
 //! - [`store`]: everything kept in Redis, one Redis Function call per atomic operation
 //!   (`lua/*.lua`), key names from [`keys`], the embedded redis-server.
-//! - [`server`]: starts and stops the parts; [`cli`]: the `streamhub` command.
+//! - [`delivery`]: tail tasks, subscriptions, bounded session queues, resume.
+//! - [`server`]: starts and stops the parts; [`cli`]: the `streamhub` command;
+//!   [`tail`]: its WebSocket follower.
 //! - [`config`]: layered configuration; [`metrics`]: metric names and `/metrics`.
 
 pub mod cli;
@@ -18,6 +20,7 @@ pub mod message;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tail;
 pub mod topic;
 
 pub use config::Config;
