@@ -19,6 +19,8 @@ local DEFAULT_IDEM_MS = {{idempotency_window_ms}}
 local MAX_PAYLOAD = {{max_payload_bytes}}
 local MAX_HEADERS = {{max_headers}}
 local MAX_HEADER_BYTES = {{max_header_bytes}}
+local MAX_TOPIC_BYTES = {{max_topic_bytes}}
+local MAX_IDEM_KEY_BYTES = {{max_idempotency_key_bytes}}
 
 -- Errors carry a stable code after the "SH" prefix; src/store/error.rs maps them.
 local function fail(code, message)

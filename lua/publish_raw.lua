@@ -9,21 +9,34 @@
   ARGV[3]  optional TTL in ms (0 or absent = none)
   ARGV[4…] optional header name/value pairs
   Returns  epoch, seq, duplicate (0|1), message id — exactly as sh_publish_v1
-  Errors   "SH invalid_keys …", "SH invalid_topic …", "SH payload_too_large …",
-           "SH invalid_header …", "SH too_many_headers …", "SH headers_too_large …",
-           "SH invalid_request …"; nothing is written when one is returned.
+  Errors   "SH invalid_keys …", "SH invalid_topic …", "SH invalid_idempotency_key …",
+           "SH payload_too_large …", "SH invalid_header …", "SH too_many_headers …",
+           "SH headers_too_large …", "SH invalid_request …"; nothing is written when one
+           is returned. The checks and limits are those of the HTTP API, except that a
+           TTL of 0 means "none".
   The envelope is built here (UUID v7 id, Redis TIME as publish time) with the same
   MessagePack layout streamhub writes, then appended like sh_publish_v1 does.
 ]]
 local function publish_raw(keys, args)
-  local meta, stream, channel, idem = keys[1], keys[2], keys[3], keys[4]
-  local topic = topic_of(meta, 'm')
-  if #keys < 3 or #keys > 4 or topic_of(stream, 's') ~= topic or topic_of(channel, 'h') ~= topic
-    or (idem and topic_of(idem, 'i:%S+') ~= topic) then
+  if #keys < 3 or #keys > 4 then
     return fail('invalid_keys', 'expected KEYS <p>:{T}:m <p>:{T}:s <p>:{T}:h [<p>:{T}:i:<key>]')
   end
-  if not valid_topic(topic) then
-    return fail('invalid_topic', 'topic may only hold letters, digits and . _ : @ = + -')
+  local meta, stream, channel, idem = keys[1], keys[2], keys[3], keys[4]
+  local base = string.match(meta, '^(.-:{[^{}]+}):m$')
+  if not base or stream ~= base .. ':s' or channel ~= base .. ':h'
+    or (idem and string.sub(idem, 1, #base + 3) ~= base .. ':i:') then
+    return fail('invalid_keys', 'expected KEYS <p>:{T}:m <p>:{T}:s <p>:{T}:h [<p>:{T}:i:<key>], one prefix and topic')
+  end
+  local topic = topic_of(meta, 'm')
+  if not valid_topic(topic) or #topic > MAX_TOPIC_BYTES then
+    return fail('invalid_topic', 'topic must be 1 to ' .. MAX_TOPIC_BYTES .. ' letters, digits or . _ : @ = + -')
+  end
+  if idem then
+    local key = string.sub(idem, #base + 4)
+    if #key == 0 or #key > MAX_IDEM_KEY_BYTES or not string.match(key, '^[!-z|~]+$') then
+      return fail('invalid_idempotency_key', 'idempotency key must be 1 to ' .. MAX_IDEM_KEY_BYTES
+        .. ' visible ASCII characters other than { and }')
+    end
   end
   local payload = args[1]
   if payload == nil then
@@ -34,6 +47,9 @@ local function publish_raw(keys, args)
   end
   local ct = args[2]
   if ct == nil or ct == '' then ct = 'application/octet-stream' end
+  if #ct > 255 or not string.match(ct, '^[ -~]+$') then
+    return fail('invalid_request', 'content type must be 1 to 255 printable ASCII characters')
+  end
   local ttl = tonumber(args[3] or '0')
   if ttl == nil or ttl < 0 or ttl ~= math.floor(ttl) then
     return fail('invalid_request', 'ARGV[3] (ttl_ms) must be a non-negative integer')
@@ -51,8 +67,8 @@ local function publish_raw(keys, args)
   local names, values, hbytes = {}, {}, 0
   for i = 0, nh - 1 do
     local name, value = args[4 + i * 2], args[5 + i * 2]
-    if name == '' or values[name] then
-      return fail('invalid_header', 'header names must be non-empty and unique')
+    if #name > 64 or not string.match(name, '^[%w%-_%.]+$') or values[name] then
+      return fail('invalid_header', 'header names are 1 to 64 letters, digits, - _ or ., each once')
     end
     hbytes = hbytes + #name + #value
     values[name] = value

@@ -174,14 +174,14 @@ async fn run(command: Command, config: Config) -> CliResult {
         Command::History { topic, since, limit } => {
             let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
             let store = ready_store(&config).await?;
-            let page = store.read_since(&topic, since, limit).await?;
+            let page = store.read_since(&topic, since, limit.min(config.limits.max_history_limit)).await?;
             println!("{}", serde_json::to_string_pretty(&HistoryResponse::new(page, since, None))?);
             store.close().await;
             Ok(())
         }
         Command::Topics { limit } => {
             let store = ready_store(&config).await?;
-            for name in store.list_topics(limit).await? {
+            for name in store.list_topics(limit.min(config.limits.max_topics_listed)).await? {
                 let topic = Topic::parse(&name, usize::MAX)?;
                 let info = store.topic_info(&topic).await?;
                 println!("{}", serde_json::to_string(&TopicResponse::new(name, info))?);

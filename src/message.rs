@@ -100,8 +100,11 @@ impl NewMessage {
                     limits.max_idempotency_key_bytes
                 )));
             }
-            if !key.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(InvalidMessage::InvalidIdempotencyKey("only visible ASCII characters, no spaces".into()));
+            // `{` and `}` would let a key imitate another key's hash tag or suffix.
+            if !key.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}') {
+                return Err(InvalidMessage::InvalidIdempotencyKey(
+                    "only visible ASCII characters other than { and }, no spaces".into(),
+                ));
             }
         }
         Ok(OutgoingMessage {
@@ -166,6 +169,8 @@ mod tests {
         m.idempotency_key = Some("k".repeat(limits.max_idempotency_key_bytes + 1));
         assert_eq!(m.clone().check(&limits).unwrap_err().code(), "invalid_idempotency_key");
         m.idempotency_key = Some("a b".into());
+        assert_eq!(m.clone().check(&limits).unwrap_err().code(), "invalid_idempotency_key");
+        m.idempotency_key = Some("k}:m".into());
         assert_eq!(m.check(&limits).unwrap_err().code(), "invalid_idempotency_key");
     }
 }

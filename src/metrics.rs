@@ -19,7 +19,8 @@ pub const PUBLISH_DURATION: &str = "streamhub_publish_duration_seconds";
 pub const HISTORY_READS: &str = "streamhub_history_reads_total";
 /// HTTP requests by `route` template, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "streamhub_http_requests_total";
-/// Redis calls that failed, by `kind` = `unavailable` | `refused` | `protocol` | `other`.
+/// Redis calls that failed, by `kind` = `unavailable` | `not_replicated` | `refused` |
+/// `protocol` | `other`.
 pub const REDIS_ERRORS: &str = "streamhub_redis_errors_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

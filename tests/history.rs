@@ -156,3 +156,24 @@ async fn when_only_the_meta_is_lost_numbering_continues_after_the_stream_in_a_ne
     assert_ne!(after["epoch"], before["epoch"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn topic_listing_is_bounded_and_says_when_it_is_cut() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| c.limits.max_topics_listed = 2).await;
+    for t in ["l1", "l2", "l3"] {
+        app.publish(t, json!(1)).await;
+    }
+    // An idempotency key cannot imitate a meta key and list a bogus topic.
+    let (status, _) = app.post_json("/v1/topics/l1/messages", &json!({ "data": 1, "idempotency_key": "k}:m" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = app.get("/v1/topics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["topics"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["truncated"], json!(true));
+    let exact = TestApp::start_with(&redis, |c| c.redis.prefix = app.prefix().to_string()).await;
+    let (_, body) = exact.get("/v1/topics").await;
+    assert_eq!((body["topics"].clone(), body["truncated"].clone()), (json!(["l1", "l2", "l3"]), json!(false)));
+    exact.stop().await;
+    app.stop().await;
+}

@@ -104,6 +104,19 @@ async fn a_new_topic_can_be_created_from_redis_and_bad_calls_are_refused_with_co
     );
     refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, &h, "x", "text/plain", "-5"], "invalid_request");
     refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, &h, "x", "text/plain", "0", "lonely"], "invalid_header");
+    refused(
+        &["FCALL", "sh_publish_raw_v1", "3", &m, &s, &h, "x", "text/plain", "0", "bad name", "v"],
+        "invalid_header",
+    );
+    refused(&["FCALL", "sh_publish_raw_v1", "0", "x"], "invalid_keys");
+    refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, "other:{new}:h", "x"], "invalid_keys");
+    let bad_idem = format!("{p}:{{new}}:i:a{{b");
+    refused(&["FCALL", "sh_publish_raw_v1", "4", &m, &s, &h, &bad_idem, "x"], "invalid_idempotency_key");
+    let long = "t".repeat(201);
+    refused(
+        &["FCALL", "sh_publish_raw_v1", "3", &key(&long, "m"), &key(&long, "s"), &key(&long, "h"), "x"],
+        "invalid_topic",
+    );
     let (_, after) = app.get("/v1/topics/new").await;
     assert_eq!(after["seq"], json!(1), "refused calls wrote nothing");
     app.stop().await;

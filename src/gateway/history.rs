@@ -50,6 +50,9 @@ pub(super) async fn topic(
 }
 
 pub(super) async fn topics(State(state): State<Arc<AppState>>) -> ApiResult<Json<TopicsResponse>> {
-    let topics = state.store.list_topics(state.config.limits.max_topics_listed).await?;
-    Ok(Json(TopicsResponse { topics }))
+    let limit = state.config.limits.max_topics_listed;
+    let mut topics = state.store.list_topics(limit + 1).await?;
+    let truncated = topics.len() > limit;
+    topics.truncate(limit);
+    Ok(Json(TopicsResponse { topics, truncated }))
 }

@@ -193,6 +193,8 @@ impl TopicResponse {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TopicsResponse {
     pub topics: Vec<String>,
+    /// More topics exist than `limits.max_topics_listed`; the list is a sorted subset.
+    pub truncated: bool,
 }
 
 /// `{"error": {"code": "...", "message": "...", "index": n?}}`

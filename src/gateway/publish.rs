@@ -104,8 +104,10 @@ fn from_raw(content_type: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<N
 
 async fn store(state: &AppState, topic: &Topic, messages: Vec<OutgoingMessage>) -> ApiResult<Vec<Published>> {
     let started = Instant::now();
-    let results = state.store.publish(topic, messages).await.inspect_err(|_| {
-        ::metrics::counter!(metrics::PUBLISH_REJECTED, "code" => "redis").increment(1);
+    let results = state.store.publish(topic, messages).await.map_err(|e| {
+        let error = ApiError::from(e);
+        ::metrics::counter!(metrics::PUBLISH_REJECTED, "code" => error.code).increment(1);
+        error
     })?;
     ::metrics::histogram!(metrics::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
     let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;

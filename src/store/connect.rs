@@ -39,9 +39,10 @@ fn builder(config: &RedisConfig) -> Result<Builder> {
     let connection = ConnectionConfig {
         connection_timeout: Duration::from_millis(config.connect_timeout_ms),
         internal_command_timeout: timeout,
-        // A command whose connection dropped is retried at most once more, always
-        // inside the command timeout.
-        max_command_attempts: 2,
+        // A command whose connection dropped is not resent: a publish that may already
+        // have run must not run twice. The caller gets an error (HTTP 503) and retries,
+        // ideally with an idempotency key.
+        max_command_attempts: 1,
         ..ConnectionConfig::default()
     };
     // Pub/Sub notices are drained by one task; a burst larger than this is reported as

@@ -34,6 +34,8 @@ pub fn render(config: &Config) -> String {
         .replace("{{max_payload_bytes}}", &l.max_payload_bytes.to_string())
         .replace("{{max_headers}}", &l.max_headers.to_string())
         .replace("{{max_header_bytes}}", &l.max_header_bytes.to_string())
+        .replace("{{max_topic_bytes}}", &l.max_topic_bytes.to_string())
+        .replace("{{max_idempotency_key_bytes}}", &l.max_idempotency_key_bytes.to_string())
 }
 
 #[cfg(test)]
