@@ -21,6 +21,7 @@ local MAX_HEADERS = {{max_headers}}
 local MAX_HEADER_BYTES = {{max_header_bytes}}
 local MAX_TOPIC_BYTES = {{max_topic_bytes}}
 local MAX_IDEM_KEY_BYTES = {{max_idempotency_key_bytes}}
+local DEFAULT_HARD_MAX_LEN = {{retention_hard_max_len}}
 
 -- Errors carry a stable code after the "SH" prefix; src/store/error.rs maps them.
 local function fail(code, message)
@@ -131,17 +132,81 @@ local function idem_lookup(key)
   return e, tonumber(s), id
 end
 
--- Append one envelope with entry id <seq>-0, trimming to max_len (approximately:
--- at least max_len entries stay). Writes happen only after every check passed.
-local function append(stream, seq, envelope, max_len)
-  if max_len > 0 then
+-- ---- consumer groups ------------------------------------------------------------
+-- A stream entry's field list as a table.
+local function fields_of(list)
+  local t = {}
+  for i = 1, #list, 2 do t[list[i]] = list[i + 1] end
+  return t
+end
+
+-- Whether delivery (id, count) of `group` still holds its lease: "ok" when the entry is
+-- pending with exactly that delivery count, "lease_expired" when it was delivered again
+-- since, "unknown" when it is not pending.
+local function pending_status(stream, group, id, count)
+  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  if #p == 0 then return 'unknown' end
+  if tonumber(p[1][4]) ~= count then return 'lease_expired' end
+  return 'ok'
+end
+
+-- How often (in seqs) a topic with consumer groups re-computes what retention may trim.
+local GROUP_TRIM_EVERY = 64
+
+-- The lowest seq some consumer group of the topic still needs (pending, or not yet
+-- delivered to it); nil when the topic has no groups.
+local function group_floor(stream, meta)
+  local names = redis.call('HGET', meta, 'groups')
+  if not names or names == '' then return nil end
+  local floor = nil
+  local info = redis.call('XINFO', 'GROUPS', stream)
+  for _, g in ipairs(info) do
+    local f = fields_of(g)
+    local need = tonumber(string.match(f['last-delivered-id'] or '0-0', '^(%d+)')) + 1
+    if tonumber(f['pending'] or 0) > 0 then
+      local oldest = redis.call('XPENDING', stream, f['name'], '-', '+', 1)
+      if #oldest > 0 then
+        need = math.min(need, tonumber(string.match(oldest[1][1], '^(%d+)')))
+      end
+    end
+    if not floor or need < floor then floor = need end
+  end
+  return floor
+end
+
+-- Append one envelope with entry id <seq>-0 and apply retention. Without consumer
+-- groups: XADD MAXLEN ~ max_len (at least max_len entries stay). With groups (G6): the
+-- cut never passes the lowest seq a group still needs, unless the stream would then hold
+-- more than hard_max entries (0 = no hard cap); such forced trims are counted in the
+-- meta field "forced_trimmed" and logged in Redis's log.
+local function append(stream, meta, seq, envelope, max_len, hard_max)
+  local groups = redis.call('HGET', meta, 'groups')
+  if max_len > 0 and (not groups or groups == '') then
     redis.call('XADD', stream, 'MAXLEN', '~', max_len, seq .. '-0', 'e', envelope)
-  else
-    redis.call('XADD', stream, seq .. '-0', 'e', envelope)
+    return
+  end
+  redis.call('XADD', stream, seq .. '-0', 'e', envelope)
+  if max_len <= 0 or seq % GROUP_TRIM_EVERY ~= 0 then return end
+  local cut = seq - max_len + 1
+  local floor = group_floor(stream, meta)
+  if floor and floor < cut then
+    if hard_max > 0 and seq - floor + 1 > hard_max then
+      local forced = seq - hard_max + 1
+      redis.call('HINCRBY', meta, 'forced_trimmed', forced - floor)
+      redis.log(redis.LOG_WARNING, 'streamhub: hard cap trims ' .. (forced - floor)
+        .. ' entries still needed by a consumer group of ' .. stream)
+      cut = forced
+    else
+      cut = floor
+    end
+  end
+  if cut > 1 then
+    redis.call('XTRIM', stream, 'MINID', '~', cut .. '-0')
   end
 end
 
 local function hint(channel, epoch, seq)
   redis.call('SPUBLISH', channel, epoch .. ' ' .. seq)
 end
+
 

@@ -106,7 +106,7 @@ local function publish_raw(keys, args)
   table.insert(parts, mp_str('p')); table.insert(parts, mp_bin(payload))
 
   seq = seq + 1
-  append(stream, seq, table.concat(parts), DEFAULT_MAX_LEN)
+  append(stream, meta, seq, table.concat(parts), DEFAULT_MAX_LEN, DEFAULT_HARD_MAX_LEN)
   if idem then
     redis.call('SET', idem, epoch .. ' ' .. seq .. ' ' .. id, 'PX', DEFAULT_IDEM_MS)
   end

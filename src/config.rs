@@ -33,7 +33,177 @@ pub struct Config {
     pub limits: Limits,
     pub fanout: FanoutConfig,
     pub ws: WsConfig,
+    pub groups: GroupsConfig,
+    /// Consumer groups declared in configuration (`[[group]]` tables).
+    #[serde(default)]
+    pub group: Vec<GroupSpec>,
     pub log: LogConfig,
+}
+
+/// Node-wide settings of the consumer-group machinery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// How often due retries are moved to retry streams and expired leases reclaimed.
+    pub sweep_interval_ms: u64,
+    /// Longest `wait_ms` a pull fetch may ask for.
+    pub max_fetch_wait_ms: u64,
+    /// Most deliveries one pull fetch returns.
+    pub max_fetch: usize,
+    /// Approximate bound of each group's dead-letter stream (0 = unbounded).
+    pub dlq_max_len: u64,
+}
+
+/// Where a group starts reading its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GroupStart {
+    /// "new" or "earliest".
+    Named(String),
+    /// After this seq.
+    After(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// The broker POSTs each message to `url`.
+    Webhook,
+    /// Consumers fetch over HTTP (or WebSocket) and ack; no background worker.
+    Pull,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    Drop,
+    Dlq,
+}
+
+/// One consumer group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    pub topic: String,
+    pub name: String,
+    #[serde(default = "default_start")]
+    pub start: GroupStart,
+    pub target: TargetKind,
+    /// Webhook URL (target = "webhook").
+    #[serde(default)]
+    pub url: Option<String>,
+    /// HMAC-SHA256 key for webhook signatures.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Webhook body: "json" (the message as JSON) or "raw" (the payload bytes).
+    #[serde(default = "default_body")]
+    pub body: String,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+    #[serde(default = "default_multiplier")]
+    pub backoff_multiplier: f64,
+    /// Fraction of each delay that is random (0 to 1).
+    #[serde(default = "default_jitter")]
+    pub backoff_jitter: f64,
+    /// Lease of one delivery: unacknowledged longer than this, it is delivered again.
+    #[serde(default = "default_ack_wait")]
+    pub ack_wait_ms: u64,
+    /// Deliveries in flight at once per node (webhook).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Webhook request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_on_expiry")]
+    pub on_expiry: OnExpiry,
+    /// A webhook 4xx other than 408/429: "dlq" (permanent failure) or "retry".
+    #[serde(default = "default_on_4xx")]
+    pub on_4xx: String,
+}
+
+fn default_start() -> GroupStart {
+    GroupStart::Named("new".into())
+}
+fn default_body() -> String {
+    "json".into()
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff_base() -> u64 {
+    1000
+}
+fn default_backoff_max() -> u64 {
+    300_000
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+fn default_ack_wait() -> u64 {
+    30_000
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_on_expiry() -> OnExpiry {
+    OnExpiry::Drop
+}
+fn default_on_4xx() -> String {
+    "dlq".into()
+}
+
+/// Group names: what may appear in one (it becomes part of Redis keys).
+pub fn valid_group_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl GroupSpec {
+    pub fn validate(&self, limits: &Limits) -> Result<(), String> {
+        crate::topic::Topic::parse(&self.topic, limits.max_topic_bytes).map_err(|e| e.to_string())?;
+        if !valid_group_name(&self.name) {
+            return Err("name: 1 to 64 ASCII letters, digits, '.', '_' or '-'".into());
+        }
+        if let GroupStart::Named(n) = &self.start {
+            if n != "new" && n != "earliest" {
+                return Err("start: \"new\", \"earliest\" or a seq".into());
+            }
+        }
+        if self.target == TargetKind::Webhook {
+            match &self.url {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+                _ => return Err("url: a webhook group needs an http:// or https:// url".into()),
+            }
+        }
+        if self.body != "json" && self.body != "raw" {
+            return Err("body: \"json\" or \"raw\"".into());
+        }
+        if self.on_4xx != "dlq" && self.on_4xx != "retry" {
+            return Err("on_4xx: \"dlq\" or \"retry\"".into());
+        }
+        if self.max_attempts == 0 || self.max_attempts > 1000 {
+            return Err("max_attempts: 1 to 1000".into());
+        }
+        if self.backoff_base_ms == 0 || self.backoff_max_ms < self.backoff_base_ms {
+            return Err("backoff: 0 < backoff_base_ms <= backoff_max_ms".into());
+        }
+        if !(1.0..=10.0).contains(&self.backoff_multiplier) || !(0.0..=1.0).contains(&self.backoff_jitter) {
+            return Err("backoff: multiplier 1 to 10, jitter 0 to 1".into());
+        }
+        if self.ack_wait_ms < 100 || self.concurrency == 0 || self.concurrency > 10_000 || self.timeout_ms == 0 {
+            return Err("ack_wait_ms >= 100, concurrency 1 to 10000, timeout_ms > 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// The per-node, per-topic tail tasks that read topics for local subscribers.
@@ -125,6 +295,9 @@ pub struct PublishConfig {
 pub struct RetentionConfig {
     /// Approximate number of messages kept per topic (0 = unbounded).
     pub max_len: u64,
+    /// With consumer groups, retention keeps what a group still needs unless the stream
+    /// would exceed this many entries (0 = no hard cap).
+    pub hard_max_len: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +476,22 @@ impl Config {
         if w.max_violations == 0 {
             return invalid("ws.max_violations", "must be > 0");
         }
+        let g = &self.groups;
+        if g.sweep_interval_ms == 0 || g.max_fetch == 0 || g.max_fetch > 10_000 {
+            return invalid("groups.sweep_interval_ms", "sweep_interval_ms > 0 and max_fetch 1 to 10000");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for spec in &self.group {
+            if let Err(message) = spec.validate(&self.limits) {
+                return Err(ConfigError::Invalid {
+                    key: "group",
+                    message: format!("{}/{}: {message}", spec.topic, spec.name),
+                });
+            }
+            if !seen.insert((spec.topic.clone(), spec.name.clone())) {
+                return invalid("group", &format!("{}/{} is declared twice", spec.topic, spec.name));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid("log.level", "not a valid tracing filter");
         }
@@ -313,6 +502,11 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.redis.url = mask_url_password(&shown.redis.url);
+        for g in &mut shown.group {
+            if g.secret.is_some() {
+                g.secret = Some("***".into());
+            }
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }

@@ -54,7 +54,38 @@ impl Keys {
     }
 }
 
+/// The keys of one consumer group of a topic (all in the topic's slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupKeys {
+    /// The topic's stream (the group reads it) and meta hash (lists the groups).
+    pub stream: String,
+    pub meta: String,
+    /// Stream of due retries, read by the same group.
+    pub retry: String,
+    /// Zset of scheduled retries ("<seq>:<attempt>" scored by due ms).
+    pub schedule: String,
+    /// Hash of scheduled retries' envelopes and last errors.
+    pub payloads: String,
+    /// Dead-letter stream.
+    pub dlq: String,
+    /// Hash of the group's counters.
+    pub counters: String,
+}
+
 impl TopicKeys {
+    pub fn group(&self, group: &str) -> GroupKeys {
+        let base = format!("{}g:{group}", self.idem_base.trim_end_matches("i:"));
+        GroupKeys {
+            stream: self.stream.clone(),
+            meta: self.meta.clone(),
+            retry: format!("{base}:r"),
+            schedule: format!("{base}:z"),
+            payloads: format!("{base}:p"),
+            dlq: format!("{base}:d"),
+            counters: format!("{base}:m"),
+        }
+    }
+
     /// String holding `epoch seq id` of the publish that used this idempotency key.
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}{key}", self.idem_base)
@@ -76,5 +107,9 @@ mod tests {
         assert_eq!(k.idempotency("abc"), "sh:{room.42}:i:abc");
         assert_eq!(keys.topic_of_meta(&k.meta), Some("room.42"));
         assert_eq!(keys.topic_of_meta("other:{x}:m"), None);
+        let g = k.group("billing");
+        assert_eq!(g.retry, "sh:{room.42}:g:billing:r");
+        assert_eq!(g.dlq, "sh:{room.42}:g:billing:d");
+        assert_eq!(g.counters, "sh:{room.42}:g:billing:m");
     }
 }

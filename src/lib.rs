@@ -6,6 +6,7 @@
 //! - [`store`]: everything kept in Redis, one Redis Function call per atomic operation
 //!   (`lua/*.lua`), key names from [`keys`], the embedded redis-server.
 //! - [`delivery`]: tail tasks, subscriptions, bounded session queues, resume.
+//! - [`groups`]: consumer groups at run time (sweepers, webhook workers).
 //! - [`server`]: starts and stops the parts; [`cli`]: the `streamhub` command;
 //!   [`tail`]: its WebSocket follower.
 //! - [`config`]: layered configuration; [`metrics`]: metric names and `/metrics`.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod delivery;
 pub mod envelope;
 pub mod gateway;
+pub mod groups;
 pub mod keys;
 pub mod message;
 pub mod metrics;

@@ -100,3 +100,8 @@ pub fn reset(reason: crate::delivery::subscription::ResetReason) {
 pub fn hints_lost() {
     metrics::counter!(HINTS_LOST).increment(1);
 }
+
+/// Settled group deliveries by `group` (`<topic>/<name>`, from configuration) and
+/// `outcome` = acked | scheduled | dead | expired | deleted | lease_expired | unknown |
+/// ack_failed | fail_failed.
+pub const GROUP_OUTCOMES: &str = "streamhub_group_outcomes_total";

@@ -90,6 +90,8 @@ impl Server {
             let _ = hints_task.await;
         });
         let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
+        let groups = Arc::new(crate::groups::Groups::new(&config));
+        groups.start(&store, &config, &shutdown, &tasks);
         let connections = Arc::new(Semaphore::new(config.ws.max_connections));
         let state = AppState {
             store: store.clone(),
@@ -98,6 +100,7 @@ impl Server {
             connections: connections.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
+            groups,
         };
         let app = gateway::router(Arc::new(state));
         let token = shutdown.clone();

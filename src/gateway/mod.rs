@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod frames;
+mod groups;
 mod health;
 mod history;
 pub mod protocol;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Session tasks, awaited on shutdown.
     pub tasks: TaskTracker,
+    /// Declared consumer groups.
+    pub groups: Arc<crate::groups::Groups>,
 }
 
 /// The public API router.
@@ -57,6 +60,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/messages:batch", axum::routing::post(publish::publish_batch))
         .route("/v1/topics/{topic}/events", get(sse::events))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/topics/{topic}/groups", get(groups::list))
+        .route("/v1/topics/{topic}/groups/{action}", axum::routing::post(groups::post_action))
+        .route("/v1/topics/{topic}/groups/{group}/dlq", get(groups::dlq_list))
+        .route("/v1/topics/{topic}/groups/{group}/dlq/{id}", get(groups::dlq_show))
+        .route("/v1/topics/{topic}/groups/{group}/{action}", axum::routing::post(groups::dlq_action))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -26,7 +26,7 @@ pub const TTL_HEADER: &str = "x-streamhub-ttl-ms";
 /// Raw publish: `X-Streamhub-Header-<name>: <value>` becomes message header `<name>`.
 pub const HEADER_PREFIX: &str = "x-streamhub-header-";
 
-pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
+pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body over limits.max_body_bytes")
     } else {

@@ -15,13 +15,25 @@ pub const PUBLISH: &str = "sh_publish_v1";
 pub const PUBLISH_RAW: &str = "sh_publish_raw_v1";
 pub const READ_SINCE: &str = "sh_read_since_v1";
 pub const TOPIC_INFO: &str = "sh_topic_info_v1";
+pub const GROUP_ENSURE: &str = "sh_group_ensure_v1";
+pub const GROUP_ACK: &str = "sh_group_ack_v1";
+pub const GROUP_FAIL: &str = "sh_group_fail_v1";
+pub const GROUP_PROMOTE: &str = "sh_group_promote_v1";
+pub const GROUP_RECLAIM: &str = "sh_group_reclaim_v1";
+pub const GROUP_REPLAY: &str = "sh_group_replay_v1";
 
-const SOURCES: [&str; 5] = [
+const SOURCES: [&str; 11] = [
     include_str!("../../lua/prelude.lua"),
     include_str!("../../lua/publish.lua"),
     include_str!("../../lua/publish_raw.lua"),
     include_str!("../../lua/read_since.lua"),
     include_str!("../../lua/topic_info.lua"),
+    include_str!("../../lua/group_ensure.lua"),
+    include_str!("../../lua/group_ack.lua"),
+    include_str!("../../lua/group_fail.lua"),
+    include_str!("../../lua/group_promote.lua"),
+    include_str!("../../lua/group_reclaim.lua"),
+    include_str!("../../lua/group_dlq.lua"),
 ];
 
 /// The library source with the `{{…}}` placeholders filled in from `config`.
@@ -30,6 +42,7 @@ pub fn render(config: &Config) -> String {
     SOURCES
         .concat()
         .replace("{{retention_max_len}}", &config.retention.max_len.to_string())
+        .replace("{{retention_hard_max_len}}", &config.retention.hard_max_len.to_string())
         .replace("{{idempotency_window_ms}}", &config.idempotency.window_ms.to_string())
         .replace("{{max_payload_bytes}}", &l.max_payload_bytes.to_string())
         .replace("{{max_headers}}", &l.max_headers.to_string())
@@ -47,7 +60,18 @@ mod tests {
         let source = render(&Config::defaults());
         assert!(source.starts_with("#!lua name=streamhub\n"));
         assert!(!source.contains("{{"), "unfilled placeholder");
-        for name in [PUBLISH, PUBLISH_RAW, READ_SINCE, TOPIC_INFO] {
+        for name in [
+            PUBLISH,
+            PUBLISH_RAW,
+            READ_SINCE,
+            TOPIC_INFO,
+            GROUP_ENSURE,
+            GROUP_ACK,
+            GROUP_FAIL,
+            GROUP_PROMOTE,
+            GROUP_RECLAIM,
+            GROUP_REPLAY,
+        ] {
             assert!(source.contains(&format!("'{name}'")), "{name} not registered");
         }
     }

@@ -6,6 +6,7 @@
 mod connect;
 pub mod embedded;
 mod error;
+pub mod groups;
 pub mod hints;
 pub mod library;
 
@@ -88,8 +89,11 @@ pub struct Store {
     keys: Keys,
     library: Arc<String>,
     max_len: u64,
+    hard_max_len: u64,
     idempotency_window_ms: u64,
     command_timeout: Duration,
+    /// For dedicated connections (blocking reads, hints).
+    redis_config: crate::config::RedisConfig,
     /// Some((replicas, timeout)) when publishes wait for replica confirmation.
     replication: Option<(u32, Duration)>,
 }
@@ -105,8 +109,10 @@ impl Store {
             keys: Keys::new(config.redis.prefix.clone()),
             library: Arc::new(library::render(config)),
             max_len: config.retention.max_len,
+            hard_max_len: config.retention.hard_max_len,
             idempotency_window_ms: config.idempotency.window_ms,
             command_timeout: Duration::from_millis(config.redis.command_timeout_ms),
+            redis_config: config.redis.clone(),
             replication: (config.publish.durability == Durability::Replicated)
                 .then(|| (config.publish.replicas, Duration::from_millis(config.publish.replication_timeout_ms))),
         })
@@ -127,6 +133,11 @@ impl Store {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(hints::Hints, tokio::task::JoinHandle<()>)> {
         hints::Hints::start(config, self.keys.clone(), shutdown)
+    }
+
+    /// A connection of the shared pool (for non-blocking stream reads).
+    pub fn pool_client(&self) -> Client {
+        self.pool.next().clone()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -208,6 +219,7 @@ impl Store {
         args.push(Value::from(self.max_len as i64));
         args.push(Value::from(self.idempotency_window_ms as i64));
         args.push(Value::from(n as i64));
+        args.push(Value::from(self.hard_max_len as i64));
         for m in messages {
             let idem_index = match &m.idempotency_key {
                 Some(k) => {

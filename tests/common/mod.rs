@@ -409,3 +409,95 @@ pub fn command_calls(redis: &RedisServer, command: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// A pull group declaration for tests.
+pub fn pull_group(topic: &str, name: &str) -> streamhub::config::GroupSpec {
+    let mut spec: streamhub::config::GroupSpec =
+        toml::from_str(&format!("topic = \"{topic}\"\nname = \"{name}\"\ntarget = \"pull\"\nstart = \"earliest\"\n"))
+            .expect("group spec");
+    spec.ack_wait_ms = 30_000;
+    spec
+}
+
+/// A webhook group declaration for tests.
+pub fn webhook_group(topic: &str, name: &str, url: &str) -> streamhub::config::GroupSpec {
+    let mut spec = pull_group(topic, name);
+    spec.target = streamhub::config::TargetKind::Webhook;
+    spec.url = Some(url.to_string());
+    spec
+}
+
+/// Waits (polling a readiness condition) until `ready` holds.
+pub async fn eventually(what: &str, timeout: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One request a webhook receiver got.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// The status the receiver answered.
+    pub status: u16,
+    pub seq: u64,
+    pub attempt: u64,
+    pub headers: axum::http::HeaderMap,
+    pub body: axum::body::Bytes,
+}
+
+/// A local webhook receiver: records every request and answers with `respond(&hook)`.
+pub struct Receiver {
+    pub url: String,
+    pub hooks: std::sync::Arc<std::sync::Mutex<Vec<Hook>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start(respond: impl Fn(&Hook) -> u16 + Send + Sync + 'static) -> Receiver {
+        use axum::extract::State;
+        let hooks: std::sync::Arc<std::sync::Mutex<Vec<Hook>>> = Default::default();
+        type Shared = (std::sync::Arc<std::sync::Mutex<Vec<Hook>>>, std::sync::Arc<dyn Fn(&Hook) -> u16 + Send + Sync>);
+        let state: Shared = (hooks.clone(), std::sync::Arc::new(respond));
+        async fn handle(
+            State((hooks, respond)): State<Shared>,
+            headers: axum::http::HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
+            let num =
+                |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut hook = Hook {
+                status: 0,
+                seq: num("x-streamhub-seq"),
+                attempt: num("x-streamhub-attempt"),
+                headers: headers.clone(),
+                body,
+            };
+            let status = respond(&hook);
+            hook.status = status;
+            hooks.lock().expect("hooks").push(hook);
+            axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+        }
+        let app = axum::Router::new().route("/hook", axum::routing::post(handle)).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { url, hooks, _task: task }
+    }
+
+    /// Seqs answered with 2xx, deduplicated.
+    pub fn acked_seqs(&self) -> std::collections::BTreeSet<u64> {
+        self.hooks.lock().expect("hooks").iter().filter(|h| (200..300).contains(&h.status)).map(|h| h.seq).collect()
+    }
+
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.hooks.lock().expect("hooks").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.hooks.lock().expect("hooks").len()
+    }
+}

@@ -1,0 +1,164 @@
+//! The delivery worker of a push (webhook) group on one node: reads with XREADGROUP on its
+//! own connection, keeps at most `concurrency` deliveries in flight, and settles each one
+//! with one atomic call (ack, or retry schedule / dead letter). It never sleeps to retry:
+//! a failure is scheduled in Redis and comes back through the group's retry stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::interfaces::ClientLike;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::webhook::{Outcome, Webhook};
+use super::Group;
+use crate::message::now_ms;
+use crate::store::groups::{Failure, GroupDelivery};
+use crate::store::Store;
+
+/// Longest blocking read; shutdown is noticed within it.
+const BLOCK: Duration = Duration::from_millis(1000);
+
+pub(super) struct Worker {
+    pub group: Arc<Group>,
+    pub store: Store,
+    pub target: Webhook,
+    pub consumer: String,
+    pub sweep: Duration,
+    pub grace: Duration,
+}
+
+impl Worker {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let worker = Arc::new(self);
+        let client = match worker.store.blocking_client() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(group = %worker.group.label, error = %e, "worker cannot open its connection");
+                return;
+            }
+        };
+        let permits = Arc::new(Semaphore::new(worker.group.spec.concurrency));
+        let in_flight = TaskTracker::new();
+        let mut last_reclaim: Option<Instant> = None;
+        let mut epoch = String::new();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let free = 1 + permits.available_permits() as u64;
+            let mut batch = Vec::new();
+            if last_reclaim.is_none_or(|t| t.elapsed() >= worker.sweep) {
+                last_reclaim = Some(Instant::now());
+                if let Ok(info) = worker.store.topic_info(&worker.group.topic).await {
+                    epoch = info.position.epoch.unwrap_or_default();
+                }
+                match worker
+                    .store
+                    .group_reclaim(
+                        &worker.group.topic,
+                        &worker.group.spec.name,
+                        &worker.consumer,
+                        worker.group.ack_wait(),
+                        free,
+                    )
+                    .await
+                {
+                    Ok((deleted, reclaimed)) => {
+                        if deleted > 0 {
+                            tracing::warn!(group = %worker.group.label, deleted, "pending entries were deleted from the stream; acked");
+                            metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => worker.group.label.clone(), "outcome" => "deleted").increment(deleted);
+                        }
+                        batch.extend(reclaimed);
+                    }
+                    Err(e) => tracing::debug!(group = %worker.group.label, error = %e, "reclaim failed"),
+                }
+            }
+            if (batch.len() as u64) < free {
+                let block = batch.is_empty().then_some(BLOCK);
+                let read = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = worker.store.group_read(&client, &worker.group.topic, &worker.group.spec.name, &worker.consumer, free - batch.len() as u64, block) => r,
+                };
+                match read {
+                    Ok(read) => {
+                        failures = 0;
+                        batch.extend(read);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                        tracing::debug!(group = %worker.group.label, error = %e, ?delay, "group read failed");
+                        drop(first);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                }
+            }
+            let mut first = Some(first);
+            for delivery in batch {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let (worker, epoch) = (worker.clone(), epoch.clone());
+                in_flight.spawn(async move { worker.settle(delivery, &epoch, permit).await });
+            }
+        }
+        // Shutdown: fetch nothing more; in-flight deliveries get the grace period. What is
+        // not settled stays pending and is reclaimed by another consumer after ack_wait.
+        in_flight.close();
+        if tokio::time::timeout(worker.grace, in_flight.wait()).await.is_err() {
+            tracing::warn!(group = %worker.group.label, "in-flight deliveries left pending at shutdown");
+        }
+        let _ = client.quit().await;
+    }
+
+    /// Delivers one message and records the outcome in one atomic call.
+    async fn settle(&self, d: GroupDelivery, epoch: &str, _permit: OwnedSemaphorePermit) {
+        let g = &self.group;
+        let now = now_ms();
+        let (failure, error) = match &d.envelope {
+            Ok(e) if e.ttl_ms.is_some_and(|ttl| e.published_ms.saturating_add(ttl) < now) => {
+                (Some(Failure::Expired { to_dlq: g.expired_to_dlq() }), "expired before delivery".to_string())
+            }
+            _ if d.attempt > g.policy.max_attempts => (
+                Some(Failure::Permanent),
+                d.last_error.clone().unwrap_or_else(|| format!("delivered {} times without an ack", d.attempt - 1)),
+            ),
+            _ => match self.target.deliver(&g.spec.topic, &g.spec.name, epoch, &d).await {
+                Outcome::Ack => (None, String::new()),
+                Outcome::Retry { error, after } => (Some(Failure::Retry(after)), error),
+                Outcome::Permanent { error } => (Some(Failure::Permanent), error),
+            },
+        };
+        let outcome = match failure {
+            None => match self.store.group_ack(&g.topic, &g.spec.name, std::slice::from_ref(&d.lease)).await {
+                Ok(statuses) => statuses.first().map(|s| s.as_str()).unwrap_or("unknown"),
+                Err(e) => {
+                    tracing::warn!(group = %g.label, seq = d.seq, error = %e, "ack failed; the message will be redelivered");
+                    "ack_failed"
+                }
+            },
+            Some(failure) => {
+                match self.store.group_fail(&g.topic, &g.spec.name, &d.lease, failure, &g.policy, &error).await {
+                    Ok(failed) => failed.status.as_str(),
+                    Err(e) => {
+                        tracing::warn!(group = %g.label, seq = d.seq, error = %e, "recording a failure failed; it will be redelivered");
+                        "fail_failed"
+                    }
+                }
+            }
+        };
+        metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => g.label.clone(), "outcome" => outcome)
+            .increment(1);
+    }
+}
