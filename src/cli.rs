@@ -104,8 +104,53 @@ pub enum Command {
         #[arg(long)]
         max_messages: Option<u64>,
     },
+    /// Show a topic's consumer groups: lag, pending, scheduled retries, dead letters.
+    Groups { topic: String },
+    /// Inspect and act on a group's dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Validate the configuration and print it (secrets masked).
     CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters (oldest first), as JSON lines.
+    Ls {
+        topic: String,
+        group: String,
+        /// Start after this dead-letter id.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Show one dead letter.
+    Show { topic: String, group: String, id: String },
+    /// Send dead letters back into the group's retry path (fresh attempts).
+    Replay {
+        topic: String,
+        group: String,
+        /// Dead-letter ids; none with --all.
+        ids: Vec<String>,
+        /// Every dead letter (optionally only those whose error contains --error-contains).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        error_contains: Option<String>,
+    },
+    /// Delete dead letters.
+    Purge {
+        topic: String,
+        group: String,
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        error_contains: Option<String>,
+    },
 }
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code:
@@ -209,8 +254,128 @@ async fn run(command: Command, config: Config) -> CliResult {
                 _ = wait_for_signal() => Ok(()),
             }
         }
+        Command::Groups { topic } => {
+            let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
+            let store = ready_store(&config).await?;
+            for name in store.topic_groups(&topic).await? {
+                let i = store.group_info(&topic, &name).await?;
+                let line = serde_json::json!({
+                    "group": name, "lag": i.lag, "pending": i.pending, "scheduled": i.scheduled,
+                    "retry_ready": i.retry_ready, "dead_letters": i.dead_letters, "consumers": i.consumers,
+                    "counters": i.counters,
+                });
+                println!("{line}");
+            }
+            store.close().await;
+            Ok(())
+        }
+        Command::Dlq { action } => dlq(action, &config).await,
         Command::CheckConfig => Ok(()),
     }
+}
+
+fn dead_letter_json(d: crate::store::groups::DeadLetter) -> serde_json::Value {
+    let message =
+        crate::gateway::protocol::MessageOut::from(crate::store::StoredMessage { seq: d.seq, envelope: d.envelope });
+    serde_json::json!({
+        "id": d.id, "seq": d.seq, "attempts": d.attempts, "error": d.error, "dead_ms": d.dead_ms,
+        "reason": d.reason, "message": message,
+    })
+}
+
+/// All dead-letter ids of a group, optionally filtered by error text.
+async fn all_dead_letters(
+    store: &Store,
+    topic: &Topic,
+    group: &str,
+    needle: Option<&str>,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.dlq_list(topic, group, after.as_deref(), 1000).await?;
+        let Some(last) = page.last().map(|d| d.id.clone()) else { break };
+        ids.extend(page.into_iter().filter(|d| needle.is_none_or(|n| d.error.contains(n))).map(|d| d.id));
+        after = Some(last);
+    }
+    Ok(ids)
+}
+
+async fn select_ids(
+    store: &Store,
+    topic: &Topic,
+    group: &str,
+    ids: Vec<String>,
+    all: bool,
+    needle: Option<&str>,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    if !ids.is_empty() {
+        Ok(ids)
+    } else if all {
+        all_dead_letters(store, topic, group, needle).await
+    } else {
+        Err("give dead-letter ids, or --all".into())
+    }
+}
+
+/// Runs `act` over `ids` in chunks of 100 with a progress bar on stderr; returns the sum.
+async fn in_chunks(
+    ids: &[String],
+    what: &str,
+    act: impl AsyncFn(&[String]) -> crate::store::Result<u64>,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let bar = indicatif::ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    let mut done = 0;
+    for chunk in ids.chunks(100) {
+        done += act(chunk).await?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(done)
+}
+
+async fn dlq(action: DlqAction, config: &Config) -> CliResult {
+    let store = ready_store(config).await?;
+    let topic_of = |t: &str| Topic::parse(t, config.limits.max_topic_bytes);
+    match action {
+        DlqAction::Ls { topic, group, after, limit } => {
+            let topic = topic_of(&topic)?;
+            for d in store.dlq_list(&topic, &group, after.as_deref(), limit.clamp(1, 10_000)).await? {
+                println!("{}", dead_letter_json(d));
+            }
+        }
+        DlqAction::Show { topic, group, id } => {
+            let topic = topic_of(&topic)?;
+            let (ms, n) = id.split_once('-').ok_or("a dead-letter id looks like 1700000000000-0")?;
+            let (ms, n): (u64, u64) = (ms.parse()?, n.parse()?);
+            // The entry right after the id just before it is the id itself, if it exists.
+            let before =
+                if n == 0 { format!("{}-{}", ms.saturating_sub(1), u64::MAX) } else { format!("{ms}-{}", n - 1) };
+            let found = store.dlq_list(&topic, &group, Some(&before), 1).await?.into_iter().find(|d| d.id == id);
+            let d = found.ok_or_else(|| format!("no dead letter {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&dead_letter_json(d))?);
+        }
+        DlqAction::Replay { topic, group, ids, all, error_contains } => {
+            let topic = topic_of(&topic)?;
+            let ids = select_ids(&store, &topic, &group, ids, all, error_contains.as_deref()).await?;
+            let done =
+                in_chunks(&ids, "replaying", async |chunk| store.dlq_replay(&topic, &group, chunk).await).await?;
+            println!("{}", serde_json::json!({ "replayed": done }));
+        }
+        DlqAction::Purge { topic, group, ids, all, error_contains } => {
+            let topic = topic_of(&topic)?;
+            let ids = select_ids(&store, &topic, &group, ids, all, error_contains.as_deref()).await?;
+            let done = in_chunks(&ids, "purging", async |chunk| store.dlq_purge(&topic, &group, chunk).await).await?;
+            println!("{}", serde_json::json!({ "purged": done }));
+        }
+    }
+    store.close().await;
+    Ok(())
 }
 
 async fn ready_store(config: &Config) -> Result<Store, Box<dyn std::error::Error>> {

@@ -78,7 +78,7 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
 
 #[test]
 fn help_is_available_on_every_command() {
-    for command in ["serve", "publish", "history", "topics", "tail", "check-config"] {
+    for command in ["serve", "publish", "history", "topics", "tail", "groups", "dlq", "check-config"] {
         let out = streamhub(&[command, "--help"], &[]);
         assert!(out.status.success(), "{command}");
         assert!(stdout(&out).contains("Usage"), "{command}");
@@ -134,4 +134,46 @@ fn publish_history_and_topics_work_against_redis() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unavailable"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn groups_and_dlq_commands_show_replay_and_purge() {
+    let redis = RedisServer::start();
+    let app = common::TestApp::start_with(&redis, |c| c.group.push(common::pull_group("c", "w"))).await;
+    common::eventually("the group", common::READY_TIMEOUT, async || {
+        let (_, body) = app.get("/v1/topics/c/groups").await;
+        body["groups"][0]["exists"] == json!(true)
+    })
+    .await;
+    common::publish_many(&app, "c", 3, 3).await;
+    let (_, fetched) = app.post_json("/v1/topics/c/groups/w:fetch", &json!({ "max": 3 })).await;
+    let tokens: Vec<Value> = fetched["deliveries"].as_array().expect("d").iter().map(|d| d["token"].clone()).collect();
+    app.post_json("/v1/topics/c/groups/w:nack", &json!({ "tokens": tokens, "permanent": true, "error": "bad data" }))
+        .await;
+
+    let url = redis.url();
+    let prefix = app.prefix().to_string();
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> =
+            ["--redis-url", url.as_str(), "--prefix", prefix.as_str()].iter().chain(extra).copied().collect();
+        let out = streamhub(&args, &[]);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        stdout(&out)
+    };
+    let groups: Value = serde_json::from_str(run(&["groups", "c"]).trim()).expect("json");
+    assert_eq!((groups["group"].clone(), groups["dead_letters"].clone()), (json!("w"), json!(3)));
+    let listed: Vec<Value> =
+        run(&["dlq", "ls", "c", "w"]).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["error"], json!("bad data"));
+    let id = listed[1]["id"].as_str().expect("id").to_string();
+    let shown: Value = serde_json::from_str(&run(&["dlq", "show", "c", "w", &id])).expect("json");
+    assert_eq!(shown["seq"], json!(2));
+    let replayed: Value = serde_json::from_str(run(&["dlq", "replay", "c", "w", &id]).trim()).expect("json");
+    assert_eq!(replayed["replayed"], json!(1));
+    let purged: Value = serde_json::from_str(run(&["dlq", "purge", "c", "w", "--all"]).trim()).expect("json");
+    assert_eq!(purged["purged"], json!(2));
+    let (_, again) = app.post_json("/v1/topics/c/groups/w:fetch", &json!({ "max": 3, "wait_ms": 5000 })).await;
+    assert_eq!(again["deliveries"][0]["message"]["seq"], json!(2), "the replayed message is delivered again");
+    app.stop().await;
 }

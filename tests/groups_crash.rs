@@ -95,7 +95,8 @@ async fn a_redis_restart_with_aof_during_processing_loses_nothing() {
     .await;
     publish_many(&app, "aof", 100, 50).await;
     let fetch = async |max: u64| -> Vec<serde_json::Value> {
-        let (status, body) = app.post_json("/v1/topics/aof/groups/w:fetch", &json!({ "max": max, "wait_ms": 2000 })).await;
+        let (status, body) =
+            app.post_json("/v1/topics/aof/groups/w:fetch", &json!({ "max": max, "wait_ms": 2000 })).await;
         if status != 200 {
             return Vec::new(); // Redis is still coming back
         }

@@ -45,7 +45,10 @@ async fn one_poison_message_does_not_hold_back_a_thousand_healthy_ones() {
     assert_eq!(poison.len(), 1, "the poison message was tried once and waits for its retry");
     assert_eq!(poison[0].seq, 501);
     assert!(!receiver.acked_seqs().contains(&501));
-    eventually("the poison's retry to be scheduled", WAIT, async || group_state(&app, "work").await["scheduled"] == json!(1)).await;
+    eventually("the poison's retry to be scheduled", WAIT, async || {
+        group_state(&app, "work").await["scheduled"] == json!(1)
+    })
+    .await;
     let state = group_state(&app, "work").await;
     assert_eq!(state["counters"]["acked"], json!(999), "{state}");
     app.stop().await;
@@ -56,7 +59,11 @@ async fn thirty_percent_random_failures_still_deliver_everything_signed() {
     // A deterministic "random" 30 %: fails depend on (seq, attempt).
     let receiver = Receiver::start(|hook| {
         let x = hook.seq.wrapping_mul(2654435761).wrapping_add(hook.attempt.wrapping_mul(40503)) % 10;
-        if x < 3 { 503 } else { 200 }
+        if x < 3 {
+            503
+        } else {
+            200
+        }
     })
     .await;
     let redis = RedisServer::start();
@@ -86,7 +93,10 @@ async fn thirty_percent_random_failures_still_deliver_everything_signed() {
         assert_eq!(body["attempt"], json!(hook.attempt));
         assert_eq!(body["message"]["seq"], json!(hook.seq));
     }
-    eventually("the counters to settle", WAIT, async || group_state(&app, "flaky").await["counters"]["acked"] == json!(300)).await;
+    eventually("the counters to settle", WAIT, async || {
+        group_state(&app, "flaky").await["counters"]["acked"] == json!(300)
+    })
+    .await;
     let state = group_state(&app, "flaky").await;
     assert_eq!((state["dead_letters"].clone(), state["pending"].clone()), (json!(0), json!(0)));
     app.stop().await;

@@ -513,6 +513,13 @@ impl Store {
 }
 
 impl Store {
+    /// The names of a topic's groups (as created, whatever this node's configuration says).
+    pub async fn topic_groups(&self, topic: &Topic) -> Result<Vec<String>> {
+        let meta = self.keys.topic(topic).meta;
+        let names: Option<String> = self.pool.next().hget(meta, "groups").await?;
+        Ok(names.unwrap_or_default().split_whitespace().map(str::to_string).collect())
+    }
+
     /// Removes consumers (other than this node's, whose names start with `keep`) idle
     /// longer than `idle` and holding nothing pending, on both of the group's streams.
     pub async fn group_prune_consumers(&self, topic: &Topic, group: &str, idle: Duration, keep: &str) -> Result<u64> {
