@@ -68,10 +68,44 @@ pub enum ClientFrame {
     Ping {
         id: u64,
     },
+    /// Become a consumer of a group (pull-style, pushed over this connection).
+    Consume {
+        id: u64,
+        topic: String,
+        group: String,
+        /// Deliveries in flight (unsettled) at most; default 10.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefetch: Option<u32>,
+    },
+    Ack {
+        id: u64,
+        topic: String,
+        group: String,
+        tokens: Vec<String>,
+    },
+    Nack {
+        id: u64,
+        topic: String,
+        group: String,
+        tokens: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        permanent: bool,
+    },
 }
 
 /// The ops a client may send.
-pub const OPS: [&str; 4] = ["subscribe", "unsubscribe", "publish", "ping"];
+pub const OPS: [&str; 7] = ["subscribe", "unsubscribe", "publish", "ping", "consume", "ack", "nack"];
+
+/// The outcome of one token of an ack or nack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenStatus {
+    pub token: String,
+    pub status: String,
+}
 
 /// Frames the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +144,27 @@ pub enum ServerFrame {
     },
     Pong {
         id: u64,
+    },
+    /// Reply to consume: deliveries follow as `delivery` frames.
+    Consuming {
+        id: u64,
+        topic: String,
+        group: String,
+    },
+    /// A message for this consumer; settle it with ack or nack and its token.
+    Delivery {
+        topic: String,
+        group: String,
+        token: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_error: Option<String>,
+        message: MessageOut,
+    },
+    /// Reply to ack or nack: one status per token.
+    Settled {
+        id: u64,
+        results: Vec<TokenStatus>,
     },
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +313,23 @@ mod tests {
                     idempotency_key,
                 }),
             any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
+            (any::<u64>(), "[a-z]{1,8}", "[a-z]{1,8}", proptest::option::of(any::<u32>()))
+                .prop_map(|(id, topic, group, prefetch)| ClientFrame::Consume { id, topic, group, prefetch }),
+            (
+                any::<u64>(),
+                proptest::collection::vec("m:[0-9]{1,5}-0:[1-9]", 0..4),
+                any::<bool>(),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(id, tokens, permanent, retry_after_ms)| ClientFrame::Nack {
+                    id,
+                    topic: "t".into(),
+                    group: "g".into(),
+                    tokens,
+                    error: None,
+                    retry_after_ms,
+                    permanent,
+                }),
         ]
     }
 

@@ -17,7 +17,6 @@ use super::publish::body_error;
 use super::AppState;
 use crate::config::TargetKind;
 use crate::groups::Group;
-use crate::message::now_ms;
 use crate::store::groups::{DeadLetter, Failure, GroupDelivery, Lease};
 use crate::store::StoredMessage;
 
@@ -101,32 +100,8 @@ fn out(d: GroupDelivery) -> DeliveryOut {
     }
 }
 
-/// Settles deliveries that must not reach the client: past their TTL, or delivered
-/// `max_attempts` times already (a lease that keeps expiring).
 async fn screen(state: &AppState, g: &Group, batch: Vec<GroupDelivery>) -> ApiResult<Vec<GroupDelivery>> {
-    let now = now_ms();
-    let mut keep = Vec::with_capacity(batch.len());
-    for d in batch {
-        let failure = match &d.envelope {
-            Ok(e) if e.ttl_ms.is_some_and(|ttl| e.published_ms.saturating_add(ttl) < now) => {
-                Some((Failure::Expired { to_dlq: g.expired_to_dlq() }, "expired before delivery".to_string()))
-            }
-            _ if d.attempt > g.policy.max_attempts => Some((
-                Failure::Permanent,
-                d.last_error.clone().unwrap_or_else(|| format!("delivered {} times without an ack", d.attempt - 1)),
-            )),
-            _ => None,
-        };
-        match failure {
-            Some((failure, error)) => {
-                let failed =
-                    state.store.group_fail(&g.topic, &g.spec.name, &d.lease, failure, &g.policy, &error).await?;
-                ::metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => g.label.clone(), "outcome" => failed.status.as_str()).increment(1);
-            }
-            None => keep.push(d),
-        }
-    }
-    Ok(keep)
+    Ok(crate::groups::screen(&state.store, g, batch).await?)
 }
 
 pub(super) async fn post_action(

@@ -25,8 +25,13 @@ use super::frames::{
 use super::AppState;
 use crate::delivery::session::{Session, Since, SubscribeError};
 use crate::delivery::subscription::{Item, Queued};
+use crate::gateway::frames::TokenStatus;
+use crate::gateway::protocol::MessageOut;
+use crate::groups::consumer::SessionConsumer;
 use crate::message::NewMessage;
 use crate::metrics;
+use crate::store::groups::{Failure, GroupDelivery, Lease};
+use crate::store::StoredMessage;
 use crate::topic::Topic;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -92,7 +97,12 @@ async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePerm
         stop.clone(),
     ));
     let mut stream = stream;
-    read(&mut stream, &session, &replies, &state, stop.clone()).await;
+    let mut consumers = Consumers::default();
+    read(&mut stream, &session, &replies, &state, &mut consumers, stop.clone()).await;
+    // In-flight group deliveries go back at once; their forwarders end with them.
+    for consumer in consumers.by_group.into_values() {
+        consumer.close().await;
+    }
     drop(replies);
     let _ = writer.await;
     // Closing handshake: give the peer a moment to answer our close frame, so it reads
@@ -179,11 +189,18 @@ fn is_too_big(error: axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }
 
+/// The session's group consumers (the `consume` op).
+#[derive(Default)]
+struct Consumers {
+    by_group: std::collections::HashMap<(String, String), Arc<SessionConsumer>>,
+}
+
 async fn read(
     stream: &mut futures::stream::SplitStream<WebSocket>,
     session: &Arc<Session>,
     replies: &mpsc::Sender<Outgoing>,
     state: &Arc<AppState>,
+    consumers: &mut Consumers,
     stop: CancellationToken,
 ) {
     let idle = Duration::from_millis(state.config.ws.idle_timeout_ms);
@@ -215,7 +232,7 @@ async fn read(
         };
         deadline = Instant::now() + idle;
         let reply = match decode_client(&bytes, encoding) {
-            Ok(frame) => handle(frame, session, state).await,
+            Ok(frame) => handle(frame, session, state, consumers, replies).await,
             Err(e) => Err(e),
         };
         let frame = match reply {
@@ -242,6 +259,14 @@ async fn read(
     }
 }
 
+fn consumer_of(consumers: &Consumers, id: u64, topic: &str, group: &str) -> Result<Arc<SessionConsumer>, FrameError> {
+    consumers.by_group.get(&(topic.to_string(), group.to_string())).cloned().ok_or_else(|| FrameError {
+        id: Some(id),
+        code: "not_consuming",
+        message: format!("this session does not consume {topic}/{group}"),
+    })
+}
+
 /// Errors caused by the client (they count towards `ws.max_violations`), as opposed to
 /// the server's own trouble (`redis_unavailable`, `not_replicated`, `internal`).
 fn is_violation(code: &str) -> bool {
@@ -256,8 +281,115 @@ fn topic(id: u64, name: &str, state: &AppState) -> Result<Topic, FrameError> {
     Topic::parse(name, state.config.limits.max_topic_bytes).map_err(|e| refused(id, e.into()))
 }
 
-async fn handle(frame: ClientFrame, session: &Arc<Session>, state: &Arc<AppState>) -> Result<ServerFrame, FrameError> {
+fn settled(id: u64, tokens: Vec<String>, statuses: Vec<&'static str>) -> ServerFrame {
+    let results = tokens
+        .into_iter()
+        .zip(statuses)
+        .map(|(token, status)| TokenStatus { token, status: status.to_string() })
+        .collect();
+    ServerFrame::Settled { id, results }
+}
+
+/// Parses tokens; answers "invalid_token" for the unparsable ones, settles the rest.
+async fn settle_tokens(
+    id: u64,
+    tokens: Vec<String>,
+    max: usize,
+    settle: impl AsyncFnOnce(Vec<Lease>) -> Result<Vec<&'static str>, crate::store::StoreError>,
+) -> Result<ServerFrame, FrameError> {
+    if tokens.is_empty() || tokens.len() > max {
+        return Err(FrameError { id: Some(id), code: "invalid_request", message: format!("1 to {max} tokens") });
+    }
+    let parsed: Vec<Option<Lease>> = tokens.iter().map(|t| Lease::parse(t)).collect();
+    let valid: Vec<Lease> = parsed.iter().flatten().cloned().collect();
+    let mut statuses =
+        if valid.is_empty() { Vec::new() } else { settle(valid).await.map_err(|e| refused(id, e.into()))? }.into_iter();
+    let all = parsed
+        .iter()
+        .map(|p| if p.is_some() { statuses.next().unwrap_or("unknown") } else { "invalid_token" })
+        .collect();
+    Ok(settled(id, tokens, all))
+}
+
+async fn handle(
+    frame: ClientFrame,
+    session: &Arc<Session>,
+    state: &Arc<AppState>,
+    consumers: &mut Consumers,
+    replies: &mpsc::Sender<Outgoing>,
+) -> Result<ServerFrame, FrameError> {
     match frame {
+        ClientFrame::Consume { id, topic: name, group, prefetch } => {
+            topic(id, &name, state)?;
+            let g = state.groups.get(&name, &group).ok_or_else(|| FrameError {
+                id: Some(id),
+                code: "group_not_found",
+                message: format!("no group {group} is declared on topic {name}"),
+            })?;
+            if g.spec.target != crate::config::TargetKind::Pull {
+                return Err(FrameError {
+                    id: Some(id),
+                    code: "not_a_pull_group",
+                    message: "this group is delivered by webhook".into(),
+                });
+            }
+            let key = (name.clone(), group.clone());
+            if consumers.by_group.contains_key(&key) {
+                return Err(FrameError {
+                    id: Some(id),
+                    code: "already_consuming",
+                    message: format!("already consuming {name}/{group}"),
+                });
+            }
+            if consumers.by_group.len() + session.subscription_count() >= state.config.ws.max_subscriptions {
+                return Err(FrameError {
+                    id: Some(id),
+                    code: "too_many_subscriptions",
+                    message: format!(
+                        "at most {} subscriptions and consumers per session (ws.max_subscriptions)",
+                        state.config.ws.max_subscriptions
+                    ),
+                });
+            }
+            let prefetch = prefetch.unwrap_or(10).clamp(1, state.config.groups.max_fetch as u32) as usize;
+            let (tx, mut rx) = mpsc::channel::<GroupDelivery>(prefetch);
+            let sweep = Duration::from_millis(state.config.groups.sweep_interval_ms);
+            let name_for_consumer = state.groups.consumer(&format!("ws-{}", uuid::Uuid::now_v7().simple()));
+            let consumer = SessionConsumer::start(g, state.store.clone(), name_for_consumer, prefetch, sweep, tx);
+            consumers.by_group.insert(key, consumer);
+            // Forward deliveries as frames, behind the `consuming` reply already queued.
+            let (forward, t, gname) = (replies.clone(), name.clone(), group.clone());
+            tokio::spawn(async move {
+                while let Some(d) = rx.recv().await {
+                    let frame = ServerFrame::Delivery {
+                        topic: t.clone(),
+                        group: gname.clone(),
+                        token: d.lease.token(),
+                        attempt: d.attempt,
+                        last_error: d.last_error,
+                        message: MessageOut::from(StoredMessage { seq: d.seq, envelope: d.envelope }),
+                    };
+                    if forward.send(Outgoing::Frame(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(ServerFrame::Consuming { id, topic: name, group })
+        }
+        ClientFrame::Ack { id, topic: name, group, tokens } => {
+            let consumer = consumer_of(consumers, id, &name, &group)?;
+            settle_tokens(id, tokens, state.config.groups.max_fetch, async |leases| consumer.ack(&leases).await).await
+        }
+        ClientFrame::Nack { id, topic: name, group, tokens, error, retry_after_ms, permanent } => {
+            let consumer = consumer_of(consumers, id, &name, &group)?;
+            let failure =
+                if permanent { Failure::Permanent } else { Failure::Retry(retry_after_ms.map(Duration::from_millis)) };
+            let error: String = error.unwrap_or_else(|| "nacked by the consumer".into()).chars().take(1024).collect();
+            settle_tokens(id, tokens, state.config.groups.max_fetch, async |leases| {
+                consumer.nack(&leases, failure, &error).await
+            })
+            .await
+        }
         ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }),
         ClientFrame::Subscribe { id, topic: name, since } => {
             let topic = topic(id, &name, state)?;

@@ -3,6 +3,7 @@
 //! and, for webhook groups, one worker (`worker.rs`) that delivers with bounded
 //! concurrency. Pull groups have no worker: clients fetch and ack over HTTP.
 
+pub mod consumer;
 pub mod webhook;
 mod worker;
 
@@ -15,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, GroupSpec, OnExpiry, TargetKind};
 use crate::message::now_ms;
-use crate::store::groups::RetryPolicy;
-use crate::store::Store;
+use crate::store::groups::{Failure, GroupDelivery, RetryPolicy};
+use crate::store::{Store, StoreError};
 use crate::topic::Topic;
 
 /// A declared group, ready to run.
@@ -164,3 +165,32 @@ async fn sweeper(group: Arc<Group>, store: Store, sweep: Duration, node: String,
 const PROMOTE_BATCH: u64 = 1000;
 /// Sweeps between two prunings of departed consumers.
 const PRUNE_EVERY: u64 = 240;
+
+/// Settles, instead of handing out, deliveries that must not reach a consumer: past their
+/// TTL (expired: dropped or dead-lettered per `on_expiry`), or already delivered
+/// `max_attempts` times (a lease that keeps expiring: dead-lettered). Returns the rest.
+pub async fn screen(store: &Store, g: &Group, batch: Vec<GroupDelivery>) -> Result<Vec<GroupDelivery>, StoreError> {
+    let now = now_ms();
+    let mut keep = Vec::with_capacity(batch.len());
+    for d in batch {
+        let failure = match &d.envelope {
+            Ok(e) if e.ttl_ms.is_some_and(|ttl| e.published_ms.saturating_add(ttl) < now) => {
+                Some((Failure::Expired { to_dlq: g.expired_to_dlq() }, "expired before delivery".to_string()))
+            }
+            _ if d.attempt > g.policy.max_attempts => Some((
+                Failure::Permanent,
+                d.last_error.clone().unwrap_or_else(|| format!("delivered {} times without an ack", d.attempt - 1)),
+            )),
+            _ => None,
+        };
+        match failure {
+            Some((failure, error)) => {
+                let failed = store.group_fail(&g.topic, &g.spec.name, &d.lease, failure, &g.policy, &error).await?;
+                ::metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => g.label.clone(), "outcome" => failed.status.as_str())
+                    .increment(1);
+            }
+            None => keep.push(d),
+        }
+    }
+    Ok(keep)
+}

@@ -1,0 +1,78 @@
+//! The WebSocket consumer target: consume / ack / nack on one connection, and a
+//! disconnect that hands in-flight messages to another consumer at once.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{eventually, publish_many, pull_group, RedisServer, TestApp, WsClient, READY_TIMEOUT};
+use serde_json::{json, Value};
+
+async fn deliveries(ws: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let frame = ws.next_frame().await;
+        assert_eq!(frame["type"], json!("delivery"), "{frame}");
+        out.push(frame);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_consumer_hands_its_in_flight_messages_to_another_at_once() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        let mut g = pull_group("wsq", "w");
+        g.ack_wait_ms = 600_000; // only the hand-back can bring them back during this test
+        c.group.push(g);
+    })
+    .await;
+    eventually("the group", READY_TIMEOUT, async || {
+        let (_, body) = app.get("/v1/topics/wsq/groups").await;
+        body["groups"][0]["exists"] == json!(true)
+    })
+    .await;
+    publish_many(&app, "wsq", 10, 10).await;
+
+    let mut a = WsClient::connect(&app.base).await;
+    let reply = a.request(json!({ "op": "consume", "topic": "wsq", "group": "w", "prefetch": 5 })).await;
+    assert_eq!(reply["type"], json!("consuming"), "{reply}");
+    let held = deliveries(&mut a, 5).await;
+    assert!(held.iter().all(|d| d["attempt"] == json!(1)));
+
+    let mut b = WsClient::connect(&app.base).await;
+    let reply = b.request(json!({ "op": "consume", "topic": "wsq", "group": "w", "prefetch": 20 })).await;
+    assert_eq!(reply["type"], json!("consuming"));
+    let mut got = deliveries(&mut b, 5).await;
+    a.close().await; // five messages in flight on A
+    got.extend(deliveries(&mut b, 5).await);
+
+    let seqs: BTreeSet<u64> = got.iter().map(|d| d["message"]["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (1..=10).collect());
+    let handed_back: BTreeSet<u64> = held.iter().map(|d| d["message"]["seq"].as_u64().expect("seq")).collect();
+    for d in &got {
+        let seq = d["message"]["seq"].as_u64().expect("seq");
+        let expected = if handed_back.contains(&seq) { 2 } else { 1 };
+        assert_eq!(d["attempt"], json!(expected), "{d}");
+    }
+    let tokens: Vec<Value> = got.iter().map(|d| d["token"].clone()).collect();
+    let settled = b.request(json!({ "op": "ack", "topic": "wsq", "group": "w", "tokens": tokens })).await;
+    assert_eq!(settled["type"], json!("settled"));
+    assert!(settled["results"].as_array().expect("results").iter().all(|r| r["status"] == json!("acked")), "{settled}");
+
+    // nack: the message comes back (here at once) with attempt 2.
+    publish_many(&app, "wsq", 1, 1).await;
+    let d = deliveries(&mut b, 1).await;
+    let nacked = b
+        .request(json!({ "op": "nack", "topic": "wsq", "group": "w", "tokens": [d[0]["token"]], "retry_after_ms": 0, "error": "later" }))
+        .await;
+    assert_eq!(nacked["results"][0]["status"], json!("scheduled"));
+    let again = deliveries(&mut b, 1).await;
+    assert_eq!((again[0]["attempt"].clone(), again[0]["last_error"].clone()), (json!(2), json!("later")));
+
+    let errors = b.request(json!({ "op": "ack", "topic": "wsq", "group": "nope", "tokens": ["x"] })).await;
+    assert_eq!(errors["code"], json!("not_consuming"));
+    let errors = b.request(json!({ "op": "consume", "topic": "wsq", "group": "nope" })).await;
+    assert_eq!(errors["code"], json!("group_not_found"));
+    app.stop().await;
+}
