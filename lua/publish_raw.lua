@@ -70,6 +70,9 @@ local function publish_raw(keys, args)
     if #name > 64 or not string.match(name, '^[%w%-_%.]+$') or values[name] then
       return fail('invalid_header', 'header names are 1 to 64 letters, digits, - _ or ., each once')
     end
+    if not valid_utf8(value) then
+      return fail('invalid_header', 'header values must be UTF-8 text')
+    end
     hbytes = hbytes + #name + #value
     values[name] = value
     table.insert(names, name)

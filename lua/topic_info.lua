@@ -4,17 +4,17 @@
   KEYS[2]  stream      <prefix>:{T}:s
   Returns  { epoch ('' when the topic has no meta), top seq, first retained seq
              (0 when empty), base (seq before the epoch's first), retained length,
-             created_ms (0 when unknown) }
+             created_ms (0 when unknown), consumer group names (space separated) }
   Read-only (no-writes).
 ]]
 local function topic_info(keys, args)
   local meta, stream = keys[1], keys[2]
-  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'created_ms', 'base')
+  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'created_ms', 'base', 'groups')
   local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
   local first_seq = 0
   if #first > 0 then first_seq = tonumber(string.match(first[1][1], '^(%d+)')) end
   return { m[1] or '', tonumber(m[2] or '0'), first_seq, tonumber(m[4] or '0'), redis.call('XLEN', stream),
-    tonumber(m[3] or '0') }
+    tonumber(m[3] or '0'), m[5] or '' }
 end
 
 redis.register_function { function_name = 'sh_topic_info_v1', callback = topic_info, flags = { 'no-writes' } }

@@ -1,4 +1,5 @@
-//! The `streamhub` command line: `serve`, `publish`, `history`, `topics`, `check-config`.
+//! The `streamhub` command line: `serve`, `publish`, `history`, `topics`, `tail`, `groups`,
+//! `dlq`, `check-config`.
 //!
 //! `publish`, `history` and `topics` talk to Redis directly through the store (the same
 //! functions the server calls, so the same guarantees); they are operator tools.

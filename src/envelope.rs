@@ -1,7 +1,7 @@
 //! The envelope: a message exactly as stored in a topic's stream entry (field `e`).
 //!
 //! MessagePack map with short string keys, so any language can read a stream directly
-//! (layout in docs/PROTOCOL.md, "Stored envelope"):
+//! (layout in docs/PROTOCOL.md, "The stored envelope"):
 //!
 //! | key   | type           | meaning                                   |
 //! |-------|----------------|-------------------------------------------|

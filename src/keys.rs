@@ -15,7 +15,7 @@ pub struct Keys {
 /// The keys of one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicKeys {
-    /// Hash: `epoch`, top `seq`, `created_ms`.
+    /// Hash: `epoch`, top `seq`, `created_ms`, `base`, `groups`, `forced_trimmed`.
     pub meta: String,
     /// Stream of envelopes; entry id `<seq>-0`.
     pub stream: String,

@@ -90,7 +90,7 @@ async fn the_position_check_alone_delivers_when_no_hint_ever_arrives() {
     tokio::spawn(session.clone().run_catchup(shutdown.clone()));
     let topic = streamhub::Topic::parse("silent", 200).expect("topic");
     session.subscribe(topic.clone(), Since::Now).await.expect("subscribe");
-    session.start();
+    session.start(&topic);
 
     for n in 1..=3u64 {
         let message = streamhub::message::NewMessage {

@@ -241,5 +241,9 @@ async fn unknown_groups_and_bad_requests_get_codes() {
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     let (status, body) = app.get("/v1/topics/g/groups/w/dlq?after=x").await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_query"));
+    // A topic that has a group but no message yet exists, with its group.
+    ready_group(&app, "g").await;
+    let (status, topic) = app.get("/v1/topics/g").await;
+    assert_eq!((status, topic["groups"].clone(), topic["seq"].clone()), (StatusCode::OK, json!(["w"]), json!(0)));
     app.stop().await;
 }

@@ -112,6 +112,27 @@ async fn a_new_topic_can_be_created_from_redis_and_bad_calls_are_refused_with_co
     refused(&["FCALL", "sh_publish_raw_v1", "3", &m, &s, "other:{new}:h", "x"], "invalid_keys");
     let bad_idem = format!("{p}:{{new}}:i:a{{b");
     refused(&["FCALL", "sh_publish_raw_v1", "4", &m, &s, &h, &bad_idem, "x"], "invalid_idempotency_key");
+    // A header value that is not UTF-8 would make an envelope no reader can decode.
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "FCALL",
+            "sh_publish_raw_v1",
+            "3",
+            &m,
+            &s,
+            &h,
+            "x",
+            "text/plain",
+            "0",
+            "h",
+        ])
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff\xfe"))
+        .output()
+        .expect("redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SH invalid_header"), "{text}");
     let long = "t".repeat(201);
     refused(
         &["FCALL", "sh_publish_raw_v1", "3", &key(&long, "m"), &key(&long, "s"), &key(&long, "h"), "x"],

@@ -136,3 +136,20 @@ async fn a_live_subscriber_is_told_when_the_epoch_changes_under_it() {
     assert_ne!(m[0]["epoch"], first[0]["epoch"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_saw_the_topic_before_its_first_message_misses_nothing() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    let mut ws = WsClient::connect(&app.base).await;
+    let before = ws.subscribe("fresh", None).await;
+    assert_eq!((before["epoch"].clone(), before["seq"].clone()), (json!(""), json!(0)));
+    ws.close().await;
+    publish_many(&app, "fresh", 3, 3).await;
+    let mut ws = WsClient::connect(&app.base).await;
+    let reply = ws.subscribe("fresh", Some(json!({ "epoch": "", "seq": 0 }))).await;
+    assert_eq!(reply["recovered"], json!(true), "{reply}");
+    let got: Vec<u64> = ws.messages(3).await.iter().map(seq).collect();
+    assert_eq!(got, vec![1, 2, 3]);
+    app.stop().await;
+}

@@ -107,7 +107,16 @@ impl Session {
             Since::Now => (p.top, true, None),
             Since::Earliest => (if p.first_retained == 0 { p.top } else { p.first_retained - 1 }, true, None),
             Since::After { epoch: asked, seq } => {
-                if asked != epoch {
+                if asked.is_empty() && !epoch.is_empty() {
+                    // The client saw the topic before it had an epoch: nothing it saw
+                    // was lost; it gets the epoch from its start.
+                    let from = seq.max(p.base);
+                    if page.truncated(from) {
+                        (p.top, false, Some(ResetReason::Trimmed))
+                    } else {
+                        (from, true, None)
+                    }
+                } else if asked != epoch {
                     (p.top, false, Some(ResetReason::EpochChanged))
                 } else if seq > p.top {
                     (p.top, false, Some(ResetReason::Ahead))
@@ -136,8 +145,13 @@ impl Session {
         Ok(Subscribed { epoch, seq: p.top, recovered, reason })
     }
 
-    /// Starts delivery of a registered subscription (its catch-up, then live).
-    pub fn start(&self) {
+    /// Starts delivery of a registered subscription (its catch-up, then live). The
+    /// catch-up reader ignores a subscription until this is called, so the transport's
+    /// reply, queued before, always precedes the subscription's messages.
+    pub fn start(&self, topic: &Topic) {
+        if let Some(entry) = self.subs().get(topic) {
+            entry.sub.mark_started();
+        }
         self.wake.notify_one();
     }
 
@@ -170,7 +184,7 @@ impl Session {
             let lagging: Vec<(Arc<Subscription>, TailHandle)> = self
                 .subs()
                 .values()
-                .filter(|e| e.sub.is_lagging() && !e.sub.is_closed())
+                .filter(|e| e.sub.is_lagging() && e.sub.is_started() && !e.sub.is_closed())
                 .map(|e| (e.sub.clone(), e.tail.clone()))
                 .collect();
             for (sub, tail) in lagging {
@@ -203,7 +217,6 @@ impl Session {
                     }
                 }
             };
-            backoff = retry_delays();
             let p = &page.position;
             let current = p.epoch.clone().unwrap_or_default();
             let jump = if current != at.epoch {
@@ -213,10 +226,15 @@ impl Session {
                     continue;
                 }
                 if current.is_empty() {
-                    None // meta lost and not yet recreated: nothing to deliver yet
-                } else {
-                    Some((ResetReason::EpochChanged, p.base))
+                    // The meta was lost and not yet recreated: wait for the new epoch
+                    // (the next publish creates it) without delivering anything.
+                    let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
                 }
+                Some((ResetReason::EpochChanged, p.base))
             } else if at.last > p.top {
                 Some((ResetReason::Ahead, p.top))
             } else if page.truncated(at.last) {
@@ -244,9 +262,22 @@ impl Session {
                 sub.set_position(&current, seq);
             }
             metrics::caught_up(count);
-            if count < page_size && tail.join(sub.clone()).await {
-                return;
+            if count < page_size {
+                if tail.join(sub.clone()).await {
+                    return;
+                }
+                if count == 0 {
+                    // Refused with nothing new to read: the tail is catching up itself;
+                    // pause instead of spinning.
+                    let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
             }
+            backoff = retry_delays();
         }
     }
 }

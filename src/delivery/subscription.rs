@@ -155,6 +155,8 @@ pub struct Subscription {
     lagging: AtomicBool,
     /// Set on unsubscribe; queued items of a closed subscription are not written.
     closed: AtomicBool,
+    /// Set once the transport queued its reply: only then may delivery begin.
+    started: AtomicBool,
     /// Wakes the session's catch-up reader.
     wake: Arc<Notify>,
 }
@@ -178,6 +180,7 @@ impl Subscription {
             position: Mutex::new(start),
             lagging: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             wake,
         })
     }
@@ -200,6 +203,14 @@ impl Subscription {
 
     pub fn set_live(&self) {
         self.lagging.store(false, Ordering::Release);
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
     }
 
     pub fn is_closed(&self) -> bool {
@@ -249,6 +260,7 @@ impl Subscription {
                 Offered::Queued
             }
             Err(Refused::Full) => {
+                crate::metrics::subscriber_lagged();
                 self.fall_behind();
                 Offered::Lagging
             }

@@ -43,7 +43,7 @@ pub(super) async fn topic(
 ) -> ApiResult<Json<TopicResponse>> {
     let topic = Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
     let info = state.store.topic_info(&topic).await?;
-    if info.position.epoch.is_none() && info.length == 0 {
+    if info.position.epoch.is_none() && info.length == 0 && info.groups.is_empty() {
         return Err(ApiError::not_found("topic_not_found", format!("topic {topic} has no messages")));
     }
     Ok(Json(TopicResponse::new(topic.to_string(), info)))

@@ -58,7 +58,7 @@ pub struct HistoryQuery {
     pub epoch: Option<String>,
 }
 
-/// One message as returned by history (and, later, delivered to subscribers).
+/// One message as returned by history, delivered to subscribers and to consumers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessageOut {
     pub seq: u64,
@@ -170,6 +170,8 @@ impl HistoryResponse {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TopicResponse {
     pub topic: String,
+    /// Names of the topic's consumer groups.
+    pub groups: Vec<String>,
     pub epoch: String,
     pub seq: u64,
     pub first_seq: u64,
@@ -181,6 +183,7 @@ impl TopicResponse {
     pub fn new(topic: String, info: TopicInfo) -> TopicResponse {
         TopicResponse {
             topic,
+            groups: info.groups,
             epoch: info.position.epoch.unwrap_or_default(),
             seq: info.position.top,
             first_seq: info.position.first_retained,

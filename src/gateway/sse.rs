@@ -84,7 +84,10 @@ fn event(queued: Queued) -> Event {
                 d.frames[Encoding::Json.slot()].get_or_init(|| ServerFrame::message(d).encode(Encoding::Json).into());
             Event::default().id(format!("{}:{}", d.epoch, d.seq())).event("message").data(String::from_utf8_lossy(data))
         }
-        Item::Reset(r) => Event::default().event("subscribed").data(json(&ServerFrame::reset(r))),
+        // The notice's id moves Last-Event-ID past the jump, so a reconnect resumes after it.
+        Item::Reset(r) => {
+            Event::default().id(format!("{}:{}", r.epoch, r.seq)).event("subscribed").data(json(&ServerFrame::reset(r)))
+        }
     }
 }
 
@@ -111,14 +114,14 @@ pub(super) async fn events(
     };
     let since = since(&headers, &query, || current)?;
     let (session, deliveries) = Session::new(state.hub.clone(), &state.config.ws);
-    let subscribed = session.subscribe(topic, since).await.map_err(|e| match e {
+    let subscribed = session.subscribe(topic.clone(), since).await.map_err(|e| match e {
         SubscribeError::Store(e) => ApiError::from(e),
         other => ApiError::bad_request("invalid_request", other.to_string()),
     })?;
     ::metrics::gauge!(metrics::SESSIONS, "transport" => "sse").increment(1.0);
     let stop = CancellationToken::new();
     state.tasks.spawn(session.clone().run_catchup(stop.clone()));
-    session.start();
+    session.start(&topic);
     let first = Event::default().event("subscribed").data(json(&ServerFrame::subscribed(None, &name, &subscribed)));
     let guard = Guard { session, stop: stop.clone(), _permit: permit };
     let shutdown = state.shutdown.clone();

@@ -46,7 +46,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 const REPLY_QUEUE: usize = 64;
 
 enum Outgoing {
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
     Close(u16, &'static str),
 }
 
@@ -244,13 +244,16 @@ async fn read(
                 ServerFrame::error(id, code, message)
             }
         };
-        let starts_delivery = matches!(frame, ServerFrame::Subscribed { .. });
-        if replies.send(Outgoing::Frame(frame)).await.is_err() {
+        let starts = match &frame {
+            ServerFrame::Subscribed { topic, .. } => Topic::parse(topic, usize::MAX).ok(),
+            _ => None,
+        };
+        if replies.send(Outgoing::Frame(Box::new(frame))).await.is_err() {
             return;
         }
-        if starts_delivery {
+        if let Some(topic) = starts {
             // Only now, with the reply queued ahead of them, may its messages flow.
-            session.start();
+            session.start(&topic);
         }
         if violations >= state.config.ws.max_violations {
             let _ = replies.send(Outgoing::Close(CLOSE_VIOLATIONS, "too many protocol violations")).await;
@@ -369,7 +372,7 @@ async fn handle(
                         last_error: d.last_error,
                         message: MessageOut::from(StoredMessage { seq: d.seq, envelope: d.envelope }),
                     };
-                    if forward.send(Outgoing::Frame(frame)).await.is_err() {
+                    if forward.send(Outgoing::Frame(Box::new(frame))).await.is_err() {
                         return;
                     }
                 }

@@ -81,10 +81,7 @@ impl SessionConsumer {
                     Err(_) => failed = true,
                 }
             }
-            let batch = match screen(&self.store, &g, batch).await {
-                Ok(b) => b,
-                Err(_) => Vec::new(),
-            };
+            let batch = screen(&self.store, &g, batch).await.unwrap_or_default();
             if batch.is_empty() {
                 drop(first);
                 tokio::select! {

@@ -80,6 +80,8 @@ pub struct TopicInfo {
     pub position: Position,
     pub length: u64,
     pub created_ms: u64,
+    /// Names of the topic's consumer groups.
+    pub groups: Vec<String>,
 }
 
 /// Handle to Redis; cheap to clone.
@@ -266,7 +268,8 @@ impl Store {
         let position = parse_position(&mut reply)?;
         let length = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let created_ms = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        Ok(TopicInfo { position, length, created_ms })
+        let groups = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
+        Ok(TopicInfo { position, length, created_ms, groups: groups.split_whitespace().map(str::to_string).collect() })
     }
 
     /// Names of topics that have a meta hash, at most `limit`, sorted. Walks the key space
@@ -290,7 +293,10 @@ impl Store {
             if let Some(found) = page.take_results() {
                 for key in found {
                     if let Some(name) = key.as_str().and_then(|k| self.keys.topic_of_meta(k).map(str::to_string)) {
-                        topics.push(name);
+                        // SCAN may return a key twice; count each topic once.
+                        if !topics.contains(&name) {
+                            topics.push(name);
+                        }
                     }
                 }
             }
