@@ -71,6 +71,8 @@ pub enum TargetKind {
     Webhook,
     /// Consumers fetch over HTTP (or WebSocket) and ack; no background worker.
     Pull,
+    /// A Rust handler registered by the program that embeds streamhub.
+    Handler,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

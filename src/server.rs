@@ -25,6 +25,8 @@ pub enum StartError {
     Embedded(#[from] EmbeddedError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("no handler registered for the handler groups {0:?}")]
+    MissingHandlers(Vec<String>),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -52,6 +54,19 @@ impl Server {
     /// Returns once both listeners are bound; Redis may still be unreachable (then
     /// /readyz says so and publishes answer 503 until it is back).
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        Self::start_with_handlers(config, crate::groups::handler::Handlers::new()).await
+    }
+
+    /// Like `start`, serving the `target = "handler"` groups with `handlers`.
+    pub async fn start_with_handlers(
+        config: Config,
+        handlers: crate::groups::handler::Handlers,
+    ) -> Result<Server, StartError> {
+        let groups = Arc::new(crate::groups::Groups::new(&config));
+        let missing = groups.missing_handlers(&handlers);
+        if !missing.is_empty() {
+            return Err(StartError::MissingHandlers(missing));
+        }
         let config = Arc::new(config);
         let embedded = EmbeddedRedis::start_if_needed(&config.redis).await?;
         let store = Store::connect(&config)?;
@@ -90,8 +105,7 @@ impl Server {
             let _ = hints_task.await;
         });
         let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
-        let groups = Arc::new(crate::groups::Groups::new(&config));
-        groups.start(&store, &config, &shutdown, &tasks);
+        groups.start(&store, &config, &handlers, &shutdown, &tasks);
         let connections = Arc::new(Semaphore::new(config.ws.max_connections));
         let state = AppState {
             store: store.clone(),

@@ -4,6 +4,7 @@
 //! concurrency. Pull groups have no worker: clients fetch and ack over HTTP.
 
 pub mod consumer;
+pub mod handler;
 pub mod webhook;
 mod worker;
 
@@ -87,28 +88,54 @@ impl Groups {
         format!("{}-{role}", self.node)
     }
 
-    /// Starts every group's sweeper and, for webhook groups, its worker.
-    pub fn start(&self, store: &Store, config: &Config, shutdown: &CancellationToken, tasks: &TaskTracker) {
+    /// Groups declared with `target = "handler"` that `handlers` does not serve.
+    pub fn missing_handlers(&self, handlers: &handler::Handlers) -> Vec<String> {
+        let mut missing: Vec<String> = self
+            .by_name
+            .values()
+            .filter(|g| g.spec.target == TargetKind::Handler && handlers.get(&g.spec.topic, &g.spec.name).is_none())
+            .map(|g| g.label.clone())
+            .collect();
+        missing.sort();
+        missing
+    }
+
+    /// Starts every group's sweeper and, for webhook and handler groups, its worker.
+    pub fn start(
+        &self,
+        store: &Store,
+        config: &Config,
+        handlers: &handler::Handlers,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) {
         let sweep = Duration::from_millis(config.groups.sweep_interval_ms);
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         for group in self.by_name.values() {
             tasks.spawn(sweeper(group.clone(), store.clone(), sweep, self.node.clone(), shutdown.clone()));
-            if group.spec.target == TargetKind::Webhook {
-                match webhook::Webhook::new(&group.spec) {
-                    Ok(target) => {
-                        let worker = worker::Worker {
-                            group: group.clone(),
-                            store: store.clone(),
-                            target,
-                            consumer: self.consumer("worker"),
-                            sweep,
-                            grace,
-                        };
-                        tasks.spawn(worker.run(shutdown.clone()));
+            let target = match group.spec.target {
+                TargetKind::Pull => continue,
+                TargetKind::Handler => match handlers.get(&group.spec.topic, &group.spec.name) {
+                    Some(h) => worker::Target::Handler(h),
+                    None => continue, // refused at start (missing_handlers)
+                },
+                TargetKind::Webhook => match webhook::Webhook::new(&group.spec) {
+                    Ok(w) => worker::Target::Webhook(w),
+                    Err(e) => {
+                        tracing::error!(group = %group.label, error = %e, "cannot build the webhook client");
+                        continue;
                     }
-                    Err(e) => tracing::error!(group = %group.label, error = %e, "cannot build the webhook client"),
-                }
-            }
+                },
+            };
+            let worker = worker::Worker {
+                group: group.clone(),
+                store: store.clone(),
+                target,
+                consumer: self.consumer("worker"),
+                sweep,
+                grace,
+            };
+            tasks.spawn(worker.run(shutdown.clone()));
         }
     }
 }

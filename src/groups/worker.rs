@@ -1,4 +1,4 @@
-//! The delivery worker of a push (webhook) group on one node: reads with XREADGROUP on its
+//! The delivery worker of a push (webhook or Rust handler) group on one node: reads with XREADGROUP on its
 //! own connection, keeps at most `concurrency` deliveries in flight, and settles each one
 //! with one atomic call (ack, or retry schedule / dead letter). It never sleeps to retry:
 //! a failure is scheduled in Redis and comes back through the group's retry stream.
@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::handler::Handler;
 use super::webhook::{Outcome, Webhook};
 use super::Group;
 use crate::message::now_ms;
@@ -20,10 +21,32 @@ use crate::store::Store;
 /// Longest blocking read; shutdown is noticed within it.
 const BLOCK: Duration = Duration::from_millis(1000);
 
+/// Where a push group's deliveries go.
+pub(super) enum Target {
+    Webhook(Webhook),
+    Handler(Arc<dyn Handler>),
+}
+
+impl Target {
+    async fn deliver(&self, topic: &str, group: &str, epoch: &str, d: &GroupDelivery) -> Outcome {
+        match self {
+            Target::Webhook(w) => w.deliver(topic, group, epoch, d).await,
+            Target::Handler(h) => {
+                // A panicking handler is a failed attempt, not a dead worker.
+                let call = tokio::spawn(h.handle(d.clone()));
+                match call.await {
+                    Ok(outcome) => outcome,
+                    Err(e) => Outcome::Retry { error: format!("handler panicked: {e}"), after: None },
+                }
+            }
+        }
+    }
+}
+
 pub(super) struct Worker {
     pub group: Arc<Group>,
     pub store: Store,
-    pub target: Webhook,
+    pub target: Target,
     pub consumer: String,
     pub sweep: Duration,
     pub grace: Duration,
