@@ -52,6 +52,8 @@ pub struct GroupsConfig {
     pub max_fetch: usize,
     /// Approximate bound of each group's dead-letter stream (0 = unbounded).
     pub dlq_max_len: u64,
+    /// How often each node looks for groups created or deleted through the admin API.
+    pub discover_interval_ms: u64,
 }
 
 /// Where a group starts reading its topic.
@@ -479,7 +481,7 @@ impl Config {
             return invalid("ws.max_violations", "must be > 0");
         }
         let g = &self.groups;
-        if g.sweep_interval_ms == 0 || g.max_fetch == 0 || g.max_fetch > 10_000 {
+        if g.sweep_interval_ms == 0 || g.discover_interval_ms == 0 || g.max_fetch == 0 || g.max_fetch > 10_000 {
             return invalid("groups.sweep_interval_ms", "sweep_interval_ms > 0 and max_fetch 1 to 10000");
         }
         let mut seen = std::collections::HashSet::new();

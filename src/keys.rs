@@ -43,6 +43,11 @@ impl Keys {
         }
     }
 
+    /// Set of "<topic>/<group>" of the groups created through the admin API.
+    pub fn group_registry(&self) -> String {
+        format!("{}:groups", self.prefix)
+    }
+
     /// SCAN pattern matching every topic's meta hash.
     pub fn meta_pattern(&self) -> String {
         format!("{}:{{*}}:m", self.prefix)
@@ -68,8 +73,10 @@ pub struct GroupKeys {
     pub payloads: String,
     /// Dead-letter stream.
     pub dlq: String,
-    /// Hash of the group's counters.
+    /// Hash of the group's counters (and its `paused` flag).
     pub counters: String,
+    /// The definition of a group created through the admin API (JSON).
+    pub definition: String,
 }
 
 impl TopicKeys {
@@ -83,6 +90,7 @@ impl TopicKeys {
             payloads: format!("{base}:p"),
             dlq: format!("{base}:d"),
             counters: format!("{base}:m"),
+            definition: format!("{base}:def"),
         }
     }
 

@@ -115,7 +115,18 @@ pub(super) async fn post_action(
             Ok(b) if b.is_empty() => FetchBody::default(),
             other => parse_json(other)?,
         };
+        if g.is_paused() {
+            return Ok((StatusCode::OK, Json(serde_json::json!({ "deliveries": [], "paused": true }))));
+        }
         return Ok((StatusCode::OK, Json(serde_json::json!({ "deliveries": fetch(&state, &g, body).await? }))));
+    }
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        if let Some(name) = split_action(&segment, action) {
+            let g = group(&state, &topic, name)?;
+            state.store.group_set_paused(&g.topic, name, paused).await?;
+            g.set_paused(paused);
+            return Ok((StatusCode::OK, Json(serde_json::json!({ "group": name, "paused": paused }))));
+        }
     }
     if let Some(name) = split_action(&segment, "ack") {
         let g = group(&state, &topic, name)?;
@@ -127,7 +138,7 @@ pub(super) async fn post_action(
         let body: NackBody = parse_json(body)?;
         return Ok((StatusCode::OK, Json(serde_json::json!({ "results": nack(&state, &g, body).await? }))));
     }
-    Err(ApiError::not_found("not_found", "expected …/groups/{group}:fetch, :ack or :nack"))
+    Err(ApiError::not_found("not_found", "expected …/groups/{group}:fetch, :ack, :nack, :pause or :resume"))
 }
 
 async fn fetch(state: &AppState, g: &Group, body: FetchBody) -> ApiResult<Vec<DeliveryOut>> {
@@ -226,6 +237,9 @@ async fn nack(state: &AppState, g: &Group, body: NackBody) -> ApiResult<Vec<Toke
 struct GroupOut {
     name: String,
     target: TargetKind,
+    /// Declared in configuration (else created through the admin API).
+    declared: bool,
+    paused: bool,
     exists: bool,
     lag: Option<u64>,
     pending: u64,
@@ -247,6 +261,8 @@ pub(super) async fn list(
         groups.push(GroupOut {
             name: g.spec.name.clone(),
             target: g.spec.target,
+            declared: g.declared,
+            paused: info.counters.get("paused") == Some(&1),
             exists: info.exists,
             lag: info.lag,
             pending: info.pending,
@@ -390,4 +406,46 @@ pub(super) async fn dlq_action(
     }
     let key = if action == "dlq:replay" { "replayed" } else { "purged" };
     Ok(Json(serde_json::json!({ key: done })))
+}
+
+fn admin_error(e: crate::groups::AdminError) -> ApiError {
+    use crate::groups::AdminError;
+    match e {
+        AdminError::Invalid(m) => ApiError::bad_request("invalid_group", m),
+        e @ AdminError::Declared(_) => ApiError::new(StatusCode::CONFLICT, "declared_in_config", e.to_string()),
+        e @ AdminError::NotFound(_) => ApiError::not_found("group_not_found", e.to_string()),
+        AdminError::Store(e) => e.into(),
+    }
+}
+
+/// `PUT /v1/topics/{topic}/groups/{group}`: create or replace a group (body: the
+/// `[[group]]` keys other than topic and name, as JSON).
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    Path((topic, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    crate::topic::Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
+    let mut spec: serde_json::Value = parse_json(body)?;
+    let Some(fields) = spec.as_object_mut() else {
+        return Err(ApiError::bad_request("invalid_group", "the body is a JSON object of group settings"));
+    };
+    fields.insert("topic".into(), topic.clone().into());
+    fields.insert("name".into(), name.clone().into());
+    let spec: crate::config::GroupSpec =
+        serde_json::from_value(spec).map_err(|e| ApiError::bad_request("invalid_group", e.to_string()))?;
+    let existed = state.groups.get(&topic, &name).is_some();
+    state.groups.create(spec).await.map_err(admin_error)?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(serde_json::json!({ "topic": topic, "group": name }))))
+}
+
+/// `DELETE /v1/topics/{topic}/groups/{group}`: delete a group created through the API.
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path((topic, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let t = crate::topic::Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
+    state.groups.delete(&t, &name).await.map_err(admin_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }

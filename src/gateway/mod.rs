@@ -61,7 +61,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/events", get(sse::events))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/topics/{topic}/groups", get(groups::list))
-        .route("/v1/topics/{topic}/groups/{action}", axum::routing::post(groups::post_action))
+        .route(
+            "/v1/topics/{topic}/groups/{action}",
+            axum::routing::post(groups::post_action).put(groups::create).delete(groups::delete),
+        )
         .route("/v1/topics/{topic}/groups/{group}/dlq", get(groups::dlq_list))
         .route("/v1/topics/{topic}/groups/{group}/dlq/{id}", get(groups::dlq_show))
         .route("/v1/topics/{topic}/groups/{group}/{action}", axum::routing::post(groups::dlq_action))

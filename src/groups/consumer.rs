@@ -57,6 +57,12 @@ impl SessionConsumer {
         let mut last_reclaim: Option<Instant> = None;
         let mut pause = Duration::from_millis(10);
         loop {
+            if g.is_paused() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(sweep) => continue,
+                }
+            }
             let first = tokio::select! {
                 _ = self.stop.cancelled() => return,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },

@@ -1,7 +1,9 @@
-//! Consumer groups at run time: the groups declared in configuration, their retry policy,
-//! and per node one sweeper per group (promotes due retries, prunes departed consumers)
-//! and, for webhook groups, one worker (`worker.rs`) that delivers with bounded
-//! concurrency. Pull groups have no worker: clients fetch and ack over HTTP.
+//! Consumer groups at run time: the groups declared in configuration and those created
+//! through the admin API (stored in Redis, discovered by every node), their retry policy,
+//! and per node one sweeper per group (creates it, promotes due retries, follows its
+//! `paused` flag, prunes departed consumers) and, for webhook and handler groups, one
+//! worker (`worker.rs`) that delivers with bounded concurrency. Pull groups have no
+//! worker: clients fetch and ack over HTTP or WebSocket.
 
 pub mod consumer;
 pub mod handler;
@@ -9,7 +11,8 @@ pub mod webhook;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -21,14 +24,21 @@ use crate::store::groups::{Failure, GroupDelivery, RetryPolicy};
 use crate::store::{Store, StoreError};
 use crate::topic::Topic;
 
-/// A declared group, ready to run.
+/// A group, ready to run.
 #[derive(Debug)]
 pub struct Group {
     pub spec: GroupSpec,
     pub topic: Topic,
     pub policy: RetryPolicy,
-    /// Metric label: `<topic>/<group>` (bounded: groups come from configuration).
+    /// Metric label: `<topic>/<group>`. Bounded: groups come from configuration or from
+    /// operators through the admin API, never from client traffic.
     pub label: String,
+    /// Declared in this node's configuration (cannot be deleted through the API).
+    pub declared: bool,
+    /// Mirrors the group's `paused` flag in Redis (refreshed every sweep).
+    paused: AtomicBool,
+    /// Stops this group's tasks on this node (group deleted, or shutdown).
+    stop: CancellationToken,
 }
 
 impl Group {
@@ -39,46 +49,98 @@ impl Group {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.spec.ack_wait_ms)
     }
+
+    /// Paused: no message of the group is handed out (workers, fetches, WebSocket
+    /// consumers), until resumed. Pending deliveries stay pending.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+}
+
+/// What the node needs to run a group's tasks.
+struct Runtime {
+    store: Store,
+    handlers: handler::Handlers,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    sweep: Duration,
+    grace: Duration,
+    discover: Duration,
+    dlq_max_len: u64,
+    max_topic_bytes: usize,
 }
 
 /// The node's groups and its consumer identity.
 pub struct Groups {
-    by_name: HashMap<(String, String), Arc<Group>>,
+    by_name: RwLock<HashMap<(String, String), Arc<Group>>>,
     /// Unique per process and start: `<pid>-<random>`; each group's consumer name adds
-    /// its role (`-worker`, `-pull`).
+    /// its role (`-worker`, `-pull`, `-ws-…`).
     node: String,
+    runtime: OnceLock<Runtime>,
+}
+
+/// Why a group cannot be created or deleted through the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("group {0} is declared in the configuration; change it there")]
+    Declared(String),
+    #[error("no group {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn build(spec: GroupSpec, declared: bool, dlq_max_len: u64) -> Option<Group> {
+    let topic = Topic::parse(&spec.topic, usize::MAX).ok()?;
+    let policy = RetryPolicy {
+        max_attempts: spec.max_attempts,
+        base_ms: spec.backoff_base_ms,
+        max_ms: spec.backoff_max_ms,
+        multiplier: spec.backoff_multiplier,
+        jitter: spec.backoff_jitter,
+        dlq_max_len,
+    };
+    let label = format!("{}/{}", spec.topic, spec.name);
+    Some(Group { spec, topic, policy, label, declared, paused: AtomicBool::new(false), stop: CancellationToken::new() })
 }
 
 impl Groups {
     pub fn new(config: &Config) -> Groups {
         let mut by_name = HashMap::new();
         for spec in &config.group {
-            // Validated with the configuration; a spec that fails here is skipped.
-            let Ok(topic) = Topic::parse(&spec.topic, usize::MAX) else { continue };
-            let policy = RetryPolicy {
-                max_attempts: spec.max_attempts,
-                base_ms: spec.backoff_base_ms,
-                max_ms: spec.backoff_max_ms,
-                multiplier: spec.backoff_multiplier,
-                jitter: spec.backoff_jitter,
-                dlq_max_len: config.groups.dlq_max_len,
-            };
-            let label = format!("{}/{}", spec.topic, spec.name);
-            by_name.insert(
-                (spec.topic.clone(), spec.name.clone()),
-                Arc::new(Group { spec: spec.clone(), topic, policy, label }),
-            );
+            // Validated with the configuration.
+            if let Some(group) = build(spec.clone(), true, config.groups.dlq_max_len) {
+                by_name.insert((spec.topic.clone(), spec.name.clone()), Arc::new(group));
+            }
         }
         let random = uuid::Uuid::now_v7().simple().to_string();
-        Groups { by_name, node: format!("{}-{}", std::process::id(), &random[random.len() - 8..]) }
+        Groups {
+            by_name: RwLock::new(by_name),
+            node: format!("{}-{}", std::process::id(), &random[random.len() - 8..]),
+            runtime: OnceLock::new(),
+        }
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, String), Arc<Group>>> {
+        self.by_name.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, topic: &str, name: &str) -> Option<Arc<Group>> {
-        self.by_name.get(&(topic.to_string(), name.to_string())).cloned()
+        self.map().get(&(topic.to_string(), name.to_string())).cloned()
     }
 
     pub fn of_topic(&self, topic: &str) -> Vec<Arc<Group>> {
-        let mut groups: Vec<_> = self.by_name.values().filter(|g| g.spec.topic == topic).cloned().collect();
+        let mut groups: Vec<_> = self.map().values().filter(|g| g.spec.topic == topic).cloned().collect();
         groups.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         groups
     }
@@ -91,7 +153,7 @@ impl Groups {
     /// Groups declared with `target = "handler"` that `handlers` does not serve.
     pub fn missing_handlers(&self, handlers: &handler::Handlers) -> Vec<String> {
         let mut missing: Vec<String> = self
-            .by_name
+            .map()
             .values()
             .filter(|g| g.spec.target == TargetKind::Handler && handlers.get(&g.spec.topic, &g.spec.name).is_none())
             .map(|g| g.label.clone())
@@ -100,49 +162,178 @@ impl Groups {
         missing
     }
 
-    /// Starts every group's sweeper and, for webhook and handler groups, its worker.
+    /// Starts every declared group's tasks, and the discovery of groups created through
+    /// the admin API (by any node).
     pub fn start(
-        &self,
+        self: &Arc<Self>,
         store: &Store,
         config: &Config,
         handlers: &handler::Handlers,
         shutdown: &CancellationToken,
         tasks: &TaskTracker,
     ) {
-        let sweep = Duration::from_millis(config.groups.sweep_interval_ms);
-        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        for group in self.by_name.values() {
-            tasks.spawn(sweeper(group.clone(), store.clone(), sweep, self.node.clone(), shutdown.clone()));
-            let target = match group.spec.target {
-                TargetKind::Pull => continue,
-                TargetKind::Handler => match handlers.get(&group.spec.topic, &group.spec.name) {
-                    Some(h) => worker::Target::Handler(h),
-                    None => continue, // refused at start (missing_handlers)
-                },
-                TargetKind::Webhook => match webhook::Webhook::new(&group.spec) {
-                    Ok(w) => worker::Target::Webhook(w),
-                    Err(e) => {
-                        tracing::error!(group = %group.label, error = %e, "cannot build the webhook client");
-                        continue;
+        let runtime = Runtime {
+            store: store.clone(),
+            handlers: handlers.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+            sweep: Duration::from_millis(config.groups.sweep_interval_ms),
+            grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            discover: Duration::from_millis(config.groups.discover_interval_ms),
+            dlq_max_len: config.groups.dlq_max_len,
+            max_topic_bytes: config.limits.max_topic_bytes,
+        };
+        if self.runtime.set(runtime).is_err() {
+            return; // started already
+        }
+        let groups: Vec<Arc<Group>> = self.map().values().cloned().collect();
+        for group in groups {
+            self.launch(group);
+        }
+        let me = self.clone();
+        tasks.spawn(async move { me.discover().await });
+    }
+
+    fn launch(&self, group: Arc<Group>) {
+        let Some(rt) = self.runtime.get() else { return };
+        // The group's tasks end on shutdown or when the group is deleted.
+        let stop = group.stop.clone();
+        let shutdown = rt.shutdown.clone();
+        rt.tasks.spawn(async move {
+            shutdown.cancelled().await;
+            stop.cancel();
+        });
+        rt.tasks.spawn(sweeper(group.clone(), rt.store.clone(), rt.sweep, self.node.clone()));
+        let target = match group.spec.target {
+            TargetKind::Pull => return,
+            TargetKind::Handler => match rt.handlers.get(&group.spec.topic, &group.spec.name) {
+                Some(h) => worker::Target::Handler(h),
+                None => {
+                    tracing::error!(group = %group.label, "no handler is registered on this node for this handler group");
+                    return;
+                }
+            },
+            TargetKind::Webhook => match webhook::Webhook::new(&group.spec) {
+                Ok(w) => worker::Target::Webhook(w),
+                Err(e) => {
+                    tracing::error!(group = %group.label, error = %e, "cannot build the webhook client");
+                    return;
+                }
+            },
+        };
+        let worker = worker::Worker {
+            group: group.clone(),
+            store: rt.store.clone(),
+            target,
+            consumer: self.consumer("worker"),
+            sweep: rt.sweep,
+            grace: rt.grace,
+        };
+        rt.tasks.spawn(worker.run(group.stop.clone()));
+    }
+
+    /// Creates (or replaces) a group through the admin API: validates it, stores its
+    /// definition in Redis (every node discovers it), creates it, and runs it here.
+    pub async fn create(&self, spec: GroupSpec) -> Result<Arc<Group>, AdminError> {
+        let rt = self.runtime.get().ok_or_else(|| AdminError::Invalid("groups are not running".into()))?;
+        let limits =
+            crate::config::Limits { max_topic_bytes: rt.max_topic_bytes, ..crate::config::Config::defaults().limits };
+        spec.validate(&limits).map_err(AdminError::Invalid)?;
+        if spec.target == TargetKind::Handler {
+            return Err(AdminError::Invalid("a handler group is declared by the program that embeds streamhub".into()));
+        }
+        if self.get(&spec.topic, &spec.name).is_some_and(|g| g.declared) {
+            return Err(AdminError::Declared(format!("{}/{}", spec.topic, spec.name)));
+        }
+        let group = Arc::new(
+            build(spec.clone(), false, rt.dlq_max_len).ok_or_else(|| AdminError::Invalid("invalid topic".into()))?,
+        );
+        rt.store.group_ensure(&group.topic, &spec.name, &spec.start).await?;
+        let definition = serde_json::to_string(&spec).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        rt.store.group_define(&group.topic, &spec.name, &definition).await?;
+        self.adopt(group.clone());
+        Ok(group)
+    }
+
+    /// Runs `group` here, replacing (and stopping) a previous definition.
+    fn adopt(&self, group: Arc<Group>) {
+        let key = (group.spec.topic.clone(), group.spec.name.clone());
+        let previous = self.by_name.write().unwrap_or_else(|e| e.into_inner()).insert(key, group.clone());
+        if let Some(previous) = previous {
+            previous.stop.cancel();
+        }
+        self.launch(group);
+    }
+
+    /// Deletes a group created through the admin API, with everything it holds.
+    pub async fn delete(&self, topic: &Topic, name: &str) -> Result<(), AdminError> {
+        let rt = self.runtime.get().ok_or_else(|| AdminError::Invalid("groups are not running".into()))?;
+        let label = format!("{topic}/{name}");
+        if let Some(g) = self.get(topic.as_str(), name) {
+            if g.declared {
+                return Err(AdminError::Declared(label));
+            }
+        }
+        let existed = rt.store.group_delete(topic, name).await?;
+        let removed =
+            self.by_name.write().unwrap_or_else(|e| e.into_inner()).remove(&(topic.to_string(), name.to_string()));
+        if let Some(g) = &removed {
+            g.stop.cancel();
+        }
+        if !existed && removed.is_none() {
+            return Err(AdminError::NotFound(label));
+        }
+        Ok(())
+    }
+
+    /// Every `discover` interval: start groups other nodes created, stop deleted ones.
+    async fn discover(self: Arc<Self>) {
+        let Some(rt) = self.runtime.get() else { return };
+        let mut tick = tokio::time::interval(rt.discover);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = rt.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(definitions) = rt.store.group_definitions().await else { continue };
+            let mut live = std::collections::HashSet::new();
+            for definition in definitions {
+                let Ok(spec) = serde_json::from_str::<GroupSpec>(&definition) else { continue };
+                live.insert((spec.topic.clone(), spec.name.clone()));
+                let current = self.get(&spec.topic, &spec.name);
+                let unchanged = current
+                    .as_ref()
+                    .is_some_and(|g| g.declared || serde_json::to_string(&g.spec).ok() == Some(definition.clone()));
+                if !unchanged {
+                    if let Some(group) = build(spec, false, rt.dlq_max_len) {
+                        tracing::info!(group = %group.label, "running a group created through the admin API");
+                        self.adopt(Arc::new(group));
                     }
-                },
-            };
-            let worker = worker::Worker {
-                group: group.clone(),
-                store: store.clone(),
-                target,
-                consumer: self.consumer("worker"),
-                sweep,
-                grace,
-            };
-            tasks.spawn(worker.run(shutdown.clone()));
+                }
+            }
+            let gone: Vec<Arc<Group>> = self
+                .map()
+                .values()
+                .filter(|g| !g.declared && !live.contains(&(g.spec.topic.clone(), g.spec.name.clone())))
+                .cloned()
+                .collect();
+            for g in gone {
+                tracing::info!(group = %g.label, "group deleted; stopping it here");
+                g.stop.cancel();
+                self.by_name
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(g.spec.topic.clone(), g.spec.name.clone()));
+            }
         }
     }
 }
 
 /// Creates the group (retrying until Redis answers), then every `sweep` promotes due
 /// retries (O(due) per call) and now and then removes consumers that left.
-async fn sweeper(group: Arc<Group>, store: Store, sweep: Duration, node: String, shutdown: CancellationToken) {
+async fn sweeper(group: Arc<Group>, store: Store, sweep: Duration, node: String) {
+    let shutdown = group.stop.clone();
     let mut tick = tokio::time::interval(sweep);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ensured = false;
@@ -165,6 +356,9 @@ async fn sweeper(group: Arc<Group>, store: Store, sweep: Duration, node: String,
                     continue;
                 }
             }
+        }
+        if let Ok(paused) = store.group_paused(&group.topic, &group.spec.name).await {
+            group.set_paused(paused);
         }
         loop {
             match store.group_promote(&group.topic, &group.spec.name, now_ms(), PROMOTE_BATCH).await {

@@ -68,6 +68,12 @@ impl Worker {
         let mut epoch = String::new();
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            if worker.group.is_paused() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(worker.sweep) => continue,
+                }
+            }
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },

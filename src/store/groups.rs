@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface, StreamsInterface};
+use fred::interfaces::{
+    ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
+};
 use fred::types::config::Options;
 use fred::types::Value;
 
@@ -513,6 +515,55 @@ impl Store {
 }
 
 impl Store {
+    /// Stores the definition of a group created through the admin API (JSON of its spec)
+    /// and registers it, so every node starts serving it.
+    pub async fn group_define(&self, topic: &Topic, group: &str, definition: &str) -> Result<()> {
+        let k = self.group_keys(topic, group);
+        let client = self.pool.next();
+        let _: Value = client.set(k.definition, definition, None, None, false).await?;
+        let _: Value = client.sadd(self.keys.group_registry(), format!("{topic}/{group}")).await?;
+        Ok(())
+    }
+
+    /// The definitions of every group created through the admin API.
+    pub async fn group_definitions(&self) -> Result<Vec<String>> {
+        let client = self.pool.next();
+        let members: Vec<String> = client.smembers(self.keys.group_registry()).await?;
+        let mut out = Vec::new();
+        for member in members {
+            let Some((topic, group)) = member.split_once('/') else { continue };
+            let Ok(topic) = Topic::parse(topic, usize::MAX) else { continue };
+            let definition: Option<String> = client.get(self.group_keys(&topic, group).definition).await?;
+            if let Some(d) = definition {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a group with everything it holds (one atomic call) and unregisters it.
+    pub async fn group_delete(&self, topic: &Topic, group: &str) -> Result<bool> {
+        let k = self.group_keys(topic, group);
+        let keys = vec![k.stream, k.retry, k.schedule, k.payloads, k.dlq, k.counters, k.meta, k.definition];
+        let existed = self.call(library::GROUP_DELETE, keys, vec![group.into()], false).await?;
+        let _: Value = self.pool.next().srem(self.keys.group_registry(), format!("{topic}/{group}")).await?;
+        Ok(existed.as_u64() == Some(1))
+    }
+
+    /// Pauses (true) or resumes a group: paused, no node hands out its messages.
+    pub async fn group_set_paused(&self, topic: &Topic, group: &str, paused: bool) -> Result<()> {
+        let k = self.group_keys(topic, group);
+        let _: Value = self.pool.next().hset(k.counters, ("paused", if paused { 1 } else { 0 })).await?;
+        Ok(())
+    }
+
+    /// Whether a group is paused.
+    pub async fn group_paused(&self, topic: &Topic, group: &str) -> Result<bool> {
+        let k = self.group_keys(topic, group);
+        let v: Option<u64> = self.pool.next().hget(k.counters, "paused").await?;
+        Ok(v == Some(1))
+    }
+
     /// The names of a topic's groups (as created, whatever this node's configuration says).
     pub async fn topic_groups(&self, topic: &Topic) -> Result<Vec<String>> {
         let meta = self.keys.topic(topic).meta;

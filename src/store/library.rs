@@ -21,8 +21,9 @@ pub const GROUP_FAIL: &str = "sh_group_fail_v1";
 pub const GROUP_PROMOTE: &str = "sh_group_promote_v1";
 pub const GROUP_RECLAIM: &str = "sh_group_reclaim_v1";
 pub const GROUP_REPLAY: &str = "sh_group_replay_v1";
+pub const GROUP_DELETE: &str = "sh_group_delete_v1";
 
-const SOURCES: [&str; 11] = [
+const SOURCES: [&str; 12] = [
     include_str!("../../lua/prelude.lua"),
     include_str!("../../lua/publish.lua"),
     include_str!("../../lua/publish_raw.lua"),
@@ -34,6 +35,7 @@ const SOURCES: [&str; 11] = [
     include_str!("../../lua/group_promote.lua"),
     include_str!("../../lua/group_reclaim.lua"),
     include_str!("../../lua/group_dlq.lua"),
+    include_str!("../../lua/group_delete.lua"),
 ];
 
 /// The library source with the `{{…}}` placeholders filled in from `config`.
@@ -71,6 +73,7 @@ mod tests {
             GROUP_PROMOTE,
             GROUP_RECLAIM,
             GROUP_REPLAY,
+            GROUP_DELETE,
         ] {
             assert!(source.contains(&format!("'{name}'")), "{name} not registered");
         }
