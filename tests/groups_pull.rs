@@ -247,3 +247,30 @@ async fn unknown_groups_and_bad_requests_get_codes() {
     assert_eq!((status, topic["groups"].clone(), topic["seq"].clone()), (StatusCode::OK, json!(["w"]), json!(0)));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_pending_entry_deleted_from_the_stream_is_acked_and_counted_not_retried_forever() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        let mut g = pull_group("del", "w");
+        g.ack_wait_ms = 200;
+        c.group.push(g);
+    })
+    .await;
+    ready_group(&app, "del").await;
+    publish_many(&app, "del", 2, 2).await;
+    let got = fetch(&app, "del", "w", 10, 0).await;
+    assert_eq!(got.len(), 2);
+    // Someone deletes entry 1 while it is pending (XDEL, or a hard-cap trim).
+    let out = redis.cli(&["XDEL", &format!("{}:{{del}}:s", app.prefix()), "1-0"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    // After the lease, only entry 2 comes back; entry 1 is acked and counted.
+    let again = fetch(&app, "del", "w", 10, 5_000).await;
+    let seqs: Vec<u64> = again.iter().map(|d| d["message"]["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, vec![2]);
+    let state = group_state(&app, "del").await;
+    assert_eq!(state["counters"]["deleted"], json!(1), "{state}");
+    settle(&app, "del", "w", "ack", json!({ "tokens": tokens(&again) })).await;
+    assert_eq!(group_state(&app, "del").await["pending"], json!(0));
+    app.stop().await;
+}

@@ -117,3 +117,35 @@ async fn a_4xx_answer_is_a_permanent_failure() {
     assert_eq!(receiver.count(), 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_thousand_scheduled_retries_do_not_slow_healthy_deliveries() {
+    let receiver = Receiver::start(|_| 200).await;
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        c.groups.sweep_interval_ms = 20;
+        c.group.push(webhook_group("busy", "hooks", &receiver.url));
+    })
+    .await;
+    eventually("the group to exist", WAIT, async || group_state(&app, "busy").await["exists"] == json!(true)).await;
+    // The state 100,000 failed messages with long backoffs leave: scheduled an hour ahead.
+    let schedule = format!("{}:{{busy}}:g:hooks:z", app.prefix());
+    let payloads = format!("{}:{{busy}}:g:hooks:p", app.prefix());
+    let script = "local due = tonumber(ARGV[1]) for i = 1, 100000 do \
+        redis.call('ZADD', KEYS[1], due + i, i .. ':2') \
+        redis.call('HSET', KEYS[2], i .. ':2|e', 'x', i .. ':2|err', 'failed') end return 1";
+    let due = (streamhub::message::now_ms() + 3_600_000).to_string();
+    let out = redis.cli(&["EVAL", script, "2", &schedule, &payloads, &due]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    publish_many(&app, "busy", 200, 100).await;
+    eventually("every healthy message delivered", WAIT, async || receiver.acked_seqs().len() == 200).await;
+    // Each promote cycle touched only what was due: nothing of the 100,000.
+    let topic = streamhub::Topic::parse("busy", 200).expect("topic");
+    let (moved, next_due) =
+        app.server.store().group_promote(&topic, "hooks", streamhub::message::now_ms(), 1000).await.expect("promote");
+    assert_eq!(moved, 0);
+    assert!(next_due > streamhub::message::now_ms());
+    assert_eq!(group_state(&app, "busy").await["scheduled"], json!(100_000));
+    app.stop().await;
+}
