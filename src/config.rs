@@ -34,10 +34,108 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub ws: WsConfig,
     pub groups: GroupsConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
     /// Consumer groups declared in configuration (`[[group]]` tables).
     #[serde(default)]
     pub group: Vec<GroupSpec>,
     pub log: LogConfig,
+}
+
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Subscribe,
+    Publish,
+    Consume,
+    /// Admin endpoints (API keys only).
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Seconds of clock skew accepted on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Required `iss` ("" = not checked).
+    pub issuer: String,
+    /// Required `aud` ("" = not checked).
+    pub audience: String,
+    /// Topics a token's subject may subscribe and publish to without listing them.
+    pub personal_topics: Vec<String>,
+    /// JWKS file of public keys (by `kid`).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// WebSocket: time to send an `auth` frame when the upgrade carried no credentials.
+    pub auth_timeout_ms: u64,
+    #[serde(default)]
+    pub hs256: Vec<HsKey>,
+    #[serde(default)]
+    pub public_key: Vec<PublicKey>,
+    #[serde(default)]
+    pub api_key: Vec<ApiKeySpec>,
+    #[serde(default)]
+    pub anonymous: Vec<AnonymousRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsKey {
+    pub kid: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKey {
+    pub kid: String,
+    /// RS256, ES256 or EdDSA.
+    pub algorithm: String,
+    pub pem_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    pub name: String,
+    /// Hex SHA-256 of the key (`streamhub hash-key` prints it); never the key itself.
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+    /// Topic patterns the subscribe/publish/consume scopes apply to.
+    #[serde(default = "all_topics")]
+    pub topics: Vec<String>,
+}
+
+fn all_topics() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousRule {
+    pub topics: Vec<String>,
+    pub scopes: Vec<Scope>,
+}
+
+/// Browser-facing HTTP settings and per-client limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins allowed by CORS for the HTTP API (["*"] = any; [] = no CORS headers).
+    pub cors_origins: Vec<String>,
+    /// Origins allowed to open WebSocket and SSE sessions ([] = any, or none sent).
+    pub ws_origins: Vec<String>,
+    /// Publishes per second (burst the same) per WebSocket connection, and per credential
+    /// (API key or token subject) over HTTP.
+    pub publish_rate_per_sec: u32,
+    /// New WebSocket/SSE sessions per second (burst the same) per client IP.
+    pub connection_rate_per_ip: u32,
+    /// Open WebSocket/SSE sessions per client IP.
+    pub max_connections_per_ip: usize,
+    /// An HTTP request (other than SSE and WebSocket) taking longer is answered 503
+    /// `request_timeout`.
+    pub request_timeout_ms: u64,
 }
 
 /// Node-wide settings of the consumer-group machinery.
@@ -484,6 +582,20 @@ impl Config {
         if g.sweep_interval_ms == 0 || g.discover_interval_ms == 0 || g.max_fetch == 0 || g.max_fetch > 10_000 {
             return invalid("groups.sweep_interval_ms", "sweep_interval_ms > 0 and max_fetch 1 to 10000");
         }
+        let h = &self.http;
+        if h.publish_rate_per_sec == 0
+            || h.connection_rate_per_ip == 0
+            || h.max_connections_per_ip == 0
+            || h.request_timeout_ms == 0
+        {
+            return invalid("http", "publish_rate_per_sec, connection_rate_per_ip, max_connections_per_ip and request_timeout_ms must be > 0");
+        }
+        if self.auth.auth_timeout_ms == 0 {
+            return invalid("auth.auth_timeout_ms", "must be > 0");
+        }
+        if let Err(message) = crate::auth::Auth::new(&self.auth) {
+            return Err(ConfigError::Invalid { key: "auth", message });
+        }
         let mut seen = std::collections::HashSet::new();
         for spec in &self.group {
             if let Err(message) = spec.validate(&self.limits) {
@@ -510,6 +622,9 @@ impl Config {
             if g.secret.is_some() {
                 g.secret = Some("***".into());
             }
+        }
+        for k in &mut shown.auth.hs256 {
+            k.secret = "***".into();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }

@@ -9,8 +9,10 @@
 //! - [`groups`]: consumer groups at run time (sweepers, webhook workers).
 //! - [`server`]: starts and stops the parts; [`cli`]: the `streamhub` command;
 //!   [`tail`]: its WebSocket follower.
+//! - [`auth`]: credentials (JWT, API keys), permissions by topic pattern.
 //! - [`config`]: layered configuration; [`metrics`]: metric names and `/metrics`.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;

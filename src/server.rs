@@ -25,6 +25,8 @@ pub enum StartError {
     Embedded(#[from] EmbeddedError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("invalid auth configuration: {0}")]
+    Auth(String),
     #[error("no handler registered for the handler groups {0:?}")]
     MissingHandlers(Vec<String>),
     #[error("cannot listen on {addr}: {source}")]
@@ -67,6 +69,7 @@ impl Server {
         if !missing.is_empty() {
             return Err(StartError::MissingHandlers(missing));
         }
+        let auth = Arc::new(crate::auth::Auth::new(&config.auth).map_err(StartError::Auth)?);
         let config = Arc::new(config);
         let embedded = EmbeddedRedis::start_if_needed(&config.redis).await?;
         let store = Store::connect(&config)?;
@@ -107,6 +110,17 @@ impl Server {
         let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
         groups.start(&store, &config, &handlers, &shutdown, &tasks);
         let connections = Arc::new(Semaphore::new(config.ws.max_connections));
+        let limiters = Arc::new(crate::gateway::access::Limiters::new(&config.http));
+        let (maintained, token) = (limiters.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tick.tick() => maintained.maintain(),
+                }
+            }
+        });
         let state = AppState {
             store: store.clone(),
             config: config.clone(),
@@ -115,10 +129,13 @@ impl Server {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
             groups,
+            auth,
+            limiters: limiters.clone(),
         };
         let app = gateway::router(Arc::new(state));
         let token = shutdown.clone();
         tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned()).await {
                 tracing::error!(error = %e, "http listener failed");
             }

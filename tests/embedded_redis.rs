@@ -24,7 +24,11 @@ impl Drop for Serve {
 
 fn serve(redis_port: u16, data_dir: &std::path::Path, spawn: &str) -> Serve {
     let http = free_port();
+    // Anonymous publishing, so the test can publish without credentials.
+    let config = data_dir.with_extension("toml");
+    std::fs::write(&config, "[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [\"publish\"]\n").expect("config");
     let child = Command::new(streamhub_bin())
+        .args(["--config", config.to_str().expect("utf8")])
         .arg("serve")
         .args(["--redis-url", &format!("redis://127.0.0.1:{redis_port}")])
         .args(["--listen", &format!("127.0.0.1:{http}")])

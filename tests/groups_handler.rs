@@ -49,7 +49,9 @@ async fn a_handler_group_retries_dead_letters_and_survives_panics() {
 
     let server = streamhub::Server::start_with_handlers(config.clone(), handlers).await.expect("start");
     let app_base = format!("http://{}", server.http_addr());
-    let http = reqwest::Client::new();
+    let mut admin = reqwest::header::HeaderMap::new();
+    admin.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", common::ADMIN_KEY).parse().expect("header"));
+    let http = reqwest::Client::builder().default_headers(admin).build().expect("client");
     eventually("the group", common::READY_TIMEOUT, async || {
         let body: serde_json::Value =
             http.get(format!("{app_base}/v1/topics/h/groups")).send().await.expect("get").json().await.expect("json");

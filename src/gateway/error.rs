@@ -17,13 +17,17 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub index: Option<usize>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
+    /// Send `WWW-Authenticate: Bearer` (401).
+    pub www_authenticate: bool,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), index: None }
+        ApiError { status, code, message: message.into(), index: None, retry_after: None, www_authenticate: false }
     }
 
     pub fn at(mut self, index: usize) -> ApiError {

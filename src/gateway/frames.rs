@@ -68,6 +68,11 @@ pub enum ClientFrame {
     Ping {
         id: u64,
     },
+    /// Authenticate, or refresh the session's token before it expires.
+    Auth {
+        id: u64,
+        token: String,
+    },
     /// Become a consumer of a group (pull-style, pushed over this connection).
     Consume {
         id: u64,
@@ -98,7 +103,22 @@ pub enum ClientFrame {
 }
 
 /// The ops a client may send.
-pub const OPS: [&str; 7] = ["subscribe", "unsubscribe", "publish", "ping", "consume", "ack", "nack"];
+pub const OPS: [&str; 8] = ["subscribe", "unsubscribe", "publish", "ping", "auth", "consume", "ack", "nack"];
+
+impl ClientFrame {
+    pub fn id(&self) -> Option<u64> {
+        Some(match self {
+            ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Ping { id }
+            | ClientFrame::Auth { id, .. }
+            | ClientFrame::Consume { id, .. }
+            | ClientFrame::Ack { id, .. }
+            | ClientFrame::Nack { id, .. } => *id,
+        })
+    }
+}
 
 /// The outcome of one token of an ack or nack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +164,13 @@ pub enum ServerFrame {
     },
     Pong {
         id: u64,
+    },
+    /// Reply to auth: who the session now acts as, and until when (Unix seconds).
+    Authenticated {
+        id: u64,
+        subject: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// Reply to consume: deliveries follow as `delivery` frames.
     Consuming {

@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::access;
 use super::error::{ApiError, ApiResult};
 use super::protocol::MessageOut;
 use super::publish::body_error;
 use super::AppState;
+use crate::config::Scope;
 use crate::config::TargetKind;
 use crate::groups::Group;
 use crate::store::groups::{DeadLetter, Failure, GroupDelivery, Lease};
@@ -107,8 +109,16 @@ async fn screen(state: &AppState, g: &Group, batch: Vec<GroupDelivery>) -> ApiRe
 pub(super) async fn post_action(
     State(state): State<Arc<AppState>>,
     Path((topic, segment)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let principal = access::principal(&state, &headers, None)?;
+    let is_admin_action = split_action(&segment, "pause").is_some() || split_action(&segment, "resume").is_some();
+    if is_admin_action {
+        access::require_admin(&principal)?;
+    } else {
+        access::require(&state, &principal, Scope::Consume, &topic)?;
+    }
     if let Some(name) = split_action(&segment, "fetch") {
         let g = group(&state, &topic, name)?;
         let body = match body {
@@ -253,7 +263,9 @@ struct GroupOut {
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     Path(topic): Path<String>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<serde_json::Value>> {
+    access::require_admin(&access::principal(&state, &headers, None)?)?;
     let t = crate::topic::Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
     let mut groups = Vec::new();
     for g in state.groups.of_topic(&topic) {
@@ -315,8 +327,10 @@ fn valid_entry_id(id: &str) -> bool {
 pub(super) async fn dlq_list(
     State(state): State<Arc<AppState>>,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
     query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    access::require_admin(&access::principal(&state, &headers, None)?)?;
     let g = group(&state, &topic, &name)?;
     let Query(q) = query.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
     if q.after.as_deref().is_some_and(|a| !valid_entry_id(a)) {
@@ -332,7 +346,9 @@ pub(super) async fn dlq_list(
 pub(super) async fn dlq_show(
     State(state): State<Arc<AppState>>,
     Path((topic, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<DeadLetterOut>> {
+    access::require_admin(&access::principal(&state, &headers, None)?)?;
     let g = group(&state, &topic, &name)?;
     if !valid_entry_id(&id) {
         return Err(ApiError::bad_request("invalid_request", "a dead-letter id looks like 1700000000000-0"));
@@ -391,8 +407,10 @@ async fn selected(state: &AppState, g: &Group, sel: &DlqSelection) -> ApiResult<
 pub(super) async fn dlq_action(
     State(state): State<Arc<AppState>>,
     Path((topic, name, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    access::require_admin(&access::principal(&state, &headers, None)?)?;
     let g = group(&state, &topic, &name)?;
     let sel: DlqSelection = parse_json(body)?;
     let ids = selected(&state, &g, &sel).await?;
@@ -423,8 +441,10 @@ fn admin_error(e: crate::groups::AdminError) -> ApiError {
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    access::require_admin(&access::principal(&state, &headers, None)?)?;
     crate::topic::Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
     let mut spec: serde_json::Value = parse_json(body)?;
     let Some(fields) = spec.as_object_mut() else {
@@ -444,7 +464,9 @@ pub(super) async fn create(
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
     Path((topic, name)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
+    access::require_admin(&access::principal(&state, &headers, None)?)?;
     let t = crate::topic::Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
     state.groups.delete(&t, &name).await.map_err(admin_error)?;
     Ok(StatusCode::NO_CONTENT)

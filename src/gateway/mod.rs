@@ -1,6 +1,7 @@
 //! The HTTP gateway: routes, shared state, and the per-request metrics layer.
 //! Wire types live in `protocol.rs`; handlers validate, then call the store.
 
+pub mod access;
 pub mod error;
 pub mod frames;
 mod groups;
@@ -46,6 +47,10 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Declared consumer groups.
     pub groups: Arc<crate::groups::Groups>,
+    /// Verifies credentials and grants.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Rate and per-IP limits.
+    pub limiters: Arc<access::Limiters>,
 }
 
 /// The public API router.
@@ -71,8 +76,57 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(middleware::from_fn(count_requests))
+        .layer(cors(&state.config.http.cors_origins))
         .with_state(state)
+}
+
+/// CORS for the HTTP API from `http.cors_origins`.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([header::RETRY_AFTER])
+}
+
+/// Bounds every request but the long-lived ones (WebSocket, SSE, long-poll fetches carry
+/// their own bounds) by `http.request_timeout_ms`.
+async fn request_timeout(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    if path == "/v1/ws" || path.ends_with("/events") || path.ends_with(":fetch") {
+        return next.run(request).await;
+    }
+    let limit = std::time::Duration::from_millis(state.config.http.request_timeout_ms);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "the request took longer than http.request_timeout_ms",
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

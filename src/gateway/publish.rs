@@ -6,14 +6,18 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
+use super::access;
 use super::error::{ApiError, ApiResult};
 use super::protocol::{is_json, BatchBody, BatchResult, PublishBody, PublishResult};
 use super::AppState;
+use crate::config::Scope;
 use crate::message::{NewMessage, OutgoingMessage};
 use crate::metrics;
 use crate::store::Published;
@@ -124,12 +128,16 @@ fn rejected(e: ApiError) -> ApiError {
 
 pub(super) async fn publish_one(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let checked = async {
         let topic = Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
+        let principal = access::principal(&state, &headers, None)?;
+        access::require(&state, &principal, Scope::Publish, topic.as_str())?;
+        state.limiters.publish(&principal, peer.ip(), 1)?;
         let body = body.map_err(body_error)?;
         let message = match content_type(&headers) {
             Some(ct) if is_json(ct) => {
@@ -157,6 +165,7 @@ pub(super) async fn publish_one(
 
 pub(super) async fn publish_batch(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(topic): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -164,6 +173,8 @@ pub(super) async fn publish_batch(
     let limits = &state.config.limits;
     let checked = async {
         let topic = Topic::parse(&topic, limits.max_topic_bytes)?;
+        let principal = access::principal(&state, &headers, None)?;
+        access::require(&state, &principal, Scope::Publish, topic.as_str())?;
         let body = body.map_err(body_error)?;
         if !content_type(&headers).is_some_and(is_json) {
             return Err(ApiError::new(
@@ -187,6 +198,7 @@ pub(super) async fn publish_batch(
                 ),
             ));
         }
+        state.limiters.publish(&principal, peer.ip(), batch.messages.len() as u32)?;
         let mut messages = Vec::with_capacity(batch.messages.len());
         for (i, body) in batch.messages.into_iter().enumerate() {
             let message = from_json(body, None).map_err(|e| e.at(i))?;

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
+use super::access;
 use super::error::{ApiError, ApiResult};
 use super::frames::{Encoding, ServerFrame};
 use super::AppState;
@@ -33,6 +34,8 @@ use crate::topic::Topic;
 pub(super) struct EventsQuery {
     since: Option<String>,
     epoch: Option<String>,
+    /// Credentials for browsers (EventSource cannot set headers).
+    token: Option<String>,
 }
 
 /// Parses where to start: `Last-Event-ID` wins over `?since=`.
@@ -61,6 +64,7 @@ struct Guard {
     session: Arc<Session>,
     stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
+    _ip_slot: access::IpSlot,
 }
 
 impl Drop for Guard {
@@ -93,12 +97,17 @@ fn event(queued: Queued) -> Event {
 
 pub(super) async fn events(
     State(state): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Path(name): Path<String>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let topic = Topic::parse(&name, state.config.limits.max_topic_bytes)?;
     let Query(query) = query.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
+    access::check_origin(&state.config.http, &headers)?;
+    let principal = access::principal(&state, &headers, query.token.as_deref())?;
+    access::require(&state, &principal, crate::config::Scope::Subscribe, topic.as_str())?;
+    let ip_slot = state.limiters.open_session(peer.ip())?;
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -123,7 +132,7 @@ pub(super) async fn events(
     state.tasks.spawn(session.clone().run_catchup(stop.clone()));
     session.start(&topic);
     let first = Event::default().event("subscribed").data(json(&ServerFrame::subscribed(None, &name, &subscribed)));
-    let guard = Guard { session, stop: stop.clone(), _permit: permit };
+    let guard = Guard { session, stop: stop.clone(), _permit: permit, _ip_slot: ip_slot };
     let shutdown = state.shutdown.clone();
     let stream = futures::stream::once(async move { Ok(first) }).chain_with(deliveries, guard, shutdown);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_millis(state.config.ws.ping_interval_ms))))

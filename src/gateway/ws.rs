@@ -4,7 +4,9 @@
 //!
 //! Close codes (docs/PROTOCOL.md): 1001 server shutting down, 1009 inbound message over
 //! `ws.max_frame_bytes`, 4000 too many protocol violations,
-//! 4001 idle timeout (nothing received for `ws.idle_timeout_ms`).
+//! 4001 idle timeout (nothing received for `ws.idle_timeout_ms`), 4002 unauthorized (bad
+//! credentials in an `auth` frame, or none within `auth.auth_timeout_ms`), 4003 the
+//! session's token expired (send `auth` with a fresh token before `exp` to stay).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::access;
 use super::error::ApiError;
 use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
 use super::AppState;
+use crate::config::Scope;
 use crate::delivery::session::{Session, Since, SubscribeError};
 use crate::delivery::subscription::{Item, Queued};
 use crate::gateway::frames::TokenStatus;
@@ -38,6 +42,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_VIOLATIONS: u16 = 4000;
 pub const CLOSE_IDLE: u16 = 4001;
+pub const CLOSE_UNAUTHORIZED: u16 = 4002;
+pub const CLOSE_EXPIRED: u16 = 4003;
 
 /// How long a closing session waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -50,14 +56,31 @@ enum Outgoing {
     Close(u16, &'static str),
 }
 
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct WsQuery {
+    token: Option<String>,
+}
+
 pub(super) async fn upgrade(
     State(state): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return ApiError::bad_request("invalid_request", rejection.body_text()).into_response(),
     };
+    let token = query.ok().and_then(|q| q.0.token);
+    let admitted = access::check_origin(&state.config.http, &headers)
+        .and_then(|()| access::principal(&state, &headers, token.as_deref()))
+        .and_then(|principal| Ok((principal, state.limiters.open_session(peer.ip())?)));
+    let (principal, ip_slot) = match admitted {
+        Ok(ok) => ok,
+        Err(e) => return e.into_response(),
+    };
+    let identified = access::credential(&headers, token.as_deref()).is_some();
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -73,10 +96,40 @@ pub(super) async fn upgrade(
         .max_frame_size(c.max_frame_bytes)
         .read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
-        .on_upgrade(move |socket| tasks.track_future(run(socket, state, permit)))
+        .on_upgrade(move |socket| {
+            let conn = Conn {
+                limiter: state.limiters.connection_publish_limiter(),
+                principal,
+                // Without credentials and without anonymous grants, an `auth` frame must come soon.
+                auth_deadline: (!identified && !state.auth.anonymous_allowed())
+                    .then(|| Instant::now() + Duration::from_millis(state.config.auth.auth_timeout_ms)),
+                consumers: Consumers::default(),
+                _ip_slot: ip_slot,
+            };
+            tasks.track_future(run(socket, state, permit, conn))
+        })
 }
 
-async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePermit) {
+/// A connection's identity, limits and group consumers.
+struct Conn {
+    principal: crate::auth::Principal,
+    /// Set while the session must still authenticate (close 4002 when it passes).
+    auth_deadline: Option<Instant>,
+    limiter: governor::DefaultDirectRateLimiter,
+    consumers: Consumers,
+    _ip_slot: access::IpSlot,
+}
+
+impl Conn {
+    /// When the session's credentials expire.
+    fn expiry(&self) -> Option<Instant> {
+        let at = self.principal.expires_at?;
+        let now = crate::message::now_ms() / 1000;
+        Some(Instant::now() + Duration::from_secs(at.saturating_sub(now)))
+    }
+}
+
+async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePermit, mut conn: Conn) {
     let encoding = match socket.protocol().and_then(|p| p.to_str().ok()) {
         Some(SUBPROTOCOL_MSGPACK) => Encoding::Msgpack,
         _ => Encoding::Json,
@@ -97,10 +150,9 @@ async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePerm
         stop.clone(),
     ));
     let mut stream = stream;
-    let mut consumers = Consumers::default();
-    read(&mut stream, &session, &replies, &state, &mut consumers, stop.clone()).await;
+    read(&mut stream, &session, &replies, &state, &mut conn, stop.clone()).await;
     // In-flight group deliveries go back at once; their forwarders end with them.
-    for consumer in consumers.by_group.into_values() {
+    for consumer in std::mem::take(&mut conn.consumers.by_group).into_values() {
         consumer.close().await;
     }
     drop(replies);
@@ -200,17 +252,26 @@ async fn read(
     session: &Arc<Session>,
     replies: &mpsc::Sender<Outgoing>,
     state: &Arc<AppState>,
-    consumers: &mut Consumers,
+    conn: &mut Conn,
     stop: CancellationToken,
 ) {
     let idle = Duration::from_millis(state.config.ws.idle_timeout_ms);
     let mut deadline = Instant::now() + idle;
     let mut violations = 0u32;
     loop {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let inbound = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(deadline) => {
                 let _ = replies.send(Outgoing::Close(CLOSE_IDLE, "idle timeout")).await;
+                return;
+            }
+            _ = tokio::time::sleep_until(conn.auth_deadline.unwrap_or(far)) => {
+                let _ = replies.send(Outgoing::Close(CLOSE_UNAUTHORIZED, "authentication required")).await;
+                return;
+            }
+            _ = tokio::time::sleep_until(conn.expiry().unwrap_or(far)) => {
+                let _ = replies.send(Outgoing::Close(CLOSE_EXPIRED, "token expired")).await;
                 return;
             }
             inbound = stream.next() => inbound,
@@ -231,10 +292,20 @@ async fn read(
             }
         };
         deadline = Instant::now() + idle;
-        let reply = match decode_client(&bytes, encoding) {
-            Ok(frame) => handle(frame, session, state, consumers, replies).await,
+        let decoded = decode_client(&bytes, encoding);
+        let is_auth = matches!(decoded, Ok(ClientFrame::Auth { .. }));
+        let reply = match decoded {
+            Ok(frame) => handle(frame, session, state, conn, replies).await,
             Err(e) => Err(e),
         };
+        if is_auth {
+            if let Err(FrameError { id, code, message }) = reply {
+                // Bad credentials end the session (after saying why).
+                let _ = replies.send(Outgoing::Frame(Box::new(ServerFrame::error(id, code, message)))).await;
+                let _ = replies.send(Outgoing::Close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
+                return;
+            }
+        }
         let frame = match reply {
             Ok(frame) => frame,
             Err(FrameError { id, code, message }) => {
@@ -260,6 +331,24 @@ async fn read(
             return;
         }
     }
+}
+
+fn check(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    scope: Scope,
+    topic: &str,
+    id: u64,
+) -> Result<(), FrameError> {
+    if state.auth.allows(principal, scope, topic) {
+        return Ok(());
+    }
+    let code = if principal.kind == crate::auth::PrincipalKind::Anonymous { "unauthorized" } else { "forbidden" };
+    Err(FrameError {
+        id: Some(id),
+        code,
+        message: format!("{} may not {:?} on {topic}", principal.subject, scope).to_lowercase(),
+    })
 }
 
 fn consumer_of(consumers: &Consumers, id: u64, topic: &str, group: &str) -> Result<Arc<SessionConsumer>, FrameError> {
@@ -318,12 +407,41 @@ async fn handle(
     frame: ClientFrame,
     session: &Arc<Session>,
     state: &Arc<AppState>,
-    consumers: &mut Consumers,
+    conn: &mut Conn,
     replies: &mpsc::Sender<Outgoing>,
 ) -> Result<ServerFrame, FrameError> {
+    if conn.auth_deadline.is_some() && !matches!(frame, ClientFrame::Auth { .. } | ClientFrame::Ping { .. }) {
+        return Err(FrameError {
+            id: frame.id(),
+            code: "unauthorized",
+            message: "authenticate first (auth frame)".into(),
+        });
+    }
+    let consumers = &mut conn.consumers;
     match frame {
+        ClientFrame::Auth { id, token } => {
+            let principal = state.auth.authenticate(&token).map_err(|e| FrameError {
+                id: Some(id),
+                code: e.code(),
+                message: e.to_string(),
+            })?;
+            let current = &conn.principal;
+            if current.kind != crate::auth::PrincipalKind::Anonymous && current.subject != principal.subject {
+                return Err(FrameError {
+                    id: Some(id),
+                    code: "subject_changed",
+                    message: "a refresh must keep the same subject".into(),
+                });
+            }
+            let frame =
+                ServerFrame::Authenticated { id, subject: principal.subject.clone(), expires_at: principal.expires_at };
+            conn.principal = principal;
+            conn.auth_deadline = None;
+            Ok(frame)
+        }
         ClientFrame::Consume { id, topic: name, group, prefetch } => {
             topic(id, &name, state)?;
+            check(state, &conn.principal, Scope::Consume, &name, id)?;
             let g = state.groups.get(&name, &group).ok_or_else(|| FrameError {
                 id: Some(id),
                 code: "group_not_found",
@@ -380,10 +498,12 @@ async fn handle(
             Ok(ServerFrame::Consuming { id, topic: name, group })
         }
         ClientFrame::Ack { id, topic: name, group, tokens } => {
+            check(state, &conn.principal, Scope::Consume, &name, id)?;
             let consumer = consumer_of(consumers, id, &name, &group)?;
             settle_tokens(id, tokens, state.config.groups.max_fetch, async |leases| consumer.ack(&leases).await).await
         }
         ClientFrame::Nack { id, topic: name, group, tokens, error, retry_after_ms, permanent } => {
+            check(state, &conn.principal, Scope::Consume, &name, id)?;
             let consumer = consumer_of(consumers, id, &name, &group)?;
             let failure =
                 if permanent { Failure::Permanent } else { Failure::Retry(retry_after_ms.map(Duration::from_millis)) };
@@ -396,6 +516,8 @@ async fn handle(
         ClientFrame::Ping { id } => Ok(ServerFrame::Pong { id }),
         ClientFrame::Subscribe { id, topic: name, since } => {
             let topic = topic(id, &name, state)?;
+            // Checked on every subscribe, resumes included.
+            check(state, &conn.principal, Scope::Subscribe, &name, id)?;
             let since = match since {
                 None => Since::Now,
                 Some(s) => {
@@ -423,6 +545,14 @@ async fn handle(
         }
         ClientFrame::Publish { id, topic: name, data, headers, ttl_ms, idempotency_key } => {
             let topic = topic(id, &name, state)?;
+            check(state, &conn.principal, Scope::Publish, &name, id)?;
+            if conn.limiter.check().is_err() {
+                return Err(FrameError {
+                    id: Some(id),
+                    code: "rate_limited",
+                    message: "publish rate of this connection (http.publish_rate_per_sec) exceeded".into(),
+                });
+            }
             let message = NewMessage {
                 payload: serde_json::to_vec(&data).unwrap_or_default(),
                 content_type: "application/json".into(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use streamhub::config::{Config, SpawnPolicy};
+use streamhub::config::{Config, Scope, SpawnPolicy};
 use streamhub::Server;
 
 /// How long a started process may take to become ready before the test fails.
@@ -157,8 +157,28 @@ pub fn test_config(redis: &RedisServer) -> Config {
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
     config.server.metrics_listen = "127.0.0.1:0".parse().expect("addr");
     config.server.shutdown_grace_ms = 2000;
+    // Every test client comes from 127.0.0.1: per-IP and per-credential limits are lifted
+    // (the tests about limits set their own).
+    config.http.connection_rate_per_ip = 1_000_000;
+    config.http.max_connections_per_ip = 1_000_000;
+    config.http.publish_rate_per_sec = 1_000_000;
+    // Tests that are not about access control run with everything open to anyone, and
+    // an admin key the test HTTP client sends by default.
+    config.auth.anonymous.push(streamhub::config::AnonymousRule {
+        topics: vec!["*".into()],
+        scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume],
+    });
+    config.auth.api_key.push(streamhub::config::ApiKeySpec {
+        name: "test-admin".into(),
+        sha256: streamhub::auth::hash_api_key(ADMIN_KEY),
+        scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume, Scope::Admin],
+        topics: vec!["*".into()],
+    });
     config
 }
+
+/// The admin API key of `test_config`.
+pub const ADMIN_KEY: &str = "test-admin-key";
 
 /// streamhub running in this process, with an HTTP client for it.
 pub struct TestApp {
@@ -179,7 +199,10 @@ impl TestApp {
         config.validate().expect("test config is valid");
         let server = Server::start(config.clone()).await.expect("streamhub starts");
         let base = format!("http://{}", server.http_addr());
-        TestApp { server, base, http: reqwest::Client::new(), config }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}").parse().expect("header"));
+        let http = reqwest::Client::builder().default_headers(headers).build().expect("http client");
+        TestApp { server, base, http, config }
     }
 
     pub fn prefix(&self) -> &str {
