@@ -112,6 +112,9 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Print the SHA-256 of an API key, for `[[auth.api_key]] sha256` (the key itself is
+    /// never stored). Reads the key from standard input when it is "-".
+    HashKey { key: String },
     /// Validate the configuration and print it (secrets masked).
     CheckConfig,
 }
@@ -171,6 +174,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::HashKey { key } = &cli.command {
+        let key = if key == "-" {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("streamhub: cannot read the key from standard input");
+                return ExitCode::from(2);
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        } else {
+            key.clone()
+        };
+        println!("{}", crate::auth::hash_api_key(&key));
+        return ExitCode::SUCCESS;
+    }
     if let Command::CheckConfig = cli.command {
         print!("{}", config.to_masked_toml());
         return ExitCode::SUCCESS;
@@ -271,7 +288,7 @@ async fn run(command: Command, config: Config) -> CliResult {
             Ok(())
         }
         Command::Dlq { action } => dlq(action, &config).await,
-        Command::CheckConfig => Ok(()),
+        Command::CheckConfig | Command::HashKey { .. } => Ok(()),
     }
 }
 

@@ -78,7 +78,7 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
 
 #[test]
 fn help_is_available_on_every_command() {
-    for command in ["serve", "publish", "history", "topics", "tail", "groups", "dlq", "check-config"] {
+    for command in ["serve", "publish", "history", "topics", "tail", "groups", "dlq", "hash-key", "check-config"] {
         let out = streamhub(&[command, "--help"], &[]);
         assert!(out.status.success(), "{command}");
         assert!(stdout(&out).contains("Usage"), "{command}");
@@ -176,4 +176,12 @@ async fn groups_and_dlq_commands_show_replay_and_purge() {
     let (_, again) = app.post_json("/v1/topics/c/groups/w:fetch", &json!({ "max": 3, "wait_ms": 5000 })).await;
     assert_eq!(again["deliveries"][0]["message"]["seq"], json!(2), "the replayed message is delivered again");
     app.stop().await;
+}
+
+#[test]
+fn hash_key_prints_the_sha256_the_config_expects() {
+    let out = streamhub(&["hash-key", "my-key"], &[]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim(), streamhub::auth::hash_api_key("my-key"));
+    assert_eq!(stdout(&out).trim().len(), 64);
 }

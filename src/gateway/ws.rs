@@ -299,11 +299,14 @@ async fn read(
             Err(e) => Err(e),
         };
         if is_auth {
-            if let Err(FrameError { id, code, message }) = reply {
-                // Bad credentials end the session (after saying why).
-                let _ = replies.send(Outgoing::Frame(Box::new(ServerFrame::error(id, code, message)))).await;
-                let _ = replies.send(Outgoing::Close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
-                return;
+            // Bad credentials end the session; a refresh for another subject only fails.
+            if let Err(FrameError { id, code, message }) = &reply {
+                if *code != "subject_changed" {
+                    let error = ServerFrame::error(*id, code, message.clone());
+                    let _ = replies.send(Outgoing::Frame(Box::new(error))).await;
+                    let _ = replies.send(Outgoing::Close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
+                    return;
+                }
             }
         }
         let frame = match reply {

@@ -293,13 +293,22 @@ impl WsClient {
         protocol: Option<&str>,
     ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+        // `base` may carry a query (e.g. `?token=`): it goes after the path.
+        let (base, query) = base.split_once('?').map(|(b, q)| (b, format!("?{q}"))).unwrap_or((base, String::new()));
+        let url = format!("{}/v1/ws{query}", base.replacen("http://", "ws://", 1));
         let mut request = url.into_client_request().expect("request");
         if let Some(p) = protocol {
             request.headers_mut().insert("sec-websocket-protocol", p.parse().expect("header"));
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(WsClient { ws, next_id: 1, msgpack: protocol == Some("streamhub.v1.msgpack"), pending: Default::default() })
+    }
+
+    /// Wraps an already connected stream (JSON frames).
+    pub fn from_stream(
+        ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> WsClient {
+        WsClient { ws, next_id: 1, msgpack: false, pending: Default::default() }
     }
 
     pub async fn send_raw(&mut self, message: tokio_tungstenite::tungstenite::Message) {
