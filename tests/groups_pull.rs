@@ -274,3 +274,24 @@ async fn a_pending_entry_deleted_from_the_stream_is_acked_and_counted_not_retrie
     assert_eq!(group_state(&app, "del").await["pending"], json!(0));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_lost_with_redis_is_created_again() {
+    let mut redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        c.groups.sweep_interval_ms = 20;
+        c.group.push(pull_group("lost", "w"));
+    })
+    .await;
+    ready_group(&app, "lost").await;
+    redis.restart(); // no persistence: the group, its keys and the function library are gone
+    eventually("the group to exist again", READY_TIMEOUT, async || {
+        let (status, body) = app.get("/v1/topics/lost/groups").await;
+        status == StatusCode::OK && body["groups"][0]["exists"] == json!(true)
+    })
+    .await;
+    publish_many(&app, "lost", 2, 2).await;
+    let got = fetch(&app, "lost", "w", 10, 5_000).await;
+    assert_eq!(got.len(), 2);
+    app.stop().await;
+}

@@ -104,6 +104,11 @@ impl From<StoreError> for ApiError {
                     format!("{e}; retry with the same idempotency key to avoid a duplicate"),
                 )
             }
+            StoreError::Refused { code, .. } if code == "group_not_found" => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "group_not_ready",
+                "the group does not exist in Redis yet (it is being created); retry shortly",
+            ),
             StoreError::Refused { code, message } => {
                 tracing::warn!(%code, %message, "redis function refused a request streamhub had validated");
                 ApiError::bad_request("invalid_request", message)

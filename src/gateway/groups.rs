@@ -412,6 +412,9 @@ pub(super) async fn dlq_action(
 ) -> ApiResult<Json<serde_json::Value>> {
     access::require_admin(&access::principal(&state, &headers, None)?)?;
     let g = group(&state, &topic, &name)?;
+    if action != "dlq:replay" && action != "dlq:purge" {
+        return Err(ApiError::not_found("not_found", "expected dlq:replay or dlq:purge"));
+    }
     let sel: DlqSelection = parse_json(body)?;
     let ids = selected(&state, &g, &sel).await?;
     let mut done = 0;

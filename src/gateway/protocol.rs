@@ -19,6 +19,20 @@ pub struct PublishBody {
     pub idempotency_key: Option<String>,
 }
 
+impl PublishBody {
+    /// The message this body asks to publish: its `data` as JSON text.
+    pub fn into_message(self) -> crate::message::NewMessage {
+        crate::message::NewMessage {
+            // Serializing a serde_json::Value cannot fail.
+            payload: serde_json::to_vec(&self.data).unwrap_or_default(),
+            content_type: "application/json".to_string(),
+            headers: self.headers,
+            ttl_ms: self.ttl_ms,
+            idempotency_key: self.idempotency_key,
+        }
+    }
+}
+
 /// Body of `POST /v1/topics/{topic}/messages:batch`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

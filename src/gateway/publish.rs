@@ -61,24 +61,18 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> ApiResult<Option<&'h st
 }
 
 fn from_json(body: PublishBody, http_idempotency_key: Option<&str>) -> ApiResult<NewMessage> {
-    let idempotency_key = match (body.idempotency_key, http_idempotency_key) {
+    let mut message = body.into_message();
+    match (&message.idempotency_key, http_idempotency_key) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::bad_request(
                 "invalid_idempotency_key",
                 "the Idempotency-Key header and the body's idempotency_key differ",
             ))
         }
-        (Some(a), _) => Some(a),
-        (None, b) => b.map(str::to_string),
-    };
-    Ok(NewMessage {
-        // Serializing a serde_json::Value cannot fail.
-        payload: serde_json::to_vec(&body.data).unwrap_or_default(),
-        content_type: "application/json".to_string(),
-        headers: body.headers,
-        ttl_ms: body.ttl_ms,
-        idempotency_key,
-    })
+        (None, Some(b)) => message.idempotency_key = Some(b.to_string()),
+        _ => {}
+    }
+    Ok(message)
 }
 
 fn from_raw(content_type: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<NewMessage> {

@@ -274,6 +274,11 @@ impl Groups {
                 return Err(AdminError::Declared(label));
             }
         }
+        if !rt.store.group_defined(topic, name).await? {
+            // Not created through the API: declared in some node's configuration, or absent.
+            let exists = rt.store.group_info(topic, name).await?.exists;
+            return Err(if exists { AdminError::Declared(label) } else { AdminError::NotFound(label) });
+        }
         let existed = rt.store.group_delete(topic, name).await?;
         let removed =
             self.by_name.write().unwrap_or_else(|e| e.into_inner()).remove(&(topic.to_string(), name.to_string()));
@@ -373,6 +378,10 @@ async fn sweeper(group: Arc<Group>, store: Store, sweep: Duration, node: String)
             }
         }
         sweeps += 1;
+        if sweeps % ENSURE_EVERY == 0 {
+            // Re-create the group if Redis lost it (restart without persistence).
+            ensured = false;
+        }
         if sweeps % PRUNE_EVERY == 0 {
             let idle = group.ack_wait().max(Duration::from_secs(600));
             if let Err(e) = store.group_prune_consumers(&group.topic, &group.spec.name, idle, &node).await {
@@ -384,6 +393,8 @@ async fn sweeper(group: Arc<Group>, store: Store, sweep: Duration, node: String)
 
 /// Retries promoted per call of the promote function.
 const PROMOTE_BATCH: u64 = 1000;
+/// Sweeps between two checks that the group still exists in Redis.
+const ENSURE_EVERY: u64 = 40;
 /// Sweeps between two prunings of departed consumers.
 const PRUNE_EVERY: u64 = 240;
 

@@ -54,6 +54,8 @@ impl Webhook {
     pub fn new(spec: &GroupSpec) -> Result<Webhook, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(spec.timeout_ms))
+            // A redirect could turn the POST into a body-less GET elsewhere: never follow.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(spec.concurrency)
             .build()?;
         Ok(Webhook {

@@ -28,15 +28,16 @@ pub(super) enum Target {
 }
 
 impl Target {
-    async fn deliver(&self, topic: &str, group: &str, epoch: &str, d: &GroupDelivery) -> Outcome {
+    async fn deliver(&self, topic: &str, group: &str, epoch: &str, d: &GroupDelivery, timeout: Duration) -> Outcome {
         match self {
             Target::Webhook(w) => w.deliver(topic, group, epoch, d).await,
             Target::Handler(h) => {
-                // A panicking handler is a failed attempt, not a dead worker.
+                // A panicking or hanging handler is a failed attempt, not a dead worker.
                 let call = tokio::spawn(h.handle(d.clone()));
-                match call.await {
-                    Ok(outcome) => outcome,
-                    Err(e) => Outcome::Retry { error: format!("handler panicked: {e}"), after: None },
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(outcome)) => outcome,
+                    Ok(Err(e)) => Outcome::Retry { error: format!("handler panicked: {e}"), after: None },
+                    Err(_) => Outcome::Retry { error: format!("handler took longer than {timeout:?}"), after: None },
                 }
             }
         }
@@ -163,7 +164,11 @@ impl Worker {
                 Some(Failure::Permanent),
                 d.last_error.clone().unwrap_or_else(|| format!("delivered {} times without an ack", d.attempt - 1)),
             ),
-            _ => match self.target.deliver(&g.spec.topic, &g.spec.name, epoch, &d).await {
+            _ => match self
+                .target
+                .deliver(&g.spec.topic, &g.spec.name, epoch, &d, Duration::from_millis(g.spec.timeout_ms))
+                .await
+            {
                 Outcome::Ack => (None, String::new()),
                 Outcome::Retry { error, after } => (Some(Failure::Retry(after)), error),
                 Outcome::Permanent { error } => (Some(Failure::Permanent), error),

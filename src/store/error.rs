@@ -39,6 +39,9 @@ impl From<RedisError> for StoreError {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
             return StoreError::Refused { code: code.to_string(), message: message.to_string() };
         }
+        if details.contains("NOGROUP") {
+            return StoreError::Refused { code: "group_not_found".into(), message: details.to_string() };
+        }
         match err.kind() {
             ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Backpressure => {
                 StoreError::Unavailable(err.to_string())

@@ -525,6 +525,12 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the group was created through the admin API (has a stored definition).
+    pub async fn group_defined(&self, topic: &Topic, group: &str) -> Result<bool> {
+        let exists: u64 = self.pool.next().exists(self.group_keys(topic, group).definition).await?;
+        Ok(exists == 1)
+    }
+
     /// The definitions of every group created through the admin API.
     pub async fn group_definitions(&self) -> Result<Vec<String>> {
         let client = self.pool.next();
