@@ -1,17 +1,24 @@
 //! Fuzzes the HTTP publish bodies (single and batch) through parsing and validation.
 #![no_main]
 
+use std::sync::OnceLock;
+
 use libfuzzer_sys::fuzz_target;
+use streamhub::config::Limits;
 use streamhub::gateway::protocol::{BatchBody, PublishBody};
 
+fn limits() -> &'static Limits {
+    static LIMITS: OnceLock<Limits> = OnceLock::new();
+    LIMITS.get_or_init(|| streamhub::Config::defaults().limits)
+}
+
 fuzz_target!(|data: &[u8]| {
-    let limits = streamhub::Config::defaults().limits;
     if let Ok(body) = serde_json::from_slice::<PublishBody>(data) {
-        let _ = body.into_message().check(&limits);
+        let _ = body.into_message().check(limits());
     }
     if let Ok(batch) = serde_json::from_slice::<BatchBody>(data) {
         for body in batch.messages {
-            let _ = body.into_message().check(&limits);
+            let _ = body.into_message().check(limits());
         }
     }
 });
