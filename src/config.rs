@@ -370,6 +370,9 @@ pub struct RedisConfig {
     pub connect_timeout_ms: u64,
     pub reconnect_min_ms: u32,
     pub reconnect_max_ms: u32,
+    /// For `rediss://` URLs: a PEM file of CA certificates to trust besides the system's.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// When a publish is acknowledged (G1).
@@ -483,9 +486,17 @@ impl Config {
         if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b)) {
             return invalid("redis.prefix", "1 to 64 bytes of letters, digits, '.', '_', '-' or ':'");
         }
-        if !["redis://", "rediss://", "redis-cluster://", "redis-sentinel://", "redis+unix://"]
-            .iter()
-            .any(|scheme| self.redis.url.starts_with(scheme))
+        if ![
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+            "redis+unix://",
+        ]
+        .iter()
+        .any(|scheme| self.redis.url.starts_with(scheme))
         {
             return invalid(
                 "redis.url",

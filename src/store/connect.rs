@@ -31,10 +31,37 @@ pub(super) fn client(config: &RedisConfig) -> Result<Client> {
     Ok(client)
 }
 
+/// A rustls connector trusting the system's CA certificates and those in `ca_file`.
+fn tls_with_ca(ca_file: &std::path::Path) -> Result<fred::types::config::TlsConnector> {
+    use fred::rustls::pki_types::pem::PemObject;
+    use fred::rustls::pki_types::CertificateDer;
+    use fred::rustls::{ClientConfig, RootCertStore};
+    let bad = |e: String| StoreError::Redis(format!("redis.tls_ca_file {}: {e}", ca_file.display()));
+    let mut roots = RootCertStore::empty();
+    // The system's roots are best effort; the configured file must load.
+    for cert in fred::rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let mut loaded = 0;
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+        loaded += 1;
+    }
+    if loaded == 0 {
+        return Err(bad("no certificate in the file".into()));
+    }
+    Ok(ClientConfig::builder().with_root_certificates(roots).with_no_client_auth().into())
+}
+
 fn builder(config: &RedisConfig) -> Result<Builder> {
     let mut fred_config =
         FredConfig::from_url(&config.url).map_err(|e| StoreError::Redis(format!("redis.url: {e}")))?;
     fred_config.fail_fast = false;
+    if let Some(ca_file) = &config.tls_ca_file {
+        if fred_config.tls.is_some() {
+            fred_config.tls = Some(tls_with_ca(ca_file)?.into());
+        }
+    }
     let timeout = Duration::from_millis(config.command_timeout_ms);
     let connection = ConnectionConfig {
         connection_timeout: Duration::from_millis(config.connect_timeout_ms),

@@ -81,6 +81,46 @@ impl RedisServer {
         String::from_utf8_lossy(&self.cli(&["INFO", section]).stdout).to_string()
     }
 
+    /// A server speaking only TLS on its port, with the test certificates of tests/keys.
+    pub fn start_tls() -> RedisServer {
+        let keys = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let file = |name: &str| keys.join(name).display().to_string();
+        let extra_args = vec![
+            "--port".to_string(),
+            "0".to_string(),
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            file("redis_server.crt"),
+            "--tls-key-file".to_string(),
+            file("redis_server.key"),
+            "--tls-ca-cert-file".to_string(),
+            file("redis_ca.crt"),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+        ];
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(&extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let server = RedisServer { child: Some(child), port, dir, extra_args };
+        let ca = file("redis_ca.crt");
+        wait_until("the TLS redis-server to answer", READY_TIMEOUT, || {
+            Command::new("redis-cli")
+                .args(["--tls", "--cacert", &ca, "-p", &port.to_string(), "PING"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+        });
+        server
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
