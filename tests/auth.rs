@@ -313,3 +313,51 @@ async fn websocket_sessions_authenticate_refresh_and_expire() {
     assert_eq!(refreshed.request(json!({ "op": "ping" })).await["type"], json!("pong"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn jwks_keys_cors_and_redis_acl_users_work() {
+    // A Redis that requires an ACL user.
+    let redis = RedisServer::start_with_args(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "broker",
+        "on",
+        ">s3cret-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let app = TestApp::start_with(&redis, |c| {
+        secure(c);
+        c.redis.url = format!("redis://broker:s3cret-pass@127.0.0.1:{}", redis.port);
+        c.auth.jwks_file = Some(key_file("jwks.json"));
+        c.http.cors_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    // A token signed with the RSA key published in the JWKS (kid jwks-rsa).
+    let t = now() as i64;
+    let token = signed(Algorithm::RS256, "jwks-rsa", "rsa_private.pem", &claims("dave", t + 600, json!({})));
+    assert_eq!(publish_as(&app, "chat.jwks", Some(&token)).await.0, StatusCode::CREATED, "JWKS key and ACL user work");
+    // The same key under another algorithm is refused.
+    let confused = hs(&claims("dave", t + 600, json!({})), "jwks-rsa", b"whatever-whatever-whatever-whatev");
+    assert_eq!(get_as(&app, "/v1/topics/chat.jwks/messages", Some(&confused)).await.0, StatusCode::UNAUTHORIZED);
+    // CORS: the allowed origin gets the header, others do not.
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, app.url("/v1/topics/chat.jwks/messages"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.expect("preflight");
+    assert_eq!(
+        allowed.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap_or("")),
+        Some("https://app.example")
+    );
+    let refused = preflight("https://evil.example").await.expect("preflight");
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}

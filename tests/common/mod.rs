@@ -33,7 +33,8 @@ pub fn redis_answers(addr: SocketAddr) -> bool {
         return false;
     }
     let mut buf = [0u8; 16];
-    matches!(stream.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"+PONG"))
+    // +PONG, or -NOAUTH from a server that requires a user: either way it is up.
+    matches!(stream.read(&mut buf), Ok(n) if n > 0 && (buf.starts_with(b"+PONG") || buf.starts_with(b"-NOAUTH")))
 }
 
 /// Polls `ready` (a readiness signal) until it holds, failing the test after `timeout`.
