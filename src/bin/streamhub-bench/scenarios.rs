@@ -1,0 +1,486 @@
+//! The scenarios. Each starts what it needs on loopback, runs a bounded load, checks
+//! correctness by seq, and returns result rows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::scan::Scanner;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use streamhub::config::{AnonymousRule, Config, Scope, SpawnPolicy};
+use streamhub::Server;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::report::Row;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T> = std::result::Result<T, Error>;
+
+/// The bounds every scenario respects.
+pub struct Limits {
+    pub redis_url: String,
+    pub concurrency: usize,
+    pub payload: usize,
+    pub count: u64,
+    pub deadline: Duration,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn micros_since_epoch() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:28} {bar:40} {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A streamhub node in this process, open to anonymous clients, on a fresh key prefix.
+struct Node {
+    server: Server,
+    base: String,
+    prefix: String,
+    redis_url: String,
+}
+
+impl Node {
+    async fn start(limits: &Limits) -> Result<Node> {
+        let mut config = Config::defaults();
+        config.redis.url = limits.redis_url.clone();
+        config.redis.spawn = SpawnPolicy::Never;
+        let random = uuid::Uuid::now_v7().simple().to_string();
+        config.redis.prefix = format!("bench-{}", &random[random.len() - 8..]);
+        config.server.listen = "127.0.0.1:0".parse()?;
+        config.server.metrics_listen = "127.0.0.1:0".parse()?;
+        config.retention.max_len = limits.count.saturating_mul(2).max(100_000);
+        config.ws.max_connections = 50_000;
+        config.ws.max_subscriptions = 1000;
+        config.http.publish_rate_per_sec = u32::MAX;
+        config.http.connection_rate_per_ip = u32::MAX;
+        config.http.max_connections_per_ip = 1_000_000;
+        config.log.level = "warn".into();
+        config.auth.anonymous.push(AnonymousRule {
+            topics: vec!["*".into()],
+            scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume],
+        });
+        let prefix = config.redis.prefix.clone();
+        let server = Server::start(config).await?;
+        server.store().wait_ready(Duration::from_secs(5)).await?;
+        let base = format!("http://{}", server.http_addr());
+        Ok(Node { server, base, prefix, redis_url: limits.redis_url.clone() })
+    }
+
+    /// Stops the node and deletes every key it wrote.
+    async fn finish(self) -> Result<()> {
+        self.server.stop().await;
+        delete_prefix(&self.redis_url, &format!("{}:*", self.prefix)).await
+    }
+}
+
+async fn redis(url: &str) -> Result<Client> {
+    let client = Builder::from_config(fred::types::config::Config::from_url(url)?).build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+async fn delete_prefix(url: &str, pattern: &str) -> Result<()> {
+    let client = redis(url).await?;
+    let mut scan = client.scan(pattern, Some(1000), None);
+    let mut keys: Vec<Key> = Vec::new();
+    while let Some(page) = scan.next().await {
+        let mut page = page?;
+        keys.extend(page.take_results().unwrap_or_default());
+    }
+    for chunk in keys.chunks(500) {
+        let _: i64 = client.del(chunk.to_vec()).await?;
+    }
+    client.quit().await?;
+    Ok(())
+}
+
+fn payload(size: usize) -> String {
+    "x".repeat(size)
+}
+
+/// Runs `concurrency` workers that each take units from a shared budget of `total` and
+/// call `unit(worker, n)` with the number taken (at most `chunk`), until the budget or
+/// the deadline runs out. Returns the per-worker histograms merged and the elapsed time.
+async fn drive<F, Fut>(
+    limits: &Limits,
+    total: u64,
+    chunk: u64,
+    bar: &ProgressBar,
+    unit: F,
+) -> Result<(Histogram<u64>, Duration)>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let remaining = Arc::new(AtomicU64::new(total));
+    let unit = Arc::new(unit);
+    let deadline = Instant::now() + limits.deadline;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..limits.concurrency {
+        let (remaining, unit, bar) = (remaining.clone(), unit.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            while Instant::now() < deadline {
+                let took = remaining
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                        r.checked_sub(chunk.min(r).max(1)).filter(|_| r > 0)
+                    })
+                    .ok();
+                let Some(before) = took else { break };
+                let n = chunk.min(before);
+                let t = Instant::now();
+                unit(worker, n).await?;
+                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                bar.inc(n);
+            }
+            Ok::<_, Error>(h)
+        }));
+    }
+    let mut merged = histogram();
+    for task in tasks {
+        merged.add(task.await??)?;
+    }
+    Ok((merged, started.elapsed()))
+}
+
+/// The seqs acknowledged must be exactly 1..=n.
+fn exact(mut seqs: Vec<u64>, n: u64) -> bool {
+    seqs.sort_unstable();
+    seqs.len() as u64 == n && seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1)
+}
+
+pub async fn publish_http(limits: &Limits, batch: usize) -> Result<Vec<Row>> {
+    let node = Node::start(limits).await?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(limits.concurrency).build()?;
+    let data = payload(limits.payload);
+    let mut rows = Vec::new();
+    for (name, per_request) in [("publish-http single", 1u64), ("publish-http batch", batch as u64)] {
+        let topic = format!("http-{per_request}");
+        let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let bar = bar(limits.count, name);
+        let (url_one, url_batch) = (
+            format!("{}/v1/topics/{topic}/messages", node.base),
+            format!("{}/v1/topics/{topic}/messages:batch", node.base),
+        );
+        let (h, elapsed) = {
+            let (http, data, acked) = (http.clone(), data.clone(), acked.clone());
+            drive(limits, limits.count, per_request, &bar, move |_, n| {
+                let (http, data, acked, url_one, url_batch) =
+                    (http.clone(), data.clone(), acked.clone(), url_one.clone(), url_batch.clone());
+                async move {
+                    if per_request == 1 {
+                        let r: Value = http
+                            .post(&url_one)
+                            .json(&json!({ "data": data }))
+                            .send()
+                            .await?
+                            .error_for_status()?
+                            .json()
+                            .await?;
+                        acked.lock().map_err(|_| "poisoned")?.push(r["seq"].as_u64().unwrap_or(0));
+                    } else {
+                        let messages: Vec<Value> = (0..n).map(|_| json!({ "data": data })).collect();
+                        let r: Value = http
+                            .post(&url_batch)
+                            .json(&json!({ "messages": messages }))
+                            .send()
+                            .await?
+                            .error_for_status()?
+                            .json()
+                            .await?;
+                        let mut acked = acked.lock().map_err(|_| "poisoned")?;
+                        for result in r["results"].as_array().into_iter().flatten() {
+                            acked.push(result["seq"].as_u64().unwrap_or(0));
+                        }
+                    }
+                    Ok(())
+                }
+            })
+            .await?
+        };
+        bar.finish_and_clear();
+        let acked = acked.lock().map_err(|_| "poisoned")?.clone();
+        let n = acked.len() as u64;
+        let note = format!(
+            "C={} payload={}B per request={per_request}; latency per request",
+            limits.concurrency, limits.payload
+        );
+        rows.push(Row::new(name, n, elapsed.as_secs_f64(), Some(&h), exact(acked, n), note));
+    }
+    node.finish().await?;
+    Ok(rows)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(base: &str) -> Result<Ws> {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("{}/v1/ws", base.replacen("http://", "ws://", 1))).await?;
+    Ok(ws)
+}
+
+async fn next_json(ws: &mut Ws) -> Result<Value> {
+    loop {
+        match ws.next().await.ok_or("connection closed")?? {
+            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+            Message::Close(_) => return Err("connection closed".into()),
+            _ => continue,
+        }
+    }
+}
+
+pub async fn publish_ws(limits: &Limits) -> Result<Vec<Row>> {
+    let node = Node::start(limits).await?;
+    let mut sockets = Vec::new();
+    for _ in 0..limits.concurrency {
+        sockets.push(Arc::new(tokio::sync::Mutex::new(ws_connect(&node.base).await?)));
+    }
+    let data = payload(limits.payload);
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let bar = bar(limits.count, "publish-ws");
+    let (h, elapsed) = {
+        let (sockets, acked) = (sockets.clone(), acked.clone());
+        drive(limits, limits.count, 1, &bar, move |worker, _| {
+            let (socket, data, acked) = (sockets[worker].clone(), data.clone(), acked.clone());
+            async move {
+                let mut ws = socket.lock().await;
+                ws.send(Message::Text(
+                    json!({ "op": "publish", "id": 1, "topic": "ws", "data": data }).to_string().into(),
+                ))
+                .await?;
+                let reply = next_json(&mut ws).await?;
+                if reply["type"] != "published" {
+                    return Err(format!("publish refused: {reply}").into());
+                }
+                acked.lock().map_err(|_| "poisoned")?.push(reply["seq"].as_u64().unwrap_or(0));
+                Ok(())
+            }
+        })
+        .await?
+    };
+    bar.finish_and_clear();
+    let acked = acked.lock().map_err(|_| "poisoned")?.clone();
+    let n = acked.len() as u64;
+    let note = format!("C={} connections, payload={}B, each awaiting its ack", limits.concurrency, limits.payload);
+    let rows = vec![Row::new("publish-ws", n, elapsed.as_secs_f64(), Some(&h), exact(acked, n), note)];
+    node.finish().await?;
+    Ok(rows)
+}
+
+pub async fn fanout(limits: &Limits, subscribers: usize, topics: usize, rate: u64, seconds: u64) -> Result<Vec<Row>> {
+    let node = Node::start(limits).await?;
+    let total = rate * seconds;
+    let per_topic: Vec<u64> = (0..topics).map(|t| (total + (topics - 1 - t) as u64) / topics as u64).collect();
+    let expected: u64 = (0..subscribers).map(|i| per_topic[i % topics]).sum();
+    let bar = bar(expected, "fanout deliveries");
+    // Subscribers first, each on its own connection.
+    let mut readers = Vec::new();
+    let latency: Arc<Mutex<Histogram<u64>>> = Arc::new(Mutex::new(histogram()));
+    let problems = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + limits.deadline;
+    for i in 0..subscribers {
+        let mut ws = ws_connect(&node.base).await?;
+        let topic = format!("fan-{}", i % topics);
+        ws.send(Message::Text(json!({ "op": "subscribe", "id": 1, "topic": topic }).to_string().into())).await?;
+        let reply = next_json(&mut ws).await?;
+        if reply["type"] != "subscribed" {
+            return Err(format!("subscribe refused: {reply}").into());
+        }
+        let want = per_topic[i % topics];
+        let (latency, problems, delivered, bar) = (latency.clone(), problems.clone(), delivered.clone(), bar.clone());
+        readers.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut last = 0u64;
+            while last < want && Instant::now() < deadline {
+                let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), next_json(&mut ws)).await else {
+                    break;
+                };
+                if frame["type"] != "message" {
+                    continue;
+                }
+                let seq = frame["seq"].as_u64().unwrap_or(0);
+                if seq != last + 1 {
+                    problems.fetch_add(1, Ordering::Relaxed);
+                }
+                last = seq;
+                let sent = frame["data"]["t"].as_u64().unwrap_or(0);
+                let _ = h.record(micros_since_epoch().saturating_sub(sent).max(1));
+                delivered.fetch_add(1, Ordering::Relaxed);
+                bar.inc(1);
+            }
+            if last != want {
+                problems.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Ok(mut all) = latency.lock() {
+                let _ = all.add(&h);
+            }
+        }));
+    }
+    // The publisher: `rate` messages per second, round robin over the topics.
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let per_tick = (rate as f64 / 100.0).max(1.0);
+    let mut sent = 0u64;
+    let mut owed = 0.0;
+    while sent < total && Instant::now() < deadline {
+        tick.tick().await;
+        owed += per_tick;
+        let mut posts = Vec::new();
+        while owed >= 1.0 && sent < total {
+            let url = format!("{}/v1/topics/fan-{}/messages", node.base, sent as usize % topics);
+            let body = json!({ "data": { "t": micros_since_epoch(), "pad": payload(limits.payload) } });
+            posts.push(http.post(url).json(&body).send());
+            owed -= 1.0;
+            sent += 1;
+        }
+        for r in futures::future::join_all(posts).await {
+            r?.error_for_status()?;
+        }
+    }
+    for r in readers {
+        let _ = r.await;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let h = latency.lock().map_err(|_| "poisoned")?.clone();
+    let n = delivered.load(Ordering::Relaxed);
+    let correct = problems.load(Ordering::Relaxed) == 0 && n == expected;
+    let note =
+        format!("S={subscribers} T={topics} R={rate}/s for {seconds}s; latency publish→receive; {expected} expected");
+    let rows = vec![Row::new("fanout deliveries", n, elapsed.as_secs_f64(), Some(&h), correct, note)];
+    node.finish().await?;
+    Ok(rows)
+}
+
+pub async fn resume(limits: &Limits) -> Result<Vec<Row>> {
+    let node = Node::start(limits).await?;
+    let http = reqwest::Client::new();
+    let data = payload(limits.payload);
+    let mut published = 0;
+    let mut epoch = String::new();
+    while published < limits.count {
+        let n = 500.min(limits.count - published);
+        let messages: Vec<Value> = (0..n).map(|_| json!({ "data": data })).collect();
+        let r: Value = http
+            .post(format!("{}/v1/topics/behind/messages:batch", node.base))
+            .json(&json!({ "messages": messages }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        epoch = r["results"][0]["epoch"].as_str().unwrap_or_default().to_string();
+        published += n;
+    }
+    let bar = bar(limits.count, "resume catch-up");
+    let mut ws = ws_connect(&node.base).await?;
+    let started = Instant::now();
+    ws.send(Message::Text(
+        json!({ "op": "subscribe", "id": 1, "topic": "behind", "since": { "epoch": epoch, "seq": 0 } })
+            .to_string()
+            .into(),
+    ))
+    .await?;
+    let mut last = 0u64;
+    let mut in_order = true;
+    let deadline = Instant::now() + limits.deadline;
+    while last < limits.count && Instant::now() < deadline {
+        let frame = next_json(&mut ws).await?;
+        if frame["type"] == "message" {
+            let seq = frame["seq"].as_u64().unwrap_or(0);
+            in_order &= seq == last + 1;
+            last = seq;
+            bar.inc(1);
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let note = format!("one subscriber {} messages behind, payload={}B", limits.count, limits.payload);
+    let rows =
+        vec![Row::new("resume catch-up", last, elapsed.as_secs_f64(), None, in_order && last == limits.count, note)];
+    node.finish().await?;
+    Ok(rows)
+}
+
+pub async fn raw(limits: &Limits) -> Result<Vec<Row>> {
+    let pool = Builder::from_config(fred::types::config::Config::from_url(&limits.redis_url)?).build_pool(4)?;
+    pool.init().await?;
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    let key = format!("bench-raw-{}", &random[random.len() - 8..]);
+    let data = payload(limits.payload);
+    let mut rows = Vec::new();
+    for (name, depth) in [("raw XADD", 1u64), ("raw XADD pipelined x16", 16u64)] {
+        let stream = format!("{key}:{depth}");
+        let bar = bar(limits.count, name);
+        let (pool2, data2, stream2) = (pool.clone(), data.clone(), stream.clone());
+        let (h, elapsed) = drive(limits, limits.count, depth, &bar, move |_, n| {
+            let (pool, data, stream) = (pool2.clone(), data2.clone(), stream2.clone());
+            async move {
+                let client = pool.next();
+                if n == 1 {
+                    let _: String = client.xadd(&stream, false, None, "*", ("e", data.as_str())).await?;
+                } else {
+                    let pipeline = client.pipeline();
+                    for _ in 0..n {
+                        let _: () = pipeline.xadd(&stream, false, None, "*", ("e", data.as_str())).await?;
+                    }
+                    let _: Vec<String> = pipeline.all().await?;
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        bar.finish_and_clear();
+        let len: u64 = pool.next().xlen(&stream).await?;
+        let note =
+            format!("C={} payload={}B depth={depth}; latency per round trip", limits.concurrency, limits.payload);
+        rows.push(Row::new(name, len, elapsed.as_secs_f64(), Some(&h), len == limits.count, note));
+    }
+    // XRANGE the first stream back in pages of 256.
+    let stream = format!("{key}:1");
+    let started = Instant::now();
+    let mut read = 0u64;
+    let mut start = "-".to_string();
+    loop {
+        let page: Vec<(String, HashMap<String, String>)> =
+            pool.next().xrange(&stream, start.as_str(), "+", Some(256)).await?;
+        let Some((last, _)) = page.last() else { break };
+        read += page.len() as u64;
+        start = format!("({last}");
+        if page.len() < 256 {
+            break;
+        }
+    }
+    rows.push(Row::new(
+        "raw XRANGE pages of 256",
+        read,
+        started.elapsed().as_secs_f64(),
+        None,
+        read == limits.count,
+        "sequential reads",
+    ));
+    let _: i64 = pool.next().del(vec![format!("{key}:1"), format!("{key}:16")]).await?;
+    pool.quit().await?;
+    Ok(rows)
+}
