@@ -104,6 +104,9 @@ pub enum Command {
         /// Exit after printing this many messages.
         #[arg(long)]
         max_messages: Option<u64>,
+        /// Credentials (a JWT or an API key), sent as `?token=`.
+        #[arg(long, env = "STREAMHUB_TOKEN")]
+        token: Option<String>,
     },
     /// Show a topic's consumer groups: lag, pending, scheduled retries, dead letters.
     Groups { topic: String },
@@ -252,7 +255,7 @@ async fn run(command: Command, config: Config) -> CliResult {
             store.close().await;
             Ok(())
         }
-        Command::Tail { topic, since, epoch, url, max_messages } => {
+        Command::Tail { topic, since, epoch, url, max_messages, token } => {
             Topic::parse(&topic, config.limits.max_topic_bytes)?;
             let start = match (since.as_deref(), epoch) {
                 (None, _) => crate::tail::Start::Now,
@@ -267,6 +270,10 @@ async fn run(command: Command, config: Config) -> CliResult {
                 }
                 format!("ws://{addr}/v1/ws")
             });
+            let url = match token {
+                Some(t) => format!("{url}{}token={t}", if url.contains('?') { '&' } else { '?' }),
+                None => url,
+            };
             tokio::select! {
                 result = crate::tail::follow(&url, &topic, start, max_messages) => result.map_err(Into::into),
                 _ = wait_for_signal() => Ok(()),

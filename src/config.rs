@@ -124,7 +124,8 @@ pub struct AnonymousRule {
 pub struct HttpConfig {
     /// Origins allowed by CORS for the HTTP API (["*"] = any; [] = no CORS headers).
     pub cors_origins: Vec<String>,
-    /// Origins allowed to open WebSocket and SSE sessions ([] = any, or none sent).
+    /// Origins allowed to open WebSocket and SSE sessions ([] = any). Requests without an
+    /// Origin header (not from a browser) are not affected.
     pub ws_origins: Vec<String>,
     /// Publishes per second (burst the same) per WebSocket connection, and per credential
     /// (API key or token subject) over HTTP.

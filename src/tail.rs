@@ -23,6 +23,8 @@ enum Ended {
     Done,
     /// Connection lost or refused; reconnect.
     Lost(String),
+    /// Refused for a reason a reconnection cannot fix (credentials, permissions, topic).
+    Fatal(String),
 }
 
 struct Follower {
@@ -49,6 +51,7 @@ pub async fn follow(url: &str, topic: &str, start: Start, max: Option<u64>) -> R
     loop {
         match follower.connect_once(&mut || delays = fresh()).await {
             Ended::Done => return Ok(()),
+            Ended::Fatal(why) => return Err(why),
             Ended::Lost(why) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 eprintln!("streamhub tail: {why}; reconnecting in {delay:?}");
@@ -72,6 +75,9 @@ impl Follower {
     async fn connect_once(&mut self, on_subscribed: &mut dyn FnMut()) -> Ended {
         let (mut ws, _) = match tokio_tungstenite::connect_async(self.url.as_str()).await {
             Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if matches!(r.status().as_u16(), 401 | 403) => {
+                return Ended::Fatal(format!("{} refused the session: HTTP {}", self.url, r.status()))
+            }
             Err(e) => return Ended::Lost(format!("cannot connect to {}: {e}", self.url)),
         };
         if let Err(e) = ws.send(Message::Text(self.subscribe_frame().to_string().into())).await {
@@ -117,6 +123,18 @@ impl Follower {
                         let _ = ws.close(None).await;
                         return Ended::Done;
                     }
+                }
+                Some("error")
+                    if matches!(
+                        frame["code"].as_str(),
+                        Some("unauthorized" | "forbidden" | "token_expired" | "invalid_topic")
+                    ) =>
+                {
+                    return Ended::Fatal(format!(
+                        "server refused: {} {}",
+                        frame["code"].as_str().unwrap_or(""),
+                        frame["message"].as_str().unwrap_or("")
+                    ))
                 }
                 Some("error") => {
                     return Ended::Lost(format!(

@@ -97,17 +97,32 @@ impl Keys {
                 by_kid.insert(kid, Key { algorithm: alg, key });
             }
         }
+        let declared = config.hs256.len() + config.public_key.len();
+        let from_jwks = by_kid.len().saturating_sub(declared.min(by_kid.len()));
+        let _ = from_jwks;
+        let mut kids: Vec<&str> = config
+            .hs256
+            .iter()
+            .map(|k| k.kid.as_str())
+            .chain(config.public_key.iter().map(|k| k.kid.as_str()))
+            .collect();
+        kids.sort_unstable();
+        if let Some(w) = kids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("auth: kid {:?} is used by two keys", w[0]));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = config.leeway_secs;
         validation.validate_nbf = true;
         validation.required_spec_claims = ["exp".to_string()].into();
         if !config.issuer.is_empty() {
             validation.set_issuer(&[config.issuer.as_str()]);
+            validation.required_spec_claims.insert("iss".into());
         }
         if config.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&[config.audience.as_str()]);
+            validation.required_spec_claims.insert("aud".into());
         }
         Ok(Keys { by_kid, validation })
     }

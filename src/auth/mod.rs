@@ -82,6 +82,8 @@ pub struct Auth {
     api_keys: Vec<ApiKey>,
     anonymous: HashMap<Scope, Vec<String>>,
     personal: Vec<String>,
+    /// Seconds of clock skew accepted on `exp` (sessions close this long after it).
+    pub leeway_secs: u64,
 }
 
 /// Hex SHA-256 of an API key, as stored in `[[auth.api_key]]`.
@@ -112,11 +114,18 @@ impl Auth {
         }
         let mut anonymous: HashMap<Scope, Vec<String>> = HashMap::new();
         for rule in &config.anonymous {
-            for scope in &rule.scopes {
+            // Admin is for API keys only; in an anonymous rule it grants nothing.
+            for scope in rule.scopes.iter().filter(|s| **s != Scope::Admin) {
                 anonymous.entry(*scope).or_default().extend(rule.topics.iter().cloned());
             }
         }
-        Ok(Auth { keys, api_keys, anonymous, personal: config.personal_topics.clone() })
+        Ok(Auth {
+            keys,
+            api_keys,
+            anonymous,
+            personal: config.personal_topics.clone(),
+            leeway_secs: config.leeway_secs,
+        })
     }
 
     /// Whether anonymous requests are granted anything at all.
@@ -139,7 +148,8 @@ impl Auth {
         if credential.split('.').count() == 3 {
             let claims = self.keys.verify(credential)?;
             let mut grants = claims.grants();
-            if let Some(sub) = &claims.sub {
+            // A subject with glob characters would widen its personal grant: none then.
+            if let Some(sub) = claims.sub.as_ref().filter(|s| !s.is_empty() && !s.contains(['*', '?'])) {
                 for rule in &self.personal {
                     let topic = rule.replace("{sub}", sub);
                     grants.entry(Scope::Subscribe).or_default().push(topic.clone());

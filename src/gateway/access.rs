@@ -22,7 +22,7 @@ pub fn credential(headers: &HeaderMap, query_token: Option<&str>) -> Option<Stri
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| v.get(..7).filter(|s| s.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..]))
         .map(|t| t.trim().to_string())
         .or_else(|| query_token.map(str::to_string))
 }
@@ -35,6 +35,11 @@ pub fn auth_error(e: AuthError) -> ApiError {
 
 /// The caller: anonymous without credentials; 401 for credentials that do not verify.
 pub fn principal(state: &AppState, headers: &HeaderMap, query_token: Option<&str>) -> Result<Principal, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) && credential(headers, None).is_none() {
+        return Err(auth_error(AuthError::Malformed(
+            "only `Authorization: Bearer <token or key>` is understood".into(),
+        )));
+    }
     match credential(headers, query_token) {
         None => Ok(state.auth.anonymous()),
         Some(c) => state.auth.authenticate(&c).map_err(auth_error),
@@ -46,7 +51,16 @@ pub fn require(state: &AppState, principal: &Principal, scope: Scope, topic: &st
     if state.auth.allows(principal, scope, topic) {
         return Ok(());
     }
-    Err(denied(principal, &format!("{scope:?} on {topic}").to_lowercase()))
+    Err(denied(principal, &format!("{} on {topic}", scope_name(scope))))
+}
+
+pub fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Subscribe => "subscribe",
+        Scope::Publish => "publish",
+        Scope::Consume => "consume",
+        Scope::Admin => "admin",
+    }
 }
 
 pub fn denied(principal: &Principal, what: &str) -> ApiError {
@@ -179,7 +193,9 @@ pub fn check_origin(config: &HttpConfig, headers: &HeaderMap) -> Result<(), ApiE
     if config.ws_origins.is_empty() {
         return Ok(());
     }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // Browsers always send Origin with WebSocket and EventSource requests; a client
+    // without one (a service, `streamhub tail`) is not a browser page and passes.
+    let Some(origin) = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")) else { return Ok(()) };
     if config.ws_origins.iter().any(|o| o == origin) {
         Ok(())
     } else {

@@ -112,6 +112,7 @@ pub(super) async fn post_action(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    crate::topic::Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
     let principal = access::principal(&state, &headers, None)?;
     let is_admin_action = split_action(&segment, "pause").is_some() || split_action(&segment, "resume").is_some();
     if is_admin_action {

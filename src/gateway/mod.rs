@@ -97,11 +97,8 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("idempotency-key"),
-        ])
+        // Raw publishes carry metadata in X-Streamhub-Header-<name> headers: allow what is asked.
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
         .expose_headers([header::RETRY_AFTER])
 }
 
@@ -113,8 +110,11 @@ async fn request_timeout(
     next: Next,
 ) -> Response {
     use axum::response::IntoResponse;
-    let path = request.uri().path();
-    if path == "/v1/ws" || path.ends_with("/events") || path.ends_with(":fetch") {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let long_lived = route == "/v1/ws"
+        || route == "/v1/topics/{topic}/events"
+        || (route == "/v1/topics/{topic}/groups/{action}" && request.uri().path().ends_with(":fetch"));
+    if long_lived {
         return next.run(request).await;
     }
     let limit = std::time::Duration::from_millis(state.config.http.request_timeout_ms);

@@ -131,7 +131,6 @@ pub(super) async fn publish_one(
         let topic = Topic::parse(&topic, state.config.limits.max_topic_bytes)?;
         let principal = access::principal(&state, &headers, None)?;
         access::require(&state, &principal, Scope::Publish, topic.as_str())?;
-        state.limiters.publish(&principal, peer.ip(), 1)?;
         let body = body.map_err(body_error)?;
         let message = match content_type(&headers) {
             Some(ct) if is_json(ct) => {
@@ -147,7 +146,10 @@ pub(super) async fn publish_one(
                 ))
             }
         };
-        Ok((topic, message.check(&state.config.limits)?))
+        let message = message.check(&state.config.limits)?;
+        // Only a valid publish spends the caller's rate budget.
+        state.limiters.publish(&principal, peer.ip(), 1)?;
+        Ok((topic, message))
     };
     let (topic, message) = checked.await.map_err(rejected)?;
     let result = store(&state, &topic, vec![message]).await?.into_iter().next();
@@ -192,12 +194,12 @@ pub(super) async fn publish_batch(
                 ),
             ));
         }
-        state.limiters.publish(&principal, peer.ip(), batch.messages.len() as u32)?;
         let mut messages = Vec::with_capacity(batch.messages.len());
         for (i, body) in batch.messages.into_iter().enumerate() {
             let message = from_json(body, None).map_err(|e| e.at(i))?;
             messages.push(message.check(limits).map_err(|e| ApiError::from(e).at(i))?);
         }
+        state.limiters.publish(&principal, peer.ip(), messages.len() as u32)?;
         Ok((topic, messages))
     };
     let (topic, messages) = checked.await.map_err(rejected)?;

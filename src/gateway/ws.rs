@@ -122,8 +122,8 @@ struct Conn {
 
 impl Conn {
     /// When the session's credentials expire.
-    fn expiry(&self) -> Option<Instant> {
-        let at = self.principal.expires_at?;
+    fn expiry(&self, leeway_secs: u64) -> Option<Instant> {
+        let at = self.principal.expires_at?.saturating_add(leeway_secs);
         let now = crate::message::now_ms() / 1000;
         Some(Instant::now() + Duration::from_secs(at.saturating_sub(now)))
     }
@@ -270,7 +270,7 @@ async fn read(
                 let _ = replies.send(Outgoing::Close(CLOSE_UNAUTHORIZED, "authentication required")).await;
                 return;
             }
-            _ = tokio::time::sleep_until(conn.expiry().unwrap_or(far)) => {
+            _ = tokio::time::sleep_until(conn.expiry(state.auth.leeway_secs).unwrap_or(far)) => {
                 let _ = replies.send(Outgoing::Close(CLOSE_EXPIRED, "token expired")).await;
                 return;
             }
@@ -350,7 +350,7 @@ fn check(
     Err(FrameError {
         id: Some(id),
         code,
-        message: format!("{} may not {:?} on {topic}", principal.subject, scope).to_lowercase(),
+        message: format!("{} may not {} on {topic}", principal.subject, access::scope_name(scope)),
     })
 }
 
@@ -365,7 +365,7 @@ fn consumer_of(consumers: &Consumers, id: u64, topic: &str, group: &str) -> Resu
 /// Errors caused by the client (they count towards `ws.max_violations`), as opposed to
 /// the server's own trouble (`redis_unavailable`, `not_replicated`, `internal`).
 fn is_violation(code: &str) -> bool {
-    !matches!(code, "redis_unavailable" | "not_replicated" | "internal")
+    !matches!(code, "redis_unavailable" | "not_replicated" | "internal" | "group_not_ready")
 }
 
 fn refused(id: u64, e: ApiError) -> FrameError {

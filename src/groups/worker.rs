@@ -33,11 +33,14 @@ impl Target {
             Target::Webhook(w) => w.deliver(topic, group, epoch, d).await,
             Target::Handler(h) => {
                 // A panicking or hanging handler is a failed attempt, not a dead worker.
-                let call = tokio::spawn(h.handle(d.clone()));
-                match tokio::time::timeout(timeout, call).await {
+                let mut call = tokio::spawn(h.handle(d.clone()));
+                match tokio::time::timeout(timeout, &mut call).await {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(e)) => Outcome::Retry { error: format!("handler panicked: {e}"), after: None },
-                    Err(_) => Outcome::Retry { error: format!("handler took longer than {timeout:?}"), after: None },
+                    Err(_) => {
+                        call.abort();
+                        Outcome::Retry { error: format!("handler took longer than {timeout:?}"), after: None }
+                    }
                 }
             }
         }
