@@ -60,6 +60,9 @@ enum Scenario {
     },
     /// A subscriber --count messages behind: catch-up rate.
     Resume,
+    /// --count idle WebSocket connections (each subscribed to one topic) to a streamhub
+    /// child process: its resident memory per connection.
+    Connections,
     /// Raw Redis: XADD un-pipelined and pipelined 16 deep, XRANGE pages.
     Raw,
 }
@@ -88,6 +91,7 @@ fn main() -> std::process::ExitCode {
                 scenarios::fanout(&limits, subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1)).await
             }
             Scenario::Resume => scenarios::resume(&limits).await,
+            Scenario::Connections => scenarios::connections(&limits).await,
             Scenario::Raw => scenarios::raw(&limits).await,
         }
     });

@@ -484,3 +484,97 @@ pub async fn raw(limits: &Limits) -> Result<Vec<Row>> {
     pool.quit().await?;
     Ok(rows)
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or("no VmRSS")?;
+    Ok(kb * 1024)
+}
+
+pub async fn connections(limits: &Limits) -> Result<Vec<Row>> {
+    // The server runs as a child process so that its memory is measured alone.
+    let binary = std::env::current_exe()?.with_file_name("streamhub");
+    if !binary.exists() {
+        return Err(format!("{} not found: build it (cargo build --release)", binary.display()).into());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = std::env::temp_dir().join(format!("streamhub-bench-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("bench-{}", &random[random.len() - 8..]);
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\nspawn = \"never\"\n\
+             [ws]\nmax_connections = 100000\n[http]\nconnection_rate_per_ip = 1000000\nmax_connections_per_ip = 1000000\n\
+             [log]\nlevel = \"warn\"\n[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [\"subscribe\"]\n",
+            limits.redis_url
+        ),
+    )?;
+    let mut child = std::process::Command::new(&binary)
+        .args(["--config", &config.display().to_string(), "serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    let result = async {
+        if !ready.await {
+            return Err::<Vec<Row>, Error>("streamhub did not start".into());
+        }
+        // Warm up (first connection, first subscription), then measure.
+        let mut warm = ws_connect(&base).await?;
+        warm.send(Message::Text(json!({ "op": "subscribe", "id": 1, "topic": "idle" }).to_string().into())).await?;
+        next_json(&mut warm).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss_bytes(pid)?;
+        let bar = bar(limits.count, "idle connections");
+        let started = Instant::now();
+        let mut sockets = Vec::with_capacity(limits.count as usize);
+        let deadline = Instant::now() + limits.deadline;
+        while (sockets.len() as u64) < limits.count && Instant::now() < deadline {
+            let mut ws = ws_connect(&base).await?;
+            ws.send(Message::Text(json!({ "op": "subscribe", "id": 1, "topic": "idle" }).to_string().into())).await?;
+            next_json(&mut ws).await?;
+            sockets.push(ws);
+            bar.inc(1);
+        }
+        let elapsed = started.elapsed();
+        bar.finish_and_clear();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_bytes(pid)?;
+        let n = sockets.len() as u64;
+        let per = after.saturating_sub(before) / n.max(1);
+        let note = format!(
+            "server RSS {} MiB → {} MiB: {} bytes ({:.1} KiB) per idle subscribed connection",
+            before >> 20,
+            after >> 20,
+            per,
+            per as f64 / 1024.0
+        );
+        Ok(vec![Row::new("connections (idle, subscribed)", n, elapsed.as_secs_f64(), None, n == limits.count, note)])
+    }
+    .await;
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    delete_prefix(&limits.redis_url, &format!("{prefix}:*")).await?;
+    result
+}
