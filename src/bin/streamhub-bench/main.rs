@@ -58,6 +58,10 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// --count preloaded messages consumed and acked by --concurrency workers, per target
+    /// (in-process handler, HTTP pull, WebSocket consumer, webhook to a local receiver),
+    /// next to raw XREADGROUP + XACK.
+    Consume,
     /// A subscriber --count messages behind: catch-up rate.
     Resume,
     /// --count idle WebSocket connections (each subscribed to one topic) to a streamhub
@@ -91,6 +95,7 @@ fn main() -> std::process::ExitCode {
                 scenarios::fanout(&limits, subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1)).await
             }
             Scenario::Resume => scenarios::resume(&limits).await,
+            Scenario::Consume => scenarios::consume(&limits).await,
             Scenario::Connections => scenarios::connections(&limits).await,
             Scenario::Raw => scenarios::raw(&limits).await,
         }

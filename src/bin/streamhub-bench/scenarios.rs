@@ -60,6 +60,14 @@ struct Node {
 
 impl Node {
     async fn start(limits: &Limits) -> Result<Node> {
+        Self::start_with(limits, |_| {}, streamhub::groups::handler::Handlers::new()).await
+    }
+
+    async fn start_with(
+        limits: &Limits,
+        tweak: impl FnOnce(&mut Config),
+        handlers: streamhub::groups::handler::Handlers,
+    ) -> Result<Node> {
         let mut config = Config::defaults();
         config.redis.url = limits.redis_url.clone();
         config.redis.spawn = SpawnPolicy::Never;
@@ -78,8 +86,9 @@ impl Node {
             topics: vec!["*".into()],
             scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume],
         });
+        tweak(&mut config);
         let prefix = config.redis.prefix.clone();
-        let server = Server::start(config).await?;
+        let server = Server::start_with_handlers(config, handlers).await?;
         server.store().wait_ready(Duration::from_secs(5)).await?;
         let base = format!("http://{}", server.http_addr());
         Ok(Node { server, base, prefix, redis_url: limits.redis_url.clone() })
@@ -577,4 +586,323 @@ pub async fn connections(limits: &Limits) -> Result<Vec<Row>> {
     let _ = std::fs::remove_dir_all(&dir);
     delete_prefix(&limits.redis_url, &format!("{prefix}:*")).await?;
     result
+}
+
+fn group(
+    topic: &str,
+    name: &str,
+    target: &str,
+    url: Option<&str>,
+    concurrency: usize,
+) -> Result<streamhub::config::GroupSpec> {
+    let mut text = format!("topic = \"{topic}\"\nname = \"{name}\"\ntarget = \"{target}\"\nstart = \"earliest\"\n");
+    if let Some(url) = url {
+        text.push_str(&format!("url = \"{url}\"\n"));
+    }
+    let mut spec: streamhub::config::GroupSpec = toml::from_str(&text)?;
+    spec.concurrency = concurrency;
+    Ok(spec)
+}
+
+/// Publishes `n` messages to `topic` through the node's store, in batches.
+async fn preload(node: &Node, topic: &str, n: u64, payload_size: usize) -> Result<()> {
+    let topic = streamhub::Topic::parse(topic, 200)?;
+    let limits = Config::defaults().limits;
+    let mut done = 0;
+    while done < n {
+        let k = 500.min(n - done);
+        let messages = (0..k)
+            .map(|_| {
+                streamhub::message::NewMessage {
+                    payload: payload(payload_size).into_bytes(),
+                    content_type: "text/plain".into(),
+                    ..Default::default()
+                }
+                .check(&limits)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        node.server.store().publish(&topic, messages).await?;
+        done += k;
+    }
+    Ok(())
+}
+
+/// Waits until `count()` reaches `n` (or the deadline); returns the elapsed time.
+async fn until(n: u64, deadline: Instant, bar: &ProgressBar, count: impl Fn() -> u64) -> Duration {
+    let started = Instant::now();
+    while count() < n && Instant::now() < deadline {
+        bar.set_position(count());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_and_clear();
+    started.elapsed()
+}
+
+pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
+    let n = limits.count;
+    let workers = limits.concurrency;
+    let mut rows = Vec::new();
+
+    // In-process handler and webhook: the node's own workers deliver.
+    let handled = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let receiver = {
+        let received = received.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let received = received.clone();
+                async move {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        url
+    };
+    let mut handlers = streamhub::groups::handler::Handlers::new();
+    let counter = handled.clone();
+    handlers.insert(
+        "work-handler",
+        "g",
+        streamhub::groups::handler::handler_fn(move |_| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                streamhub::groups::webhook::Outcome::Ack
+            }
+        }),
+    );
+    // Preload with a node that has no groups; then each push target gets a node of its
+    // own on the same keys (its group starts at "earliest"), timed from that node's start.
+    let loader = Node::start(limits).await?;
+    for topic in ["work-handler", "work-webhook", "work-pull", "work-ws"] {
+        preload(&loader, topic, n, limits.payload).await?;
+    }
+    let prefix = loader.prefix.clone();
+    loader.server.stop().await;
+    let deadline = Instant::now() + limits.deadline;
+    for (name, topic, target, url, counter) in [
+        ("consume handler", "work-handler", "handler", None, handled.clone()),
+        ("consume webhook", "work-webhook", "webhook", Some(receiver.as_str()), received.clone()),
+    ] {
+        let spec = group(topic, "g", target, url, workers)?;
+        let prefix = prefix.clone();
+        let bar = bar(n, name);
+        let started = Instant::now();
+        let node = Node::start_with(
+            limits,
+            move |c| {
+                c.redis.prefix = prefix;
+                c.groups.sweep_interval_ms = 50;
+                c.group.push(spec);
+            },
+            handlers.clone(),
+        )
+        .await?;
+        let _ = until(n, deadline, &bar, || counter.load(Ordering::Relaxed)).await;
+        let elapsed = started.elapsed();
+        node.server.stop().await;
+        let done = counter.load(Ordering::Relaxed);
+        rows.push(Row::new(
+            name,
+            done,
+            elapsed.as_secs_f64(),
+            None,
+            done >= n,
+            format!("concurrency={workers}; from node start (group creation included)"),
+        ));
+    }
+    let pull_groups =
+        vec![group("work-pull", "g", "pull", None, workers)?, group("work-ws", "g", "pull", None, workers)?];
+    let node = Node::start_with(
+        limits,
+        {
+            let prefix = prefix.clone();
+            move |c| {
+                c.redis.prefix = prefix;
+                c.group.extend(pull_groups);
+            }
+        },
+        streamhub::groups::handler::Handlers::new(),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(600)).await; // the groups' first sweep creates them
+
+    // HTTP pull: W workers fetch 100 and ack them.
+    let http = reqwest::Client::new();
+    let acked = Arc::new(AtomicU64::new(0));
+    let bar_pull = bar(n, "consume http pull");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (http, acked, base) = (http.clone(), acked.clone(), node.base.clone());
+        tasks.push(tokio::spawn(async move {
+            while acked.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                let r: Value = http
+                    .post(format!("{base}/v1/topics/work-pull/groups/g:fetch"))
+                    .json(&json!({ "max": 100, "wait_ms": 200 }))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let tokens: Vec<Value> =
+                    r["deliveries"].as_array().into_iter().flatten().map(|d| d["token"].clone()).collect();
+                if tokens.is_empty() {
+                    continue;
+                }
+                let k = tokens.len() as u64;
+                http.post(format!("{base}/v1/topics/work-pull/groups/g:ack"))
+                    .json(&json!({ "tokens": tokens }))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                acked.fetch_add(k, Ordering::Relaxed);
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    let progress = until(n, deadline, &bar_pull, || acked.load(Ordering::Relaxed));
+    let _ = progress.await;
+    for t in tasks {
+        t.await??;
+    }
+    let done = acked.load(Ordering::Relaxed);
+    rows.push(Row::new(
+        "consume http pull",
+        done,
+        started.elapsed().as_secs_f64(),
+        None,
+        done == n,
+        format!("{workers} workers, fetch 100 + ack"),
+    ));
+
+    // WebSocket consumers: prefetch 100, ack each batch of 100 received.
+    let acked = Arc::new(AtomicU64::new(0));
+    let bar_ws = bar(n, "consume websocket");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (acked, base) = (acked.clone(), node.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ws = ws_connect(&base).await?;
+            ws.send(Message::Text(json!({ "op": "consume", "id": 1, "topic": "work-ws", "group": "g", "prefetch": 100 }).to_string().into())).await?;
+            let mut tokens = Vec::new();
+            while acked.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                let Ok(frame) = tokio::time::timeout(Duration::from_millis(200), next_json(&mut ws)).await else {
+                    if !tokens.is_empty() {
+                        let k = tokens.len() as u64;
+                        ws.send(Message::Text(json!({ "op": "ack", "id": 2, "topic": "work-ws", "group": "g", "tokens": std::mem::take(&mut tokens) }).to_string().into())).await?;
+                        acked.fetch_add(k, Ordering::Relaxed);
+                    }
+                    continue;
+                };
+                let frame = frame?;
+                if frame["type"] == "delivery" {
+                    tokens.push(frame["token"].clone());
+                    if tokens.len() >= 50 {
+                        let k = tokens.len() as u64;
+                        ws.send(Message::Text(json!({ "op": "ack", "id": 2, "topic": "work-ws", "group": "g", "tokens": std::mem::take(&mut tokens) }).to_string().into())).await?;
+                        acked.fetch_add(k, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    let _ = until(n, deadline, &bar_ws, || acked.load(Ordering::Relaxed)).await;
+    for t in tasks {
+        t.await??;
+    }
+    let done = acked.load(Ordering::Relaxed);
+    rows.push(Row::new(
+        "consume websocket",
+        done,
+        started.elapsed().as_secs_f64(),
+        None,
+        done == n,
+        format!("{workers} connections, prefetch 100, acks of 50"),
+    ));
+    node.finish().await?;
+
+    // Raw: XREADGROUP COUNT 100 + XACK by W workers.
+    let pool = Builder::from_config(fred::types::config::Config::from_url(&limits.redis_url)?).build_pool(4)?;
+    pool.init().await?;
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    let stream = format!("bench-raw-consume-{}", &random[random.len() - 8..]);
+    let data = payload(limits.payload);
+    for chunk in 0..n.div_ceil(500) {
+        let pipeline = pool.next().pipeline();
+        for _ in 0..500.min(n - chunk * 500) {
+            let _: () = pipeline.xadd(&stream, false, None, "*", ("e", data.as_str())).await?;
+        }
+        let _: Vec<String> = pipeline.all().await?;
+    }
+    let _: () = pool.next().xgroup_create(&stream, "g", "0", false).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (pool, acked, stream) = (pool.clone(), acked.clone(), stream.clone());
+        tasks.push(tokio::spawn(async move {
+            let consumer = format!("c{w}");
+            while acked.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                let reply: fred::types::Value = pool
+                    .next()
+                    .xreadgroup("g", consumer.as_str(), Some(100), None, false, stream.as_str(), ">")
+                    .await?;
+                let ids = entry_ids(&reply);
+                if ids.is_empty() {
+                    break;
+                }
+                let k = ids.len() as u64;
+                let _: i64 = pool.next().xack(stream.as_str(), "g", ids).await?;
+                acked.fetch_add(k, Ordering::Relaxed);
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let done = acked.load(Ordering::Relaxed);
+    rows.push(Row::new(
+        "raw XREADGROUP 100 + XACK",
+        done,
+        started.elapsed().as_secs_f64(),
+        None,
+        done == n,
+        format!("{workers} workers"),
+    ));
+    let _: i64 = pool.next().del(stream.as_str()).await?;
+    pool.quit().await?;
+    Ok(rows)
+}
+
+/// The entry ids of an XREADGROUP reply for one stream (RESP2 array or RESP3 map).
+fn entry_ids(reply: &fred::types::Value) -> Vec<String> {
+    use fred::types::Value as V;
+    let entries = match reply {
+        V::Array(streams) => streams.first().and_then(|s| match s {
+            V::Array(pair) => pair.get(1).cloned(),
+            _ => None,
+        }),
+        V::Map(map) => map.clone().inner().into_values().next(),
+        _ => None,
+    };
+    match entries {
+        Some(V::Array(entries)) => entries
+            .iter()
+            .filter_map(|e| match e {
+                V::Array(pair) => pair.first().and_then(|id| id.as_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
