@@ -290,7 +290,7 @@ async fn websocket_sessions_authenticate_refresh_and_expire() {
     assert_eq!(silent.close_code().await, Some(4002));
 
     let t = now() as i64;
-    let short = hs(&claims("carol", t + 2, json!({})), "hs", SECRET.as_bytes());
+    let short = hs(&claims("carol", t + 3, json!({})), "hs", SECRET.as_bytes());
     let long = hs(&claims("carol", t + 600, json!({})), "hs", SECRET.as_bytes());
     let other = hs(&claims("mallory", t + 600, json!({})), "hs", SECRET.as_bytes());
     let mut refreshed = common::WsClient::from_stream(connect().await);
@@ -359,5 +359,30 @@ async fn jwks_keys_cors_and_redis_acl_users_work() {
     );
     let refused = preflight("https://evil.example").await.expect("preflight");
     assert!(refused.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_issuer_is_required_and_slow_requests_time_out() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        secure(c);
+        c.auth.issuer = "https://issuer.example".into();
+        c.http.request_timeout_ms = 300;
+        c.redis.command_timeout_ms = 5000;
+    })
+    .await;
+    let t = now() as i64;
+    let without = hs(&claims("erin", t + 600, json!({})), "hs", SECRET.as_bytes());
+    let wrong = hs(&claims("erin", t + 600, json!({ "iss": "https://other.example" })), "hs", SECRET.as_bytes());
+    let right = hs(&claims("erin", t + 600, json!({ "iss": "https://issuer.example" })), "hs", SECRET.as_bytes());
+    assert_eq!(publish_as(&app, "chat.iss", Some(&without)).await.0, StatusCode::UNAUTHORIZED, "iss is required");
+    assert_eq!(publish_as(&app, "chat.iss", Some(&wrong)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(publish_as(&app, "chat.iss", Some(&right)).await.0, StatusCode::CREATED);
+    // A hung Redis (SIGSTOP): the request is answered at http.request_timeout_ms.
+    redis.pause();
+    let (status, body, _) = publish_as(&app, "chat.iss", Some(&right)).await;
+    redis.resume();
+    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"));
     app.stop().await;
 }

@@ -153,6 +153,26 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server stops answering but keeps its connections (a hung Redis).
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+
     /// Starts a fresh, empty server on the same port.
     pub fn restart(&mut self) {
         self.kill();
