@@ -271,7 +271,19 @@ async fn run(command: Command, config: Config) -> CliResult {
                 format!("ws://{addr}/v1/ws")
             });
             let url = match token {
-                Some(t) => format!("{url}{}token={t}", if url.contains('?') { '&' } else { '?' }),
+                Some(t) => {
+                    // Percent-encode everything but the unreserved characters.
+                    let encoded: String = t
+                        .bytes()
+                        .map(|b| match b {
+                            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                                (b as char).to_string()
+                            }
+                            _ => format!("%{b:02X}"),
+                        })
+                        .collect();
+                    format!("{url}{}token={encoded}", if url.contains('?') { '&' } else { '?' })
+                }
                 None => url,
             };
             tokio::select! {

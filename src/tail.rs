@@ -27,6 +27,17 @@ enum Ended {
     Fatal(String),
 }
 
+/// The URL with the value of a `token` query parameter hidden, for messages.
+fn redacted(url: &str) -> String {
+    match url.split_once("token=") {
+        Some((head, tail)) => {
+            let rest = tail.split_once('&').map(|(_, r)| format!("&{r}")).unwrap_or_default();
+            format!("{head}token=***{rest}")
+        }
+        None => url.to_string(),
+    }
+}
+
 struct Follower {
     url: String,
     topic: String,
@@ -76,9 +87,9 @@ impl Follower {
         let (mut ws, _) = match tokio_tungstenite::connect_async(self.url.as_str()).await {
             Ok(ok) => ok,
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) if matches!(r.status().as_u16(), 401 | 403) => {
-                return Ended::Fatal(format!("{} refused the session: HTTP {}", self.url, r.status()))
+                return Ended::Fatal(format!("{} refused the session: HTTP {}", redacted(&self.url), r.status()))
             }
-            Err(e) => return Ended::Lost(format!("cannot connect to {}: {e}", self.url)),
+            Err(e) => return Ended::Lost(format!("cannot connect to {}: {e}", redacted(&self.url))),
         };
         if let Err(e) = ws.send(Message::Text(self.subscribe_frame().to_string().into())).await {
             return Ended::Lost(format!("cannot subscribe: {e}"));

@@ -228,6 +228,7 @@ impl Groups {
             consumer: self.consumer("worker"),
             sweep: rt.sweep,
             grace: rt.grace,
+            acks: std::sync::OnceLock::new(),
         };
         rt.tasks.spawn(worker.run(group.stop.clone()));
     }

@@ -15,7 +15,7 @@ use super::handler::Handler;
 use super::webhook::{Outcome, Webhook};
 use super::Group;
 use crate::message::now_ms;
-use crate::store::groups::{Failure, GroupDelivery};
+use crate::store::groups::{AckStatus, Failure, GroupDelivery, Lease};
 use crate::store::Store;
 
 /// Longest blocking read; shutdown is noticed within it.
@@ -54,10 +54,65 @@ pub(super) struct Worker {
     pub consumer: String,
     pub sweep: Duration,
     pub grace: Duration,
+    /// Set by `run`: the batcher that acknowledges settled deliveries together.
+    pub acks: std::sync::OnceLock<Acks>,
+}
+
+/// Most acknowledgements sent in one call.
+const ACK_BATCH: usize = 256;
+
+type AckReply = tokio::sync::oneshot::Sender<Result<AckStatus, crate::store::StoreError>>;
+
+/// Acknowledges the deliveries that finished at about the same time in one function call.
+/// Each settle waits for its own answer before releasing its in-flight slot, so the
+/// in-flight bound (and with it the duplicates a crash can cause) is unchanged.
+pub(super) struct Acks {
+    tx: tokio::sync::mpsc::Sender<(Lease, AckReply)>,
+}
+
+impl Acks {
+    fn start(store: Store, group: Arc<Group>, capacity: usize) -> Acks {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Lease, AckReply)>(capacity.max(1));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < ACK_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let leases: Vec<Lease> = batch.iter().map(|(l, _)| l.clone()).collect();
+                match store.group_ack(&group.topic, &group.spec.name, &leases).await {
+                    Ok(statuses) => {
+                        for ((_, reply), status) in batch.into_iter().zip(statuses) {
+                            let _ = reply.send(Ok(status));
+                        }
+                    }
+                    Err(e) => {
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Acks { tx }
+    }
+
+    async fn ack(&self, lease: Lease) -> Result<AckStatus, crate::store::StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((lease, reply))
+            .await
+            .map_err(|_| crate::store::StoreError::Unavailable("ack batcher stopped".into()))?;
+        answer.await.map_err(|_| crate::store::StoreError::Unavailable("ack batcher stopped".into()))?
+    }
 }
 
 impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
+        let _ = self.acks.set(Acks::start(self.store.clone(), self.group.clone(), self.group.spec.concurrency));
         let worker = Arc::new(self);
         let client = match worker.store.blocking_client() {
             Ok(c) => c,
@@ -155,6 +210,19 @@ impl Worker {
         let _ = client.quit().await;
     }
 
+    async fn ack(&self, lease: Lease) -> Result<AckStatus, crate::store::StoreError> {
+        match self.acks.get() {
+            Some(acks) => acks.ack(lease).await,
+            None => Ok(self
+                .store
+                .group_ack(&self.group.topic, &self.group.spec.name, &[lease])
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or(AckStatus::Unknown)),
+        }
+    }
+
     /// Delivers one message and records the outcome in one atomic call.
     async fn settle(&self, d: GroupDelivery, epoch: &str, _permit: OwnedSemaphorePermit) {
         let g = &self.group;
@@ -178,8 +246,8 @@ impl Worker {
             },
         };
         let outcome = match failure {
-            None => match self.store.group_ack(&g.topic, &g.spec.name, std::slice::from_ref(&d.lease)).await {
-                Ok(statuses) => statuses.first().map(|s| s.as_str()).unwrap_or("unknown"),
+            None => match self.ack(d.lease.clone()).await {
+                Ok(status) => status.as_str(),
                 Err(e) => {
                     tracing::warn!(group = %g.label, seq = d.seq, error = %e, "ack failed; the message will be redelivered");
                     "ack_failed"
