@@ -138,26 +138,28 @@ pub enum DlqAction {
     Show { topic: String, group: String, id: String },
     /// Send dead letters back into the group's retry path (fresh attempts).
     Replay {
-        topic: String,
-        group: String,
-        /// Dead-letter ids; none with --all.
-        ids: Vec<String>,
-        /// Every dead letter (optionally only those whose error contains --error-contains).
-        #[arg(long)]
-        all: bool,
-        #[arg(long)]
-        error_contains: Option<String>,
+        #[command(flatten)]
+        selection: DlqSelection,
     },
     /// Delete dead letters.
     Purge {
-        topic: String,
-        group: String,
-        ids: Vec<String>,
-        #[arg(long)]
-        all: bool,
-        #[arg(long)]
-        error_contains: Option<String>,
+        #[command(flatten)]
+        selection: DlqSelection,
     },
+}
+
+/// Which dead letters a replay or purge acts on.
+#[derive(Debug, Args)]
+pub struct DlqSelection {
+    topic: String,
+    group: String,
+    /// Dead-letter ids; none with --all.
+    ids: Vec<String>,
+    /// Every dead letter (optionally only those whose error contains --error-contains).
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    error_contains: Option<String>,
 }
 
 /// Parses the command line, runs the command, and turns its outcome into an exit code:
@@ -376,6 +378,18 @@ async fn in_chunks(
     Ok(done)
 }
 
+/// The topic, group and dead-letter ids a selection names.
+async fn resolve(
+    store: &Store,
+    config: &Config,
+    selection: DlqSelection,
+) -> Result<(Topic, String, Vec<String>), Box<dyn std::error::Error>> {
+    let DlqSelection { topic, group, ids, all, error_contains } = selection;
+    let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
+    let ids = select_ids(store, &topic, &group, ids, all, error_contains.as_deref()).await?;
+    Ok((topic, group, ids))
+}
+
 async fn dlq(action: DlqAction, config: &Config) -> CliResult {
     let store = ready_store(config).await?;
     let topic_of = |t: &str| Topic::parse(t, config.limits.max_topic_bytes);
@@ -397,16 +411,14 @@ async fn dlq(action: DlqAction, config: &Config) -> CliResult {
             let d = found.ok_or_else(|| format!("no dead letter {id}"))?;
             println!("{}", serde_json::to_string_pretty(&dead_letter_json(d))?);
         }
-        DlqAction::Replay { topic, group, ids, all, error_contains } => {
-            let topic = topic_of(&topic)?;
-            let ids = select_ids(&store, &topic, &group, ids, all, error_contains.as_deref()).await?;
+        DlqAction::Replay { selection } => {
+            let (topic, group, ids) = resolve(&store, config, selection).await?;
             let done =
                 in_chunks(&ids, "replaying", async |chunk| store.dlq_replay(&topic, &group, chunk).await).await?;
             println!("{}", serde_json::json!({ "replayed": done }));
         }
-        DlqAction::Purge { topic, group, ids, all, error_contains } => {
-            let topic = topic_of(&topic)?;
-            let ids = select_ids(&store, &topic, &group, ids, all, error_contains.as_deref()).await?;
+        DlqAction::Purge { selection } => {
+            let (topic, group, ids) = resolve(&store, config, selection).await?;
             let done = in_chunks(&ids, "purging", async |chunk| store.dlq_purge(&topic, &group, chunk).await).await?;
             println!("{}", serde_json::json!({ "purged": done }));
         }

@@ -97,9 +97,6 @@ impl Keys {
                 by_kid.insert(kid, Key { algorithm: alg, key });
             }
         }
-        let declared = config.hs256.len() + config.public_key.len();
-        let from_jwks = by_kid.len().saturating_sub(declared.min(by_kid.len()));
-        let _ = from_jwks;
         let mut kids: Vec<&str> = config
             .hs256
             .iter()
