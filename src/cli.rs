@@ -110,6 +110,25 @@ pub enum Command {
     },
     /// Show a topic's consumer groups: lag, pending, scheduled retries, dead letters.
     Groups { topic: String },
+    /// Print a running node's topics, publish rates, consumer groups, lag and dead
+    /// letters as tables, read from its admin API twice, --interval-ms apart.
+    Stats {
+        /// Base URL of the node's HTTP API; default: http://<server.listen>.
+        #[arg(long)]
+        url: Option<String>,
+        /// An admin API key, sent as `Authorization: Bearer`.
+        #[arg(long, env = "STREAMHUB_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Time between the two readings the rates are computed from.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// At most this many topics.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and act on a group's dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -216,10 +235,25 @@ pub fn main() -> ExitCode {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        crate::config::LogFormat::Text => builder.try_init(),
+        // Span fields (request_id, conn_id) flattened into every line's `spans` list.
+        crate::config::LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+    };
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// This node's API address as a client reaches it (an unspecified listen address means
+/// loopback).
+fn local_api(config: &Config) -> SocketAddr {
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
 
 async fn run(command: Command, config: Config) -> CliResult {
     match command {
@@ -265,13 +299,7 @@ async fn run(command: Command, config: Config) -> CliResult {
                 (Some(seq), Some(epoch)) => crate::tail::Start::After { epoch, seq: seq.parse()? },
                 (Some(_), None) => return Err("--since <seq> needs --epoch (or use --since earliest)".into()),
             };
-            let url = url.unwrap_or_else(|| {
-                let mut addr = config.server.listen;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("ws://{addr}/v1/ws")
-            });
+            let url = url.unwrap_or_else(|| format!("ws://{}/v1/ws", local_api(&config)));
             let url = match token {
                 Some(t) => {
                     // Percent-encode everything but the unreserved characters.
@@ -306,6 +334,12 @@ async fn run(command: Command, config: Config) -> CliResult {
                 println!("{line}");
             }
             store.close().await;
+            Ok(())
+        }
+        Command::Stats { url, token, interval_ms, limit, json } => {
+            let url = url.unwrap_or_else(|| format!("http://{}", local_api(&config)));
+            let text = crate::stats::run(&url, token, Duration::from_millis(interval_ms), limit, json).await?;
+            println!("{}", text.trim_end());
             Ok(())
         }
         Command::Dlq { action } => dlq(action, &config).await,

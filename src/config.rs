@@ -335,6 +335,7 @@ pub struct WsConfig {
     pub max_violations: u32,
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    pub write_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +347,8 @@ pub struct ServerConfig {
     pub metrics_listen: SocketAddr,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace_ms: u64,
+    /// Period of the Redis poll behind the per-group gauges and `streamhub_redis_up`.
+    pub metrics_poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,6 +434,15 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Values given on the command line; they override every other source.
@@ -506,6 +518,12 @@ impl Config {
         }
         if let Err(e) = fred::types::config::Config::from_url(&self.redis.url) {
             return invalid("redis.url", &e.to_string());
+        }
+        if self.server.metrics_poll_interval_ms < 100 {
+            return invalid("server.metrics_poll_interval_ms", "must be >= 100");
+        }
+        if self.ws.write_timeout_ms == 0 {
+            return invalid("ws.write_timeout_ms", "must be > 0 (a write must never wait forever)");
         }
         if self.redis.pool_size == 0 || self.redis.pool_size > 64 {
             return invalid("redis.pool_size", "must be between 1 and 64");

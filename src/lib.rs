@@ -23,6 +23,7 @@ pub mod keys;
 pub mod message;
 pub mod metrics;
 pub mod server;
+pub mod stats;
 pub mod store;
 pub mod tail;
 pub mod topic;

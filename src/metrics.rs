@@ -1,29 +1,120 @@
-//! Metric names (declared once, here) and the Prometheus recorder behind `/metrics`.
+//! Every metric streamhub exports: names (declared once, here, and documented in
+//! docs/METRICS.md), the recorders' helpers, the Prometheus recorder behind `/metrics`,
+//! the periodic Redis poller (per-group gauges, Redis reachability) and the process
+//! gauges refreshed at every scrape.
 //!
-//! Labels are bounded: `outcome` and `code` take values from fixed lists, `route` is the
-//! matched route template (never the raw path), `status` the HTTP status code.
+//! Labels are bounded: `outcome`, `code`, `kind`, `reason`, `cause`, `transport`,
+//! `connection` and `command` take values from fixed lists, `route` is the matched route
+//! template (never the raw path), `status` the HTTP status code, and `group` a consumer
+//! group (`<topic>/<name>`) from the configuration or the admin API. Nothing is labelled
+//! by topic, subject or client.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+// ---- publish ----
 /// Messages handled by publish, by `outcome` = `stored` | `duplicate`.
 pub const MESSAGES_PUBLISHED: &str = "streamhub_messages_published_total";
+/// Payload bytes handled by publish, by `outcome` = `stored` | `duplicate`.
+pub const PUBLISHED_BYTES: &str = "streamhub_published_bytes_total";
 /// Publish requests refused, by error `code`.
 pub const PUBLISH_REJECTED: &str = "streamhub_publish_rejected_total";
 /// Time of one publish call to Redis (single or batch), seconds.
 pub const PUBLISH_DURATION: &str = "streamhub_publish_duration_seconds";
 /// History pages read; `truncated` = `true` | `false`.
 pub const HISTORY_READS: &str = "streamhub_history_reads_total";
+
+// ---- fan-out ----
+/// Open WebSocket and SSE sessions, by `transport`.
+pub const SESSIONS: &str = "streamhub_sessions";
+/// Active topic subscriptions of this node's sessions.
+pub const SUBSCRIPTIONS: &str = "streamhub_subscriptions";
+/// Messages written to subscribers, by `transport`.
+pub const MESSAGES_DELIVERED: &str = "streamhub_messages_delivered_total";
+/// Publish time (envelope) to the write to a subscriber, by `transport`, seconds.
+pub const DELIVERY_LAG: &str = "streamhub_delivery_lag_seconds";
+/// Subscriptions with a `since` position, by `outcome` = `recovered` | `epoch_changed` |
+/// `trimmed` | `ahead`.
+pub const RESUMES: &str = "streamhub_resumes_total";
+/// Position jumps told to subscribers (`recovered: false`), by `reason`.
+pub const RESETS: &str = "streamhub_subscription_resets_total";
+/// Subscriptions that fell behind (queue full) and switched to their own catch-up.
+pub const SUBSCRIBERS_LAGGED: &str = "streamhub_subscribers_lagged_total";
+/// Messages delivered by catch-up readers (resume and lagging subscribers).
+pub const CAUGHT_UP_MESSAGES: &str = "streamhub_caught_up_messages_total";
+/// Sessions closed because a write to the peer did not complete within
+/// `ws.write_timeout_ms`, by `transport`.
+pub const SLOW_SESSIONS_CLOSED: &str = "streamhub_slow_sessions_closed_total";
+/// Sessions closed by the server, by close `code`.
+pub const SESSIONS_CLOSED: &str = "streamhub_sessions_closed_total";
+/// Tail tasks running on this node (one per topic with local subscribers).
+pub const TAIL_TASKS: &str = "streamhub_tail_tasks";
+/// Reads of topics by tail tasks (one per wake-up and page, not per subscriber).
+pub const TAIL_READS: &str = "streamhub_tail_reads_total";
+/// Times every tail was woken to repair possibly missed hints, by `cause` =
+/// `overflow` | `reconnect`.
+pub const HINT_GAPS_REPAIRED: &str = "streamhub_hint_gaps_repaired_total";
+
+// ---- consumer groups ----
+/// Deliveries handed to consumers (targets, pull fetches, WebSocket consumers), by `group`.
+pub const GROUP_DELIVERED: &str = "streamhub_group_delivered_total";
+/// Settled group deliveries by `group` and `outcome` = acked | scheduled | dead | expired |
+/// deleted | lease_expired | unknown | invalid_token | ack_failed | fail_failed.
+pub const GROUP_OUTCOMES: &str = "streamhub_group_outcomes_total";
+/// Deliveries taken over after their lease expired, by `group`.
+pub const GROUP_RECLAIMED: &str = "streamhub_group_reclaimed_total";
+/// Time of one call of a push group's target (handler or webhook), by `group`, seconds.
+pub const GROUP_TARGET_DURATION: &str = "streamhub_group_target_duration_seconds";
+/// Deliveries handed out and not yet settled (main and retry streams), by `group`.
+pub const GROUP_PENDING: &str = "streamhub_group_pending";
+/// Messages of the topic not yet delivered to the group, by `group`.
+pub const GROUP_LAG: &str = "streamhub_group_lag";
+/// Retries waiting for their backoff to elapse, by `group`.
+pub const GROUP_SCHEDULED_RETRIES: &str = "streamhub_group_scheduled_retries";
+/// Entries of the group's dead-letter stream, by `group`.
+pub const GROUP_DEAD_LETTERS: &str = "streamhub_group_dead_letters";
+
+// ---- Redis ----
+/// Time of one Redis call made by streamhub, by `command`, seconds.
+pub const REDIS_COMMAND_DURATION: &str = "streamhub_redis_command_duration_seconds";
+/// Redis calls that failed, by `kind` = unavailable | not_replicated | refused |
+/// protocol | other.
+pub const REDIS_ERRORS: &str = "streamhub_redis_errors_total";
+/// Connections to Redis re-established, by `connection` = pool | hints | blocking.
+pub const REDIS_RECONNECTS: &str = "streamhub_redis_reconnects_total";
+/// 1 when the last periodic PING was answered, else 0.
+pub const REDIS_UP: &str = "streamhub_redis_up";
+
+// ---- HTTP ----
 /// HTTP requests by `route` template, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "streamhub_http_requests_total";
-/// Redis calls that failed, by `kind` = `unavailable` | `not_replicated` | `refused` |
-/// `protocol` | `other`.
-pub const REDIS_ERRORS: &str = "streamhub_redis_errors_total";
+/// Time to answer an HTTP request (to the response head), by `route` and `method`, seconds.
+pub const HTTP_REQUEST_DURATION: &str = "streamhub_http_request_duration_seconds";
+
+// ---- process ----
+/// Always 1; `version` = the crate version.
+pub const BUILD_INFO: &str = "streamhub_build_info";
+/// Unix time the process started, seconds.
+pub const START_TIME: &str = "streamhub_process_start_time_seconds";
+/// Seconds since the process started.
+pub const UPTIME: &str = "streamhub_uptime_seconds";
+/// Resident memory of the process, bytes.
+pub const RESIDENT_MEMORY: &str = "streamhub_process_resident_memory_bytes";
+/// Open file descriptors of the process (connections included).
+pub const OPEN_FDS: &str = "streamhub_process_open_fds";
+/// CPU time used by the process (user and system), seconds.
+pub const CPU_SECONDS: &str = "streamhub_process_cpu_seconds_total";
+
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Delivery lag spans more: a resumed subscriber receives old messages.
+const LAG_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static STARTED: OnceLock<(Instant, f64)> = OnceLock::new();
 
 /// The process-wide recorder, installed on first use (several servers in one process,
 /// as in tests, share it).
@@ -31,16 +122,97 @@ pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+                .set_buckets(BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DELIVERY_LAG.to_string()), LAG_BUCKETS))
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            describe();
             handle
         })
         .clone()
+}
+
+/// Series that exist from the start (at zero), so that dashboards and alerts see them
+/// before the first event.
+fn describe() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (_, start) = STARTED.get_or_init(|| (Instant::now(), now.as_secs_f64()));
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(START_TIME).set(*start);
+    for transport in ["ws", "sse"] {
+        metrics::gauge!(SESSIONS, "transport" => transport).increment(0.0);
+        metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(0);
+        metrics::counter!(SLOW_SESSIONS_CLOSED, "transport" => transport).increment(0);
+    }
+    metrics::gauge!(SUBSCRIPTIONS).increment(0.0);
+    metrics::gauge!(TAIL_TASKS).increment(0.0);
+    for outcome in ["stored", "duplicate"] {
+        metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome).increment(0);
+        metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(SUBSCRIBERS_LAGGED).increment(0);
+    metrics::counter!(CAUGHT_UP_MESSAGES).increment(0);
+    for cause in ["overflow", "reconnect"] {
+        metrics::counter!(HINT_GAPS_REPAIRED, "cause" => cause).increment(0);
+    }
+    for connection in ["pool", "hints", "blocking"] {
+        metrics::counter!(REDIS_RECONNECTS, "connection" => connection).increment(0);
+    }
+    for kind in ["unavailable", "not_replicated", "refused", "protocol", "other"] {
+        metrics::counter!(REDIS_ERRORS, "kind" => kind).increment(0);
+    }
+    refresh_process();
+}
+
+/// Sets the process gauges (called before every render).
+fn refresh_process() {
+    if let Some((started, _)) = STARTED.get() {
+        metrics::gauge!(UPTIME).set(started.elapsed().as_secs_f64());
+    }
+    // /proc/self/stat: fields after the command name; utime and stime are fields 14 and
+    // 15 in clock ticks (USER_HZ, 100 on Linux), rss field 24 in pages.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        if let Some((_, rest)) = stat.rsplit_once(')') {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+            if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+                metrics::counter!(CPU_SECONDS).absolute((utime + stime) / 100);
+            }
+            if let Some(pages) = field(24) {
+                metrics::gauge!(RESIDENT_MEMORY).set((pages * page_size()) as f64);
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(OPEN_FDS).set(dir.count() as f64);
+    }
+}
+
+fn page_size() -> u64 {
+    // Every Linux platform streamhub is built for uses 4 KiB pages unless the kernel
+    // says otherwise in /proc/self/smaps' KernelPageSize; read it once.
+    static SIZE: OnceLock<u64> = OnceLock::new();
+    *SIZE.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/smaps")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("KernelPageSize:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(4096)
+    })
+}
+
+/// The `/metrics` text: process gauges refreshed, then everything rendered.
+pub fn render(handle: &PrometheusHandle) -> String {
+    refresh_process();
+    handle.render()
 }
 
 /// Drains histogram buckets periodically so memory stays bounded between scrapes.
@@ -54,24 +226,59 @@ pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
-/// Tail tasks running on this node (one per topic with local subscribers).
-pub const TAIL_TASKS: &str = "streamhub_tail_tasks";
-/// Reads of topics by tail tasks (one per wake-up and page, not per subscriber).
-pub const TAIL_READS: &str = "streamhub_tail_reads_total";
-/// Subscriptions that fell behind (queue full) and switched to their own catch-up.
-pub const SUBSCRIBERS_LAGGED: &str = "streamhub_subscribers_lagged_total";
-/// Messages delivered by catch-up readers (resume and lagging subscribers).
-pub const CAUGHT_UP_MESSAGES: &str = "streamhub_caught_up_messages_total";
-/// Position jumps told to subscribers (`recovered: false`), by `reason`.
-pub const RESETS: &str = "streamhub_subscription_resets_total";
-/// Bursts of hints that overflowed the listener (every tail is then woken).
-pub const HINTS_LOST: &str = "streamhub_hints_lost_total";
-/// Open WebSocket and SSE sessions, by `transport`.
-pub const SESSIONS: &str = "streamhub_sessions";
-/// Messages written to subscribers, by `transport`.
-pub const MESSAGES_DELIVERED: &str = "streamhub_messages_delivered_total";
-/// Sessions closed by the server, by close `code`.
-pub const SESSIONS_CLOSED: &str = "streamhub_sessions_closed_total";
+/// Every `interval`: PINGs Redis (`streamhub_redis_up`) and reads the pending, lag,
+/// scheduled-retry and dead-letter counts of every group this node knows (one
+/// `group_info` per group, not per request).
+pub async fn poll(
+    store: crate::store::Store,
+    groups: Arc<crate::groups::Groups>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let up = store.ping().await.is_ok();
+        metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+        if !up {
+            continue;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for g in groups.all() {
+            match store.group_info(&g.topic, &g.spec.name).await {
+                Ok(info) => {
+                    let label = g.label.clone();
+                    if !known.contains(&label) {
+                        // Counters start at 0, so increase() sees the group's first event.
+                        for outcome in ["acked", "scheduled", "dead", "expired", "deleted"] {
+                            group_outcome(&label, outcome, 0);
+                        }
+                        metrics::counter!(GROUP_DELIVERED, "group" => label.clone()).increment(0);
+                        metrics::counter!(GROUP_RECLAIMED, "group" => label.clone()).increment(0);
+                    }
+                    metrics::gauge!(GROUP_PENDING, "group" => label.clone()).set(info.pending as f64);
+                    metrics::gauge!(GROUP_LAG, "group" => label.clone()).set(info.lag.unwrap_or(0) as f64);
+                    metrics::gauge!(GROUP_SCHEDULED_RETRIES, "group" => label.clone()).set(info.scheduled as f64);
+                    metrics::gauge!(GROUP_DEAD_LETTERS, "group" => label.clone()).set(info.dead_letters as f64);
+                    seen.insert(label);
+                }
+                Err(e) => tracing::debug!(group = %g.label, error = %e, "reading the group's gauges failed"),
+            }
+        }
+        // A deleted group's gauges read 0 rather than its last values.
+        for gone in known.difference(&seen) {
+            for name in [GROUP_PENDING, GROUP_LAG, GROUP_SCHEDULED_RETRIES, GROUP_DEAD_LETTERS] {
+                metrics::gauge!(name, "group" => gone.clone()).set(0.0);
+            }
+        }
+        known.extend(seen);
+    }
+}
 
 pub fn tail_started() {
     metrics::gauge!(TAIL_TASKS).increment(1.0);
@@ -97,11 +304,44 @@ pub fn reset(reason: crate::delivery::subscription::ResetReason) {
     metrics::counter!(RESETS, "reason" => reason.as_str()).increment(1);
 }
 
-pub fn hints_lost() {
-    metrics::counter!(HINTS_LOST).increment(1);
+/// A subscription with a `since` position: recovered, or the reason it was not.
+pub fn resumed(reason: Option<crate::delivery::subscription::ResetReason>) {
+    metrics::counter!(RESUMES, "outcome" => reason.map_or("recovered", |r| r.as_str())).increment(1);
 }
 
-/// Settled group deliveries by `group` (`<topic>/<name>`, from configuration) and
-/// `outcome` = acked | scheduled | dead | expired | deleted | lease_expired | unknown |
-/// ack_failed | fail_failed.
-pub const GROUP_OUTCOMES: &str = "streamhub_group_outcomes_total";
+pub fn subscriptions(delta: f64) {
+    metrics::gauge!(SUBSCRIPTIONS).increment(delta);
+}
+
+pub fn hint_gaps_repaired(cause: &'static str) {
+    metrics::counter!(HINT_GAPS_REPAIRED, "cause" => cause).increment(1);
+}
+
+/// A message written to a subscriber over `transport`.
+pub fn delivered(transport: &'static str, published_ms: u64) {
+    metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(1);
+    let lag_ms = crate::message::now_ms().saturating_sub(published_ms);
+    metrics::histogram!(DELIVERY_LAG, "transport" => transport).record(lag_ms as f64 / 1000.0);
+}
+
+pub fn group_delivered(group: &str, count: usize) {
+    if count > 0 {
+        metrics::counter!(GROUP_DELIVERED, "group" => group.to_string()).increment(count as u64);
+    }
+}
+
+pub fn group_outcome(group: &str, outcome: &'static str, count: u64) {
+    metrics::counter!(GROUP_OUTCOMES, "group" => group.to_string(), "outcome" => outcome).increment(count);
+}
+
+pub fn redis_reconnected(connection: &'static str) {
+    metrics::counter!(REDIS_RECONNECTS, "connection" => connection).increment(1);
+}
+
+/// Records one Redis call's duration (by `command`) and, when it failed, its error kind.
+pub fn redis_call<T>(command: &'static str, started: Instant, result: &Result<T, crate::store::StoreError>) {
+    metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command).record(started.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        metrics::counter!(REDIS_ERRORS, "kind" => e.kind()).increment(1);
+    }
+}

@@ -93,7 +93,8 @@ impl Server {
 
         let prometheus = metrics::handle();
         tasks.spawn(metrics::run_upkeep(prometheus.clone(), shutdown.clone()));
-        let metrics_app = Router::new().route("/metrics", get(move || std::future::ready(prometheus.render())));
+        let metrics_app =
+            Router::new().route("/metrics", get(move || std::future::ready(metrics::render(&prometheus))));
         let token = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) =
@@ -109,6 +110,12 @@ impl Server {
         });
         let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
         groups.start(&store, &config, &handlers, &shutdown, &tasks);
+        tasks.spawn(metrics::poll(
+            store.clone(),
+            groups.clone(),
+            Duration::from_millis(config.server.metrics_poll_interval_ms),
+            shutdown.clone(),
+        ));
         let connections = Arc::new(Semaphore::new(config.ws.max_connections));
         let limiters = Arc::new(crate::gateway::access::Limiters::new(&config.http));
         let (maintained, token) = (limiters.clone(), shutdown.clone());

@@ -78,7 +78,9 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
 
 #[test]
 fn help_is_available_on_every_command() {
-    for command in ["serve", "publish", "history", "topics", "tail", "groups", "dlq", "hash-key", "check-config"] {
+    for command in
+        ["serve", "publish", "history", "topics", "tail", "groups", "stats", "dlq", "hash-key", "check-config"]
+    {
         let out = streamhub(&[command, "--help"], &[]);
         assert!(out.status.success(), "{command}");
         assert!(stdout(&out).contains("Usage"), "{command}");

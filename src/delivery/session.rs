@@ -96,6 +96,7 @@ impl Session {
                 return Err(SubscribeError::TooMany(self.max_subscriptions));
             }
         }
+        let resuming = matches!(since, Since::After { .. });
         let since_seq = match &since {
             Since::After { seq, .. } => *seq,
             _ => u64::MAX,
@@ -130,6 +131,9 @@ impl Session {
         if let Some(reason) = reason {
             metrics::reset(reason);
         }
+        if resuming {
+            metrics::resumed(reason);
+        }
         let mut subs = self.subs();
         if subs.contains_key(&topic) {
             return Err(SubscribeError::AlreadySubscribed(topic));
@@ -142,6 +146,7 @@ impl Session {
         );
         let tail = self.hub.acquire(&topic);
         subs.insert(topic, Entry { sub, tail });
+        metrics::subscriptions(1.0);
         Ok(Subscribed { epoch, seq: p.top, recovered, reason })
     }
 
@@ -160,6 +165,7 @@ impl Session {
         let entry = self.subs().remove(topic);
         match entry {
             Some(entry) => {
+                metrics::subscriptions(-1.0);
                 entry.sub.close();
                 entry.tail.leave(entry.sub).await;
                 self.hub.release(topic);

@@ -34,6 +34,11 @@ impl Delivered {
         self.message.seq
     }
 
+    /// When it was published (0 for an entry whose envelope does not decode).
+    pub fn published_ms(&self) -> u64 {
+        self.message.envelope.as_ref().map_or(0, |e| e.published_ms)
+    }
+
     /// Bytes this message counts against a session's byte bound.
     pub fn size(&self) -> usize {
         match &self.message.envelope {

@@ -7,7 +7,6 @@ use axum::Json;
 
 use super::protocol::{ErrorBody, ErrorDetail};
 use crate::message::InvalidMessage;
-use crate::metrics;
 use crate::store::StoreError;
 use crate::topic::InvalidTopic;
 
@@ -79,14 +78,6 @@ impl From<InvalidMessage> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        let kind = match &e {
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Refused { .. } => "refused",
-            StoreError::NotReplicated { .. } => "not_replicated",
-            StoreError::Protocol(_) => "protocol",
-            StoreError::Redis(_) => "other",
-        };
-        ::metrics::counter!(metrics::REDIS_ERRORS, "kind" => kind).increment(1);
         match e {
             StoreError::Unavailable(detail) => {
                 tracing::warn!(%detail, "redis unavailable");

@@ -210,8 +210,7 @@ async fn ack(state: &AppState, g: &Group, tokens: Vec<String>) -> ApiResult<Vec<
                 None => "invalid_token",
                 Some(_) => statuses.next().map(|s| s.as_str()).unwrap_or("unknown"),
             };
-            ::metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => g.label.clone(), "outcome" => status)
-                .increment(1);
+            crate::metrics::group_outcome(&g.label, status, 1);
             TokenResult { token, status, attempt: None, due_ms: None }
         })
         .collect())
@@ -237,8 +236,7 @@ async fn nack(state: &AppState, g: &Group, body: NackBody) -> ApiResult<Vec<Toke
                 TokenResult { token, status: failed.status.as_str(), attempt, due_ms }
             }
         };
-        ::metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => g.label.clone(), "outcome" => result.status)
-            .increment(1);
+        crate::metrics::group_outcome(&g.label, result.status, 1);
         results.push(result);
     }
     Ok(results)

@@ -1,4 +1,4 @@
-//! The HTTP gateway: routes, shared state, and the per-request metrics layer.
+//! The HTTP gateway: routes, shared state, and the per-request id, span and metrics layer.
 //! Wire types live in `protocol.rs`; handlers validate, then call the store.
 
 pub mod access;
@@ -77,7 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
-        .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn(observe_requests))
         .layer(cors(&state.config.http.cors_origins))
         .with_state(state)
 }
@@ -137,7 +137,26 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
 }
 
-async fn count_requests(request: Request, next: Next) -> Response {
+/// The header carrying a request's id: taken from the client when it is 1 to 64 visible
+/// ASCII characters, else minted (UUID v7); echoed on the response.
+pub const REQUEST_ID: &str = "x-request-id";
+
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
+}
+
+/// Per request: an id and a span carrying it (every log line of the request, and of the
+/// WebSocket/SSE session it opens, has `request_id`), and the HTTP metrics.
+async fn observe_requests(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let id = request_id(&request);
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -153,7 +172,13 @@ async fn count_requests(request: Request, next: Next) -> Response {
         "OPTIONS" => "OPTIONS",
         _ => "other",
     };
-    let response = next.run(request).await;
+    let span = tracing::info_span!("request", request_id = %id, method, route = %route);
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    ::metrics::histogram!(metrics::HTTP_REQUEST_DURATION, "route" => route.clone(), "method" => method)
+        .record(started.elapsed().as_secs_f64());
     ::metrics::counter!(
         metrics::HTTP_REQUESTS,
         "route" => route,

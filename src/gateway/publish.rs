@@ -100,22 +100,30 @@ fn from_raw(content_type: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<N
     })
 }
 
-async fn store(state: &AppState, topic: &Topic, messages: Vec<OutgoingMessage>) -> ApiResult<Vec<Published>> {
+/// Stores `messages` (HTTP and WebSocket publishes) and records the publish metrics.
+pub(super) async fn store(
+    state: &AppState,
+    topic: &Topic,
+    messages: Vec<OutgoingMessage>,
+) -> ApiResult<Vec<Published>> {
+    let sizes: Vec<usize> = messages.iter().map(|m| m.envelope.payload.len()).collect();
     let started = Instant::now();
-    let results = state.store.publish(topic, messages).await.map_err(|e| {
-        let error = ApiError::from(e);
-        ::metrics::counter!(metrics::PUBLISH_REJECTED, "code" => error.code).increment(1);
-        error
-    })?;
+    let results = state.store.publish(topic, messages).await.map_err(|e| rejected(ApiError::from(e)))?;
     ::metrics::histogram!(metrics::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
-    let duplicates = results.iter().filter(|r| r.duplicate).count() as u64;
-    ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => "duplicate").increment(duplicates);
-    ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => "stored")
-        .increment(results.len() as u64 - duplicates);
+    let (mut stored, mut duplicate) = ((0u64, 0u64), (0u64, 0u64));
+    for (result, size) in results.iter().zip(sizes) {
+        let slot = if result.duplicate { &mut duplicate } else { &mut stored };
+        slot.0 += 1;
+        slot.1 += size as u64;
+    }
+    for (outcome, (count, bytes)) in [("stored", stored), ("duplicate", duplicate)] {
+        ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => outcome).increment(count);
+        ::metrics::counter!(metrics::PUBLISHED_BYTES, "outcome" => outcome).increment(bytes);
+    }
     Ok(results)
 }
 
-fn rejected(e: ApiError) -> ApiError {
+pub(super) fn rejected(e: ApiError) -> ApiError {
     ::metrics::counter!(metrics::PUBLISH_REJECTED, "code" => e.code).increment(1);
     e
 }

@@ -83,7 +83,7 @@ fn json(frame: &ServerFrame) -> String {
 fn event(queued: Queued) -> Event {
     match &queued.item {
         Item::Message(d) => {
-            ::metrics::counter!(metrics::MESSAGES_DELIVERED, "transport" => "sse").increment(1);
+            metrics::delivered("sse", d.published_ms());
             let data =
                 d.frames[Encoding::Json.slot()].get_or_init(|| ServerFrame::message(d).encode(Encoding::Json).into());
             Event::default().id(format!("{}:{}", d.epoch, d.seq())).event("message").data(String::from_utf8_lossy(data))
@@ -129,7 +129,7 @@ pub(super) async fn events(
     })?;
     ::metrics::gauge!(metrics::SESSIONS, "transport" => "sse").increment(1.0);
     let stop = CancellationToken::new();
-    state.tasks.spawn(session.clone().run_catchup(stop.clone()));
+    state.tasks.spawn(tracing::Instrument::in_current_span(session.clone().run_catchup(stop.clone())));
     session.start(&topic);
     let first = Event::default().event("subscribed").data(json(&ServerFrame::subscribed(None, &name, &subscribed)));
     let guard = Guard { session, stop: stop.clone(), _permit: permit, _ip_slot: ip_slot };

@@ -19,6 +19,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::access;
 use super::error::ApiError;
@@ -97,6 +98,8 @@ pub(super) async fn upgrade(
         .read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
         .on_upgrade(move |socket| {
+            // The session's lines carry its upgrade request's id (the connection id).
+            let span = tracing::Span::current();
             let conn = Conn {
                 limiter: state.limiters.connection_publish_limiter(),
                 principal,
@@ -106,7 +109,7 @@ pub(super) async fn upgrade(
                 consumers: Consumers::default(),
                 _ip_slot: ip_slot,
             };
-            tasks.track_future(run(socket, state, permit, conn))
+            tasks.track_future(run(socket, state, permit, conn).instrument(span))
         })
 }
 
@@ -139,16 +142,22 @@ async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePerm
     let (session, deliveries) = Session::new(state.hub.clone(), &state.config.ws);
     let stop = CancellationToken::new();
     let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
-    let catchup = tokio::spawn(session.clone().run_catchup(stop.clone()));
-    let writer = tokio::spawn(write(
-        sink,
-        replies_rx,
-        deliveries,
-        encoding,
-        Duration::from_millis(state.config.ws.ping_interval_ms),
-        state.shutdown.clone(),
-        stop.clone(),
-    ));
+    let catchup = tokio::spawn(session.clone().run_catchup(stop.clone()).in_current_span());
+    let writer = tokio::spawn(
+        write(
+            sink,
+            replies_rx,
+            deliveries,
+            encoding,
+            Pace {
+                ping_every: Duration::from_millis(state.config.ws.ping_interval_ms),
+                write_timeout: Duration::from_millis(state.config.ws.write_timeout_ms),
+            },
+            state.shutdown.clone(),
+            stop.clone(),
+        )
+        .in_current_span(),
+    );
     let mut stream = stream;
     read(&mut stream, &session, &replies, &state, &mut conn, stop.clone()).await;
     // In-flight group deliveries go back at once; their forwarders end with them.
@@ -174,12 +183,18 @@ async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePerm
     drop(permit);
 }
 
+/// The writer's clock: how often it pings, and how long one write may take.
+struct Pace {
+    ping_every: Duration,
+    write_timeout: Duration,
+}
+
 async fn write(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut replies: mpsc::Receiver<Outgoing>,
     mut deliveries: mpsc::Receiver<Queued>,
     encoding: Encoding,
-    ping_every: Duration,
+    Pace { ping_every, write_timeout }: Pace,
     server_shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -194,7 +209,7 @@ async fn write(
             biased;
             _ = server_shutdown.cancelled() => {
                 ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => CLOSE_GOING_AWAY.to_string()).increment(1);
-                let _ = sink.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                let _ = tokio::time::timeout(write_timeout, sink.send(close(CLOSE_GOING_AWAY, "server shutting down"))).await;
                 break;
             }
             _ = stop.cancelled() => break,
@@ -202,7 +217,7 @@ async fn write(
                 Some(Outgoing::Frame(f)) => frame(f.encode(encoding)),
                 Some(Outgoing::Close(code, reason)) => {
                     ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => code.to_string()).increment(1);
-                    let _ = sink.send(close(code, reason)).await;
+                    let _ = tokio::time::timeout(write_timeout, sink.send(close(code, reason))).await;
                     break;
                 }
                 None => break,
@@ -211,7 +226,7 @@ async fn write(
                 Some(q) if q.sub.is_closed() => continue,
                 Some(q) => match &q.item {
                     Item::Message(d) => {
-                        ::metrics::counter!(metrics::MESSAGES_DELIVERED, "transport" => "ws").increment(1);
+                        metrics::delivered("ws", d.published_ms());
                         let bytes = d.frames[encoding.slot()].get_or_init(|| ServerFrame::message(d).encode(encoding).into());
                         match encoding {
                             Encoding::Json => Message::Text(
@@ -226,8 +241,19 @@ async fn write(
             },
             _ = ping.tick() => Message::Ping(Default::default()),
         };
-        if sink.send(message).await.is_err() {
-            break;
+        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                // The peer stopped reading: its buffers are full, so a close frame
+                // could not be sent either. Drop the connection.
+                tracing::info!(
+                    timeout_ms = write_timeout.as_millis() as u64,
+                    "peer stopped reading; closing the session"
+                );
+                ::metrics::counter!(metrics::SLOW_SESSIONS_CLOSED, "transport" => "ws").increment(1);
+                break;
+            }
         }
     }
     // Whatever ended the writer ends the session.
@@ -564,15 +590,13 @@ async fn handle(
                 idempotency_key,
             }
             .check(&state.config.limits)
-            .map_err(|e| refused(id, e.into()))?;
-            let published = state.store.publish(&topic, vec![message]).await.map_err(|e| refused(id, e.into()))?;
+            .map_err(|e| refused(id, super::publish::rejected(e.into())))?;
+            let published = super::publish::store(state, &topic, vec![message]).await.map_err(|e| refused(id, e))?;
             let p = published.into_iter().next().ok_or_else(|| FrameError {
                 id: Some(id),
                 code: "internal",
                 message: "internal error".into(),
             })?;
-            ::metrics::counter!(metrics::MESSAGES_PUBLISHED, "outcome" => if p.duplicate { "duplicate" } else { "stored" })
-                .increment(1);
             Ok(ServerFrame::Published {
                 id,
                 topic: name,

@@ -135,6 +135,11 @@ impl Groups {
         self.by_name.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every group this node knows (configured and created through the admin API).
+    pub fn all(&self) -> Vec<Arc<Group>> {
+        self.map().values().cloned().collect()
+    }
+
     pub fn get(&self, topic: &str, name: &str) -> Option<Arc<Group>> {
         self.map().get(&(topic.to_string(), name.to_string())).cloned()
     }
@@ -230,7 +235,8 @@ impl Groups {
             grace: rt.grace,
             acks: std::sync::OnceLock::new(),
         };
-        rt.tasks.spawn(worker.run(group.stop.clone()));
+        let span = tracing::info_span!("group", group = %group.label);
+        rt.tasks.spawn(tracing::Instrument::instrument(worker.run(group.stop.clone()), span));
     }
 
     /// Creates (or replaces) a group through the admin API: validates it, stores its
@@ -419,11 +425,11 @@ pub async fn screen(store: &Store, g: &Group, batch: Vec<GroupDelivery>) -> Resu
         match failure {
             Some((failure, error)) => {
                 let failed = store.group_fail(&g.topic, &g.spec.name, &d.lease, failure, &g.policy, &error).await?;
-                ::metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => g.label.clone(), "outcome" => failed.status.as_str())
-                    .increment(1);
+                crate::metrics::group_outcome(&g.label, failed.status.as_str(), 1);
             }
             None => keep.push(d),
         }
     }
+    crate::metrics::group_delivered(&g.label, keep.len());
     Ok(keep)
 }

@@ -155,13 +155,7 @@ impl Worker {
                     )
                     .await
                 {
-                    Ok((deleted, reclaimed)) => {
-                        if deleted > 0 {
-                            tracing::warn!(group = %worker.group.label, deleted, "pending entries were deleted from the stream; acked");
-                            metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => worker.group.label.clone(), "outcome" => "deleted").increment(deleted);
-                        }
-                        batch.extend(reclaimed);
-                    }
+                    Ok((_, reclaimed)) => batch.extend(reclaimed),
                     Err(e) => tracing::debug!(group = %worker.group.label, error = %e, "reclaim failed"),
                 }
             }
@@ -223,6 +217,18 @@ impl Worker {
         }
     }
 
+    /// One call of the target, timed.
+    async fn call_target(&self, d: &GroupDelivery, epoch: &str) -> Outcome {
+        let g = &self.group;
+        crate::metrics::group_delivered(&g.label, 1);
+        let started = Instant::now();
+        let timeout = Duration::from_millis(g.spec.timeout_ms);
+        let outcome = self.target.deliver(&g.spec.topic, &g.spec.name, epoch, d, timeout).await;
+        metrics::histogram!(crate::metrics::GROUP_TARGET_DURATION, "group" => g.label.clone())
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
     /// Delivers one message and records the outcome in one atomic call.
     async fn settle(&self, d: GroupDelivery, epoch: &str, _permit: OwnedSemaphorePermit) {
         let g = &self.group;
@@ -235,11 +241,7 @@ impl Worker {
                 Some(Failure::Permanent),
                 d.last_error.clone().unwrap_or_else(|| format!("delivered {} times without an ack", d.attempt - 1)),
             ),
-            _ => match self
-                .target
-                .deliver(&g.spec.topic, &g.spec.name, epoch, &d, Duration::from_millis(g.spec.timeout_ms))
-                .await
-            {
+            _ => match self.call_target(&d, epoch).await {
                 Outcome::Ack => (None, String::new()),
                 Outcome::Retry { error, after } => (Some(Failure::Retry(after)), error),
                 Outcome::Permanent { error } => (Some(Failure::Permanent), error),
@@ -263,7 +265,6 @@ impl Worker {
                 }
             }
         };
-        metrics::counter!(crate::metrics::GROUP_OUTCOMES, "group" => g.label.clone(), "outcome" => outcome)
-            .increment(1);
+        crate::metrics::group_outcome(&g.label, outcome, 1);
     }
 }

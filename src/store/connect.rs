@@ -20,15 +20,40 @@ use crate::config::RedisConfig;
 ///   way (`fail_fast = false`), so streamhub can start before Redis.
 pub(super) fn pool(config: &RedisConfig) -> Result<Pool> {
     let pool = builder(config)?.build_pool(config.pool_size).map_err(|e| StoreError::Redis(e.to_string()))?;
+    for client in pool.clients() {
+        count_reconnects(client, "pool");
+    }
     pool.connect();
     Ok(pool)
 }
 
-/// One dedicated connection (Pub/Sub hints), configured like the pool.
-pub(super) fn client(config: &RedisConfig) -> Result<Client> {
+/// One dedicated connection (Pub/Sub hints, blocking reads), configured like the pool;
+/// `connection` labels its reconnects.
+pub(super) fn client(config: &RedisConfig, connection: &'static str) -> Result<Client> {
     let client = builder(config)?.build().map_err(|e| StoreError::Redis(e.to_string()))?;
+    count_reconnects(&client, connection);
     client.connect();
     Ok(client)
+}
+
+/// Counts `client`'s reconnections in `streamhub_redis_reconnects_total`. Called before
+/// `connect`, so the first notice (fred sends one on the first connection too) is skipped.
+fn count_reconnects(client: &Client, connection: &'static str) {
+    use fred::interfaces::EventInterface;
+    let mut notices = client.reconnect_rx();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let mut first = true;
+            loop {
+                match notices.recv().await {
+                    Ok(_) if first => first = false,
+                    Ok(_) => crate::metrics::redis_reconnected(connection),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
 }
 
 /// A rustls connector trusting the system's CA certificates and those in `ca_file`.

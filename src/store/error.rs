@@ -25,6 +25,17 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 impl StoreError {
+    /// The metric label of this error (`streamhub_redis_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Refused { .. } => "refused",
+            StoreError::NotReplicated { .. } => "not_replicated",
+            StoreError::Protocol(_) => "protocol",
+            StoreError::Redis(_) => "other",
+        }
+    }
+
     /// True for "the function library is not loaded" (Redis restarted without
     /// persistence, or FUNCTION FLUSH): the caller loads it and retries once.
     pub fn is_function_missing(err: &RedisError) -> bool {

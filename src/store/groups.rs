@@ -260,7 +260,7 @@ impl Store {
 
     /// A dedicated connection for blocking reads, so they never hold the shared pool.
     pub fn blocking_client(&self) -> Result<Client> {
-        connect::client(&self.redis_config)
+        connect::client(&self.redis_config, "blocking")
     }
 
     /// Creates the group (idempotent); true when it was created now.
@@ -291,7 +291,8 @@ impl Store {
         let k = self.group_keys(topic, group);
         let options = Options { timeout: Some(block.unwrap_or_default() + self.command_timeout), ..Options::default() };
         let block_ms = block.map(|b| b.as_millis() as u64);
-        let reply: Value = client
+        let started = std::time::Instant::now();
+        let reply: Result<Value> = client
             .with_options(&options)
             .xreadgroup(
                 group,
@@ -312,7 +313,12 @@ impl Store {
                 } else {
                     e.into()
                 }
-            })?;
+            });
+        if block.is_none() {
+            // A blocking read's time is mostly waiting; only immediate reads are timed.
+            crate::metrics::redis_call("xreadgroup", started, &reply);
+        }
+        let reply = reply?;
         let mut out = Vec::new();
         let streams: Vec<(String, Value)> = match reply {
             Value::Array(items) => items
@@ -436,6 +442,16 @@ impl Store {
         while let (Some(src), Some(id), Some(count), Some(f)) = (it.next(), it.next(), it.next(), it.next()) {
             let source = if src.as_str().as_deref() == Some("r") { Source::Retry } else { Source::Main };
             out.push(delivery(source, id.as_string().unwrap_or_default(), count.as_u64().unwrap_or(1), &f));
+        }
+        if deleted > 0 || !out.is_empty() {
+            let label = format!("{topic}/{group}");
+            if deleted > 0 {
+                tracing::warn!(group = %label, deleted, "pending entries were deleted from the stream; acked");
+                crate::metrics::group_outcome(&label, "deleted", deleted);
+            }
+            if !out.is_empty() {
+                ::metrics::counter!(crate::metrics::GROUP_RECLAIMED, "group" => label).increment(out.len() as u64);
+            }
         }
         Ok((deleted, out))
     }

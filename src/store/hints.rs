@@ -39,7 +39,7 @@ impl Hints {
         keys: Keys,
         shutdown: CancellationToken,
     ) -> Result<(Hints, tokio::task::JoinHandle<()>)> {
-        let client = connect::client(config)?;
+        let client = connect::client(config, "hints")?;
         // The command channel is unbounded but holds at most one watch and one unwatch
         // per tail task start/stop, and tails are bounded by subscribed topics.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -103,7 +103,7 @@ async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>, shu
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "hint notices overflowed; waking every tail");
-                    crate::metrics::hints_lost();
+                    crate::metrics::hint_gaps_repaired("overflow");
                     wake_all(&watched);
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -119,7 +119,10 @@ async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>, shu
                         tracing::warn!(%channel, error = %e, "re-SSUBSCRIBE failed");
                     }
                 }
-                tracing::info!(topics = watched.len(), "hint connection re-established; repairing every tail");
+                if !watched.is_empty() {
+                    tracing::info!(topics = watched.len(), "hint connection re-established; repairing every tail");
+                    crate::metrics::hint_gaps_repaired("reconnect");
+                }
                 wake_all(&watched);
             }
         }

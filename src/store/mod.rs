@@ -161,7 +161,21 @@ impl Store {
     async fn call_on(
         &self,
         client: &Client,
-        function: &str,
+        function: &'static str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        read_only: bool,
+    ) -> Result<Value> {
+        let started = std::time::Instant::now();
+        let result = self.call_once_loaded(client, function, keys, args, read_only).await;
+        crate::metrics::redis_call(function, started, &result);
+        result
+    }
+
+    async fn call_once_loaded(
+        &self,
+        client: &Client,
+        function: &'static str,
         keys: Vec<String>,
         args: Vec<Value>,
         read_only: bool,
@@ -183,7 +197,13 @@ impl Store {
         Err(StoreError::Redis(format!("{function} still missing after loading the library")))
     }
 
-    async fn call(&self, function: &str, keys: Vec<String>, args: Vec<Value>, read_only: bool) -> Result<Value> {
+    async fn call(
+        &self,
+        function: &'static str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        read_only: bool,
+    ) -> Result<Value> {
         self.call_on(self.pool.next(), function, keys, args, read_only).await
     }
 
@@ -313,8 +333,10 @@ impl Store {
 
     /// PING on one pooled connection, bounded by the command timeout.
     pub async fn ping(&self) -> Result<()> {
-        let _: Value = self.pool.next().ping(None).await?;
-        Ok(())
+        let started = std::time::Instant::now();
+        let result = self.pool.next().ping::<Value>(None).await.map(drop).map_err(StoreError::from);
+        crate::metrics::redis_call("ping", started, &result);
+        result
     }
 
     /// Sends QUIT on every connection; in-flight commands finish first.
