@@ -126,7 +126,11 @@ impl SessionConsumer {
     pub async fn ack(&self, leases: &[Lease]) -> Result<Vec<&'static str>, StoreError> {
         let statuses = self.store.group_ack(&self.group.topic, &self.group.spec.name, leases).await?;
         self.release(&leases.iter().map(Lease::token).collect::<Vec<_>>());
-        Ok(statuses.into_iter().map(|s| s.as_str()).collect())
+        let statuses: Vec<&'static str> = statuses.into_iter().map(|s| s.as_str()).collect();
+        for status in &statuses {
+            crate::metrics::group_outcome(&self.group.label, status, 1);
+        }
+        Ok(statuses)
     }
 
     pub async fn nack(&self, leases: &[Lease], failure: Failure, error: &str) -> Result<Vec<&'static str>, StoreError> {
@@ -136,6 +140,7 @@ impl SessionConsumer {
                 .store
                 .group_fail(&self.group.topic, &self.group.spec.name, lease, failure, &self.group.policy, error)
                 .await?;
+            crate::metrics::group_outcome(&self.group.label, failed.status.as_str(), 1);
             out.push(failed.status.as_str());
         }
         self.release(&leases.iter().map(Lease::token).collect::<Vec<_>>());
@@ -149,7 +154,7 @@ impl SessionConsumer {
         let leases: Vec<Lease> = self.in_flight().drain().map(|(_, (lease, _))| lease).collect();
         for lease in leases {
             let g = &self.group;
-            let _ = self
+            let handed_back = self
                 .store
                 .group_fail(
                     &g.topic,
@@ -160,6 +165,9 @@ impl SessionConsumer {
                     "consumer disconnected",
                 )
                 .await;
+            if let Ok(failed) = handed_back {
+                crate::metrics::group_outcome(&g.label, failed.status.as_str(), 1);
+            }
         }
     }
 }
