@@ -165,11 +165,13 @@ fn describe() {
     for kind in ["unavailable", "not_replicated", "refused", "protocol", "other"] {
         metrics::counter!(REDIS_ERRORS, "kind" => kind).increment(0);
     }
-    refresh_process();
+    let _ = refresh_process();
 }
 
-/// Sets the process gauges (called before every render).
-fn refresh_process() {
+/// Sets the process gauges (called before every render); returns the CPU seconds used,
+/// which the metrics crate's integer counters cannot carry (see `render`).
+fn refresh_process() -> Option<f64> {
+    let mut cpu = None;
     if let Some((started, _)) = STARTED.get() {
         metrics::gauge!(UPTIME).set(started.elapsed().as_secs_f64());
     }
@@ -180,7 +182,7 @@ fn refresh_process() {
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
             if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-                metrics::counter!(CPU_SECONDS).absolute((utime + stime) / 100);
+                cpu = Some((utime + stime) as f64 / 100.0);
             }
             if let Some(pages) = field(24) {
                 metrics::gauge!(RESIDENT_MEMORY).set((pages * page_size()) as f64);
@@ -190,6 +192,7 @@ fn refresh_process() {
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(OPEN_FDS).set(dir.count() as f64);
     }
+    cpu
 }
 
 fn page_size() -> u64 {
@@ -211,8 +214,13 @@ fn page_size() -> u64 {
 
 /// The `/metrics` text: process gauges refreshed, then everything rendered.
 pub fn render(handle: &PrometheusHandle) -> String {
-    refresh_process();
-    handle.render()
+    let cpu = refresh_process();
+    let mut text = handle.render();
+    if let Some(seconds) = cpu {
+        // Written here: a fractional counter (the recorder's counters are integers).
+        text.push_str(&format!("# TYPE {CPU_SECONDS} counter\n{CPU_SECONDS} {seconds}\n"));
+    }
+    text
 }
 
 /// Drains histogram buckets periodically so memory stays bounded between scrapes.
