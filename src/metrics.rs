@@ -105,6 +105,8 @@ pub const UPTIME: &str = "streamhub_uptime_seconds";
 pub const RESIDENT_MEMORY: &str = "streamhub_process_resident_memory_bytes";
 /// Open file descriptors of the process (connections included).
 pub const OPEN_FDS: &str = "streamhub_process_open_fds";
+/// The process's soft limit of open file descriptors (RLIMIT_NOFILE).
+pub const MAX_FDS: &str = "streamhub_process_max_fds";
 /// CPU time used by the process (user and system), seconds.
 pub const CPU_SECONDS: &str = "streamhub_process_cpu_seconds_total";
 
@@ -191,6 +193,13 @@ fn refresh_process() -> Option<f64> {
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(OPEN_FDS).set(dir.count() as f64);
+    }
+    // "Max open files            1024                 1048576              files"
+    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        limits.lines().find_map(|l| l.strip_prefix("Max open files")?.split_whitespace().next()?.parse::<f64>().ok())
+    });
+    if let Some(soft) = soft {
+        metrics::gauge!(MAX_FDS).set(soft);
     }
     cpu
 }
