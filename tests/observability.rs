@@ -21,7 +21,7 @@ async fn json_logs_carry_the_request_id_given_by_the_client() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("c.toml");
     std::fs::write(&config, "[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [\"publish\"]\n").expect("config");
-    let mut child = Command::new(streamhub_bin())
+    let child = Command::new(streamhub_bin())
         .args(["--config", config.to_str().expect("utf8")])
         .arg("serve")
         .args(["--redis-url", &redis.url(), "--listen", &format!("127.0.0.1:{http_port}")])
@@ -34,7 +34,8 @@ async fn json_logs_carry_the_request_id_given_by_the_client() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start streamhub serve");
-    let stderr = child.stderr.take().expect("stderr");
+    let mut child = KillOnDrop(child);
+    let stderr = child.0.stderr.take().expect("stderr");
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -79,8 +80,16 @@ async fn json_logs_carry_the_request_id_given_by_the_client() {
     assert_eq!(found["span"]["request_id"], "req-obs-17", "{found}");
     assert_eq!(found["span"]["route"], "/v1/topics/{topic}/messages", "{found}");
     assert!(seen.iter().any(|l| l.contains("\"level\":\"INFO\"")), "{seen:?}");
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process that is killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]
