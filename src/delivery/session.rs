@@ -196,7 +196,8 @@ impl Session {
             for (sub, tail) in lagging {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = self.catch_up(&sub, &tail, &shutdown) => {}
+                    // Boxed: the catch-up future is large and only alive while it reads.
+                    _ = Box::pin(self.catch_up(&sub, &tail, &shutdown)) => {}
                 }
             }
             tokio::select! {

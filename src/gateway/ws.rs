@@ -162,7 +162,7 @@ async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePerm
     read(&mut stream, &session, &replies, &state, &mut conn, stop.clone()).await;
     // In-flight group deliveries go back at once; their forwarders end with them.
     for consumer in std::mem::take(&mut conn.consumers.by_group).into_values() {
-        consumer.close().await;
+        Box::pin(consumer.close()).await;
     }
     drop(replies);
     let _ = writer.await;
@@ -178,7 +178,7 @@ async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePerm
     .await;
     stop.cancel();
     let _ = catchup.await;
-    session.close().await;
+    Box::pin(session.close()).await;
     ::metrics::gauge!(metrics::SESSIONS, "transport" => "ws").decrement(1.0);
     drop(permit);
 }
@@ -321,7 +321,9 @@ async fn read(
         let decoded = decode_client(&bytes, encoding);
         let is_auth = matches!(decoded, Ok(ClientFrame::Auth { .. }));
         let reply = match decoded {
-            Ok(frame) => handle(frame, session, state, conn, replies).await,
+            // Boxed: a frame's handling is a large future that lives only while it runs;
+            // inline, it would sit in every idle session's reader (ARCHITECTURE §6).
+            Ok(frame) => Box::pin(handle(frame, session, state, conn, replies)).await,
             Err(e) => Err(e),
         };
         if is_auth {
