@@ -141,6 +141,14 @@ impl Server {
         };
         let app = gateway::router(Arc::new(state));
         let token = shutdown.clone();
+        // TCP_NODELAY on every accepted connection: WebSocket frames and small responses
+        // must not wait for the peer's delayed ACK (Nagle's algorithm), which stalls a
+        // session's small writes by up to 40 ms each.
+        let http = axum::serve::ListenerExt::tap_io(http, |tcp: &mut tokio::net::TcpStream| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+            }
+        });
         tasks.spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(http, app).with_graceful_shutdown(token.cancelled_owned()).await {

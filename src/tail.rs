@@ -84,7 +84,7 @@ impl Follower {
     }
 
     async fn connect_once(&mut self, on_subscribed: &mut dyn FnMut()) -> Ended {
-        let (mut ws, _) = match tokio_tungstenite::connect_async(self.url.as_str()).await {
+        let (mut ws, _) = match tokio_tungstenite::connect_async_with_config(self.url.as_str(), None, true).await {
             Ok(ok) => ok,
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) if matches!(r.status().as_u16(), 401 | 403) => {
                 return Ended::Fatal(format!("{} refused the session: HTTP {}", redacted(&self.url), r.status()))

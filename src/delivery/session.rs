@@ -211,9 +211,17 @@ impl Session {
         let store = self.hub.store();
         let page_size = self.hub.config().catchup_page;
         let mut backoff = retry_delays();
+        // The next page, read while the current one is queued (after a full page).
+        let mut ahead: Option<(u64, tokio::task::JoinHandle<crate::store::Result<crate::store::HistoryPage>>)> = None;
         while !sub.is_closed() {
             let at = sub.position();
-            let page = match store.read_since(&sub.topic, at.last, page_size).await {
+            let read = match ahead.take() {
+                Some((from, next)) if from == at.last => next.await.unwrap_or_else(|e| {
+                    Err(crate::store::StoreError::Unavailable(format!("catch-up read task failed: {e}")))
+                }),
+                _ => store.read_since(&sub.topic, at.last, page_size).await,
+            };
+            let page = match read {
                 Ok(page) => page,
                 Err(e) => {
                     let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
@@ -259,6 +267,12 @@ impl Session {
                 continue;
             }
             let count = page.messages.len();
+            if count == page_size {
+                if let Some(last) = page.messages.last().map(|m| m.seq) {
+                    let (store, topic) = (store.clone(), sub.topic.clone());
+                    ahead = Some((last, tokio::spawn(async move { store.read_since(&topic, last, page_size).await })));
+                }
+            }
             let epoch: Arc<str> = current.as_str().into();
             for message in page.messages {
                 let seq = message.seq;

@@ -67,6 +67,9 @@ impl SessionConsumer {
                 _ = self.stop.cancelled() => return,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             };
+            // An ack releases many slots one after another: let it finish, so that one
+            // read fills them all.
+            tokio::task::yield_now().await;
             let free = 1 + permits.available_permits() as u64;
             let mut batch = Vec::new();
             let mut failed = false;

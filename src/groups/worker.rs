@@ -32,15 +32,21 @@ impl Target {
         match self {
             Target::Webhook(w) => w.deliver(topic, group, epoch, d).await,
             Target::Handler(h) => {
-                // A panicking or hanging handler is a failed attempt, not a dead worker.
-                let mut call = tokio::spawn(h.handle(d.clone()));
-                match tokio::time::timeout(timeout, &mut call).await {
+                // A panicking or hanging handler is a failed attempt, not a dead worker: the
+                // panic is caught, and a call past its timeout is dropped (cancelled).
+                use futures::FutureExt;
+                let call = std::panic::AssertUnwindSafe(h.handle(d.clone())).catch_unwind();
+                match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(outcome)) => outcome,
-                    Ok(Err(e)) => Outcome::Retry { error: format!("handler panicked: {e}"), after: None },
-                    Err(_) => {
-                        call.abort();
-                        Outcome::Retry { error: format!("handler took longer than {timeout:?}"), after: None }
+                    Ok(Err(panic)) => {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a non-string payload".into());
+                        Outcome::Retry { error: format!("handler panicked: {message}"), after: None }
                     }
+                    Err(_) => Outcome::Retry { error: format!("handler took longer than {timeout:?}"), after: None },
                 }
             }
         }
@@ -137,6 +143,9 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
+            // Settles that finished together (one ack batch) release their slots one after
+            // another as their tasks run: let them, so that one read fills all of them.
+            tokio::task::yield_now().await;
             let free = 1 + permits.available_permits() as u64;
             let mut batch = Vec::new();
             if last_reclaim.is_none_or(|t| t.elapsed() >= worker.sweep) {

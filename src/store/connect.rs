@@ -95,6 +95,9 @@ fn builder(config: &RedisConfig) -> Result<Builder> {
         // have run must not run twice. The caller gets an error (HTTP 503) and retries,
         // ideally with an idempotency key.
         max_command_attempts: 1,
+        // Commands are small writes pipelined on few connections: Nagle's algorithm would
+        // hold one behind the acknowledgement of the previous (up to a delayed-ACK timer).
+        tcp: fred::types::config::TcpConfig { nodelay: Some(true), ..Default::default() },
         ..ConnectionConfig::default()
     };
     // Pub/Sub notices are drained by one task; a burst larger than this is reported as

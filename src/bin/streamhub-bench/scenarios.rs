@@ -243,8 +243,43 @@ pub async fn publish_http(limits: &Limits, batch: usize) -> Result<Vec<Row>> {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(base: &str) -> Result<Ws> {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{}/v1/ws", base.replacen("http://", "ws://", 1))).await?;
+    // Nagle off, as browsers and WebSocket libraries have it.
+    let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     Ok(ws)
+}
+
+/// The fields of a server frame the hot client loops look at; the rest (the payload) is
+/// skipped without being built, so the client spends its CPU on the protocol, not on
+/// allocating JSON trees.
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    data: Option<Data>,
+}
+
+/// A message's data: the fanout publisher's `{"t": <publish time, µs>}`, or anything else.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Data {
+    Stamp { t: u64 },
+    Other(serde::de::IgnoredAny),
+}
+
+async fn next_head(ws: &mut Ws) -> Result<Head> {
+    loop {
+        match ws.next().await.ok_or("connection closed")?? {
+            Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
+            Message::Close(_) => return Err("connection closed".into()),
+            _ => continue,
+        }
+    }
 }
 
 async fn next_json(ws: &mut Ws) -> Result<Value> {
@@ -321,18 +356,21 @@ pub async fn fanout(limits: &Limits, subscribers: usize, topics: usize, rate: u6
             let mut h = histogram();
             let mut last = 0u64;
             while last < want && Instant::now() < deadline {
-                let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), next_json(&mut ws)).await else {
+                let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), next_head(&mut ws)).await else {
                     break;
                 };
-                if frame["type"] != "message" {
+                if frame.kind != "message" {
                     continue;
                 }
-                let seq = frame["seq"].as_u64().unwrap_or(0);
+                let seq = frame.seq;
                 if seq != last + 1 {
                     problems.fetch_add(1, Ordering::Relaxed);
                 }
                 last = seq;
-                let sent = frame["data"]["t"].as_u64().unwrap_or(0);
+                let sent = match frame.data {
+                    Some(Data::Stamp { t }) => t,
+                    _ => 0,
+                };
                 let _ = h.record(micros_since_epoch().saturating_sub(sent).max(1));
                 delivered.fetch_add(1, Ordering::Relaxed);
                 bar.inc(1);
@@ -415,9 +453,9 @@ pub async fn resume(limits: &Limits) -> Result<Vec<Row>> {
     let mut in_order = true;
     let deadline = Instant::now() + limits.deadline;
     while last < limits.count && Instant::now() < deadline {
-        let frame = next_json(&mut ws).await?;
-        if frame["type"] == "message" {
-            let seq = frame["seq"].as_u64().unwrap_or(0);
+        let frame = next_head(&mut ws).await?;
+        if frame.kind == "message" {
+            let seq = frame.seq;
             in_order &= seq == last + 1;
             last = seq;
             bar.inc(1);
@@ -794,7 +832,7 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
             ws.send(Message::Text(json!({ "op": "consume", "id": 1, "topic": "work-ws", "group": "g", "prefetch": 100 }).to_string().into())).await?;
             let mut tokens = Vec::new();
             while acked.load(Ordering::Relaxed) < n && Instant::now() < deadline {
-                let Ok(frame) = tokio::time::timeout(Duration::from_millis(200), next_json(&mut ws)).await else {
+                let Ok(frame) = tokio::time::timeout(Duration::from_millis(200), next_head(&mut ws)).await else {
                     if !tokens.is_empty() {
                         let k = tokens.len() as u64;
                         ws.send(Message::Text(json!({ "op": "ack", "id": 2, "topic": "work-ws", "group": "g", "tokens": std::mem::take(&mut tokens) }).to_string().into())).await?;
@@ -803,8 +841,8 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
                     continue;
                 };
                 let frame = frame?;
-                if frame["type"] == "delivery" {
-                    tokens.push(frame["token"].clone());
+                if frame.kind == "delivery" {
+                    tokens.extend(frame.token);
                     if tokens.len() >= 50 {
                         let k = tokens.len() as u64;
                         ws.send(Message::Text(json!({ "op": "ack", "id": 2, "topic": "work-ws", "group": "g", "tokens": std::mem::take(&mut tokens) }).to_string().into())).await?;
@@ -830,57 +868,11 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
     ));
     node.finish().await?;
 
-    // Raw: XREADGROUP COUNT 100 + XACK by W workers.
-    let pool = Builder::from_config(fred::types::config::Config::from_url(&limits.redis_url)?).build_pool(4)?;
-    pool.init().await?;
-    let random = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("bench-raw-consume-{}", &random[random.len() - 8..]);
-    let data = payload(limits.payload);
-    for chunk in 0..n.div_ceil(500) {
-        let pipeline = pool.next().pipeline();
-        for _ in 0..500.min(n - chunk * 500) {
-            let _: () = pipeline.xadd(&stream, false, None, "*", ("e", data.as_str())).await?;
-        }
-        let _: Vec<String> = pipeline.all().await?;
+    // Raw: XREADGROUP + XACK by W workers, reading 100 entries per call (1,600 in flight
+    // with 16 workers), and reading one (as many in flight as a group with concurrency W).
+    for per_read in [100, 1] {
+        rows.push(raw_consume(limits, per_read, deadline).await?);
     }
-    let _: () = pool.next().xgroup_create(&stream, "g", "0", false).await?;
-    let acked = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let (pool, acked, stream) = (pool.clone(), acked.clone(), stream.clone());
-        tasks.push(tokio::spawn(async move {
-            let consumer = format!("c{w}");
-            while acked.load(Ordering::Relaxed) < n && Instant::now() < deadline {
-                let reply: fred::types::Value = pool
-                    .next()
-                    .xreadgroup("g", consumer.as_str(), Some(100), None, false, stream.as_str(), ">")
-                    .await?;
-                let ids = entry_ids(&reply);
-                if ids.is_empty() {
-                    break;
-                }
-                let k = ids.len() as u64;
-                let _: i64 = pool.next().xack(stream.as_str(), "g", ids).await?;
-                acked.fetch_add(k, Ordering::Relaxed);
-            }
-            Ok::<_, Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let done = acked.load(Ordering::Relaxed);
-    rows.push(Row::new(
-        "raw XREADGROUP 100 + XACK",
-        done,
-        started.elapsed().as_secs_f64(),
-        None,
-        done == n,
-        format!("{workers} workers"),
-    ));
-    let _: i64 = pool.next().del(stream.as_str()).await?;
-    pool.quit().await?;
     Ok(rows)
 }
 
@@ -905,4 +897,61 @@ fn entry_ids(reply: &fred::types::Value) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// W workers each doing XREADGROUP COUNT `per_read` then XACK of what they read, until
+/// --count preloaded entries are acknowledged.
+async fn raw_consume(limits: &Limits, per_read: u64, deadline: Instant) -> Result<Row> {
+    let (n, workers) = (limits.count, limits.concurrency);
+    let pool = Builder::from_config(fred::types::config::Config::from_url(&limits.redis_url)?).build_pool(4)?;
+    pool.init().await?;
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    let stream = format!("bench-raw-consume-{}", &random[random.len() - 8..]);
+    let data = payload(limits.payload);
+    for chunk in 0..n.div_ceil(500) {
+        let pipeline = pool.next().pipeline();
+        for _ in 0..500.min(n - chunk * 500) {
+            let _: () = pipeline.xadd(&stream, false, None, "*", ("e", data.as_str())).await?;
+        }
+        let _: Vec<String> = pipeline.all().await?;
+    }
+    let _: () = pool.next().xgroup_create(&stream, "g", "0", false).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (pool, acked, stream) = (pool.clone(), acked.clone(), stream.clone());
+        tasks.push(tokio::spawn(async move {
+            let consumer = format!("c{w}");
+            while acked.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                let reply: fred::types::Value = pool
+                    .next()
+                    .xreadgroup("g", consumer.as_str(), Some(per_read), None, false, stream.as_str(), ">")
+                    .await?;
+                let ids = entry_ids(&reply);
+                if ids.is_empty() {
+                    break;
+                }
+                let k = ids.len() as u64;
+                let _: i64 = pool.next().xack(stream.as_str(), "g", ids).await?;
+                acked.fetch_add(k, Ordering::Relaxed);
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let done = acked.load(Ordering::Relaxed);
+    let row = Row::new(
+        format!("raw XREADGROUP {per_read} + XACK"),
+        done,
+        started.elapsed().as_secs_f64(),
+        None,
+        done == n,
+        format!("{workers} workers, {} in flight", workers as u64 * per_read),
+    );
+    let _: i64 = pool.next().del(stream.as_str()).await?;
+    pool.quit().await?;
+    Ok(row)
 }
