@@ -167,9 +167,14 @@ async fn fetch(state: &AppState, g: &Group, body: FetchBody) -> ApiResult<Vec<De
     let consumer = state.groups.consumer("pull");
     let client = state.store.pool_client();
     let mut pause = Duration::from_millis(10);
+    let sweep = Duration::from_millis(limits.sweep_interval_ms);
     loop {
-        let (_, reclaimed) = state.store.group_reclaim(&g.topic, &g.spec.name, &consumer, g.ack_wait(), max).await?;
-        let mut batch = screen(state, g, reclaimed).await?;
+        let mut batch = Vec::new();
+        if g.fetch_reclaim_due(sweep) {
+            let (_, reclaimed) =
+                state.store.group_reclaim(&g.topic, &g.spec.name, &consumer, g.ack_wait(), max).await?;
+            batch = screen(state, g, reclaimed).await?;
+        }
         if (batch.len() as u64) < max {
             let read = state
                 .store

@@ -39,6 +39,8 @@ pub struct Group {
     paused: AtomicBool,
     /// Stops this group's tasks on this node (group deleted, or shutdown).
     stop: CancellationToken,
+    /// When a pull fetch on this node last reclaimed expired leases (ms since the epoch).
+    fetch_reclaimed_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Group {
@@ -62,6 +64,16 @@ impl Group {
 
     pub fn stopped(&self) -> &CancellationToken {
         &self.stop
+    }
+
+    /// Whether a pull fetch should reclaim expired leases now: true for one caller at most
+    /// once per `every` on this node (expired leases wait at most that long; a reclaim per
+    /// fetch would cost every fetch a round trip).
+    pub fn fetch_reclaim_due(&self, every: Duration) -> bool {
+        let now = now_ms();
+        let last = self.fetch_reclaimed_ms.load(Ordering::Acquire);
+        now.saturating_sub(last) >= every.as_millis() as u64
+            && self.fetch_reclaimed_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 }
 
@@ -111,7 +123,16 @@ fn build(spec: GroupSpec, declared: bool, dlq_max_len: u64) -> Option<Group> {
         dlq_max_len,
     };
     let label = format!("{}/{}", spec.topic, spec.name);
-    Some(Group { spec, topic, policy, label, declared, paused: AtomicBool::new(false), stop: CancellationToken::new() })
+    Some(Group {
+        spec,
+        topic,
+        policy,
+        label,
+        declared,
+        paused: AtomicBool::new(false),
+        stop: CancellationToken::new(),
+        fetch_reclaimed_ms: std::sync::atomic::AtomicU64::new(0),
+    })
 }
 
 impl Groups {
