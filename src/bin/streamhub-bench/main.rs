@@ -57,6 +57,11 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Run streamhub as a child process (`streamhub serve`, next to this binary) rather
+        /// than in this process: needed beyond ~9,000 subscribers under a 20,000 open-files
+        /// limit, since in-process both ends of every connection count against it.
+        #[arg(long)]
+        child: bool,
     },
     /// --count preloaded messages consumed and acked by --concurrency workers, per target
     /// (in-process handler, HTTP pull, WebSocket consumer, webhook to a local receiver),
@@ -91,8 +96,8 @@ fn main() -> std::process::ExitCode {
         match cli.scenario {
             Scenario::PublishHttp { batch } => scenarios::publish_http(&limits, batch.max(1)).await,
             Scenario::PublishWs => scenarios::publish_ws(&limits).await,
-            Scenario::Fanout { subscribers, topics, rate, seconds } => {
-                scenarios::fanout(&limits, subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1)).await
+            Scenario::Fanout { subscribers, topics, rate, seconds, child } => {
+                scenarios::fanout(&limits, subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1), child).await
             }
             Scenario::Resume => scenarios::resume(&limits).await,
             Scenario::Consume => scenarios::consume(&limits).await,

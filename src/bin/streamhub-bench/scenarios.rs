@@ -330,8 +330,42 @@ pub async fn publish_ws(limits: &Limits) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-pub async fn fanout(limits: &Limits, subscribers: usize, topics: usize, rate: u64, seconds: u64) -> Result<Vec<Row>> {
-    let node = Node::start(limits).await?;
+/// Where the fanout's server runs: in this process, or as a child process (so that the
+/// clients' and the server's file descriptors count against separate limits).
+enum FanoutNode {
+    InProcess(Node),
+    Child(ChildNode),
+}
+
+impl FanoutNode {
+    fn base(&self) -> &str {
+        match self {
+            FanoutNode::InProcess(n) => &n.base,
+            FanoutNode::Child(n) => &n.base,
+        }
+    }
+
+    async fn finish(self) -> Result<()> {
+        match self {
+            FanoutNode::InProcess(n) => n.finish().await,
+            FanoutNode::Child(n) => n.finish().await,
+        }
+    }
+}
+
+pub async fn fanout(
+    limits: &Limits,
+    subscribers: usize,
+    topics: usize,
+    rate: u64,
+    seconds: u64,
+    child: bool,
+) -> Result<Vec<Row>> {
+    let node = if child {
+        FanoutNode::Child(ChildNode::start(limits, "\"subscribe\", \"publish\"").await?)
+    } else {
+        FanoutNode::InProcess(Node::start(limits).await?)
+    };
     let total = rate * seconds;
     let per_topic: Vec<u64> = (0..topics).map(|t| (total + (topics - 1 - t) as u64) / topics as u64).collect();
     let expected: u64 = (0..subscribers).map(|i| per_topic[i % topics]).sum();
@@ -342,8 +376,11 @@ pub async fn fanout(limits: &Limits, subscribers: usize, topics: usize, rate: u6
     let problems = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + limits.deadline;
+    // Readers start their 5-second silence timeout only once publishing starts (connecting
+    // thousands of subscribers takes longer than that).
+    let (go, started_rx) = tokio::sync::watch::channel(false);
     for i in 0..subscribers {
-        let mut ws = ws_connect(&node.base).await?;
+        let mut ws = ws_connect(node.base()).await?;
         let topic = format!("fan-{}", i % topics);
         ws.send(Message::Text(json!({ "op": "subscribe", "id": 1, "topic": topic }).to_string().into())).await?;
         let reply = next_json(&mut ws).await?;
@@ -352,7 +389,9 @@ pub async fn fanout(limits: &Limits, subscribers: usize, topics: usize, rate: u6
         }
         let want = per_topic[i % topics];
         let (latency, problems, delivered, bar) = (latency.clone(), problems.clone(), delivered.clone(), bar.clone());
+        let mut started_rx = started_rx.clone();
         readers.push(tokio::spawn(async move {
+            let _ = started_rx.wait_for(|go| *go).await;
             let mut h = histogram();
             let mut last = 0u64;
             while last < want && Instant::now() < deadline {
@@ -387,7 +426,8 @@ pub async fn fanout(limits: &Limits, subscribers: usize, topics: usize, rate: u6
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let per_tick = (rate as f64 / 100.0).max(1.0);
+    let _ = go.send(true);
+    let per_tick = rate as f64 / 100.0;
     let mut sent = 0u64;
     let mut owed = 0.0;
     while sent < total && Instant::now() < deadline {
@@ -395,7 +435,7 @@ pub async fn fanout(limits: &Limits, subscribers: usize, topics: usize, rate: u6
         owed += per_tick;
         let mut posts = Vec::new();
         while owed >= 1.0 && sent < total {
-            let url = format!("{}/v1/topics/fan-{}/messages", node.base, sent as usize % topics);
+            let url = format!("{}/v1/topics/fan-{}/messages", node.base(), sent as usize % topics);
             let body = json!({ "data": { "t": micros_since_epoch(), "pad": payload(limits.payload) } });
             posts.push(http.post(url).json(&body).send());
             owed -= 1.0;
@@ -543,49 +583,89 @@ fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
-pub async fn connections(limits: &Limits) -> Result<Vec<Row>> {
-    // The server runs as a child process so that its memory is measured alone.
-    let binary = std::env::current_exe()?.with_file_name("streamhub");
-    if !binary.exists() {
-        return Err(format!("{} not found: build it (cargo build --release)", binary.display()).into());
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let dir = std::env::temp_dir().join(format!("streamhub-bench-{port}"));
-    std::fs::create_dir_all(&dir)?;
-    let random = uuid::Uuid::now_v7().simple().to_string();
-    let prefix = format!("bench-{}", &random[random.len() - 8..]);
-    let config = dir.join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-             [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\nspawn = \"never\"\n\
-             [ws]\nmax_connections = 100000\n[http]\nconnection_rate_per_ip = 1000000\nmax_connections_per_ip = 1000000\n\
-             [log]\nlevel = \"warn\"\n[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [\"subscribe\"]\n",
-            limits.redis_url
-        ),
-    )?;
-    let mut child = std::process::Command::new(&binary)
-        .args(["--config", &config.display().to_string(), "serve"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let ready = async {
+/// `streamhub serve` as a child process (its memory and file descriptors are its own),
+/// open to anonymous clients with `scopes`, on a fresh key prefix.
+struct ChildNode {
+    /// None once `finish` has waited for it.
+    child: Option<std::process::Child>,
+    pid: u32,
+    base: String,
+    dir: std::path::PathBuf,
+    prefix: String,
+    redis_url: String,
+}
+
+impl ChildNode {
+    async fn start(limits: &Limits, scopes: &str) -> Result<ChildNode> {
+        let binary = std::env::current_exe()?.with_file_name("streamhub");
+        if !binary.exists() {
+            return Err(format!("{} not found: build it (cargo build --release)", binary.display()).into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("streamhub-bench-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let random = uuid::Uuid::now_v7().simple().to_string();
+        let prefix = format!("bench-{}", &random[random.len() - 8..]);
+        let config = dir.join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+                 [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\nspawn = \"never\"\n\
+                 [ws]\nmax_connections = 100000\n\
+                 [http]\nconnection_rate_per_ip = 1000000\nmax_connections_per_ip = 1000000\npublish_rate_per_sec = 1000000\n\
+                 [log]\nlevel = \"warn\"\n[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [{scopes}]\n",
+                limits.redis_url
+            ),
+        )?;
+        let child = std::process::Command::new(&binary)
+            .args(["--config", &config.display().to_string(), "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let node = ChildNode {
+            pid: child.id(),
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            prefix,
+            redis_url: limits.redis_url.clone(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
-                return true;
+            if reqwest::get(format!("{}/healthz", node.base)).await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(node);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        false
-    };
-    let result = async {
-        if !ready.await {
-            return Err::<Vec<Row>, Error>("streamhub did not start".into());
+        Err("streamhub did not start".into())
+    }
+
+    /// SIGTERM, wait, delete its keys and files.
+    async fn finish(mut self) -> Result<()> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        delete_prefix(&self.redis_url, &format!("{}:*", self.prefix)).await
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn connections(limits: &Limits) -> Result<Vec<Row>> {
+    // The server runs as a child process so that its memory is measured alone.
+    let node = ChildNode::start(limits, "\"subscribe\"").await?;
+    let (base, pid) = (node.base.clone(), node.pid);
+    let result = async {
         // Warm up (first connection, first subscription), then measure.
         let mut warm = ws_connect(&base).await?;
         warm.send(Message::Text(json!({ "op": "subscribe", "id": 1, "topic": "idle" }).to_string().into())).await?;
@@ -616,13 +696,17 @@ pub async fn connections(limits: &Limits) -> Result<Vec<Row>> {
             per,
             per as f64 / 1024.0
         );
-        Ok(vec![Row::new("connections (idle, subscribed)", n, elapsed.as_secs_f64(), None, n == limits.count, note)])
+        Ok::<_, Error>(vec![Row::new(
+            "connections (idle, subscribed)",
+            n,
+            elapsed.as_secs_f64(),
+            None,
+            n == limits.count,
+            note,
+        )])
     }
     .await;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    delete_prefix(&limits.redis_url, &format!("{prefix}:*")).await?;
+    node.finish().await?;
     result
 }
 
