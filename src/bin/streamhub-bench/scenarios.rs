@@ -333,7 +333,7 @@ pub async fn publish_ws(limits: &Limits) -> Result<Vec<Row>> {
 /// Where the fanout's server runs: in this process, or as a child process (so that the
 /// clients' and the server's file descriptors count against separate limits).
 enum FanoutNode {
-    InProcess(Node),
+    InProcess(Box<Node>),
     Child(ChildNode),
 }
 
@@ -364,7 +364,7 @@ pub async fn fanout(
     let node = if child {
         FanoutNode::Child(ChildNode::start(limits, "\"subscribe\", \"publish\"").await?)
     } else {
-        FanoutNode::InProcess(Node::start(limits).await?)
+        FanoutNode::InProcess(Box::new(Node::start(limits).await?))
     };
     let total = rate * seconds;
     let per_topic: Vec<u64> = (0..topics).map(|t| (total + (topics - 1 - t) as u64) / topics as u64).collect();
