@@ -178,7 +178,7 @@ fn refresh_process() -> Option<f64> {
         metrics::gauge!(UPTIME).set(started.elapsed().as_secs_f64());
     }
     // /proc/self/stat: fields after the command name; utime and stime are fields 14 and
-    // 15 in clock ticks (USER_HZ, 100 on Linux), rss field 24 in pages.
+    // 15, in clock ticks (USER_HZ, which Linux fixes at 100 for this interface).
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         if let Some((_, rest)) = stat.rsplit_once(')') {
             let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -186,10 +186,15 @@ fn refresh_process() -> Option<f64> {
             if let (Some(utime), Some(stime)) = (field(14), field(15)) {
                 cpu = Some((utime + stime) as f64 / 100.0);
             }
-            if let Some(pages) = field(24) {
-                metrics::gauge!(RESIDENT_MEMORY).set((pages * page_size()) as f64);
-            }
+
         }
+    }
+    // "VmRSS:     12345 kB"
+    let rss_kb = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
+    });
+    if let Some(kb) = rss_kb {
+        metrics::gauge!(RESIDENT_MEMORY).set((kb * 1024) as f64);
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!(OPEN_FDS).set(dir.count() as f64);
@@ -202,23 +207,6 @@ fn refresh_process() -> Option<f64> {
         metrics::gauge!(MAX_FDS).set(soft);
     }
     cpu
-}
-
-fn page_size() -> u64 {
-    // Every Linux platform streamhub is built for uses 4 KiB pages unless the kernel
-    // says otherwise in /proc/self/smaps' KernelPageSize; read it once.
-    static SIZE: OnceLock<u64> = OnceLock::new();
-    *SIZE.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/smaps")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("KernelPageSize:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map(|kb| kb * 1024)
-            .unwrap_or(4096)
-    })
 }
 
 /// The `/metrics` text: process gauges refreshed, then everything rendered.
