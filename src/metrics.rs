@@ -272,7 +272,11 @@ pub async fn poll(
                     metrics::gauge!(GROUP_DEAD_LETTERS, "group" => label.clone()).set(info.dead_letters as f64);
                     seen.insert(label);
                 }
-                Err(e) => tracing::debug!(group = %g.label, error = %e, "reading the group's gauges failed"),
+                Err(e) => {
+                    // Keeps its last values (not zeroed as if deleted) until the next poll.
+                    tracing::debug!(group = %g.label, error = %e, "reading the group's gauges failed");
+                    seen.insert(g.label.clone());
+                }
             }
         }
         // A deleted group's gauges read 0 rather than its last values.
