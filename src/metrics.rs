@@ -186,7 +186,6 @@ fn refresh_process() -> Option<f64> {
             if let (Some(utime), Some(stime)) = (field(14), field(15)) {
                 cpu = Some((utime + stime) as f64 / 100.0);
             }
-
         }
     }
     // "VmRSS:     12345 kB"

@@ -66,7 +66,21 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
         (vec!["check-config".into()], vec![("STREAMHUB__REDIS__COMMAND_TIMEOUT_MS", "0")], "redis.command_timeout_ms"),
         (vec!["check-config".into()], vec![("STREAMHUB__LIMITS__MAX_HEADERS", "many")], "max_headers"),
         (vec!["--redis-url".into(), "http://x".into(), "check-config".into()], vec![], "redis.url"),
+        (vec!["check-config".into()], vec![("STREAMHUB__WS__WRITE_TIMEOUT_MS", "0")], "ws.write_timeout_ms"),
+        (
+            vec!["check-config".into()],
+            vec![("STREAMHUB__SERVER__METRICS_POLL_INTERVAL_MS", "99")],
+            "server.metrics_poll_interval_ms",
+        ),
+        (vec!["check-config".into()], vec![("STREAMHUB__LOG__FORMAT", "xml")], "format"),
     ];
+    // The edges that are allowed.
+    for (key, value) in
+        [("STREAMHUB__WS__WRITE_TIMEOUT_MS", "1"), ("STREAMHUB__SERVER__METRICS_POLL_INTERVAL_MS", "100")]
+    {
+        let out = streamhub(&["check-config"], &[(key, value)]);
+        assert!(out.status.success(), "{key}={value}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     for (args, env, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = streamhub(&args, &env);
