@@ -14,18 +14,33 @@
 local function group_ack(keys, args)
   local group = args[1]
   local out = {}
+  -- Every lease is checked first; the acknowledged ids then go in one XACK per stream and
+  -- one counter update, whatever their number.
+  local acked = { [keys[1]] = {}, [keys[2]] = {} }
+  local seen = {}
   for i = 2, #args, 3 do
     local src = (args[i] == 'r') and keys[2] or keys[1]
     local id, count = args[i + 1], tonumber(args[i + 2])
-    local status = pending_status(src, group, id, count)
+    local status
+    if seen[src .. ' ' .. id] then
+      status = 'unknown' -- the same delivery twice in one call: acknowledged once
+    else
+      status = pending_status(src, group, id, count)
+    end
     if status == 'ok' then
-      redis.call('XACK', src, group, id)
-      if src == keys[2] then redis.call('XDEL', src, id) end
-      redis.call('HINCRBY', keys[3], 'acked', 1)
+      seen[src .. ' ' .. id] = true
+      table.insert(acked[src], id)
       status = 'acked'
     end
     table.insert(out, status)
   end
+  local main, retry = acked[keys[1]], acked[keys[2]]
+  if #main > 0 then redis.call('XACK', keys[1], group, unpack(main)) end
+  if #retry > 0 then
+    redis.call('XACK', keys[2], group, unpack(retry))
+    redis.call('XDEL', keys[2], unpack(retry))
+  end
+  if #main + #retry > 0 then redis.call('HINCRBY', keys[3], 'acked', #main + #retry) end
   return out
 end
 

@@ -162,10 +162,10 @@ async fn stats_prints_topics_rates_groups_and_dead_letters() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_stops_reading_is_dropped_without_hurting_others() {
     let redis = RedisServer::start();
-    let app = TestApp::start_with(&redis, |c| c.ws.write_timeout_ms = 300).await;
+    let app = TestApp::start_with(&redis, |c| c.ws.write_timeout_ms = 1000).await;
     // A client with a tiny receive buffer that subscribes and then never reads.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
@@ -182,6 +182,12 @@ async fn a_peer_that_stops_reading_is_dropped_without_hurting_others() {
     let before = app.metrics().await;
     assert_eq!(sample(&before, "streamhub_sessions{transport=\"ws\"}"), Some(2.0));
 
+    // The reading subscriber reads all along (a reader that waited for the publishes to
+    // end would be a stalled peer too).
+    let reader = tokio::spawn(async move {
+        let got = healthy.messages(160).await;
+        (healthy, got)
+    });
     // ~10 MB: more than the kernel buffers between the server and the stuck peer.
     let big = "x".repeat(64 * 1024);
     for _ in 0..20 {
@@ -189,7 +195,7 @@ async fn a_peer_that_stops_reading_is_dropped_without_hurting_others() {
         let (status, body) = app.post_json("/v1/topics/slow/messages:batch", &json!({ "messages": batch })).await;
         assert_eq!(status, reqwest::StatusCode::OK, "{body}");
     }
-    let got = healthy.messages(160).await;
+    let (healthy, got) = reader.await.expect("reader");
     let seqs: Vec<u64> = got.iter().map(common::seq).collect();
     assert_eq!(seqs, (1..=160).collect::<Vec<_>>(), "the reading subscriber got everything, in order");
 
