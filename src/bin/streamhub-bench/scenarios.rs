@@ -891,18 +891,10 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
     }
     let progress = until(n, deadline, &bar_pull, || acked.load(Ordering::Relaxed));
     let _ = progress.await;
-    for t in tasks {
-        t.await??;
-    }
-    let done = acked.load(Ordering::Relaxed);
-    rows.push(Row::new(
-        "consume http pull",
-        done,
-        started.elapsed().as_secs_f64(),
-        None,
-        done == n,
-        format!("{workers} workers, fetch 100 + ack"),
-    ));
+    rows.push(
+        acked_row("consume http pull", tasks, &acked, n, started, format!("{workers} workers, fetch 100 + ack"))
+            .await?,
+    );
 
     // WebSocket consumers: prefetch 100, ack each batch of 100 received.
     let acked = Arc::new(AtomicU64::new(0));
@@ -938,18 +930,8 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
         }));
     }
     let _ = until(n, deadline, &bar_ws, || acked.load(Ordering::Relaxed)).await;
-    for t in tasks {
-        t.await??;
-    }
-    let done = acked.load(Ordering::Relaxed);
-    rows.push(Row::new(
-        "consume websocket",
-        done,
-        started.elapsed().as_secs_f64(),
-        None,
-        done == n,
-        format!("{workers} connections, prefetch 100, acks of 50"),
-    ));
+    let note = format!("{workers} connections, prefetch 100, acks of 50");
+    rows.push(acked_row("consume websocket", tasks, &acked, n, started, note).await?);
     node.finish().await?;
 
     // Raw: XREADGROUP + XACK by W workers, reading 100 entries per call (1,600 in flight
@@ -1023,19 +1005,25 @@ async fn raw_consume(limits: &Limits, per_read: u64, deadline: Instant) -> Resul
             Ok::<_, Error>(())
         }));
     }
+    let note = format!("{workers} workers, {} in flight", workers as u64 * per_read);
+    let row = acked_row(format!("raw XREADGROUP {per_read} + XACK"), tasks, &acked, n, started, note).await?;
+    let _: i64 = pool.next().del(stream.as_str()).await?;
+    pool.quit().await?;
+    Ok(row)
+}
+
+/// Waits for the consumer tasks, then the row: `acked` of `n` acknowledged since `started`.
+async fn acked_row(
+    name: impl Into<String>,
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+    acked: &AtomicU64,
+    n: u64,
+    started: Instant,
+    note: String,
+) -> Result<Row> {
     for t in tasks {
         t.await??;
     }
     let done = acked.load(Ordering::Relaxed);
-    let row = Row::new(
-        format!("raw XREADGROUP {per_read} + XACK"),
-        done,
-        started.elapsed().as_secs_f64(),
-        None,
-        done == n,
-        format!("{workers} workers, {} in flight", workers as u64 * per_read),
-    );
-    let _: i64 = pool.next().del(stream.as_str()).await?;
-    pool.quit().await?;
-    Ok(row)
+    Ok(Row::new(name, done, started.elapsed().as_secs_f64(), None, done == n, note))
 }
