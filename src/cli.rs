@@ -1,8 +1,9 @@
 //! The `streamhub` command line: `serve`, `publish`, `history`, `topics`, `tail`, `groups`,
 //! `dlq`, `check-config`.
 //!
-//! `publish`, `history` and `topics` talk to Redis directly through the store (the same
-//! functions the server calls, so the same guarantees); they are operator tools.
+//! `publish`, `history`, `topics`, `groups` and `dlq` call the same operations as the
+//! server (`crate::ops`), on Redis directly, as the operator (whoever can reach Redis
+//! bypasses access control anyway); `tail` and `stats` are clients of a running node.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -14,12 +15,20 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Config, ConfigError, Overrides};
-use crate::gateway::protocol::{HistoryResponse, PublishResult, TopicResponse};
 use crate::message::NewMessage;
+use crate::ops::access::{Access, Admin, Grant, Publish, Subscribe};
+use crate::ops::dlq::Selection;
+use crate::ops::topics::HistoryRequest;
+use crate::ops::{self, Ops};
 use crate::server::Server;
 use crate::store::Store;
 use crate::topic::Topic;
+use crate::wire::{DeadLetterOut, HistoryResponse, PublishResult, TopicResponse};
 
 #[derive(Debug, Parser)]
 #[command(name = "streamhub", version, about = "A reliable real-time message broker on Redis Streams")]
@@ -255,40 +264,63 @@ fn local_api(config: &Config) -> SocketAddr {
     addr
 }
 
+/// The operations of an offline node: the store (connecting, not waited for), access
+/// control, the configured groups (not started). The CLI acts as the operator.
+fn offline_ops(config: &Config) -> Result<Ops, Box<dyn std::error::Error>> {
+    let store = Store::connect(config)?;
+    let auth = crate::auth::Auth::new(&config.auth)?;
+    let access = Arc::new(Access::new(auth, &config.http, config.limits.max_topic_bytes));
+    let groups = Arc::new(crate::groups::Groups::new(config));
+    Ok(Ops::new(store, Arc::new(config.clone()), access, groups, CancellationToken::new()))
+}
+
+/// Waits for Redis (at most the connect or command timeout, whichever is longer).
+async fn ready(ops: &Ops) -> Result<(), Box<dyn std::error::Error>> {
+    let redis = &ops.config().redis;
+    let timeout = Duration::from_millis(redis.connect_timeout_ms.max(redis.command_timeout_ms));
+    Ok(ops.store().wait_ready(timeout).await?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> CliResult {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
 async fn run(command: Command, config: Config) -> CliResult {
     match command {
         Command::Serve => serve(config).await,
         Command::Publish { topic, data, content_type, headers, ttl_ms, idempotency_key } => {
-            let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
+            let ops = offline_ops(&config)?;
+            let operator = ops.access().operator();
+            let grant = ops.access().grant::<Publish>(&operator, &topic)?;
             let payload = read_data(&data)?;
             let content_type = content_type.unwrap_or_else(|| guess_content_type(&payload).to_string());
-            let headers = parse_headers(&headers)?;
             let message =
-                NewMessage { payload, content_type, headers, ttl_ms, idempotency_key }.check(&config.limits)?;
-            let store = ready_store(&config).await?;
-            let published = store.publish(&topic, vec![message]).await?;
-            for p in published {
-                println!("{}", serde_json::to_string(&PublishResult::from(p))?);
-            }
-            store.close().await;
+                NewMessage { payload, content_type, headers: parse_headers(&headers)?, ttl_ms, idempotency_key };
+            ready(&ops).await?;
+            let published = ops.publish(&operator, &grant, message).await?;
+            print_json(&PublishResult::from(published))?;
+            ops.store().close().await;
             Ok(())
         }
         Command::History { topic, since, limit } => {
-            let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
-            let store = ready_store(&config).await?;
-            let page = store.read_since(&topic, since, limit.min(config.limits.max_history_limit)).await?;
+            let ops = offline_ops(&config)?;
+            let grant = ops.access().grant::<Subscribe>(&ops.access().operator(), &topic)?;
+            ready(&ops).await?;
+            let page = ops.history(&grant, &HistoryRequest { since, limit: Some(limit) }).await?;
             println!("{}", serde_json::to_string_pretty(&HistoryResponse::new(page, since, None))?);
-            store.close().await;
+            ops.store().close().await;
             Ok(())
         }
         Command::Topics { limit } => {
-            let store = ready_store(&config).await?;
-            for name in store.list_topics(limit.min(config.limits.max_topics_listed)).await? {
-                let topic = Topic::parse(&name, usize::MAX)?;
-                let info = store.topic_info(&topic).await?;
-                println!("{}", serde_json::to_string(&TopicResponse::new(name, info))?);
+            let ops = offline_ops(&config)?;
+            let operator = ops.access().operator();
+            ready(&ops).await?;
+            for name in ops.list_topics(&operator, Some(limit)).await?.topics {
+                let grant = ops.access().grant::<Subscribe>(&operator, &name)?;
+                print_json(&TopicResponse::new(name, ops.store().topic_info(grant.topic()).await?))?;
             }
-            store.close().await;
+            ops.store().close().await;
             Ok(())
         }
         Command::Tail { topic, since, epoch, url, max_messages, token } => {
@@ -302,16 +334,7 @@ async fn run(command: Command, config: Config) -> CliResult {
             let url = url.unwrap_or_else(|| format!("ws://{}/v1/ws", local_api(&config)));
             let url = match token {
                 Some(t) => {
-                    // Percent-encode everything but the unreserved characters.
-                    let encoded: String = t
-                        .bytes()
-                        .map(|b| match b {
-                            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                                (b as char).to_string()
-                            }
-                            _ => format!("%{b:02X}"),
-                        })
-                        .collect();
+                    let encoded: String = form_urlencoded::byte_serialize(t.as_bytes()).collect();
                     format!("{url}{}token={encoded}", if url.contains('?') { '&' } else { '?' })
                 }
                 None => url,
@@ -322,18 +345,17 @@ async fn run(command: Command, config: Config) -> CliResult {
             }
         }
         Command::Groups { topic } => {
-            let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
-            let store = ready_store(&config).await?;
-            for name in store.topic_groups(&topic).await? {
-                let i = store.group_info(&topic, &name).await?;
-                let line = serde_json::json!({
+            let ops = offline_ops(&config)?;
+            let grant = ops.access().grant::<Admin>(&ops.access().operator(), &topic)?;
+            ready(&ops).await?;
+            for (name, i) in ops.recorded_groups(&grant).await? {
+                print_json(&serde_json::json!({
                     "group": name, "lag": i.lag, "pending": i.pending, "scheduled": i.scheduled,
                     "retry_ready": i.retry_ready, "dead_letters": i.dead_letters, "consumers": i.consumers,
                     "counters": i.counters,
-                });
-                println!("{line}");
+                }))?;
             }
-            store.close().await;
+            ops.store().close().await;
             Ok(())
         }
         Command::Stats { url, token, interval_ms, limit, json } => {
@@ -347,126 +369,68 @@ async fn run(command: Command, config: Config) -> CliResult {
     }
 }
 
-fn dead_letter_json(d: crate::store::groups::DeadLetter) -> serde_json::Value {
-    let message =
-        crate::gateway::protocol::MessageOut::from(crate::store::StoredMessage { seq: d.seq, envelope: d.envelope });
-    serde_json::json!({
-        "id": d.id, "seq": d.seq, "attempts": d.attempts, "error": d.error, "dead_ms": d.dead_ms,
-        "reason": d.reason, "message": message,
-    })
-}
-
-/// All dead-letter ids of a group, optionally filtered by error text.
-async fn all_dead_letters(
-    store: &Store,
-    topic: &Topic,
-    group: &str,
-    needle: Option<&str>,
-) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let mut ids = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.dlq_list(topic, group, after.as_deref(), 1000).await?;
-        let Some(last) = page.last().map(|d| d.id.clone()) else { break };
-        ids.extend(page.into_iter().filter(|d| needle.is_none_or(|n| d.error.contains(n))).map(|d| d.id));
-        after = Some(last);
-    }
-    Ok(ids)
-}
-
-async fn select_ids(
-    store: &Store,
-    topic: &Topic,
-    group: &str,
-    ids: Vec<String>,
-    all: bool,
-    needle: Option<&str>,
-) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    if !ids.is_empty() {
-        Ok(ids)
-    } else if all {
-        all_dead_letters(store, topic, group, needle).await
-    } else {
-        Err("give dead-letter ids, or --all".into())
-    }
-}
-
-/// Runs `act` over `ids` in chunks of 100 with a progress bar on stderr; returns the sum.
-async fn in_chunks(
-    ids: &[String],
-    what: &str,
-    act: impl AsyncFn(&[String]) -> crate::store::Result<u64>,
-) -> Result<u64, Box<dyn std::error::Error>> {
-    let bar = indicatif::ProgressBar::new(ids.len() as u64);
+/// A progress bar on stderr for a replay or purge.
+fn progress_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(what.to_string());
-    let mut done = 0;
-    for chunk in ids.chunks(100) {
-        done += act(chunk).await?;
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(done)
-}
-
-/// The topic, group and dead-letter ids a selection names.
-async fn resolve(
-    store: &Store,
-    config: &Config,
-    selection: DlqSelection,
-) -> Result<(Topic, String, Vec<String>), Box<dyn std::error::Error>> {
-    let DlqSelection { topic, group, ids, all, error_contains } = selection;
-    let topic = Topic::parse(&topic, config.limits.max_topic_bytes)?;
-    let ids = select_ids(store, &topic, &group, ids, all, error_contains.as_deref()).await?;
-    Ok((topic, group, ids))
+    bar
 }
 
 async fn dlq(action: DlqAction, config: &Config) -> CliResult {
-    let store = ready_store(config).await?;
-    let topic_of = |t: &str| Topic::parse(t, config.limits.max_topic_bytes);
+    let ops = offline_ops(config)?;
+    let operator = ops.access().operator();
+    let (topic, group) = match &action {
+        DlqAction::Ls { topic, group, .. } | DlqAction::Show { topic, group, .. } => (topic, group),
+        DlqAction::Replay { selection } | DlqAction::Purge { selection } => (&selection.topic, &selection.group),
+    };
+    let grant = ops.access().grant::<Admin>(&operator, topic)?;
+    let group = group.clone();
+    ready(&ops).await?;
     match action {
-        DlqAction::Ls { topic, group, after, limit } => {
-            let topic = topic_of(&topic)?;
-            for d in store.dlq_list(&topic, &group, after.as_deref(), limit.clamp(1, 10_000)).await? {
-                println!("{}", dead_letter_json(d));
+        DlqAction::Ls { after, limit, .. } => {
+            for d in ops.dlq_list(&grant, &group, after.as_deref(), Some(limit)).await?.letters {
+                print_json(&DeadLetterOut::from(d))?;
             }
         }
-        DlqAction::Show { topic, group, id } => {
-            let topic = topic_of(&topic)?;
-            let (ms, n) = id.split_once('-').ok_or("a dead-letter id looks like 1700000000000-0")?;
-            let (ms, n): (u64, u64) = (ms.parse()?, n.parse()?);
-            // The entry right after the id just before it is the id itself, if it exists.
-            let before =
-                if n == 0 { format!("{}-{}", ms.saturating_sub(1), u64::MAX) } else { format!("{ms}-{}", n - 1) };
-            let found = store.dlq_list(&topic, &group, Some(&before), 1).await?.into_iter().find(|d| d.id == id);
-            let d = found.ok_or_else(|| format!("no dead letter {id}"))?;
-            println!("{}", serde_json::to_string_pretty(&dead_letter_json(d))?);
+        DlqAction::Show { id, .. } => {
+            let d = ops.dlq_show(&grant, &group, &id).await?;
+            println!("{}", serde_json::to_string_pretty(&DeadLetterOut::from(d))?);
         }
         DlqAction::Replay { selection } => {
-            let (topic, group, ids) = resolve(&store, config, selection).await?;
-            let done =
-                in_chunks(&ids, "replaying", async |chunk| store.dlq_replay(&topic, &group, chunk).await).await?;
-            println!("{}", serde_json::json!({ "replayed": done }));
+            dlq_apply(&ops, &grant, &group, selection, ops::dlq::DlqAction::Replay, "replaying", "replayed").await?
         }
         DlqAction::Purge { selection } => {
-            let (topic, group, ids) = resolve(&store, config, selection).await?;
-            let done = in_chunks(&ids, "purging", async |chunk| store.dlq_purge(&topic, &group, chunk).await).await?;
-            println!("{}", serde_json::json!({ "purged": done }));
+            dlq_apply(&ops, &grant, &group, selection, ops::dlq::DlqAction::Purge, "purging", "purged").await?
         }
     }
-    store.close().await;
+    ops.store().close().await;
     Ok(())
 }
 
-async fn ready_store(config: &Config) -> Result<Store, Box<dyn std::error::Error>> {
-    let store = Store::connect(config)?;
-    store
-        .wait_ready(Duration::from_millis(config.redis.connect_timeout_ms.max(config.redis.command_timeout_ms)))
+async fn dlq_apply(
+    ops: &Ops,
+    grant: &Grant<Admin>,
+    group: &str,
+    selection: DlqSelection,
+    action: ops::dlq::DlqAction,
+    what: &str,
+    key: &str,
+) -> CliResult {
+    let DlqSelection { ids, all, error_contains, .. } = selection;
+    let selection = if ids.is_empty() && all { Selection::All { error_contains } } else { Selection::Ids(ids) };
+    let bar = progress_bar(what);
+    let done = ops
+        .dlq_apply(grant, group, &selection, action, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
         .await?;
-    Ok(store)
+    bar.finish_and_clear();
+    print_json(&serde_json::json!({ key: done }))
 }
 
 async fn serve(config: Config) -> CliResult {

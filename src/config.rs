@@ -8,6 +8,11 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::topic::Topic;
+
+pub use crate::auth::config::{AnonymousRule, ApiKeySpec, AuthConfig, HsKey, PublicKey};
+pub use crate::auth::Scope;
+
 /// The built-in defaults, documented key by key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -40,82 +45,6 @@ pub struct Config {
     #[serde(default)]
     pub group: Vec<GroupSpec>,
     pub log: LogConfig,
-}
-
-/// What a credential may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Subscribe,
-    Publish,
-    Consume,
-    /// Admin endpoints (API keys only).
-    Admin,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Seconds of clock skew accepted on `exp` and `nbf`.
-    pub leeway_secs: u64,
-    /// Required `iss` ("" = not checked).
-    pub issuer: String,
-    /// Required `aud` ("" = not checked).
-    pub audience: String,
-    /// Topics a token's subject may subscribe and publish to without listing them.
-    pub personal_topics: Vec<String>,
-    /// JWKS file of public keys (by `kid`).
-    #[serde(default)]
-    pub jwks_file: Option<PathBuf>,
-    /// WebSocket: time to send an `auth` frame when the upgrade carried no credentials.
-    pub auth_timeout_ms: u64,
-    #[serde(default)]
-    pub hs256: Vec<HsKey>,
-    #[serde(default)]
-    pub public_key: Vec<PublicKey>,
-    #[serde(default)]
-    pub api_key: Vec<ApiKeySpec>,
-    #[serde(default)]
-    pub anonymous: Vec<AnonymousRule>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HsKey {
-    pub kid: String,
-    pub secret: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublicKey {
-    pub kid: String,
-    /// RS256, ES256 or EdDSA.
-    pub algorithm: String,
-    pub pem_file: PathBuf,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeySpec {
-    pub name: String,
-    /// Hex SHA-256 of the key (`streamhub hash-key` prints it); never the key itself.
-    pub sha256: String,
-    pub scopes: Vec<Scope>,
-    /// Topic patterns the subscribe/publish/consume scopes apply to.
-    #[serde(default = "all_topics")]
-    pub topics: Vec<String>,
-}
-
-fn all_topics() -> Vec<String> {
-    vec!["*".into()]
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnonymousRule {
-    pub topics: Vec<String>,
-    pub scopes: Vec<Scope>,
 }
 
 /// Browser-facing HTTP settings and per-client limits.
@@ -155,14 +84,64 @@ pub struct GroupsConfig {
     pub discover_interval_ms: u64,
 }
 
-/// Where a group starts reading its topic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// Where a group starts reading its topic: `"new"`, `"earliest"` or a seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupStart {
-    /// "new" or "earliest".
-    Named(String),
-    /// After this seq.
+    /// Messages published after the group was created.
+    New,
+    /// Everything still retained.
+    Earliest,
+    /// Messages after this seq.
     After(u64),
+}
+
+impl Serialize for GroupStart {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GroupStart::New => s.serialize_str("new"),
+            GroupStart::Earliest => s.serialize_str("earliest"),
+            GroupStart::After(seq) => s.serialize_u64(*seq),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupStart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<GroupStart, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Seq(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(n) if n == "new" => Ok(GroupStart::New),
+            Raw::Name(n) if n == "earliest" => Ok(GroupStart::Earliest),
+            Raw::Seq(seq) => Ok(GroupStart::After(seq)),
+            Raw::Name(other) => {
+                Err(serde::de::Error::custom(format!("start: \"new\", \"earliest\" or a seq, not {other:?}")))
+            }
+        }
+    }
+}
+
+/// What a webhook request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookBody {
+    /// The message as a JSON document (topic, group, epoch, attempt, message).
+    Json,
+    /// The payload bytes with the message's content type.
+    Raw,
+}
+
+/// What a webhook 4xx answer (other than 408 and 429) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum On4xx {
+    /// A permanent failure: dead-lettered.
+    Dlq,
+    /// Retried like a 5xx.
+    Retry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,7 +166,7 @@ pub enum OnExpiry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
-    pub topic: String,
+    pub topic: Topic,
     pub name: String,
     #[serde(default = "default_start")]
     pub start: GroupStart,
@@ -200,7 +179,7 @@ pub struct GroupSpec {
     pub secret: Option<String>,
     /// Webhook body: "json" (the message as JSON) or "raw" (the payload bytes).
     #[serde(default = "default_body")]
-    pub body: String,
+    pub body: WebhookBody,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default = "default_backoff_base")]
@@ -225,14 +204,14 @@ pub struct GroupSpec {
     pub on_expiry: OnExpiry,
     /// A webhook 4xx other than 408/429: "dlq" (permanent failure) or "retry".
     #[serde(default = "default_on_4xx")]
-    pub on_4xx: String,
+    pub on_4xx: On4xx,
 }
 
 fn default_start() -> GroupStart {
-    GroupStart::Named("new".into())
+    GroupStart::New
 }
-fn default_body() -> String {
-    "json".into()
+fn default_body() -> WebhookBody {
+    WebhookBody::Json
 }
 fn default_max_attempts() -> u32 {
     5
@@ -261,8 +240,8 @@ fn default_timeout() -> u64 {
 fn default_on_expiry() -> OnExpiry {
     OnExpiry::Drop
 }
-fn default_on_4xx() -> String {
-    "dlq".into()
+fn default_on_4xx() -> On4xx {
+    On4xx::Dlq
 }
 
 /// Group names: what may appear in one (it becomes part of Redis keys).
@@ -272,26 +251,15 @@ pub fn valid_group_name(name: &str) -> bool {
 
 impl GroupSpec {
     pub fn validate(&self, limits: &Limits) -> Result<(), String> {
-        crate::topic::Topic::parse(&self.topic, limits.max_topic_bytes).map_err(|e| e.to_string())?;
+        Topic::parse(self.topic.as_str(), limits.max_topic_bytes).map_err(|e| e.to_string())?;
         if !valid_group_name(&self.name) {
             return Err("name: 1 to 64 ASCII letters, digits, '.', '_' or '-'".into());
-        }
-        if let GroupStart::Named(n) = &self.start {
-            if n != "new" && n != "earliest" {
-                return Err("start: \"new\", \"earliest\" or a seq".into());
-            }
         }
         if self.target == TargetKind::Webhook {
             match &self.url {
                 Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
                 _ => return Err("url: a webhook group needs an http:// or https:// url".into()),
             }
-        }
-        if self.body != "json" && self.body != "raw" {
-            return Err("body: \"json\" or \"raw\"".into());
-        }
-        if self.on_4xx != "dlq" && self.on_4xx != "retry" {
-            return Err("on_4xx: \"dlq\" or \"retry\"".into());
         }
         if self.max_attempts == 0 || self.max_attempts > 1000 {
             return Err("max_attempts: 1 to 1000".into());

@@ -14,19 +14,23 @@
 
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+pub mod error;
 pub mod gateway;
 pub mod groups;
 pub mod keys;
 pub mod message;
 pub mod metrics;
+pub mod ops;
 pub mod server;
 pub mod stats;
 pub mod store;
 pub mod tail;
 pub mod topic;
+pub mod wire;
 
 pub use config::Config;
 pub use envelope::Envelope;

@@ -3,10 +3,11 @@
 //! publish through this.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use crate::clock::now_ms;
 use crate::config::Limits;
 use crate::envelope::{Envelope, ENVELOPE_VERSION};
+use crate::error::{Code, Error};
 
 /// A message before it is stored.
 #[derive(Debug, Clone, Default)]
@@ -46,26 +47,27 @@ pub enum InvalidMessage {
 
 impl InvalidMessage {
     /// The stable error code (docs/PROTOCOL.md, "Error codes").
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            InvalidMessage::PayloadTooLarge { .. } => "payload_too_large",
-            InvalidMessage::TooManyHeaders { .. } => "too_many_headers",
-            InvalidMessage::HeadersTooLarge { .. } => "headers_too_large",
-            InvalidMessage::InvalidHeaderName(_) => "invalid_header",
-            InvalidMessage::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
-            InvalidMessage::InvalidTtl => "invalid_request",
-            InvalidMessage::InvalidContentType(_) => "invalid_request",
+            InvalidMessage::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            InvalidMessage::TooManyHeaders { .. } => Code::TooManyHeaders,
+            InvalidMessage::HeadersTooLarge { .. } => Code::HeadersTooLarge,
+            InvalidMessage::InvalidHeaderName(_) => Code::InvalidHeader,
+            InvalidMessage::InvalidIdempotencyKey(_) => Code::InvalidIdempotencyKey,
+            InvalidMessage::InvalidTtl => Code::InvalidRequest,
+            InvalidMessage::InvalidContentType(_) => Code::InvalidRequest,
         }
+    }
+}
+
+impl From<InvalidMessage> for Error {
+    fn from(e: InvalidMessage) -> Error {
+        Error::new(e.code(), e.to_string())
     }
 }
 
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl NewMessage {
@@ -135,7 +137,7 @@ mod tests {
     fn payload_limit_edge() {
         let limits = Config::defaults().limits;
         assert!(msg(limits.max_payload_bytes).check(&limits).is_ok());
-        assert_eq!(msg(limits.max_payload_bytes + 1).check(&limits).unwrap_err().code(), "payload_too_large");
+        assert_eq!(msg(limits.max_payload_bytes + 1).check(&limits).unwrap_err().code(), Code::PayloadTooLarge);
     }
 
     #[test]
@@ -147,17 +149,17 @@ mod tests {
         }
         assert!(m.clone().check(&limits).is_ok());
         m.headers.insert("one-more".into(), "v".into());
-        assert_eq!(m.check(&limits).unwrap_err().code(), "too_many_headers");
+        assert_eq!(m.check(&limits).unwrap_err().code(), Code::TooManyHeaders);
 
         let mut m = msg(1);
         m.headers.insert("big".into(), "v".repeat(limits.max_header_bytes - 3));
         assert!(m.clone().check(&limits).is_ok());
         m.headers.insert("big".into(), "v".repeat(limits.max_header_bytes - 2));
-        assert_eq!(m.check(&limits).unwrap_err().code(), "headers_too_large");
+        assert_eq!(m.check(&limits).unwrap_err().code(), Code::HeadersTooLarge);
 
         let mut m = msg(1);
         m.headers.insert("bad name".into(), "v".into());
-        assert_eq!(m.check(&limits).unwrap_err().code(), "invalid_header");
+        assert_eq!(m.check(&limits).unwrap_err().code(), Code::InvalidHeader);
     }
 
     #[test]
@@ -167,10 +169,10 @@ mod tests {
         m.idempotency_key = Some("k".repeat(limits.max_idempotency_key_bytes));
         assert!(m.clone().check(&limits).is_ok());
         m.idempotency_key = Some("k".repeat(limits.max_idempotency_key_bytes + 1));
-        assert_eq!(m.clone().check(&limits).unwrap_err().code(), "invalid_idempotency_key");
+        assert_eq!(m.clone().check(&limits).unwrap_err().code(), Code::InvalidIdempotencyKey);
         m.idempotency_key = Some("a b".into());
-        assert_eq!(m.clone().check(&limits).unwrap_err().code(), "invalid_idempotency_key");
+        assert_eq!(m.clone().check(&limits).unwrap_err().code(), Code::InvalidIdempotencyKey);
         m.idempotency_key = Some("k}:m".into());
-        assert_eq!(m.check(&limits).unwrap_err().code(), "invalid_idempotency_key");
+        assert_eq!(m.check(&limits).unwrap_err().code(), Code::InvalidIdempotencyKey);
     }
 }

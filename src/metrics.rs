@@ -1,7 +1,8 @@
 //! Every metric streamhub exports: names (declared once, here, and documented in
 //! docs/METRICS.md), the recorders' helpers, the Prometheus recorder behind `/metrics`,
-//! the periodic Redis poller (per-group gauges, Redis reachability) and the process
-//! gauges refreshed at every scrape.
+//! and the process gauges refreshed at every scrape. A leaf: it imports nothing of
+//! streamhub but the clock; what polls Redis for gauges lives with what it polls
+//! (`groups::gauges`).
 //!
 //! Labels are bounded: `outcome`, `code`, `kind`, `reason`, `cause`, `transport`,
 //! `connection` and `command` take values from fixed lists, `route` is the matched route
@@ -9,7 +10,7 @@
 //! group (`<topic>/<name>`) from the configuration or the admin API. Nothing is labelled
 //! by topic, subject or client.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -230,62 +231,20 @@ pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
-/// Every `interval`: PINGs Redis (`streamhub_redis_up`) and reads the pending, lag,
-/// scheduled-retry and dead-letter counts of every group this node knows (one
-/// `group_info` per group, not per request).
-pub async fn poll(
-    store: crate::store::Store,
-    groups: Arc<crate::groups::Groups>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let up = store.ping().await.is_ok();
-        metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
-        if !up {
-            continue;
-        }
-        let mut seen = std::collections::HashSet::new();
-        for g in groups.all() {
-            match store.group_info(&g.topic, &g.spec.name).await {
-                Ok(info) => {
-                    let label = g.label.clone();
-                    if !known.contains(&label) {
-                        // Counters start at 0, so increase() sees the group's first event.
-                        for outcome in ["acked", "scheduled", "dead", "expired", "deleted"] {
-                            group_outcome(&label, outcome, 0);
-                        }
-                        metrics::counter!(GROUP_DELIVERED, "group" => label.clone()).increment(0);
-                        metrics::counter!(GROUP_RECLAIMED, "group" => label.clone()).increment(0);
-                    }
-                    metrics::gauge!(GROUP_PENDING, "group" => label.clone()).set(info.pending as f64);
-                    metrics::gauge!(GROUP_LAG, "group" => label.clone()).set(info.lag.unwrap_or(0) as f64);
-                    metrics::gauge!(GROUP_SCHEDULED_RETRIES, "group" => label.clone()).set(info.scheduled as f64);
-                    metrics::gauge!(GROUP_DEAD_LETTERS, "group" => label.clone()).set(info.dead_letters as f64);
-                    seen.insert(label);
-                }
-                Err(e) => {
-                    // Keeps its last values (not zeroed as if deleted) until the next poll.
-                    tracing::debug!(group = %g.label, error = %e, "reading the group's gauges failed");
-                    seen.insert(g.label.clone());
-                }
-            }
-        }
-        // A deleted group's gauges read 0 rather than its last values.
-        for gone in known.difference(&seen) {
-            for name in [GROUP_PENDING, GROUP_LAG, GROUP_SCHEDULED_RETRIES, GROUP_DEAD_LETTERS] {
-                metrics::gauge!(name, "group" => gone.clone()).set(0.0);
-            }
-        }
-        known.extend(seen);
-    }
+/// A publish request refused, by its error code.
+pub fn publish_rejected(code: &'static str) {
+    metrics::counter!(PUBLISH_REJECTED, "code" => code).increment(1);
+}
+
+/// Messages handled by publish, by `outcome` (`stored` or `duplicate`), and their bytes.
+pub fn published(outcome: &'static str, count: u64, bytes: u64) {
+    metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome).increment(count);
+    metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(bytes);
+}
+
+/// A history page read, and whether some of it was trimmed.
+pub fn history_read(truncated: bool) {
+    metrics::counter!(HISTORY_READS, "truncated" => if truncated { "true" } else { "false" }).increment(1);
 }
 
 pub fn tail_started() {
@@ -308,13 +267,14 @@ pub fn caught_up(count: usize) {
     metrics::counter!(CAUGHT_UP_MESSAGES).increment(count as u64);
 }
 
-pub fn reset(reason: crate::delivery::subscription::ResetReason) {
-    metrics::counter!(RESETS, "reason" => reason.as_str()).increment(1);
+/// A position jump told to a subscriber, by its reason (`epoch_changed`, `trimmed`, `ahead`).
+pub fn reset(reason: &'static str) {
+    metrics::counter!(RESETS, "reason" => reason).increment(1);
 }
 
-/// A subscription with a `since` position: recovered, or the reason it was not.
-pub fn resumed(reason: Option<crate::delivery::subscription::ResetReason>) {
-    metrics::counter!(RESUMES, "outcome" => reason.map_or("recovered", |r| r.as_str())).increment(1);
+/// A subscription with a `since` position: `recovered`, or the reason it was not.
+pub fn resumed(outcome: &'static str) {
+    metrics::counter!(RESUMES, "outcome" => outcome).increment(1);
 }
 
 pub fn subscriptions(delta: f64) {
@@ -328,7 +288,7 @@ pub fn hint_gaps_repaired(cause: &'static str) {
 /// A message written to a subscriber over `transport`.
 pub fn delivered(transport: &'static str, published_ms: u64) {
     metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(1);
-    let lag_ms = crate::message::now_ms().saturating_sub(published_ms);
+    let lag_ms = crate::clock::now_ms().saturating_sub(published_ms);
     metrics::histogram!(DELIVERY_LAG, "transport" => transport).record(lag_ms as f64 / 1000.0);
 }
 
@@ -347,9 +307,38 @@ pub fn redis_reconnected(connection: &'static str) {
 }
 
 /// Records one Redis call's duration (by `command`) and, when it failed, its error kind.
-pub fn redis_call<T>(command: &'static str, started: Instant, result: &Result<T, crate::store::StoreError>) {
+pub fn redis_call(command: &'static str, started: Instant, failed: Option<&'static str>) {
     metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command).record(started.elapsed().as_secs_f64());
-    if let Err(e) = result {
-        metrics::counter!(REDIS_ERRORS, "kind" => e.kind()).increment(1);
+    if let Some(kind) = failed {
+        metrics::counter!(REDIS_ERRORS, "kind" => kind).increment(1);
     }
+}
+
+/// The gauges of one consumer group, read by the node's poller.
+pub fn group_gauges(group: &str, pending: u64, lag: u64, scheduled: u64, dead_letters: u64) {
+    metrics::gauge!(GROUP_PENDING, "group" => group.to_string()).set(pending as f64);
+    metrics::gauge!(GROUP_LAG, "group" => group.to_string()).set(lag as f64);
+    metrics::gauge!(GROUP_SCHEDULED_RETRIES, "group" => group.to_string()).set(scheduled as f64);
+    metrics::gauge!(GROUP_DEAD_LETTERS, "group" => group.to_string()).set(dead_letters as f64);
+}
+
+/// A group's counters at zero, so `increase()` sees its first event.
+pub fn group_registered(group: &str) {
+    for outcome in ["acked", "scheduled", "dead", "expired", "deleted"] {
+        group_outcome(group, outcome, 0);
+    }
+    metrics::counter!(GROUP_DELIVERED, "group" => group.to_string()).increment(0);
+    metrics::counter!(GROUP_RECLAIMED, "group" => group.to_string()).increment(0);
+}
+
+/// Deliveries taken over after their lease expired.
+pub fn group_reclaimed(group: &str, count: usize) {
+    if count > 0 {
+        metrics::counter!(GROUP_RECLAIMED, "group" => group.to_string()).increment(count as u64);
+    }
+}
+
+/// `streamhub_redis_up`.
+pub fn redis_up(up: bool) {
+    metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
 }

@@ -69,7 +69,8 @@ impl Server {
         if !missing.is_empty() {
             return Err(StartError::MissingHandlers(missing));
         }
-        let auth = Arc::new(crate::auth::Auth::new(&config.auth).map_err(StartError::Auth)?);
+        let auth = crate::auth::Auth::new(&config.auth).map_err(StartError::Auth)?;
+        let access = Arc::new(crate::ops::access::Access::new(auth, &config.http, config.limits.max_topic_bytes));
         let config = Arc::new(config);
         let embedded = EmbeddedRedis::start_if_needed(&config.redis).await?;
         let store = Store::connect(&config)?;
@@ -110,15 +111,14 @@ impl Server {
         });
         let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
         groups.start(&store, &config, &handlers, &shutdown, &tasks);
-        tasks.spawn(metrics::poll(
+        tasks.spawn(crate::groups::gauges::poll(
             store.clone(),
             groups.clone(),
             Duration::from_millis(config.server.metrics_poll_interval_ms),
             shutdown.clone(),
         ));
         let connections = Arc::new(Semaphore::new(config.ws.max_connections));
-        let limiters = Arc::new(crate::gateway::access::Limiters::new(&config.http));
-        let (maintained, token) = (limiters.clone(), shutdown.clone());
+        let (maintained, token) = (access.clone(), shutdown.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
@@ -128,16 +128,13 @@ impl Server {
                 }
             }
         });
+        let ops = crate::ops::Ops::new(store.clone(), config.clone(), access, groups, shutdown.clone());
         let state = AppState {
-            store: store.clone(),
-            config: config.clone(),
+            ops,
             hub: hub.clone(),
             connections: connections.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
-            groups,
-            auth,
-            limiters: limiters.clone(),
         };
         let app = gateway::router(Arc::new(state));
         let token = shutdown.clone();

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::error::{Code, Error};
+
 /// A validated topic name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Topic(String);
@@ -24,6 +26,10 @@ pub enum InvalidTopic {
 
 /// Bytes allowed in a topic name besides ASCII letters and digits.
 pub const TOPIC_PUNCTUATION: &[u8] = b"._-:@=+";
+
+/// The longest topic name any configuration allows (`limits.max_topic_bytes` is at most
+/// this): names read back from Redis or a stored definition are checked against it.
+pub const MAX_TOPIC_BYTES: usize = 1024;
 
 impl Topic {
     pub fn parse(name: &str, max_bytes: usize) -> Result<Topic, InvalidTopic> {
@@ -44,6 +50,27 @@ impl Topic {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<InvalidTopic> for Error {
+    fn from(e: InvalidTopic) -> Error {
+        Error::new(Code::InvalidTopic, e.to_string())
+    }
+}
+
+impl serde::Serialize for Topic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Topic {
+    /// Checked against [`MAX_TOPIC_BYTES`]; the configured limit is checked where the
+    /// configuration is validated.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Topic, D::Error> {
+        let name = String::deserialize(d)?;
+        Topic::parse(&name, MAX_TOPIC_BYTES).map_err(serde::de::Error::custom)
     }
 }
 

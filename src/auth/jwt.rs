@@ -9,14 +9,17 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::AuthError;
-use crate::config::{AuthConfig, Scope};
+use super::{AuthConfig, AuthError, Scope};
 
 /// streamhub's claims (`streamhub` is a namespaced claim with the grants).
 #[derive(Debug, Deserialize)]
 pub(super) struct Claims {
     pub sub: Option<String>,
     pub exp: Option<u64>,
+    /// Checked here, not by the library (which takes an array as a set of issuers): when
+    /// `auth.issuer` is set it must be a string equal to it.
+    #[serde(default)]
+    iss: Option<serde_json::Value>,
     #[serde(default)]
     streamhub: Grants,
 }
@@ -49,6 +52,8 @@ struct Key {
 pub(super) struct Keys {
     by_kid: HashMap<String, Key>,
     validation: Validation,
+    /// `auth.issuer`, when set.
+    issuer: Option<String>,
 }
 
 fn algorithm(name: &str) -> Result<Algorithm, String> {
@@ -112,7 +117,7 @@ impl Keys {
         validation.validate_nbf = true;
         validation.required_spec_claims = ["exp".to_string()].into();
         if !config.issuer.is_empty() {
-            validation.set_issuer(&[config.issuer.as_str()]);
+            // Required by the library; compared in `verify` (a string equal to the issuer).
             validation.required_spec_claims.insert("iss".into());
         }
         if config.audience.is_empty() {
@@ -121,7 +126,7 @@ impl Keys {
             validation.set_audience(&[config.audience.as_str()]);
             validation.required_spec_claims.insert("aud".into());
         }
-        Ok(Keys { by_kid, validation })
+        Ok(Keys { by_kid, validation, issuer: (!config.issuer.is_empty()).then(|| config.issuer.clone()) })
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
@@ -136,7 +141,7 @@ impl Keys {
         }
         let mut validation = self.validation.clone();
         validation.algorithms = vec![key.algorithm];
-        decode::<Claims>(token, &key.key, &validation).map(|data| data.claims).map_err(|e| {
+        let claims = decode::<Claims>(token, &key.key, &validation).map(|data| data.claims).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -147,6 +152,15 @@ impl Keys {
                 ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
                 _ => AuthError::Malformed(e.to_string()),
             }
-        })
+        })?;
+        if let Some(issuer) = &self.issuer {
+            match &claims.iss {
+                Some(serde_json::Value::String(iss)) if iss == issuer => {}
+                Some(serde_json::Value::String(_)) => return Err(AuthError::WrongIssuer),
+                Some(_) => return Err(AuthError::Malformed("the iss claim must be a string".into())),
+                None => return Err(AuthError::Malformed("the token has no iss claim".into())),
+            }
+        }
+        Ok(claims)
     }
 }

@@ -7,15 +7,40 @@
 //! scope only. Anonymous requests get exactly what `[[auth.anonymous]]` rules grant —
 //! nothing by default.
 
+pub mod config;
 mod jwt;
 pub mod pattern;
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{AuthConfig, Scope};
+pub use config::AuthConfig;
+
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Subscribe,
+    Publish,
+    Consume,
+    /// Admin endpoints (API keys only).
+    Admin,
+}
+
+impl Scope {
+    /// The scope's name, as in configuration and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Subscribe => "subscribe",
+            Scope::Publish => "publish",
+            Scope::Consume => "consume",
+            Scope::Admin => "admin",
+        }
+    }
+}
 
 /// Who is asking, and what they may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +59,8 @@ pub enum PrincipalKind {
     Anonymous,
     Token,
     ApiKey,
+    /// The CLI acting on Redis directly (`Auth::operator`).
+    Operator,
 }
 
 /// Why credentials were refused (HTTP 401, WebSocket close 4002). The text is safe to show.
@@ -61,11 +88,17 @@ pub enum AuthError {
 
 impl AuthError {
     /// The stable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::error::Code {
         match self {
-            AuthError::Expired => "token_expired",
-            _ => "unauthorized",
+            AuthError::Expired => crate::error::Code::TokenExpired,
+            _ => crate::error::Code::Unauthorized,
         }
+    }
+}
+
+impl From<AuthError> for crate::error::Error {
+    fn from(e: AuthError) -> crate::error::Error {
+        crate::error::Error::new(e.code(), e.to_string())
     }
 }
 
@@ -143,6 +176,24 @@ impl Auth {
         }
     }
 
+    /// The operator: whoever runs the CLI against Redis directly (they hold Redis access,
+    /// which bypasses access control anyway, ARCHITECTURE.md §15.6). Every scope on every
+    /// topic, and admin.
+    pub fn operator(&self) -> Principal {
+        let all = vec!["*".to_string()];
+        Principal {
+            subject: "operator".into(),
+            kind: PrincipalKind::Operator,
+            grants: HashMap::from([
+                (Scope::Subscribe, all.clone()),
+                (Scope::Publish, all.clone()),
+                (Scope::Consume, all),
+            ]),
+            admin: true,
+            expires_at: None,
+        }
+    }
+
     /// Verifies a bearer credential: a JWT (three dot-separated parts) or an API key.
     pub fn authenticate(&self, credential: &str) -> Result<Principal, AuthError> {
         if credential.split('.').count() == 3 {
@@ -191,6 +242,9 @@ impl Auth {
     /// Whether `principal` may act with `scope` on `topic` (its own grants or an
     /// anonymous rule).
     pub fn allows(&self, principal: &Principal, scope: Scope, topic: &str) -> bool {
+        if scope == Scope::Admin {
+            return principal.admin;
+        }
         let granted =
             |patterns: Option<&Vec<String>>| patterns.is_some_and(|ps| ps.iter().any(|p| pattern::matches(p, topic)));
         granted(principal.grants.get(&scope)) || granted(self.anonymous.get(&scope))

@@ -2,6 +2,7 @@
 //! bounded queues, and the transport-neutral subscriber session (WebSocket and SSE both
 //! use it). Nothing here knows a wire format.
 
+pub mod resume;
 pub mod session;
 pub mod subscription;
 mod tail;

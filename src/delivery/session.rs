@@ -9,23 +9,14 @@ use backon::BackoffBuilder;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::subscription::{Delivered, Item, Outbound, Position, Queued, Reset, ResetReason, Subscription};
+pub use super::resume::Since;
+use super::resume::{self, Reader, ResetReason, Step};
+use super::subscription::{Delivered, Item, Outbound, Position, Queued, Reset, Subscription};
 use super::{Hub, TailHandle};
 use crate::config::WsConfig;
 use crate::metrics;
 use crate::store::StoreError;
 use crate::topic::Topic;
-
-/// Where a subscribe asks to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Since {
-    /// Live messages only, from the current top.
-    Now,
-    /// Everything still retained.
-    Earliest,
-    /// Every message after `seq` of `epoch`.
-    After { epoch: String, seq: u64 },
-}
 
 /// The answer to a subscribe: messages after `seq` of `epoch` follow, unless
 /// `recovered` says the requested resume was exact (then every message after the
@@ -104,35 +95,12 @@ impl Session {
         let page = self.hub.store().read_since(&topic, since_seq, 0).await?;
         let p = &page.position;
         let epoch = p.epoch.clone().unwrap_or_default();
-        let (last, recovered, reason) = match since {
-            Since::Now => (p.top, true, None),
-            Since::Earliest => (if p.first_retained == 0 { p.top } else { p.first_retained - 1 }, true, None),
-            Since::After { epoch: asked, seq } => {
-                if asked.is_empty() && !epoch.is_empty() {
-                    // The client saw the topic before it had an epoch: nothing it saw
-                    // was lost; it gets the epoch from its start.
-                    let from = seq.max(p.base);
-                    if page.truncated(from) {
-                        (p.top, false, Some(ResetReason::Trimmed))
-                    } else {
-                        (from, true, None)
-                    }
-                } else if asked != epoch {
-                    (p.top, false, Some(ResetReason::EpochChanged))
-                } else if seq > p.top {
-                    (p.top, false, Some(ResetReason::Ahead))
-                } else if page.truncated(seq) {
-                    (p.top, false, Some(ResetReason::Trimmed))
-                } else {
-                    (seq, true, None)
-                }
-            }
-        };
+        let resume::Start { last, recovered, reason } = resume::start(p, &since);
         if let Some(reason) = reason {
-            metrics::reset(reason);
+            metrics::reset(reason.as_str());
         }
         if resuming {
-            metrics::resumed(reason);
+            metrics::resumed(reason.map_or("recovered", ResetReason::as_str));
         }
         let mut subs = self.subs();
         if subs.contains_key(&topic) {
@@ -221,7 +189,7 @@ impl Session {
                 }),
                 _ => store.read_since(&sub.topic, at.last, page_size).await,
             };
-            let page = match read {
+            let mut page = match read {
                 Ok(page) => page,
                 Err(e) => {
                     let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
@@ -232,15 +200,12 @@ impl Session {
                     }
                 }
             };
-            let p = &page.position;
-            let current = p.epoch.clone().unwrap_or_default();
-            let jump = if current != at.epoch {
-                if at.epoch.is_empty() {
-                    // The topic came into being since: nothing was missed.
-                    sub.set_position(&current, at.last.max(p.base));
-                    continue;
-                }
-                if current.is_empty() {
+            let current = page.position.epoch.clone().unwrap_or_default();
+            match resume::step(&page.position, &at.epoch, at.last, Reader::CatchUp) {
+                Step::Deliver => {}
+                // Nothing to read yet: an empty page, which joins the tail below.
+                Step::Idle => page.messages.clear(),
+                Step::Wait => {
                     // The meta was lost and not yet recreated: wait for the new epoch
                     // (the next publish creates it) without delivering anything.
                     let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
@@ -249,22 +214,19 @@ impl Session {
                         _ = tokio::time::sleep(delay) => continue,
                     }
                 }
-                Some((ResetReason::EpochChanged, p.base))
-            } else if at.last > p.top {
-                Some((ResetReason::Ahead, p.top))
-            } else if page.truncated(at.last) {
-                Some((ResetReason::Trimmed, p.top))
-            } else {
-                None
-            };
-            if let Some((reason, seq)) = jump {
-                metrics::reset(reason);
-                let reset = Reset { topic: sub.topic.clone(), epoch: current.clone(), seq, reason };
-                if sub.push(Item::Reset(reset)).await.is_err() {
-                    return;
+                Step::Adopt { epoch, last } => {
+                    sub.set_position(&epoch, last);
+                    continue;
                 }
-                sub.set_position(&current, seq);
-                continue;
+                Step::Jump { reason, epoch, last } => {
+                    metrics::reset(reason.as_str());
+                    let reset = Reset { topic: sub.topic.clone(), epoch: epoch.clone(), seq: last, reason };
+                    if sub.push(Item::Reset(reset)).await.is_err() {
+                        return;
+                    }
+                    sub.set_position(&epoch, last);
+                    continue;
+                }
             }
             let count = page.messages.len();
             if count == page_size {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+pub use super::resume::ResetReason;
 use crate::store::StoredMessage;
 use crate::topic::Topic;
 
@@ -44,27 +45,6 @@ impl Delivered {
         match &self.message.envelope {
             Ok(e) => e.payload.len() + e.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(),
             Err(raw) => raw.len(),
-        }
-    }
-}
-
-/// Why a subscription's position jumped (`recovered: false`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetReason {
-    /// The topic's history was lost and restarted in a new epoch.
-    EpochChanged,
-    /// Messages after the position were already removed by retention.
-    Trimmed,
-    /// The position is beyond the topic's top (history rolled back, e.g. a failover).
-    Ahead,
-}
-
-impl ResetReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetReason::EpochChanged => "epoch_changed",
-            ResetReason::Trimmed => "trimmed",
-            ResetReason::Ahead => "ahead",
         }
     }
 }

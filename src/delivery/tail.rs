@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::subscription::{Delivered, Offered, Reset, ResetReason, Subscription};
+use super::resume::{self, Reader, ResetReason, Step};
+use super::subscription::{Delivered, Offered, Reset, Subscription};
 use crate::metrics;
 use crate::store::hints::Hints;
 use crate::store::Store;
@@ -93,7 +94,7 @@ impl TailTask {
     }
 
     fn reset_all(&mut self, reason: ResetReason, epoch: &str, seq: u64) {
-        metrics::reset(reason);
+        metrics::reset(reason.as_str());
         let reset = Reset { topic: self.topic.clone(), epoch: epoch.to_string(), seq, reason };
         self.live.retain(|sub| sub.offer_reset(reset.clone()) == Offered::Queued);
     }
@@ -109,33 +110,21 @@ impl TailTask {
                     return;
                 }
             };
-            let position = &page.position;
-            let Some(epoch) = position.epoch.as_deref() else {
-                return; // no meta (yet, or lost and not recreated): nothing to deliver
-            };
-            if epoch != &*self.epoch {
-                if self.epoch.is_empty() {
-                    // The topic came into being: nothing before it was missed.
+            match resume::step(&page.position, &self.epoch, self.last, Reader::Tail) {
+                Step::Deliver => {}
+                // No history (yet, or lost and not recreated): nothing to deliver.
+                Step::Idle | Step::Wait => return,
+                Step::Adopt { epoch, last } => {
                     self.epoch = epoch.into();
-                    self.last = self.last.max(position.base);
-                } else {
-                    self.epoch = epoch.into();
-                    self.last = position.base;
-                    self.reset_all(ResetReason::EpochChanged, epoch, position.base);
+                    self.last = last;
+                    continue;
                 }
-                continue;
-            }
-            if page.truncated(self.last) {
-                // This node's reader fell behind retention: say so, go on from the oldest kept.
-                let resume = position.first_retained.max(1) - 1;
-                self.last = if position.first_retained == 0 { position.top } else { resume };
-                self.reset_all(ResetReason::Trimmed, epoch, self.last);
-                continue;
-            }
-            if self.last > position.top {
-                self.last = position.top;
-                self.reset_all(ResetReason::Ahead, epoch, position.top);
-                continue;
+                Step::Jump { reason, epoch, last } => {
+                    self.epoch = epoch.as_str().into();
+                    self.last = last;
+                    self.reset_all(reason, &epoch, last);
+                    continue;
+                }
             }
             let count = page.messages.len();
             let epoch: Arc<str> = self.epoch.clone();

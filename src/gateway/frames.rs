@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::protocol::MessageOut;
 use crate::delivery::session::{Since, Subscribed};
 use crate::delivery::subscription::{Delivered, Reset};
-use crate::store::StoredMessage;
+use crate::error::{Code, Error};
+use crate::wire::MessageOut;
 
 /// Subprotocol for JSON text frames (also the default when none is offered).
 pub const SUBPROTOCOL_JSON: &str = "streamhub.v1.json";
@@ -125,6 +125,12 @@ impl ClientFrame {
 pub struct TokenStatus {
     pub token: String,
     pub status: String,
+    /// nack: the number of the delivery that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// nack with status `scheduled`: when the retry is due (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
 }
 
 /// Frames the server sends.
@@ -225,16 +231,15 @@ impl ServerFrame {
     }
 
     pub fn message(delivered: &Delivered) -> ServerFrame {
-        let stored = StoredMessage { seq: delivered.message.seq, envelope: delivered.message.envelope.clone() };
         ServerFrame::Message {
             topic: delivered.topic.to_string(),
             epoch: delivered.epoch.to_string(),
-            message: MessageOut::from(stored),
+            message: MessageOut::new(delivered.message.seq, delivered.message.envelope.clone()),
         }
     }
 
-    pub fn error(id: Option<u64>, code: &str, message: impl Into<String>) -> ServerFrame {
-        ServerFrame::Error { id, code: code.to_string(), message: message.into() }
+    pub fn error(id: Option<u64>, error: Error) -> ServerFrame {
+        ServerFrame::Error { id, code: error.code.as_str().to_string(), message: error.message }
     }
 
     pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
@@ -246,46 +251,46 @@ impl ServerFrame {
     }
 }
 
-/// Why a client frame was refused; each has a stable code.
+/// Why a client frame was refused: the frame's `id` when one could be read (so the
+/// client can match the error), and the error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
     pub id: Option<u64>,
-    pub code: &'static str,
-    pub message: String,
+    pub error: Error,
 }
 
-/// Decodes a client frame: JSON text or MessagePack bytes. Never panics; errors carry
-/// the frame's `id` when one could be read, so the client can match them.
+impl FrameError {
+    pub fn new(id: Option<u64>, code: Code, message: impl Into<String>) -> FrameError {
+        FrameError { id, error: Error::new(code, message) }
+    }
+}
+
+/// Decodes a client frame: JSON text or MessagePack bytes. Never panics.
 pub fn decode_client(bytes: &[u8], encoding: Encoding) -> Result<ClientFrame, FrameError> {
     let value: serde_json::Value = match encoding {
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         Encoding::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
     }
-    .map_err(|e| FrameError { id: None, code: "invalid_frame", message: format!("not a valid frame: {e}") })?;
+    .map_err(|e| FrameError::new(None, Code::InvalidFrame, format!("not a valid frame: {e}")))?;
     let id = value.get("id").and_then(serde_json::Value::as_u64);
     let Some(op) = value.get("op").and_then(serde_json::Value::as_str) else {
-        return Err(FrameError {
-            id,
-            code: "invalid_frame",
-            message: "a frame is an object with a string field \"op\"".into(),
-        });
+        return Err(FrameError::new(id, Code::InvalidFrame, "a frame is an object with a string field \"op\""));
     };
     if !OPS.contains(&op) {
-        return Err(FrameError {
-            id,
-            code: "unknown_op",
-            message: format!("unknown op {op:?}; known: {}", OPS.join(", ")),
-        });
+        return Err(FrameError::new(id, Code::UnknownOp, format!("unknown op {op:?}; known: {}", OPS.join(", "))));
     }
-    serde_json::from_value(value).map_err(|e| FrameError { id, code: "invalid_request", message: e.to_string() })
+    serde_json::from_value(value).map_err(|e| FrameError::new(id, Code::InvalidRequest, e.to_string()))
 }
 
 impl SinceFrame {
-    pub fn to_since(&self) -> Result<Since, String> {
+    pub fn to_since(&self) -> Result<Since, Error> {
         match self {
             SinceFrame::Position { epoch, seq } => Ok(Since::After { epoch: epoch.clone(), seq: *seq }),
             SinceFrame::Named(name) if name == "earliest" => Ok(Since::Earliest),
-            SinceFrame::Named(other) => Err(format!("since is {{\"epoch\", \"seq\"}} or \"earliest\", not {other:?}")),
+            SinceFrame::Named(other) => Err(Error::new(
+                Code::InvalidRequest,
+                format!("since is {{\"epoch\", \"seq\"}} or \"earliest\", not {other:?}"),
+            )),
         }
     }
 }
@@ -402,12 +407,12 @@ mod tests {
     #[test]
     fn errors_name_the_problem_and_echo_the_id() {
         let e = decode_client(br#"{"op":"fly","id":7}"#, Encoding::Json).unwrap_err();
-        assert_eq!((e.code, e.id), ("unknown_op", Some(7)));
+        assert_eq!((e.error.code, e.id), (Code::UnknownOp, Some(7)));
         let e = decode_client(br#"{"op":"subscribe","id":8}"#, Encoding::Json).unwrap_err();
-        assert_eq!((e.code, e.id), ("invalid_request", Some(8)));
+        assert_eq!((e.error.code, e.id), (Code::InvalidRequest, Some(8)));
         let e = decode_client(b"{nope", Encoding::Json).unwrap_err();
-        assert_eq!((e.code, e.id), ("invalid_frame", None));
+        assert_eq!((e.error.code, e.id), (Code::InvalidFrame, None));
         let e = decode_client(br#"[1,2]"#, Encoding::Json).unwrap_err();
-        assert_eq!(e.code, "invalid_frame");
+        assert_eq!(e.error.code, Code::InvalidFrame);
     }
 }

@@ -14,6 +14,6 @@ pub(super) async fn healthz() -> Json<Value> {
 }
 
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> ApiResult<Json<Value>> {
-    state.store.ping().await?;
+    state.ops.store().ping().await.map_err(crate::error::Error::from)?;
     Ok(Json(json!({ "status": "ready" })))
 }

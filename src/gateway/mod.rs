@@ -1,21 +1,25 @@
 //! The HTTP gateway: routes, shared state, and the per-request id, span and metrics layer.
-//! Wire types live in `protocol.rs`; handlers validate, then call the store.
+//! Every route decodes its request, calls the operation (`crate::ops`), and encodes the
+//! answer; the shared opening (caller, grant on `{topic}`) is the extractors of
+//! `extract.rs`. Request bodies are in `protocol.rs`, answers in `crate::wire`, WebSocket
+//! frames in `frames.rs`.
 
-pub mod access;
 pub mod error;
+mod extract;
 pub mod frames;
 mod groups;
 mod health;
-mod history;
 pub mod protocol;
 mod publish;
 mod sse;
+mod topics;
 pub mod ws;
+mod ws_ops;
+mod ws_write;
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
@@ -25,18 +29,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
 use crate::delivery::Hub;
+use crate::error::{Code, Error};
 use crate::metrics;
-use crate::store::Store;
-use error::ApiError;
+use crate::ops::Ops;
 
 pub use publish::{HEADER_PREFIX, IDEMPOTENCY_KEY, TTL_HEADER};
 
 /// What every handler can reach.
 pub struct AppState {
-    pub store: Store,
-    pub config: Arc<Config>,
+    /// The operations, and through them the configuration, store and access control.
+    pub ops: Ops,
     /// The node's tail tasks, for subscriber sessions.
     pub hub: Hub,
     /// One permit per open WebSocket or SSE session (`ws.max_connections`).
@@ -45,23 +48,17 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Session tasks, awaited on shutdown.
     pub tasks: TaskTracker,
-    /// Declared consumer groups.
-    pub groups: Arc<crate::groups::Groups>,
-    /// Verifies credentials and grants.
-    pub auth: Arc<crate::auth::Auth>,
-    /// Rate and per-IP limits.
-    pub limiters: Arc<access::Limiters>,
 }
 
 /// The public API router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.config.limits.max_body_bytes;
+    let body_limit = state.ops.config().limits.max_body_bytes;
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/v1/topics", get(history::topics))
-        .route("/v1/topics/{topic}", get(history::topic))
-        .route("/v1/topics/{topic}/messages", get(history::history).post(publish::publish_one))
+        .route("/v1/topics", get(topics::topics))
+        .route("/v1/topics/{topic}", get(topics::topic))
+        .route("/v1/topics/{topic}/messages", get(topics::history).post(publish::publish_one))
         .route("/v1/topics/{topic}/messages:batch", axum::routing::post(publish::publish_batch))
         .route("/v1/topics/{topic}/events", get(sse::events))
         .route("/v1/ws", get(ws::upgrade))
@@ -78,7 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(middleware::from_fn(observe_requests))
-        .layer(cors(&state.config.http.cors_origins))
+        .layer(cors(&state.ops.config().http.cors_origins))
         .with_state(state)
 }
 
@@ -117,24 +114,21 @@ async fn request_timeout(
     if long_lived {
         return next.run(request).await;
     }
-    let limit = std::time::Duration::from_millis(state.config.http.request_timeout_ms);
+    let limit = std::time::Duration::from_millis(state.ops.config().http.request_timeout_ms);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request_timeout",
-            "the request took longer than http.request_timeout_ms",
-        )
-        .into_response(),
+        Err(_) => {
+            Error::new(Code::RequestTimeout, "the request took longer than http.request_timeout_ms").into_response()
+        }
     }
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such route; see docs/PROTOCOL.md")
+async fn not_found() -> Error {
+    Error::new(Code::NotFound, "no such route; see docs/PROTOCOL.md")
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+async fn method_not_allowed() -> Error {
+    Error::new(Code::MethodNotAllowed, "method not allowed on this route")
 }
 
 /// The header carrying a request's id: taken from the client when it is 1 to 64 visible

@@ -1,11 +1,9 @@
-//! HTTP wire types: pure serde, no I/O. Documented in docs/PROTOCOL.md.
+//! HTTP request bodies and queries: pure serde, no I/O. Documented in docs/PROTOCOL.md;
+//! the answers' shapes, shared with the other transports, are in `crate::wire`.
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
-use serde::{Deserialize, Serialize};
-
-use crate::store::{HistoryPage, Published, StoredMessage, TopicInfo};
+use serde::Deserialize;
 
 /// Body of `POST /v1/topics/{topic}/messages` (JSON) and each item of a batch.
 #[derive(Debug, Deserialize)]
@@ -40,25 +38,6 @@ pub struct BatchBody {
     pub messages: Vec<PublishBody>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PublishResult {
-    pub epoch: String,
-    pub seq: u64,
-    pub id: String,
-    pub duplicate: bool,
-}
-
-impl From<Published> for PublishResult {
-    fn from(p: Published) -> Self {
-        PublishResult { epoch: p.epoch, seq: p.seq, id: p.id, duplicate: p.duplicate }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct BatchResult {
-    pub results: Vec<PublishResult>,
-}
-
 /// Query of `GET /v1/topics/{topic}/messages`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,161 +49,4 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
     /// The epoch the reader's `since` belongs to; a mismatch sets `epoch_changed`.
     pub epoch: Option<String>,
-}
-
-/// One message as returned by history, delivered to subscribers and to consumers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MessageOut {
-    pub seq: u64,
-    pub id: String,
-    pub ts: u64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub ttl_ms: Option<u64>,
-    pub content_type: String,
-    pub headers: BTreeMap<String, String>,
-    /// The payload: a JSON value for `application/json`, a string for UTF-8 `text/*`.
-    /// (A JSON `null` payload is `Some(Null)`: present, unlike an absent `data`.)
-    #[serde(skip_serializing_if = "Option::is_none", default, deserialize_with = "present")]
-    pub data: Option<serde_json::Value>,
-    /// The payload in base64 when it is neither of the above.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub data_base64: Option<String>,
-}
-
-/// A field that is present is `Some`, even when it is `null`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
-}
-
-/// Content type reported for a stream entry that is not a valid envelope.
-pub const UNDECODABLE: &str = "application/x-streamhub-undecodable";
-
-pub fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || essence.ends_with("+json")
-}
-
-impl From<StoredMessage> for MessageOut {
-    fn from(m: StoredMessage) -> Self {
-        let b64 = |bytes: &[u8]| Some(base64::engine::general_purpose::STANDARD.encode(bytes));
-        match m.envelope {
-            Ok(e) => {
-                let (data, data_base64) = if is_json(&e.content_type) {
-                    match serde_json::from_slice(&e.payload) {
-                        Ok(v) => (Some(v), None),
-                        Err(_) => (None, b64(&e.payload)),
-                    }
-                } else if e.content_type.get(..5).is_some_and(|t| t.eq_ignore_ascii_case("text/")) {
-                    match String::from_utf8(e.payload) {
-                        Ok(s) => (Some(serde_json::Value::String(s)), None),
-                        Err(err) => (None, b64(err.as_bytes())),
-                    }
-                } else {
-                    (None, b64(&e.payload))
-                };
-                MessageOut {
-                    seq: m.seq,
-                    id: e.id,
-                    ts: e.published_ms,
-                    ttl_ms: e.ttl_ms,
-                    content_type: e.content_type,
-                    headers: e.headers,
-                    data,
-                    data_base64,
-                }
-            }
-            Err(raw) => MessageOut {
-                seq: m.seq,
-                id: String::new(),
-                ts: 0,
-                ttl_ms: None,
-                content_type: UNDECODABLE.to_string(),
-                headers: BTreeMap::new(),
-                data: None,
-                data_base64: b64(&raw),
-            },
-        }
-    }
-}
-
-/// Answer of `GET /v1/topics/{topic}/messages`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HistoryResponse {
-    /// The topic's current epoch.
-    pub epoch: String,
-    /// The topic's top seq.
-    pub seq: u64,
-    /// Lowest retained seq (0 when nothing is retained).
-    pub first_seq: u64,
-    pub messages: Vec<MessageOut>,
-    /// History after `since` was already trimmed: some messages are gone (G3).
-    pub truncated: bool,
-    /// Present when the request named an epoch: true when it is not the current one,
-    /// so `since` does not refer to this history.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub epoch_changed: Option<bool>,
-}
-
-impl HistoryResponse {
-    pub fn new(page: HistoryPage, since: u64, asked_epoch: Option<&str>) -> HistoryResponse {
-        let truncated = page.truncated(since);
-        let epoch = page.position.epoch.clone().unwrap_or_default();
-        HistoryResponse {
-            epoch_changed: asked_epoch.map(|asked| asked != epoch),
-            epoch,
-            seq: page.position.top,
-            first_seq: page.position.first_retained,
-            messages: page.messages.into_iter().map(MessageOut::from).collect(),
-            truncated,
-        }
-    }
-}
-
-/// Answer of `GET /v1/topics/{topic}`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TopicResponse {
-    pub topic: String,
-    /// Names of the topic's consumer groups.
-    pub groups: Vec<String>,
-    pub epoch: String,
-    pub seq: u64,
-    pub first_seq: u64,
-    pub length: u64,
-    pub created_ms: u64,
-}
-
-impl TopicResponse {
-    pub fn new(topic: String, info: TopicInfo) -> TopicResponse {
-        TopicResponse {
-            topic,
-            groups: info.groups,
-            epoch: info.position.epoch.unwrap_or_default(),
-            seq: info.position.top,
-            first_seq: info.position.first_retained,
-            length: info.length,
-            created_ms: info.created_ms,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TopicsResponse {
-    pub topics: Vec<String>,
-    /// More topics exist than `limits.max_topics_listed`; the list is a sorted subset.
-    pub truncated: bool,
-}
-
-/// `{"error": {"code": "...", "message": "...", "index": n?}}`
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-    /// For a batch: the position of the offending message.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub index: Option<usize>,
 }

@@ -13,36 +13,38 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use super::access;
-use super::error::{ApiError, ApiResult};
+use super::error::{query_error, ApiResult};
+use super::extract::session_caller;
 use super::frames::{Encoding, ServerFrame};
 use super::AppState;
-use crate::delivery::session::{Session, Since, SubscribeError};
+use crate::delivery::session::{Session, Since};
 use crate::delivery::subscription::{Item, Queued};
+use crate::error::{Code, Error};
 use crate::metrics;
-use crate::topic::Topic;
+use crate::ops::access::{IpSlot, Subscribe};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
     since: Option<String>,
     epoch: Option<String>,
-    /// Credentials for browsers (EventSource cannot set headers).
+    /// Credentials for browsers (EventSource cannot set headers): accepted here so the
+    /// query parses; read from the raw query with the caller (`extract::session_caller`).
+    #[allow(dead_code)]
     token: Option<String>,
 }
 
 /// Parses where to start: `Last-Event-ID` wins over `?since=`.
-fn since(headers: &HeaderMap, query: &EventsQuery, current_epoch: impl FnOnce() -> String) -> Result<Since, ApiError> {
-    let bad = |what: &str| {
-        ApiError::bad_request("invalid_request", format!("{what}: expected <epoch>:<seq>, <seq> or earliest"))
-    };
+fn since(headers: &HeaderMap, query: &EventsQuery, current_epoch: impl FnOnce() -> String) -> Result<Since, Error> {
+    let bad =
+        |what: &str| Error::new(Code::InvalidRequest, format!("{what}: expected <epoch>:<seq>, <seq> or earliest"));
     let raw = match headers.get("last-event-id") {
         Some(v) => Some(v.to_str().map_err(|_| bad("Last-Event-ID"))?.to_string()),
         None => query.since.clone(),
@@ -64,7 +66,7 @@ struct Guard {
     session: Arc<Session>,
     stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
-    _ip_slot: access::IpSlot,
+    _ip_slot: IpSlot,
 }
 
 impl Drop for Guard {
@@ -99,43 +101,43 @@ pub(super) async fn events(
     State(state): State<Arc<AppState>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let topic = Topic::parse(&name, state.config.limits.max_topic_bytes)?;
-    let Query(query) = query.map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))?;
-    access::check_origin(&state.config.http, &headers)?;
-    let principal = access::principal(&state, &headers, query.token.as_deref())?;
-    access::require(&state, &principal, crate::config::Scope::Subscribe, topic.as_str())?;
-    let ip_slot = state.limiters.open_session(peer.ip())?;
+    let ops = &state.ops;
+    ops.access().check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))?;
+    let caller = session_caller(&state, &headers, uri.query(), peer.ip())?;
+    let grant = ops.access().grant::<Subscribe>(&caller, &name)?;
+    let Query(query) = query.map_err(query_error)?;
+    let ip_slot = ops.access().open_session(peer.ip())?;
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "this node's session limit (ws.max_connections) is reached",
-        )
+        Error::new(Code::TooManyConnections, "this node's session limit (ws.max_connections) is reached")
     })?;
-    let needs_epoch = query.epoch.is_none();
-    let current = if needs_epoch {
-        state.store.read_since(&topic, u64::MAX, 0).await?.position.epoch.unwrap_or_default()
+    let current = if query.epoch.is_none() {
+        ops.store()
+            .read_since(grant.topic(), u64::MAX, 0)
+            .await
+            .map_err(Error::from)?
+            .position
+            .epoch
+            .unwrap_or_default()
     } else {
         String::new()
     };
     let since = since(&headers, &query, || current)?;
-    let (session, deliveries) = Session::new(state.hub.clone(), &state.config.ws);
-    let subscribed = session.subscribe(topic.clone(), since).await.map_err(|e| match e {
-        SubscribeError::Store(e) => ApiError::from(e),
-        other => ApiError::bad_request("invalid_request", other.to_string()),
-    })?;
+    let (session, deliveries) = Session::new(state.hub.clone(), &ops.config().ws);
+    let subscribed = ops.subscribe(&session, &grant, since).await?;
     ::metrics::gauge!(metrics::SESSIONS, "transport" => "sse").increment(1.0);
     let stop = CancellationToken::new();
     state.tasks.spawn(tracing::Instrument::in_current_span(session.clone().run_catchup(stop.clone())));
-    session.start(&topic);
+    session.start(grant.topic());
     let first = Event::default().event("subscribed").data(json(&ServerFrame::subscribed(None, &name, &subscribed)));
     let guard = Guard { session, stop: stop.clone(), _permit: permit, _ip_slot: ip_slot };
     let shutdown = state.shutdown.clone();
     let stream = futures::stream::once(async move { Ok(first) }).chain_with(deliveries, guard, shutdown);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_millis(state.config.ws.ping_interval_ms))))
+    let ping = Duration::from_millis(ops.config().ws.ping_interval_ms);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(ping)))
 }
 
 /// Appends the session's deliveries to the first event; ends on shutdown or disconnect.

@@ -1,18 +1,21 @@
 //! A consumer attached to a session (the WebSocket `consume` op): it fetches up to
 //! `prefetch` deliveries at a time for its session, and when the session ends, hands
 //! every delivery still in flight back at once (a retry due now) instead of letting
-//! them wait for `ack_wait`.
+//! them wait for `ack_wait`, then removes its Redis consumer from the group.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{screen, Group};
+use super::fetch::{Fetcher, ReclaimClock};
+use super::settle::{self, Nack, Settled};
+use super::Group;
+use crate::error::Error;
 use crate::store::groups::{Failure, GroupDelivery, Lease};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Longest pause between two polls of an idle consumer.
 const POLL_MAX: Duration = Duration::from_millis(200);
@@ -20,7 +23,10 @@ const POLL_MAX: Duration = Duration::from_millis(200);
 pub struct SessionConsumer {
     pub group: Arc<Group>,
     store: Store,
+    /// The Redis consumer this session reads as (`<node>-ws-<uuid>`).
     name: String,
+    /// Most tokens one ack or nack may carry (`groups.max_fetch`).
+    max_tokens: usize,
     /// Deliveries handed to the session and not yet settled, by token.
     in_flight: Mutex<HashMap<String, (Lease, OwnedSemaphorePermit)>>,
     stop: CancellationToken,
@@ -34,16 +40,19 @@ impl SessionConsumer {
         name: String,
         prefetch: usize,
         sweep: Duration,
+        max_tokens: usize,
         out: mpsc::Sender<GroupDelivery>,
     ) -> Arc<SessionConsumer> {
         let consumer = Arc::new(SessionConsumer {
-            group,
-            store,
-            name,
+            group: group.clone(),
+            store: store.clone(),
+            name: name.clone(),
+            max_tokens,
             in_flight: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(consumer.clone().fetch_loop(Arc::new(Semaphore::new(prefetch)), sweep, out));
+        let fetcher = Fetcher::new(group, store.clone(), name, store.pool_client(), ReclaimClock::Own(None), sweep);
+        tokio::spawn(consumer.clone().fetch_loop(fetcher, Arc::new(Semaphore::new(prefetch)), sweep, out));
         consumer
     }
 
@@ -51,13 +60,16 @@ impl SessionConsumer {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn fetch_loop(self: Arc<Self>, permits: Arc<Semaphore>, sweep: Duration, out: mpsc::Sender<GroupDelivery>) {
-        let g = self.group.clone();
-        let client = self.store.pool_client();
-        let mut last_reclaim: Option<Instant> = None;
+    async fn fetch_loop(
+        self: Arc<Self>,
+        mut fetcher: Fetcher,
+        permits: Arc<Semaphore>,
+        sweep: Duration,
+        out: mpsc::Sender<GroupDelivery>,
+    ) {
         let mut pause = Duration::from_millis(10);
         loop {
-            if g.is_paused() {
+            if self.group.is_paused() {
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
                     _ = tokio::time::sleep(sweep) => continue,
@@ -71,26 +83,17 @@ impl SessionConsumer {
             // read fills them all.
             tokio::task::yield_now().await;
             let free = 1 + permits.available_permits() as u64;
-            let mut batch = Vec::new();
-            let mut failed = false;
-            if last_reclaim.is_none_or(|t| t.elapsed() >= sweep) {
-                last_reclaim = Some(Instant::now());
-                match self.store.group_reclaim(&g.topic, &g.spec.name, &self.name, g.ack_wait(), free).await {
-                    Ok((_, reclaimed)) => batch.extend(reclaimed),
-                    Err(_) => failed = true,
+            let round = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                round = fetcher.round(free, None) => round,
+            };
+            let (batch, failed) = match round {
+                Ok(batch) => (batch, false),
+                Err(e) => {
+                    tracing::debug!(group = %self.group.label, error = %e, "consumer fetch failed");
+                    (Vec::new(), true)
                 }
-            }
-            if (batch.len() as u64) < free && !failed {
-                match self
-                    .store
-                    .group_read(&client, &g.topic, &g.spec.name, &self.name, free - batch.len() as u64, None)
-                    .await
-                {
-                    Ok(read) => batch.extend(read),
-                    Err(_) => failed = true,
-                }
-            }
-            let batch = screen(&self.store, &g, batch).await.unwrap_or_default();
+            };
             if batch.is_empty() {
                 drop(first);
                 tokio::select! {
@@ -126,51 +129,37 @@ impl SessionConsumer {
         }
     }
 
-    pub async fn ack(&self, leases: &[Lease]) -> Result<Vec<&'static str>, StoreError> {
-        let statuses = self.store.group_ack(&self.group.topic, &self.group.spec.name, leases).await?;
-        self.release(&leases.iter().map(Lease::token).collect::<Vec<_>>());
-        let statuses: Vec<&'static str> = statuses.into_iter().map(|s| s.as_str()).collect();
-        for status in &statuses {
-            crate::metrics::group_outcome(&self.group.label, status, 1);
-        }
-        Ok(statuses)
+    pub async fn ack(&self, tokens: Vec<String>) -> Result<Vec<Settled>, Error> {
+        let settled = settle::ack(&self.store, &self.group, tokens.clone(), self.max_tokens).await?;
+        self.release(&tokens);
+        Ok(settled)
     }
 
-    pub async fn nack(&self, leases: &[Lease], failure: Failure, error: &str) -> Result<Vec<&'static str>, StoreError> {
-        let mut out = Vec::with_capacity(leases.len());
-        for lease in leases {
-            let failed = self
-                .store
-                .group_fail(&self.group.topic, &self.group.spec.name, lease, failure, &self.group.policy, error)
-                .await?;
-            crate::metrics::group_outcome(&self.group.label, failed.status.as_str(), 1);
-            out.push(failed.status.as_str());
-        }
-        self.release(&leases.iter().map(Lease::token).collect::<Vec<_>>());
-        Ok(out)
+    pub async fn nack(&self, tokens: Vec<String>, nack: &Nack) -> Result<Vec<Settled>, Error> {
+        let settled = settle::nack(&self.store, &self.group, tokens.clone(), nack, self.max_tokens).await?;
+        self.release(&tokens);
+        Ok(settled)
     }
 
-    /// Stops fetching and hands back what is still in flight (due at once, attempt + 1).
-    /// If Redis cannot be reached, they come back after `ack_wait` instead.
+    /// Stops fetching, hands back what is still in flight (due at once, attempt + 1) and
+    /// removes this consumer from the group. If Redis cannot be reached, the deliveries
+    /// come back after `ack_wait` instead, and the consumer is pruned later.
     pub async fn close(&self) {
         self.stop.cancel();
+        let g = &self.group;
         let leases: Vec<Lease> = self.in_flight().drain().map(|(_, (lease, _))| lease).collect();
         for lease in leases {
-            let g = &self.group;
+            let failure = Failure::Retry(Some(Duration::ZERO));
             let handed_back = self
                 .store
-                .group_fail(
-                    &g.topic,
-                    &g.spec.name,
-                    &lease,
-                    Failure::Retry(Some(Duration::ZERO)),
-                    &g.policy,
-                    "consumer disconnected",
-                )
+                .group_fail(&g.topic, &g.spec.name, &lease, failure, &g.policy, "consumer disconnected")
                 .await;
             if let Ok(failed) = handed_back {
                 crate::metrics::group_outcome(&g.label, failed.status.as_str(), 1);
             }
+        }
+        if let Err(e) = self.store.group_delete_consumer(&g.topic, &g.spec.name, &self.name).await {
+            tracing::debug!(group = %g.label, consumer = %self.name, error = %e, "cannot remove the consumer yet");
         }
     }
 }

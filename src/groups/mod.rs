@@ -6,7 +6,11 @@
 //! worker: clients fetch and ack over HTTP or WebSocket.
 
 pub mod consumer;
+pub mod fetch;
+pub mod gauges;
 pub mod handler;
+pub mod settle;
+mod sweeper;
 pub mod webhook;
 mod worker;
 
@@ -18,10 +22,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::now_ms;
 use crate::config::{Config, GroupSpec, OnExpiry, TargetKind};
-use crate::message::now_ms;
-use crate::store::groups::{Failure, GroupDelivery, RetryPolicy};
-use crate::store::{Store, StoreError};
+use crate::error::{Code, Error};
+use crate::store::groups::RetryPolicy;
+use crate::store::Store;
 use crate::topic::Topic;
 
 /// A group, ready to run.
@@ -99,21 +104,8 @@ pub struct Groups {
     runtime: OnceLock<Runtime>,
 }
 
-/// Why a group cannot be created or deleted through the admin API.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("group {0} is declared in the configuration; change it there")]
-    Declared(String),
-    #[error("no group {0}")]
-    NotFound(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-fn build(spec: GroupSpec, declared: bool, dlq_max_len: u64) -> Option<Group> {
-    let topic = Topic::parse(&spec.topic, usize::MAX).ok()?;
+fn build(spec: GroupSpec, declared: bool, dlq_max_len: u64) -> Group {
+    let topic = spec.topic.clone();
     let policy = RetryPolicy {
         max_attempts: spec.max_attempts,
         base_ms: spec.backoff_base_ms,
@@ -123,7 +115,7 @@ fn build(spec: GroupSpec, declared: bool, dlq_max_len: u64) -> Option<Group> {
         dlq_max_len,
     };
     let label = format!("{}/{}", spec.topic, spec.name);
-    Some(Group {
+    Group {
         spec,
         topic,
         policy,
@@ -132,17 +124,23 @@ fn build(spec: GroupSpec, declared: bool, dlq_max_len: u64) -> Option<Group> {
         paused: AtomicBool::new(false),
         stop: CancellationToken::new(),
         fetch_reclaimed_ms: std::sync::atomic::AtomicU64::new(0),
-    })
+    }
+}
+
+fn declared(label: &str) -> Error {
+    Error::new(Code::DeclaredInConfig, format!("group {label} is declared in the configuration; change it there"))
+}
+
+fn not_found(label: &str) -> Error {
+    Error::new(Code::GroupNotFound, format!("no group {label}"))
 }
 
 impl Groups {
     pub fn new(config: &Config) -> Groups {
         let mut by_name = HashMap::new();
         for spec in &config.group {
-            // Validated with the configuration.
-            if let Some(group) = build(spec.clone(), true, config.groups.dlq_max_len) {
-                by_name.insert((spec.topic.clone(), spec.name.clone()), Arc::new(group));
-            }
+            let group = build(spec.clone(), true, config.groups.dlq_max_len);
+            by_name.insert((spec.topic.to_string(), spec.name.clone()), Arc::new(group));
         }
         let random = uuid::Uuid::now_v7().simple().to_string();
         Groups {
@@ -166,7 +164,7 @@ impl Groups {
     }
 
     pub fn of_topic(&self, topic: &str) -> Vec<Arc<Group>> {
-        let mut groups: Vec<_> = self.map().values().filter(|g| g.spec.topic == topic).cloned().collect();
+        let mut groups: Vec<_> = self.map().values().filter(|g| g.topic.as_str() == topic).cloned().collect();
         groups.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         groups
     }
@@ -181,7 +179,7 @@ impl Groups {
         let mut missing: Vec<String> = self
             .map()
             .values()
-            .filter(|g| g.spec.target == TargetKind::Handler && handlers.get(&g.spec.topic, &g.spec.name).is_none())
+            .filter(|g| g.spec.target == TargetKind::Handler && handlers.get(g.topic.as_str(), &g.spec.name).is_none())
             .map(|g| g.label.clone())
             .collect();
         missing.sort();
@@ -229,10 +227,10 @@ impl Groups {
             shutdown.cancelled().await;
             stop.cancel();
         });
-        rt.tasks.spawn(sweeper(group.clone(), rt.store.clone(), rt.sweep, self.node.clone()));
+        rt.tasks.spawn(sweeper::sweeper(group.clone(), rt.store.clone(), rt.sweep, self.node.clone()));
         let target = match group.spec.target {
             TargetKind::Pull => return,
-            TargetKind::Handler => match rt.handlers.get(&group.spec.topic, &group.spec.name) {
+            TargetKind::Handler => match rt.handlers.get(group.topic.as_str(), &group.spec.name) {
                 Some(h) => worker::Target::Handler(h),
                 None => {
                     tracing::error!(group = %group.label, "no handler is registered on this node for this handler group");
@@ -262,22 +260,23 @@ impl Groups {
 
     /// Creates (or replaces) a group through the admin API: validates it, stores its
     /// definition in Redis (every node discovers it), creates it, and runs it here.
-    pub async fn create(&self, spec: GroupSpec) -> Result<Arc<Group>, AdminError> {
-        let rt = self.runtime.get().ok_or_else(|| AdminError::Invalid("groups are not running".into()))?;
+    pub async fn create(&self, spec: GroupSpec) -> Result<Arc<Group>, Error> {
+        let rt = self.runtime()?;
         let limits =
             crate::config::Limits { max_topic_bytes: rt.max_topic_bytes, ..crate::config::Config::defaults().limits };
-        spec.validate(&limits).map_err(AdminError::Invalid)?;
+        spec.validate(&limits).map_err(|m| Error::new(Code::InvalidGroup, m))?;
         if spec.target == TargetKind::Handler {
-            return Err(AdminError::Invalid("a handler group is declared by the program that embeds streamhub".into()));
+            return Err(Error::new(
+                Code::InvalidGroup,
+                "a handler group is declared by the program that embeds streamhub",
+            ));
         }
-        if self.get(&spec.topic, &spec.name).is_some_and(|g| g.declared) {
-            return Err(AdminError::Declared(format!("{}/{}", spec.topic, spec.name)));
+        if self.get(spec.topic.as_str(), &spec.name).is_some_and(|g| g.declared) {
+            return Err(declared(&format!("{}/{}", spec.topic, spec.name)));
         }
-        let group = Arc::new(
-            build(spec.clone(), false, rt.dlq_max_len).ok_or_else(|| AdminError::Invalid("invalid topic".into()))?,
-        );
+        let group = Arc::new(build(spec.clone(), false, rt.dlq_max_len));
         rt.store.group_ensure(&group.topic, &spec.name, &spec.start).await?;
-        let definition = serde_json::to_string(&spec).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let definition = serde_json::to_string(&spec).map_err(Error::internal)?;
         rt.store.group_define(&group.topic, &spec.name, &definition).await?;
         self.adopt(group.clone());
         Ok(group)
@@ -285,7 +284,7 @@ impl Groups {
 
     /// Runs `group` here, replacing (and stopping) a previous definition.
     fn adopt(&self, group: Arc<Group>) {
-        let key = (group.spec.topic.clone(), group.spec.name.clone());
+        let key = (group.topic.to_string(), group.spec.name.clone());
         let previous = self.by_name.write().unwrap_or_else(|e| e.into_inner()).insert(key, group.clone());
         if let Some(previous) = previous {
             previous.stop.cancel();
@@ -294,18 +293,18 @@ impl Groups {
     }
 
     /// Deletes a group created through the admin API, with everything it holds.
-    pub async fn delete(&self, topic: &Topic, name: &str) -> Result<(), AdminError> {
-        let rt = self.runtime.get().ok_or_else(|| AdminError::Invalid("groups are not running".into()))?;
+    pub async fn delete(&self, topic: &Topic, name: &str) -> Result<(), Error> {
+        let rt = self.runtime()?;
         let label = format!("{topic}/{name}");
         if let Some(g) = self.get(topic.as_str(), name) {
             if g.declared {
-                return Err(AdminError::Declared(label));
+                return Err(declared(&label));
             }
         }
         if !rt.store.group_defined(topic, name).await? {
             // Not created through the API: declared in some node's configuration, or absent.
             let exists = rt.store.group_info(topic, name).await?.exists;
-            return Err(if exists { AdminError::Declared(label) } else { AdminError::NotFound(label) });
+            return Err(if exists { declared(&label) } else { not_found(&label) });
         }
         let existed = rt.store.group_delete(topic, name).await?;
         let removed =
@@ -314,9 +313,13 @@ impl Groups {
             g.stop.cancel();
         }
         if !existed && removed.is_none() {
-            return Err(AdminError::NotFound(label));
+            return Err(not_found(&label));
         }
         Ok(())
+    }
+
+    fn runtime(&self) -> Result<&Runtime, Error> {
+        self.runtime.get().ok_or_else(|| Error::internal("the consumer groups of this node are not running"))
     }
 
     /// Every `discover` interval: start groups other nodes created, stop deleted ones.
@@ -333,22 +336,21 @@ impl Groups {
             let mut live = std::collections::HashSet::new();
             for definition in definitions {
                 let Ok(spec) = serde_json::from_str::<GroupSpec>(&definition) else { continue };
-                live.insert((spec.topic.clone(), spec.name.clone()));
-                let current = self.get(&spec.topic, &spec.name);
+                live.insert((spec.topic.to_string(), spec.name.clone()));
+                let current = self.get(spec.topic.as_str(), &spec.name);
                 let unchanged = current
                     .as_ref()
                     .is_some_and(|g| g.declared || serde_json::to_string(&g.spec).ok() == Some(definition.clone()));
                 if !unchanged {
-                    if let Some(group) = build(spec, false, rt.dlq_max_len) {
-                        tracing::info!(group = %group.label, "running a group created through the admin API");
-                        self.adopt(Arc::new(group));
-                    }
+                    let group = build(spec, false, rt.dlq_max_len);
+                    tracing::info!(group = %group.label, "running a group created through the admin API");
+                    self.adopt(Arc::new(group));
                 }
             }
             let gone: Vec<Arc<Group>> = self
                 .map()
                 .values()
-                .filter(|g| !g.declared && !live.contains(&(g.spec.topic.clone(), g.spec.name.clone())))
+                .filter(|g| !g.declared && !live.contains(&(g.topic.to_string(), g.spec.name.clone())))
                 .cloned()
                 .collect();
             for g in gone {
@@ -357,100 +359,8 @@ impl Groups {
                 self.by_name
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&(g.spec.topic.clone(), g.spec.name.clone()));
+                    .remove(&(g.topic.to_string(), g.spec.name.clone()));
             }
         }
     }
-}
-
-/// Creates the group (retrying until Redis answers), then every `sweep` promotes due
-/// retries (O(due) per call) and now and then removes consumers that left.
-async fn sweeper(group: Arc<Group>, store: Store, sweep: Duration, node: String) {
-    let shutdown = group.stop.clone();
-    let mut tick = tokio::time::interval(sweep);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ensured = false;
-    let mut sweeps: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !ensured {
-            match store.group_ensure(&group.topic, &group.spec.name, &group.spec.start).await {
-                Ok(created) => {
-                    ensured = true;
-                    if created {
-                        tracing::info!(group = %group.label, "consumer group created");
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(group = %group.label, error = %e, "cannot create the group yet");
-                    continue;
-                }
-            }
-        }
-        if let Ok(paused) = store.group_paused(&group.topic, &group.spec.name).await {
-            group.set_paused(paused);
-        }
-        loop {
-            match store.group_promote(&group.topic, &group.spec.name, now_ms(), PROMOTE_BATCH).await {
-                Ok((moved, _)) if moved == PROMOTE_BATCH => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(group = %group.label, error = %e, "promote failed");
-                    // The group may be gone after a Redis restart without persistence.
-                    ensured = false;
-                    break;
-                }
-            }
-        }
-        sweeps += 1;
-        if sweeps % ENSURE_EVERY == 0 {
-            // Re-create the group if Redis lost it (restart without persistence).
-            ensured = false;
-        }
-        if sweeps % PRUNE_EVERY == 0 {
-            let idle = group.ack_wait().max(Duration::from_secs(600));
-            if let Err(e) = store.group_prune_consumers(&group.topic, &group.spec.name, idle, &node).await {
-                tracing::debug!(group = %group.label, error = %e, "consumer pruning failed");
-            }
-        }
-    }
-}
-
-/// Retries promoted per call of the promote function.
-const PROMOTE_BATCH: u64 = 1000;
-/// Sweeps between two checks that the group still exists in Redis.
-const ENSURE_EVERY: u64 = 40;
-/// Sweeps between two prunings of departed consumers.
-const PRUNE_EVERY: u64 = 240;
-
-/// Settles, instead of handing out, deliveries that must not reach a consumer: past their
-/// TTL (expired: dropped or dead-lettered per `on_expiry`), or already delivered
-/// `max_attempts` times (a lease that keeps expiring: dead-lettered). Returns the rest.
-pub async fn screen(store: &Store, g: &Group, batch: Vec<GroupDelivery>) -> Result<Vec<GroupDelivery>, StoreError> {
-    let now = now_ms();
-    let mut keep = Vec::with_capacity(batch.len());
-    for d in batch {
-        let failure = match &d.envelope {
-            Ok(e) if e.ttl_ms.is_some_and(|ttl| e.published_ms.saturating_add(ttl) < now) => {
-                Some((Failure::Expired { to_dlq: g.expired_to_dlq() }, "expired before delivery".to_string()))
-            }
-            _ if d.attempt > g.policy.max_attempts => Some((
-                Failure::Permanent,
-                d.last_error.clone().unwrap_or_else(|| format!("delivered {} times without an ack", d.attempt - 1)),
-            )),
-            _ => None,
-        };
-        match failure {
-            Some((failure, error)) => {
-                let failed = store.group_fail(&g.topic, &g.spec.name, &d.lease, failure, &g.policy, &error).await?;
-                crate::metrics::group_outcome(&g.label, failed.status.as_str(), 1);
-            }
-            None => keep.push(d),
-        }
-    }
-    crate::metrics::group_delivered(&g.label, keep.len());
-    Ok(keep)
 }

@@ -14,11 +14,10 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::GroupSpec;
-use crate::gateway::protocol::MessageOut;
-use crate::message::now_ms;
+use crate::clock::now_ms;
+use crate::config::{GroupSpec, On4xx, WebhookBody};
 use crate::store::groups::GroupDelivery;
-use crate::store::StoredMessage;
+use crate::wire::MessageOut;
 
 pub const SIGNATURE_HEADER: &str = "x-streamhub-signature";
 pub const TIMESTAMP_HEADER: &str = "x-streamhub-timestamp";
@@ -62,8 +61,8 @@ impl Webhook {
             client,
             url: spec.url.clone().unwrap_or_default(),
             secret: spec.secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            raw: spec.body == "raw",
-            retry_4xx: spec.on_4xx == "retry",
+            raw: spec.body == WebhookBody::Raw,
+            retry_4xx: spec.on_4xx == On4xx::Retry,
         })
     }
 
@@ -74,7 +73,7 @@ impl Webhook {
         let (body, content_type) = if self.raw {
             (envelope.payload.clone(), envelope.content_type.clone())
         } else {
-            let message = MessageOut::from(StoredMessage { seq: d.seq, envelope: Ok(envelope.clone()) });
+            let message = MessageOut::new(d.seq, Ok(envelope.clone()));
             let json = serde_json::json!({
                 "topic": topic, "group": group, "epoch": epoch, "attempt": d.attempt, "message": message,
             });

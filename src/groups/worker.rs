@@ -11,10 +11,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fetch::{Fetcher, ReclaimClock};
 use super::handler::Handler;
 use super::webhook::{Outcome, Webhook};
 use super::Group;
-use crate::message::now_ms;
 use crate::store::groups::{AckStatus, Failure, GroupDelivery, Lease};
 use crate::store::Store;
 
@@ -120,20 +120,29 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let _ = self.acks.set(Acks::start(self.store.clone(), self.group.clone(), self.group.spec.concurrency));
         let worker = Arc::new(self);
+        let g = worker.group.clone();
         let client = match worker.store.blocking_client() {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(group = %worker.group.label, error = %e, "worker cannot open its connection");
+                tracing::error!(group = %g.label, error = %e, "worker cannot open its connection");
                 return;
             }
         };
-        let permits = Arc::new(Semaphore::new(worker.group.spec.concurrency));
+        let mut fetcher = Fetcher::new(
+            g.clone(),
+            worker.store.clone(),
+            worker.consumer.clone(),
+            client.clone(),
+            ReclaimClock::Own(None),
+            worker.sweep,
+        );
+        let permits = Arc::new(Semaphore::new(g.spec.concurrency));
         let in_flight = TaskTracker::new();
-        let mut last_reclaim: Option<Instant> = None;
+        let mut epoch_read: Option<Instant> = None;
         let mut epoch = String::new();
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            if worker.group.is_paused() {
+            if g.is_paused() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(worker.sweep) => continue,
@@ -147,50 +156,33 @@ impl Worker {
             // another as their tasks run: let them, so that one read fills all of them.
             tokio::task::yield_now().await;
             let free = 1 + permits.available_permits() as u64;
-            let mut batch = Vec::new();
-            if last_reclaim.is_none_or(|t| t.elapsed() >= worker.sweep) {
-                last_reclaim = Some(Instant::now());
-                if let Ok(info) = worker.store.topic_info(&worker.group.topic).await {
+            if epoch_read.is_none_or(|t| t.elapsed() >= worker.sweep) {
+                // The topic's epoch, for the X-Streamhub-Epoch header.
+                epoch_read = Some(Instant::now());
+                if let Ok(info) = worker.store.topic_info(&g.topic).await {
                     epoch = info.position.epoch.unwrap_or_default();
                 }
-                match worker
-                    .store
-                    .group_reclaim(
-                        &worker.group.topic,
-                        &worker.group.spec.name,
-                        &worker.consumer,
-                        worker.group.ack_wait(),
-                        free,
-                    )
-                    .await
-                {
-                    Ok((_, reclaimed)) => batch.extend(reclaimed),
-                    Err(e) => tracing::debug!(group = %worker.group.label, error = %e, "reclaim failed"),
-                }
             }
-            if (batch.len() as u64) < free {
-                let block = batch.is_empty().then_some(BLOCK);
-                let read = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = worker.store.group_read(&client, &worker.group.topic, &worker.group.spec.name, &worker.consumer, free - batch.len() as u64, block) => r,
-                };
-                match read {
-                    Ok(read) => {
-                        failures = 0;
-                        batch.extend(read);
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                        tracing::debug!(group = %worker.group.label, error = %e, ?delay, "group read failed");
-                        drop(first);
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(delay) => continue,
-                        }
+            let round = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = fetcher.round(free, Some(BLOCK)) => r,
+            };
+            let batch = match round {
+                Ok(batch) => {
+                    failures = 0;
+                    batch
+                }
+                Err(e) => {
+                    failures += 1;
+                    let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    tracing::debug!(group = %g.label, error = %e, ?delay, "group read failed");
+                    drop(first);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
                     }
                 }
-            }
+            };
             let mut first = Some(first);
             for delivery in batch {
                 let permit = match first.take() {
@@ -208,7 +200,7 @@ impl Worker {
         // not settled stays pending and is reclaimed by another consumer after ack_wait.
         in_flight.close();
         if tokio::time::timeout(worker.grace, in_flight.wait()).await.is_err() {
-            tracing::warn!(group = %worker.group.label, "in-flight deliveries left pending at shutdown");
+            tracing::warn!(group = %g.label, "in-flight deliveries left pending at shutdown");
         }
         let _ = client.quit().await;
     }
@@ -229,32 +221,21 @@ impl Worker {
     /// One call of the target, timed.
     async fn call_target(&self, d: &GroupDelivery, epoch: &str) -> Outcome {
         let g = &self.group;
-        crate::metrics::group_delivered(&g.label, 1);
         let started = Instant::now();
         let timeout = Duration::from_millis(g.spec.timeout_ms);
-        let outcome = self.target.deliver(&g.spec.topic, &g.spec.name, epoch, d, timeout).await;
+        let outcome = self.target.deliver(g.topic.as_str(), &g.spec.name, epoch, d, timeout).await;
         metrics::histogram!(crate::metrics::GROUP_TARGET_DURATION, "group" => g.label.clone())
             .record(started.elapsed().as_secs_f64());
         outcome
     }
 
-    /// Delivers one message and records the outcome in one atomic call.
+    /// Delivers one (screened) message and records the outcome in one atomic call.
     async fn settle(&self, d: GroupDelivery, epoch: &str, _permit: OwnedSemaphorePermit) {
         let g = &self.group;
-        let now = now_ms();
-        let (failure, error) = match &d.envelope {
-            Ok(e) if e.ttl_ms.is_some_and(|ttl| e.published_ms.saturating_add(ttl) < now) => {
-                (Some(Failure::Expired { to_dlq: g.expired_to_dlq() }), "expired before delivery".to_string())
-            }
-            _ if d.attempt > g.policy.max_attempts => (
-                Some(Failure::Permanent),
-                d.last_error.clone().unwrap_or_else(|| format!("delivered {} times without an ack", d.attempt - 1)),
-            ),
-            _ => match self.call_target(&d, epoch).await {
-                Outcome::Ack => (None, String::new()),
-                Outcome::Retry { error, after } => (Some(Failure::Retry(after)), error),
-                Outcome::Permanent { error } => (Some(Failure::Permanent), error),
-            },
+        let (failure, error) = match self.call_target(&d, epoch).await {
+            Outcome::Ack => (None, String::new()),
+            Outcome::Retry { error, after } => (Some(Failure::Retry(after)), error),
+            Outcome::Permanent { error } => (Some(Failure::Permanent), error),
         };
         let outcome = match failure {
             None => match self.ack(d.lease.clone()).await {

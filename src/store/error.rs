@@ -3,14 +3,17 @@
 
 use fred::error::{Error as RedisError, ErrorKind};
 
+use crate::error::{Code, Error};
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Redis did not answer in time, the connection is down, or it is loading.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
-    /// A streamhub function refused its input (`SH <code> <message>` error replies).
+    /// A streamhub function refused its input (`SH <code> <message>` error replies), or
+    /// Redis answered `NOGROUP` (code `group_not_found`).
     #[error("{code}: {message}")]
-    Refused { code: String, message: String },
+    Refused { code: Code, message: String },
     /// Stored on the primary, but fewer replicas than required confirmed it in time.
     #[error("stored, but only {acked} of {wanted} replicas confirmed it in time")]
     NotReplicated { acked: u64, wanted: u32 },
@@ -48,10 +51,13 @@ impl From<RedisError> for StoreError {
         let details = err.details();
         if let Some(rest) = details.strip_prefix("SH ").or_else(|| details.find(" SH ").map(|i| &details[i + 4..])) {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            return StoreError::Refused { code: code.to_string(), message: message.to_string() };
+            return match Code::parse(code) {
+                Some(code) => StoreError::Refused { code, message: message.to_string() },
+                None => StoreError::Redis(details.to_string()),
+            };
         }
         if details.contains("NOGROUP") {
-            return StoreError::Refused { code: "group_not_found".into(), message: details.to_string() };
+            return StoreError::Refused { code: Code::GroupNotFound, message: details.to_string() };
         }
         match err.kind() {
             ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Backpressure => {
@@ -69,6 +75,34 @@ impl From<RedisError> for StoreError {
     }
 }
 
+impl From<StoreError> for Error {
+    /// What a client is told when Redis failed: never the Redis error itself (logged here).
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "redis unavailable");
+                Error::new(Code::RedisUnavailable, "the message store is unavailable; retry later")
+            }
+            e @ StoreError::NotReplicated { .. } => {
+                tracing::warn!(error = %e, "publish not confirmed by replicas");
+                Error::new(
+                    Code::NotReplicated,
+                    format!("{e}; retry with the same idempotency key to avoid a duplicate"),
+                )
+            }
+            StoreError::Refused { code: Code::GroupNotFound, .. } => Error::new(
+                Code::GroupNotReady,
+                "the group does not exist in Redis yet (it is being created); retry shortly",
+            ),
+            StoreError::Refused { code, message } => {
+                tracing::warn!(%code, %message, "redis function refused a request streamhub had validated");
+                Error::new(Code::InvalidRequest, message)
+            }
+            other => Error::internal(format_args!("redis call failed: {other}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,7 +112,7 @@ mod tests {
         let err = RedisError::new(ErrorKind::Unknown, "SH invalid_topic topic may only hold letters");
         match StoreError::from(err) {
             StoreError::Refused { code, message } => {
-                assert_eq!(code, "invalid_topic");
+                assert_eq!(code, Code::InvalidTopic);
                 assert_eq!(message, "topic may only hold letters");
             }
             other => panic!("unexpected {other:?}"),

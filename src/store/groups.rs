@@ -267,8 +267,8 @@ impl Store {
     pub async fn group_ensure(&self, topic: &Topic, group: &str, start: &GroupStart) -> Result<bool> {
         let k = self.group_keys(topic, group);
         let start = match start {
-            GroupStart::Named(n) if n == "earliest" => "0".to_string(),
-            GroupStart::Named(_) => "$".to_string(),
+            GroupStart::Earliest => "0".to_string(),
+            GroupStart::New => "$".to_string(),
             GroupStart::After(seq) => format!("{seq}-0"),
         };
         let reply = self
@@ -307,7 +307,7 @@ impl Store {
             .map_err(|e| {
                 if e.details().contains("NOGROUP") {
                     StoreError::Refused {
-                        code: "group_not_found".into(),
+                        code: crate::error::Code::GroupNotFound,
                         message: format!("no group {group} on {topic}"),
                     }
                 } else {
@@ -316,7 +316,7 @@ impl Store {
             });
         if block.is_none() {
             // A blocking read's time is mostly waiting; only immediate reads are timed.
-            crate::metrics::redis_call("xreadgroup", started, &reply);
+            crate::metrics::redis_call("xreadgroup", started, reply.as_ref().err().map(StoreError::kind));
         }
         let reply = reply?;
         let mut out = Vec::new();
@@ -443,16 +443,6 @@ impl Store {
             let source = if src.as_str().as_deref() == Some("r") { Source::Retry } else { Source::Main };
             out.push(delivery(source, id.as_string().unwrap_or_default(), count.as_u64().unwrap_or(1), &f));
         }
-        if deleted > 0 || !out.is_empty() {
-            let label = format!("{topic}/{group}");
-            if deleted > 0 {
-                tracing::warn!(group = %label, deleted, "pending entries were deleted from the stream; acked");
-                crate::metrics::group_outcome(&label, "deleted", deleted);
-            }
-            if !out.is_empty() {
-                ::metrics::counter!(crate::metrics::GROUP_RECLAIMED, "group" => label).increment(out.len() as u64);
-            }
-        }
         Ok((deleted, out))
     }
 
@@ -554,7 +544,7 @@ impl Store {
         let mut out = Vec::new();
         for member in members {
             let Some((topic, group)) = member.split_once('/') else { continue };
-            let Ok(topic) = Topic::parse(topic, usize::MAX) else { continue };
+            let Ok(topic) = Topic::parse(topic, crate::topic::MAX_TOPIC_BYTES) else { continue };
             let definition: Option<String> = client.get(self.group_keys(&topic, group).definition).await?;
             if let Some(d) = definition {
                 out.push(d);
@@ -591,6 +581,27 @@ impl Store {
         let meta = self.keys.topic(topic).meta;
         let names: Option<String> = self.pool.next().hget(meta, "groups").await?;
         Ok(names.unwrap_or_default().split_whitespace().map(str::to_string).collect())
+    }
+
+    /// Removes one consumer from the group (both streams): a session's consumer when the
+    /// session ends, after its deliveries were handed back. A consumer that still holds
+    /// pending entries (the hand-back failed) is kept, so nothing it holds is lost: its
+    /// entries are reclaimed after `ack_wait_ms` and the idle pruning removes it later.
+    pub async fn group_delete_consumer(&self, topic: &Topic, group: &str, consumer: &str) -> Result<()> {
+        let k = self.group_keys(topic, group);
+        let client = self.pool.next();
+        for key in [k.stream, k.retry] {
+            let consumers: Value = client.xinfo_consumers(key.clone(), group).await?;
+            let holds = consumers.into_array().into_iter().any(|c| {
+                let f = fields(&c);
+                f.get("name").and_then(|v| v.as_string()).as_deref() == Some(consumer)
+                    && f.get("pending").and_then(|v| v.as_u64()).unwrap_or(1) > 0
+            });
+            if !holds {
+                let _: Value = client.xgroup_delconsumer(key, group, consumer).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes consumers (other than this node's, whose names start with `keep`) idle

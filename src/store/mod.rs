@@ -66,12 +66,18 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
 }
 
-impl HistoryPage {
-    /// True when some message after `since` (up to the top) is no longer retained:
-    /// the reader must be told, never handed a silent gap (G3).
+impl Position {
+    /// True when some message after `since` (up to the top) is no longer retained: the
+    /// reader must be told, never handed a silent gap.
     pub fn truncated(&self, since: u64) -> bool {
-        let p = &self.position;
-        since < p.top && (p.first_retained == 0 || p.first_retained > since + 1)
+        since < self.top && (self.first_retained == 0 || self.first_retained > since + 1)
+    }
+}
+
+impl HistoryPage {
+    /// `Position::truncated` of the page's snapshot.
+    pub fn truncated(&self, since: u64) -> bool {
+        self.position.truncated(since)
     }
 }
 
@@ -168,7 +174,7 @@ impl Store {
     ) -> Result<Value> {
         let started = std::time::Instant::now();
         let result = self.call_once_loaded(client, function, keys, args, read_only).await;
-        crate::metrics::redis_call(function, started, &result);
+        crate::metrics::redis_call(function, started, result.as_ref().err().map(StoreError::kind));
         result
     }
 
@@ -335,7 +341,7 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         let started = std::time::Instant::now();
         let result = self.pool.next().ping::<Value>(None).await.map(drop).map_err(StoreError::from);
-        crate::metrics::redis_call("ping", started, &result);
+        crate::metrics::redis_call("ping", started, result.as_ref().err().map(StoreError::kind));
         result
     }
 

@@ -1,0 +1,173 @@
+//! The ops of the native WebSocket protocol, one small function each: decode the frame's
+//! fields, call the operation, encode the reply (docs/PROTOCOL.md §2.2, §2.8, §10.7).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::frames::{ClientFrame, FrameError, ServerFrame, SinceFrame, TokenStatus};
+use super::ws::{Conn, Outgoing};
+use crate::auth::PrincipalKind;
+use crate::delivery::session::Since;
+use crate::error::{Code, Error};
+use crate::groups::consumer::SessionConsumer;
+use crate::groups::settle::{Nack, Settled};
+use crate::message::NewMessage;
+use crate::ops::access::{Consume, Publish, Subscribe};
+use crate::store::groups::GroupDelivery;
+use crate::topic::Topic;
+use crate::wire::MessageOut;
+
+/// A reply, and the topic whose delivery may start once the reply is queued.
+type Reply = (ServerFrame, Option<Topic>);
+
+impl Conn {
+    /// Answers one client frame.
+    pub(super) async fn apply(&mut self, frame: ClientFrame) -> Result<Reply, FrameError> {
+        let id = frame.id();
+        if self.auth_deadline.is_some() && !matches!(frame, ClientFrame::Auth { .. } | ClientFrame::Ping { .. }) {
+            return Err(FrameError::new(id, Code::Unauthorized, "authenticate first (auth frame)"));
+        }
+        let reply = match frame {
+            ClientFrame::Subscribe { id, topic, since } => self.subscribe(id, &topic, since).await,
+            ClientFrame::Unsubscribe { id, topic } => self.unsubscribe(id, topic).await.map(|f| (f, None)),
+            ClientFrame::Publish { id, topic, data, headers, ttl_ms, idempotency_key } => {
+                let message = NewMessage {
+                    payload: serde_json::to_vec(&data).unwrap_or_default(),
+                    content_type: "application/json".into(),
+                    headers,
+                    ttl_ms,
+                    idempotency_key,
+                };
+                self.publish(id, topic, message).await.map(|f| (f, None))
+            }
+            ClientFrame::Ping { id } => Ok((ServerFrame::Pong { id }, None)),
+            ClientFrame::Auth { id, token } => self.auth(id, &token).map(|f| (f, None)),
+            ClientFrame::Consume { id, topic, group, prefetch } => {
+                self.consume(id, topic, group, prefetch).map(|f| (f, None))
+            }
+            ClientFrame::Ack { id, topic, group, tokens } => self.ack(id, &topic, &group, tokens).await,
+            ClientFrame::Nack { id, topic, group, tokens, error, retry_after_ms, permanent } => {
+                let nack = Nack { error, retry_after: retry_after_ms.map(Duration::from_millis), permanent };
+                self.nack(id, &topic, &group, tokens, &nack).await
+            }
+        };
+        reply.map_err(|error| FrameError { id, error })
+    }
+
+    async fn subscribe(&mut self, id: u64, name: &str, since: Option<SinceFrame>) -> Result<Reply, Error> {
+        // Checked at every subscribe, resumes included.
+        let grant = self.state.ops.access().grant::<Subscribe>(&self.caller, name)?;
+        let since = since.as_ref().map_or(Ok(Since::Now), SinceFrame::to_since)?;
+        let subscribed = self.state.ops.subscribe(&self.session, &grant, since).await?;
+        Ok((ServerFrame::subscribed(Some(id), name, &subscribed), Some(grant.topic().clone())))
+    }
+
+    async fn unsubscribe(&mut self, id: u64, name: String) -> Result<ServerFrame, Error> {
+        let topic = self.state.ops.access().topic(&name)?;
+        if self.session.unsubscribe(&topic).await {
+            Ok(ServerFrame::Unsubscribed { id, topic: name })
+        } else {
+            Err(Error::new(Code::NotSubscribed, format!("not subscribed to {name}")))
+        }
+    }
+
+    async fn publish(&mut self, id: u64, name: String, message: NewMessage) -> Result<ServerFrame, Error> {
+        let grant = self.state.ops.access().grant::<Publish>(&self.caller, &name)?;
+        let p = self.state.ops.publish(&self.caller, &grant, message).await?;
+        Ok(ServerFrame::Published {
+            id,
+            topic: name,
+            epoch: p.epoch,
+            seq: p.seq,
+            message_id: p.id,
+            duplicate: p.duplicate,
+        })
+    }
+
+    /// Authenticates the session, or refreshes its token: a refresh must keep the subject
+    /// (an anonymous session may authenticate as anyone).
+    fn auth(&mut self, id: u64, token: &str) -> Result<ServerFrame, Error> {
+        let principal = self.state.ops.access().principal(Some(token))?;
+        let current = &self.caller.principal;
+        if current.kind != PrincipalKind::Anonymous && current.subject != principal.subject {
+            return Err(Error::new(Code::SubjectChanged, "a refresh must keep the same subject"));
+        }
+        let frame =
+            ServerFrame::Authenticated { id, subject: principal.subject.clone(), expires_at: principal.expires_at };
+        self.caller.principal = principal;
+        self.auth_deadline = None;
+        Ok(frame)
+    }
+
+    fn consume(&mut self, id: u64, topic: String, group: String, prefetch: Option<u32>) -> Result<ServerFrame, Error> {
+        let ops = &self.state.ops;
+        let grant = ops.access().grant::<Consume>(&self.caller, &topic)?;
+        let g = ops.pull_group(&grant, &group)?;
+        let key = (topic.clone(), group.clone());
+        if self.consumers.contains_key(&key) {
+            return Err(Error::new(Code::AlreadyConsuming, format!("already consuming {topic}/{group}")));
+        }
+        let max = ops.config().ws.max_subscriptions;
+        if self.consumers.len() + self.session.subscription_count() >= max {
+            return Err(Error::new(
+                Code::TooManySubscriptions,
+                format!("at most {max} subscriptions and consumers per session (ws.max_subscriptions)"),
+            ));
+        }
+        let (replies, (t, gname)) = (self.replies.clone(), key.clone());
+        let consumer = ops.consume(&grant, &g, prefetch, |prefetch| {
+            let (tx, rx) = mpsc::channel::<GroupDelivery>(prefetch);
+            // Deliveries become frames behind the `consuming` reply already queued.
+            tokio::spawn(forward(rx, replies, t, gname));
+            tx
+        });
+        self.consumers.insert(key, consumer);
+        Ok(ServerFrame::Consuming { id, topic, group })
+    }
+
+    async fn ack(&self, id: u64, topic: &str, group: &str, tokens: Vec<String>) -> Result<Reply, Error> {
+        let settled_tokens = self.consumer_of(topic, group)?.ack(tokens).await?;
+        Ok((settled(id, settled_tokens), None))
+    }
+
+    async fn nack(&self, id: u64, topic: &str, group: &str, tokens: Vec<String>, nack: &Nack) -> Result<Reply, Error> {
+        let settled_tokens = self.consumer_of(topic, group)?.nack(tokens, nack).await?;
+        Ok((settled(id, settled_tokens), None))
+    }
+
+    fn consumer_of(&self, topic: &str, group: &str) -> Result<Arc<SessionConsumer>, Error> {
+        let ops = &self.state.ops;
+        ops.access().grant::<Consume>(&self.caller, topic)?;
+        self.consumers
+            .get(&(topic.to_string(), group.to_string()))
+            .cloned()
+            .ok_or_else(|| Error::new(Code::NotConsuming, format!("this session does not consume {topic}/{group}")))
+    }
+}
+
+/// Forwards a consumer's deliveries to the session's writer, as `delivery` frames.
+async fn forward(mut rx: mpsc::Receiver<GroupDelivery>, replies: mpsc::Sender<Outgoing>, topic: String, group: String) {
+    while let Some(d) = rx.recv().await {
+        let frame = ServerFrame::Delivery {
+            topic: topic.clone(),
+            group: group.clone(),
+            token: d.lease.token(),
+            attempt: d.attempt,
+            last_error: d.last_error,
+            message: MessageOut::new(d.seq, d.envelope),
+        };
+        if replies.send(Outgoing::Frame(Box::new(frame))).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn settled(id: u64, results: Vec<Settled>) -> ServerFrame {
+    let results = results
+        .into_iter()
+        .map(|s| TokenStatus { token: s.token, status: s.status.to_string(), attempt: s.attempt, due_ms: s.due_ms })
+        .collect();
+    ServerFrame::Settled { id, results }
+}
