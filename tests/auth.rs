@@ -362,6 +362,93 @@ async fn jwks_keys_cors_and_redis_acl_users_work() {
     app.stop().await;
 }
 
+/// POST `path` as `credential` (none: anonymous) with an empty JSON body.
+async fn post_as(app: &TestApp, path: &str, credential: Option<&str>) -> (StatusCode, Value) {
+    let client = reqwest::Client::new();
+    let mut request = client.post(app.url(path)).json(&json!({}));
+    if let Some(c) = credential {
+        request = request.bearer_auth(c);
+    }
+    common::decode(request.send().await.expect("request")).await
+}
+
+#[tokio::test]
+async fn every_route_checks_credentials_then_the_grant_then_the_topic_name() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, secure).await;
+    let token = hs(&claims("dora", now() as i64 + 600, json!({})), "hs", SECRET.as_bytes());
+    let garbage = "not-a-key";
+    // A bad topic name with no credentials is 401 (credentials may help), with credentials
+    // that lack the scope 403, with credentials that do not verify 401 — never 400 first.
+    for path in [
+        "/v1/topics/bad%20topic/groups/g1:pause",
+        "/v1/topics/bad%20topic/groups/g1:resume",
+        "/v1/topics/bad%20topic/groups/g1:fetch",
+        "/v1/topics/bad%20topic/groups/g1:ack",
+        "/v1/topics/bad%20topic/groups/g1:nack",
+        "/v1/topics/bad%20topic/groups/g1/dlq:replay",
+        "/v1/topics/bad%20topic/messages",
+        "/v1/topics/bad%20topic/messages:batch",
+    ] {
+        let (status, body) = post_as(&app, path, None).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{path} anonymous: {body}");
+        let (status, body) = post_as(&app, path, Some(&token)).await;
+        assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "forbidden"), "{path} without the scope: {body}");
+        let (status, body) = post_as(&app, path, Some(garbage)).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{path} bad key: {body}");
+        // With the grant (the admin key has every scope), the name is what is wrong.
+        let (status, body) = post_as(&app, path, Some(common::ADMIN_KEY)).await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_topic"), "{path} admin: {body}");
+    }
+    for path in [
+        "/v1/topics/bad%20topic",
+        "/v1/topics/bad%20topic/messages",
+        "/v1/topics/bad%20topic/events",
+        "/v1/topics/bad%20topic/groups",
+        "/v1/topics/bad%20topic/groups/g1/dlq",
+    ] {
+        let (status, body) = get_as(&app, path, None).await;
+        assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "GET {path}: {body}");
+        let (status, body) = get_as(&app, path, Some(common::ADMIN_KEY)).await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_topic"), "GET {path} admin: {body}");
+    }
+    // Over WebSocket: a token without the scope on a bad name is `forbidden`, not `invalid_topic`.
+    let mut ws = WsClient::connect(&format!("{}?token={token}", app.base)).await;
+    for op in [
+        json!({ "op": "subscribe", "topic": "bad topic" }),
+        json!({ "op": "publish", "topic": "bad topic", "data": 1 }),
+    ] {
+        let reply = ws.request(op).await;
+        assert_eq!((reply["type"].clone(), reply["code"].clone()), (json!("error"), json!("forbidden")), "{reply}");
+    }
+    ws.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_that_expires_near_the_end_of_time_keeps_its_session() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, secure).await;
+    // A validly signed token with `exp` near 2⁶⁴: the session's expiry cannot be
+    // represented; the session must not panic, and simply never expires by it.
+    let far = json!({ "sub": "methuselah", "exp": u64::MAX - 1, "aud": "streamhub-tests",
+        "streamhub": { "subscribe": ["chat.*"], "publish": ["chat.*"] } });
+    let token = hs(&far, "hs", SECRET.as_bytes());
+    let mut ws = WsClient::connect(&format!("{}?token={token}", app.base)).await;
+    let reply = ws.subscribe("chat.far", None).await;
+    assert_eq!(reply["recovered"], json!(true));
+    let published = ws.request(json!({ "op": "publish", "topic": "chat.far", "data": "still here" })).await;
+    assert_eq!(published["type"], json!("published"), "{published}");
+    let message = ws.messages(1).await;
+    assert_eq!(message[0]["data"], json!("still here"));
+    let refreshed = ws.request(json!({ "op": "auth", "token": token })).await;
+    assert_eq!(refreshed["type"], json!("authenticated"), "{refreshed}");
+    assert_eq!(ws.request(json!({ "op": "ping" })).await["type"], json!("pong"));
+    app.stop().await;
+    // The node's shutdown closes the session with its close frame (the session task is alive).
+    assert_eq!(ws.close_code().await, Some(1001));
+}
+
 #[tokio::test]
 async fn a_configured_issuer_is_required_and_slow_requests_time_out() {
     let redis = RedisServer::start();
@@ -379,6 +466,16 @@ async fn a_configured_issuer_is_required_and_slow_requests_time_out() {
     assert_eq!(publish_as(&app, "chat.iss", Some(&without)).await.0, StatusCode::UNAUTHORIZED, "iss is required");
     assert_eq!(publish_as(&app, "chat.iss", Some(&wrong)).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(publish_as(&app, "chat.iss", Some(&right)).await.0, StatusCode::CREATED);
+    // `iss` must equal auth.issuer: an array holding it (which the JWT library would take
+    // as a set) is a claim of the wrong type, hence malformed.
+    let array = hs(
+        &claims("erin", t + 600, json!({ "iss": ["https://issuer.example", "https://other.example"] })),
+        "hs",
+        SECRET.as_bytes(),
+    );
+    let (status, body, _) = publish_as(&app, "chat.iss", Some(&array)).await;
+    assert_eq!((status, code(&body)), (StatusCode::UNAUTHORIZED, "unauthorized"), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("iss")), "{body}");
     // A hung Redis (SIGSTOP): the request is answered at http.request_timeout_ms.
     redis.pause();
     let (status, body, _) = publish_as(&app, "chat.iss", Some(&right)).await;

@@ -76,3 +76,55 @@ async fn a_disconnected_consumer_hands_its_in_flight_messages_to_another_at_once
     assert_eq!(errors["code"], json!("group_not_found"));
     app.stop().await;
 }
+
+/// The Redis consumers of group `w` of topic `t` (both streams), by name.
+fn consumers(redis: &RedisServer, prefix: &str, topic: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for key in [format!("{prefix}:{{{topic}}}:s"), format!("{prefix}:{{{topic}}}:g:w:r")] {
+        let out = redis.cli(&["XINFO", "CONSUMERS", &key, "w"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.windows(2) {
+            if pair[0] == "name" {
+                names.push(pair[1].to_string());
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_consume_session_leaves_no_consumer_behind() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| c.group.push(pull_group("wsc", "w"))).await;
+    eventually("the group", READY_TIMEOUT, async || {
+        let (_, body) = app.get("/v1/topics/wsc/groups").await;
+        body["groups"][0]["exists"] == json!(true)
+    })
+    .await;
+    publish_many(&app, "wsc", 10, 10).await;
+    for i in 0..20 {
+        let mut ws = WsClient::connect(&app.base).await;
+        let reply = ws.request(json!({ "op": "consume", "topic": "wsc", "group": "w", "prefetch": 1 })).await;
+        assert_eq!(reply["type"], json!("consuming"), "{reply}");
+        if i < 10 {
+            // Half of them hold a delivery when they go: it is handed back first.
+            deliveries(&mut ws, 1).await;
+        }
+        ws.close().await;
+    }
+    eventually("every session's consumer to be removed", READY_TIMEOUT, async || {
+        !consumers(&redis, app.prefix(), "wsc").iter().any(|name| name.contains("-ws-"))
+    })
+    .await;
+    // Nothing was lost on the way: all ten messages are still there for the group.
+    let (_, fetched) = app.post_json("/v1/topics/wsc/groups/w:fetch", &json!({ "max": 20, "wait_ms": 3000 })).await;
+    let seqs: BTreeSet<u64> = fetched["deliveries"]
+        .as_array()
+        .expect("d")
+        .iter()
+        .map(|d| d["message"]["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=10).collect(), "{fetched}");
+    app.stop().await;
+}

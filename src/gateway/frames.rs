@@ -16,6 +16,14 @@ pub const SUBPROTOCOL_JSON: &str = "streamhub.v1.json";
 /// Subprotocol for MessagePack binary frames.
 pub const SUBPROTOCOL_MSGPACK: &str = "streamhub.v1.msgpack";
 
+/// Close codes of a native WebSocket session (PROTOCOL.md §2.7).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_VIOLATIONS: u16 = 4000;
+pub const CLOSE_IDLE: u16 = 4001;
+pub const CLOSE_UNAUTHORIZED: u16 = 4002;
+pub const CLOSE_EXPIRED: u16 = 4003;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Json,

@@ -25,9 +25,10 @@ use tracing::Instrument;
 
 use super::extract::{credential, session_caller};
 use super::frames::{
-    decode_client, ClientFrame, Encoding, FrameError, ServerFrame, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
+    decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
+    CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_write::{write, Pace};
+use super::ws_write::{write, Outgoing, Pace};
 use super::AppState;
 use crate::delivery::session::Session;
 use crate::error::{Code, Error};
@@ -35,24 +36,11 @@ use crate::groups::consumer::SessionConsumer;
 use crate::metrics;
 use crate::ops::access::{Caller, IpSlot};
 
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_TOO_BIG: u16 = 1009;
-pub const CLOSE_VIOLATIONS: u16 = 4000;
-pub const CLOSE_IDLE: u16 = 4001;
-pub const CLOSE_UNAUTHORIZED: u16 = 4002;
-pub const CLOSE_EXPIRED: u16 = 4003;
-
 /// How long a closing session waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Replies the reader may queue before it waits for the writer.
 const REPLY_QUEUE: usize = 64;
-
-/// What the reader hands the writer.
-pub(super) enum Outgoing {
-    Frame(Box<ServerFrame>),
-    Close(u16, &'static str),
-}
 
 pub(super) async fn upgrade(
     State(state): State<Arc<AppState>>,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::frames::{ClientFrame, FrameError, ServerFrame, SinceFrame, TokenStatus};
-use super::ws::{Conn, Outgoing};
+use super::ws::Conn;
+use super::ws_write::Outgoing;
 use crate::auth::PrincipalKind;
 use crate::delivery::session::Since;
 use crate::error::{Code, Error};

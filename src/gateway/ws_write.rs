@@ -10,10 +10,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::frames::{Encoding, ServerFrame};
-use super::ws::{Outgoing, CLOSE_GOING_AWAY};
+use super::frames::{Encoding, ServerFrame, CLOSE_GOING_AWAY};
 use crate::delivery::subscription::{Item, Queued};
 use crate::metrics;
+
+/// What the reader hands the writer.
+pub(super) enum Outgoing {
+    Frame(Box<ServerFrame>),
+    Close(u16, &'static str),
+}
 
 /// The writer's clock: how often it pings, and how long one write may take.
 pub(super) struct Pace {

@@ -27,9 +27,12 @@ pub struct SessionConsumer {
     name: String,
     /// Most tokens one ack or nack may carry (`groups.max_fetch`).
     max_tokens: usize,
-    /// Deliveries handed to the session and not yet settled, by token.
-    in_flight: Mutex<HashMap<String, (Lease, OwnedSemaphorePermit)>>,
+    /// Deliveries read for the session and not yet settled, by token, with their share
+    /// of the prefetch (none for those read while the session was closing).
+    in_flight: Mutex<HashMap<String, (Lease, Option<OwnedSemaphorePermit>)>>,
     stop: CancellationToken,
+    /// The fetch loop, awaited by `close` so that whatever it read is handed back.
+    fetching: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl SessionConsumer {
@@ -50,13 +53,15 @@ impl SessionConsumer {
             max_tokens,
             in_flight: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
+            fetching: Mutex::new(None),
         });
         let fetcher = Fetcher::new(group, store.clone(), name, store.pool_client(), ReclaimClock::Own(None), sweep);
-        tokio::spawn(consumer.clone().fetch_loop(fetcher, Arc::new(Semaphore::new(prefetch)), sweep, out));
+        let task = tokio::spawn(consumer.clone().fetch_loop(fetcher, Arc::new(Semaphore::new(prefetch)), sweep, out));
+        *consumer.fetching.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         consumer
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Lease, OwnedSemaphorePermit)>> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Lease, Option<OwnedSemaphorePermit>)>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -83,10 +88,9 @@ impl SessionConsumer {
             // read fills them all.
             tokio::task::yield_now().await;
             let free = 1 + permits.available_permits() as u64;
-            let round = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                round = fetcher.round(free, None) => round,
-            };
+            // Not cancelled half-way: what a round read is pending for this consumer in
+            // Redis, so it is recorded (and handed back if the session is closing).
+            let round = fetcher.round(free, None).await;
             let (batch, failed) = match round {
                 Ok(batch) => (batch, false),
                 Err(e) => {
@@ -105,18 +109,31 @@ impl SessionConsumer {
             }
             pause = Duration::from_millis(10);
             let mut first = Some(first);
-            for d in batch {
+            let mut batch = batch.into_iter();
+            while let Some(d) = batch.next() {
                 let permit = match first.take() {
-                    Some(p) => p,
-                    None => match permits.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => return,
+                    Some(p) => Some(p),
+                    None => tokio::select! {
+                        _ = self.stop.cancelled() => None,
+                        p = permits.clone().acquire_owned() => p.ok(),
                     },
                 };
-                self.in_flight().insert(d.lease.token(), (d.lease.clone(), permit));
-                if out.send(d).await.is_err() {
+                let Some(permit) = permit else {
+                    // Closing: the rest is recorded, to be handed back with the others.
+                    let mut in_flight = self.in_flight();
+                    for d in std::iter::once(d).chain(batch.by_ref()) {
+                        in_flight.insert(d.lease.token(), (d.lease.clone(), None));
+                    }
                     return;
+                };
+                self.in_flight().insert(d.lease.token(), (d.lease.clone(), Some(permit)));
+                tokio::select! {
+                    _ = self.stop.cancelled() => {}
+                    sent = out.send(d) => if sent.is_err() { return },
                 }
+            }
+            if self.stop.is_cancelled() {
+                return;
             }
         }
     }
@@ -146,6 +163,11 @@ impl SessionConsumer {
     /// come back after `ack_wait` instead, and the consumer is pruned later.
     pub async fn close(&self) {
         self.stop.cancel();
+        let fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = fetching {
+            // A round in progress ends within the command timeout; what it read is recorded.
+            let _ = task.await;
+        }
         let g = &self.group;
         let leases: Vec<Lease> = self.in_flight().drain().map(|(_, (lease, _))| lease).collect();
         for lease in leases {
