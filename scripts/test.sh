@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs streamhub's whole test suite on a fresh machine: installs what the tests need
 # (redis-server and redis-cli; prometheus and promtool for the dashboard and alert
-# checks — with apt when missing and running as root), then runs every test against real
-# Redis servers (and a real Prometheus) that the tests start themselves.
+# checks — with apt when missing and running as root), checks formatting and lints
+# (cargo fmt, clippy -D warnings), then runs every test against real Redis servers (and a
+# real Prometheus) that the tests start themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +26,7 @@ fi
 redis-server --version
 prometheus --version 2>&1 | head -1
 
+# Style first: formatting and lints are part of passing (cheap next to the suite).
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets "$@"

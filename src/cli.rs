@@ -348,12 +348,10 @@ async fn run(command: Command, config: Config) -> CliResult {
             let ops = offline_ops(&config)?;
             let grant = ops.access().grant::<Admin>(&ops.access().operator(), &topic)?;
             ready(&ops).await?;
-            for (name, i) in ops.recorded_groups(&grant).await? {
-                print_json(&serde_json::json!({
-                    "group": name, "lag": i.lag, "pending": i.pending, "scheduled": i.scheduled,
-                    "retry_ready": i.retry_ready, "dead_letters": i.dead_letters, "consumers": i.consumers,
-                    "counters": i.counters,
-                }))?;
+            for (name, info) in ops.recorded_groups(&grant).await? {
+                let mut line = serde_json::to_value(&info)?;
+                line["group"] = serde_json::Value::String(name);
+                print_json(&line)?;
             }
             ops.store().close().await;
             Ok(())

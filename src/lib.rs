@@ -1,16 +1,25 @@
 //! streamhub — a reliable real-time message broker on Redis Streams.
 //!
-//! Layers, from the wire inwards:
-//! - [`gateway`]: HTTP routes, wire types (`gateway::protocol`), the API error type.
-//! - [`message`], [`envelope`], [`topic`]: what a message is and what input is valid.
+//! The map, from the wire inwards (each layer uses only the layers below it:
+//! docs/ARCHITECTURE.md §1, checked by `tests/layers.rs`):
+//! - [`cli`]: the `streamhub` command; [`server`]: starts and stops the parts.
+//! - [`gateway`]: the HTTP, WebSocket (`ws`, `ws_ops`, `ws_write`, `frames`) and SSE
+//!   transports; [`stats`], [`tail`]: clients of a running node.
+//! - [`ops`]: **the operations**, each written once for every transport — publish,
+//!   history, topics, subscribe, group fetch/ack/nack/consume, DLQ, group admin — and
+//!   access control (`ops::access`: callers, grants, limits).
+//! - [`groups`]: consumer groups at run time (sweepers, workers, fetching, settling,
+//!   WebSocket consumers, gauges).
+//! - [`delivery`]: tail tasks, subscriptions, bounded session queues, the resume decision.
+//! - [`wire`]: the JSON shapes shared by every transport and the webhook target.
 //! - [`store`]: everything kept in Redis, one Redis Function call per atomic operation
-//!   (`lua/*.lua`), key names from [`keys`], the embedded redis-server.
-//! - [`delivery`]: tail tasks, subscriptions, bounded session queues, resume.
-//! - [`groups`]: consumer groups at run time (sweepers, webhook workers).
-//! - [`server`]: starts and stops the parts; [`cli`]: the `streamhub` command;
-//!   [`tail`]: its WebSocket follower.
-//! - [`auth`]: credentials (JWT, API keys), permissions by topic pattern.
-//! - [`config`]: layered configuration; [`metrics`]: metric names and `/metrics`.
+//!   (`lua/*.lua`), the hint listener, the embedded redis-server.
+//! - [`message`]: a message to publish, checked against the limits.
+//! - [`config`]: layered configuration.
+//! - [`auth`]: credentials (JWT, API keys), permissions by topic pattern; [`keys`]: every
+//!   Redis key name.
+//! - [`topic`], [`envelope`], [`metrics`]: topic names, the stored layout, metric names.
+//! - [`error`]: the catalogue of error codes; [`clock`]: the wall clock.
 
 pub mod auth;
 pub mod cli;

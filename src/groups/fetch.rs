@@ -125,3 +125,65 @@ pub async fn screen(store: &Store, g: &Group, batch: Vec<GroupDelivery>) -> Resu
     crate::metrics::group_delivered(&g.label, keep.len());
     Ok(keep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GroupSpec;
+    use crate::envelope::Envelope;
+    use crate::store::groups::{Lease, Source};
+
+    fn group(max_attempts: u32, on_expiry: &str) -> Group {
+        let spec: GroupSpec = toml::from_str(&format!(
+            "topic = \"t\"\nname = \"g\"\ntarget = \"pull\"\nmax_attempts = {max_attempts}\non_expiry = \"{on_expiry}\"\n"
+        ))
+        .expect("spec");
+        super::super::build(spec, true, 0)
+    }
+
+    fn delivery(attempt: u32, published_ms: u64, ttl_ms: Option<u64>) -> GroupDelivery {
+        let envelope = Envelope {
+            version: 1,
+            id: "m".into(),
+            published_ms,
+            ttl_ms,
+            content_type: "text/plain".into(),
+            headers: Default::default(),
+            payload: b"x".to_vec(),
+        };
+        GroupDelivery {
+            lease: Lease { source: Source::Main, id: "1-0".into(), count: attempt as u64 },
+            seq: 1,
+            attempt,
+            last_error: (attempt > 1).then(|| "boom".to_string()),
+            envelope: Ok(envelope),
+        }
+    }
+
+    #[test]
+    fn screening_refuses_expired_and_used_up_deliveries_and_passes_the_rest() {
+        let g = group(3, "dlq");
+        let now = 10_000;
+        // Live: no TTL, within the TTL, exactly at its end (expired only once past it).
+        assert_eq!(refusal(&g, &delivery(1, 9_000, None), now), None);
+        assert_eq!(refusal(&g, &delivery(1, 9_000, Some(5_000)), now), None);
+        assert_eq!(refusal(&g, &delivery(1, 9_000, Some(1_000)), now), None, "ts + ttl == now is not past");
+        // Past its TTL: expired, dead-lettered because on_expiry = "dlq".
+        let (failure, _) = refusal(&g, &delivery(1, 9_000, Some(999)), now).expect("expired");
+        assert_eq!(failure, Failure::Expired { to_dlq: true });
+        assert_eq!(
+            refusal(&group(3, "drop"), &delivery(1, 0, Some(1)), now).map(|r| r.0),
+            Some(Failure::Expired { to_dlq: false })
+        );
+        // The last allowed attempt is handed out; one more is dead-lettered with the last error.
+        assert_eq!(refusal(&g, &delivery(3, now, None), now), None);
+        let (failure, error) = refusal(&g, &delivery(4, now, None), now).expect("used up");
+        assert_eq!((failure, error.as_str()), (Failure::Permanent, "boom"));
+        // Expiry wins over used-up attempts.
+        assert_eq!(refusal(&g, &delivery(9, 0, Some(1)), now).map(|r| r.0), Some(Failure::Expired { to_dlq: true }));
+        // An entry that is not an envelope has no TTL: only its attempts count.
+        let mut raw = delivery(1, 0, None);
+        raw.envelope = Err(b"junk".to_vec());
+        assert_eq!(refusal(&g, &raw, now), None);
+    }
+}

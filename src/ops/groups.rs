@@ -2,7 +2,6 @@
 //! poll), ack and nack by token, WebSocket consumers, and group administration (state,
 //! create, delete, pause, resume).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,7 @@ pub enum Fetched {
     Deliveries(Vec<GroupDelivery>),
 }
 
-/// A group's state, for operators.
+/// A group's state, for operators: what this node knows of it, and what Redis holds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GroupState {
     pub name: String,
@@ -47,14 +46,8 @@ pub struct GroupState {
     /// Declared in configuration (else created through the admin API).
     pub declared: bool,
     pub paused: bool,
-    pub exists: bool,
-    pub lag: Option<u64>,
-    pub pending: u64,
-    pub scheduled: u64,
-    pub retry_ready: u64,
-    pub dead_letters: u64,
-    pub consumers: u64,
-    pub counters: HashMap<String, u64>,
+    #[serde(flatten)]
+    pub info: GroupInfo,
 }
 
 impl Ops {
@@ -157,19 +150,13 @@ impl Ops {
         let mut states = Vec::new();
         for g in self.groups.of_topic(grant.topic().as_str()) {
             let info = self.store.group_info(grant.topic(), &g.spec.name).await?;
+            let paused = info.counters.get("paused") == Some(&1);
             states.push(GroupState {
                 name: g.spec.name.clone(),
                 target: g.spec.target,
                 declared: g.declared,
-                paused: info.counters.get("paused") == Some(&1),
-                exists: info.exists,
-                lag: info.lag,
-                pending: info.pending,
-                scheduled: info.scheduled,
-                retry_ready: info.retry_ready,
-                dead_letters: info.dead_letters,
-                consumers: info.consumers,
-                counters: info.counters,
+                paused,
+                info,
             });
         }
         Ok(states)

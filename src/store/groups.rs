@@ -187,7 +187,7 @@ pub struct DeadLetter {
 }
 
 /// A group's state, for operators.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct GroupInfo {
     pub exists: bool,
     /// Messages of the topic not yet delivered to the group.
