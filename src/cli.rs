@@ -307,8 +307,9 @@ async fn run(command: Command, config: Config) -> CliResult {
             let ops = offline_ops(&config)?;
             let grant = ops.access().grant::<Subscribe>(&ops.access().operator(), &topic)?;
             ready(&ops).await?;
-            let page = ops.history(&grant, &HistoryRequest { since, limit: Some(limit) }).await?;
-            println!("{}", serde_json::to_string_pretty(&HistoryResponse::new(page, since, None))?);
+            let h = ops.history(&grant, &HistoryRequest { since, limit: Some(limit) }).await?;
+            let response = HistoryResponse::new(h.page, since, None, h.expired, h.next_since);
+            println!("{}", serde_json::to_string_pretty(&response)?);
             ops.store().close().await;
             Ok(())
         }
@@ -318,7 +319,8 @@ async fn run(command: Command, config: Config) -> CliResult {
             ready(&ops).await?;
             for name in ops.list_topics(&operator, Some(limit)).await?.topics {
                 let grant = ops.access().grant::<Subscribe>(&operator, &name)?;
-                print_json(&TopicResponse::new(name, ops.store().topic_info(grant.topic()).await?))?;
+                let t = ops.topic_info(&grant).await?;
+                print_json(&TopicResponse::new(name, t.info, t.retention, crate::clock::now_ms()))?;
             }
             ops.store().close().await;
             Ok(())

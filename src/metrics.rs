@@ -27,6 +27,11 @@ pub const PUBLISH_REJECTED: &str = "streamhub_publish_rejected_total";
 pub const PUBLISH_DURATION: &str = "streamhub_publish_duration_seconds";
 /// History pages read; `truncated` = `true` | `false`.
 pub const HISTORY_READS: &str = "streamhub_history_reads_total";
+/// Messages not returned or delivered because they had expired (their TTL passed), by
+/// `path` = `history` | `subscription`.
+pub const EXPIRED_SKIPPED: &str = "streamhub_expired_skipped_total";
+/// Stream entries removed by retention, by `reason` = `age`.
+pub const RETENTION_TRIMMED: &str = "streamhub_retention_trimmed_total";
 
 // ---- fan-out ----
 /// Open WebSocket and SSE sessions, by `transport`.
@@ -158,6 +163,10 @@ fn describe() {
         metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(0);
     }
     metrics::counter!(SUBSCRIBERS_LAGGED).increment(0);
+    for path in ["history", "subscription"] {
+        metrics::counter!(EXPIRED_SKIPPED, "path" => path).increment(0);
+    }
+    metrics::counter!(RETENTION_TRIMMED, "reason" => "age").increment(0);
     metrics::counter!(CAUGHT_UP_MESSAGES).increment(0);
     for cause in ["overflow", "reconnect"] {
         metrics::counter!(HINT_GAPS_REPAIRED, "cause" => cause).increment(0);
@@ -240,6 +249,20 @@ pub fn publish_rejected(code: &'static str) {
 pub fn published(outcome: &'static str, count: u64, bytes: u64) {
     metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome).increment(count);
     metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(bytes);
+}
+
+/// Messages skipped because they had expired, on `path` (`history`, `subscription`).
+pub fn expired_skipped(path: &'static str, count: u64) {
+    if count > 0 {
+        metrics::counter!(EXPIRED_SKIPPED, "path" => path).increment(count);
+    }
+}
+
+/// Stream entries removed by retention, by `reason` (`age`).
+pub fn retention_trimmed(reason: &'static str, count: u64) {
+    if count > 0 {
+        metrics::counter!(RETENTION_TRIMMED, "reason" => reason).increment(count);
+    }
 }
 
 /// A history page read, and whether some of it was trimmed.

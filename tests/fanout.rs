@@ -59,6 +59,11 @@ async fn a_message_is_delivered_even_when_its_hint_never_arrives() {
     assert_eq!(seq(&ws.messages(1).await[0]), 1);
 
     // Kill the node's Pub/Sub connection, then publish at once: the hint goes nowhere.
+    // (Wait for it to exist first: on a busy machine it may still be connecting.)
+    wait_for("the node's Pub/Sub connection", || {
+        !String::from_utf8_lossy(&redis.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).stdout).trim().is_empty()
+    })
+    .await;
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert!(String::from_utf8_lossy(&killed.stdout).trim() != "0", "a pubsub connection was killed");
     publish_many(&app, "quiet", 3, 3).await;

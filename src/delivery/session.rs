@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::resume::Since;
 use super::resume::{self, Reader, ResetReason, Step};
-use super::subscription::{Delivered, Item, Outbound, Position, Queued, Reset, Subscription};
+use super::subscription::{Delivered, Expired, Item, Outbound, Position, Queued, Reset, Subscription};
 use super::{Hub, TailHandle};
 use crate::config::WsConfig;
 use crate::metrics;
@@ -236,13 +236,36 @@ impl Session {
                 }
             }
             let epoch: Arc<str> = current.as_str().into();
+            let now = crate::clock::now_ms();
+            let mut expired: Option<Expired> = None;
             for message in page.messages {
                 let seq = message.seq;
                 let delivered = Arc::new(Delivered::new(sub.topic.clone(), epoch.clone(), message));
+                if delivered.is_expired(now) {
+                    // Not delivered: the run of expired seqs is told instead, in order.
+                    let run = expired.get_or_insert(Expired {
+                        topic: sub.topic.clone(),
+                        epoch: epoch.clone(),
+                        from: seq,
+                        to: seq,
+                    });
+                    run.to = seq;
+                    continue;
+                }
+                if let Some(run) = expired.take() {
+                    if !push_expired(sub, run).await {
+                        return;
+                    }
+                }
                 if sub.push(Item::Message(delivered)).await.is_err() {
                     return;
                 }
                 sub.set_position(&current, seq);
+            }
+            if let Some(run) = expired.take() {
+                if !push_expired(sub, run).await {
+                    return;
+                }
             }
             metrics::caught_up(count);
             if count < page_size {
@@ -263,6 +286,18 @@ impl Session {
             backoff = retry_delays();
         }
     }
+}
+
+/// Queues a run of expired seqs for a catch-up reader's subscription and moves its
+/// position past them; false when the session is gone.
+async fn push_expired(sub: &Arc<Subscription>, run: Expired) -> bool {
+    metrics::expired_skipped("subscription", run.to - run.from + 1);
+    let (epoch, to) = (run.epoch.clone(), run.to);
+    if sub.push(Item::Expired(run)).await.is_err() {
+        return false;
+    }
+    sub.set_position(&epoch, to);
+    true
 }
 
 /// Delays between failed catch-up reads: exponential from 50 ms to 5 s, forever.

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::resume::{self, Reader, ResetReason, Step};
-use super::subscription::{Delivered, Offered, Reset, Subscription};
+use super::subscription::{Delivered, Expired, Offered, Reset, Subscription};
 use crate::metrics;
 use crate::store::hints::Hints;
 use crate::store::Store;
@@ -128,21 +128,49 @@ impl TailTask {
             }
             let count = page.messages.len();
             let epoch: Arc<str> = self.epoch.clone();
+            let now = crate::clock::now_ms();
+            let mut expired: Option<Expired> = None;
             for message in page.messages {
-                self.last = message.seq;
                 let delivered = Arc::new(Delivered::new(self.topic.clone(), epoch.clone(), message));
-                self.live.retain(|sub| match sub.offer_live(&delivered) {
-                    Offered::Queued | Offered::Skipped => true,
-                    Offered::Lagging => {
-                        metrics::subscriber_lagged();
-                        false
-                    }
-                    Offered::Closed => false,
-                });
+                if delivered.is_expired(now) {
+                    // Never delivered: the run is told to the live subscriptions instead.
+                    let seq = delivered.seq();
+                    let run = expired.get_or_insert(Expired {
+                        topic: self.topic.clone(),
+                        epoch: epoch.clone(),
+                        from: seq,
+                        to: seq,
+                    });
+                    run.to = seq;
+                    self.last = seq;
+                    continue;
+                }
+                if let Some(run) = expired.take() {
+                    self.offer_all(|sub| sub.offer_expired(&run), run.to - run.from + 1);
+                }
+                self.last = delivered.seq();
+                self.offer_all(|sub| sub.offer_live(&delivered), 0);
+            }
+            if let Some(run) = expired.take() {
+                self.offer_all(|sub| sub.offer_expired(&run), run.to - run.from + 1);
             }
             if count < self.page {
                 return;
             }
         }
+    }
+
+    /// Offers one item to every live subscription; those that cannot take it lag and
+    /// leave the live set. `expired` counts the expired messages the item stands for.
+    fn offer_all(&mut self, offer: impl Fn(&Arc<Subscription>) -> Offered, expired: u64) {
+        metrics::expired_skipped("subscription", expired);
+        self.live.retain(|sub| match offer(sub) {
+            Offered::Queued | Offered::Skipped => true,
+            Offered::Lagging => {
+                metrics::subscriber_lagged();
+                false
+            }
+            Offered::Closed => false,
+        });
     }
 }

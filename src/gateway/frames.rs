@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::session::{Since, Subscribed};
-use crate::delivery::subscription::{Delivered, Reset};
+use crate::delivery::subscription::{Delivered, Expired, Reset};
 use crate::error::{Code, Error};
 use crate::wire::MessageOut;
 
@@ -167,6 +167,14 @@ pub enum ServerFrame {
         #[serde(flatten)]
         message: MessageOut,
     },
+    /// Messages `from..=to` of a subscribed topic expired (their TTL passed) before they
+    /// could be delivered: they will not come, and the subscription's position is past them.
+    Expired {
+        topic: String,
+        epoch: String,
+        from: u64,
+        to: u64,
+    },
     /// Reply to publish: the message is stored (G1).
     Published {
         id: u64,
@@ -244,6 +252,15 @@ impl ServerFrame {
             epoch: delivered.epoch.to_string(),
             message: MessageOut::new(delivered.message.seq, delivered.message.envelope.clone()),
         }
+    }
+
+    pub fn expired(run: &Expired) -> ServerFrame {
+        ServerFrame::Expired { topic: run.topic.to_string(), epoch: run.epoch.to_string(), from: run.from, to: run.to }
+    }
+
+    /// The `expired` notice that replaces a queued message found expired when written.
+    pub fn expired_message(d: &Delivered) -> ServerFrame {
+        ServerFrame::Expired { topic: d.topic.to_string(), epoch: d.epoch.to_string(), from: d.seq(), to: d.seq() }
     }
 
     pub fn error(id: Option<u64>, error: Error) -> ServerFrame {
@@ -394,7 +411,8 @@ mod tests {
                 ServerFrame::Message { topic: topic.clone(), epoch: "e".into(), message: MessageOut {
                     seq, id: "m".into(), ts: 1, ttl_ms: None, content_type: "application/json".into(), headers, data: Some(data), data_base64: None,
                 }},
-                ServerFrame::Published { id, topic, epoch: "e".into(), seq, message_id: "m".into(), duplicate: true },
+                ServerFrame::Published { id, topic: topic.clone(), epoch: "e".into(), seq, message_id: "m".into(), duplicate: true },
+                ServerFrame::Expired { topic, epoch: "e".into(), from: seq / 2, to: seq },
                 ServerFrame::Error { id: None, code: "c".into(), message: "m".into() },
             ];
             for frame in frames {

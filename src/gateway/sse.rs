@@ -84,6 +84,19 @@ fn json(frame: &ServerFrame) -> String {
 
 fn event(queued: Queued) -> Event {
     match &queued.item {
+        // Expired while it waited in the queue: the notice goes in its place.
+        Item::Message(d) if d.has_ttl() && d.is_expired(crate::clock::now_ms()) => {
+            metrics::expired_skipped("subscription", 1);
+            Event::default()
+                .id(format!("{}:{}", d.epoch, d.seq()))
+                .event("expired")
+                .data(json(&ServerFrame::expired_message(d)))
+        }
+        // The id moves Last-Event-ID past the expired messages.
+        Item::Expired(run) => Event::default()
+            .id(format!("{}:{}", run.epoch, run.to))
+            .event("expired")
+            .data(json(&ServerFrame::expired(run))),
         Item::Message(d) => {
             metrics::delivered("sse", d.published_ms());
             let data =

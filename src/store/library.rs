@@ -11,10 +11,10 @@
 use crate::config::Config;
 
 /// Function names, one per atomic operation. A changed meaning gets a new name.
-pub const PUBLISH: &str = "sh_publish_v1";
+pub const PUBLISH: &str = "sh_publish_v2";
 pub const PUBLISH_RAW: &str = "sh_publish_raw_v1";
 pub const READ_SINCE: &str = "sh_read_since_v1";
-pub const TOPIC_INFO: &str = "sh_topic_info_v1";
+pub const TOPIC_INFO: &str = "sh_topic_info_v2";
 pub const GROUP_ENSURE: &str = "sh_group_ensure_v1";
 pub const GROUP_ACK: &str = "sh_group_ack_v1";
 pub const GROUP_FAIL: &str = "sh_group_fail_v1";
@@ -45,12 +45,29 @@ pub fn render(config: &Config) -> String {
         .concat()
         .replace("{{retention_max_len}}", &config.retention.max_len.to_string())
         .replace("{{retention_hard_max_len}}", &config.retention.hard_max_len.to_string())
+        .replace("{{retention_max_age_ms}}", &config.retention.max_age_ms.to_string())
+        .replace("{{retention_default_ttl_ms}}", &config.retention.default_ttl_ms.to_string())
+        .replace("{{retention_rules}}", &retention_rules(config))
         .replace("{{idempotency_window_ms}}", &config.idempotency.window_ms.to_string())
         .replace("{{max_payload_bytes}}", &l.max_payload_bytes.to_string())
         .replace("{{max_headers}}", &l.max_headers.to_string())
         .replace("{{max_header_bytes}}", &l.max_header_bytes.to_string())
         .replace("{{max_topic_bytes}}", &l.max_topic_bytes.to_string())
         .replace("{{max_idempotency_key_bytes}}", &l.max_idempotency_key_bytes.to_string())
+}
+
+/// `[[retention.topics]]` as a Lua table literal: `{ {'<pattern>', max_len, max_age_ms,
+/// default_ttl_ms}, … }` with -1 for a key the rule leaves out. Patterns hold only topic
+/// characters, `*` and `?` (validated), so they need no escaping in a quoted literal.
+fn retention_rules(config: &Config) -> String {
+    let num = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    let rules: Vec<String> = config
+        .retention
+        .topics
+        .iter()
+        .map(|r| format!("{{'{}', {}, {}, {}}}", r.pattern, num(r.max_len), num(r.max_age_ms), num(r.default_ttl_ms)))
+        .collect();
+    format!("{{ {} }}", rules.join(", "))
 }
 
 #[cfg(test)]
@@ -64,6 +81,8 @@ mod tests {
         assert!(!source.contains("{{"), "unfilled placeholder");
         for name in [
             PUBLISH,
+            "sh_publish_v1",
+            "sh_topic_info_v1",
             PUBLISH_RAW,
             READ_SINCE,
             TOPIC_INFO,
