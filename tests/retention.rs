@@ -76,6 +76,14 @@ async fn old_entries_are_trimmed_under_load_and_an_idle_stream_expires() {
     // And numbering continues in the same epoch.
     let (_, published) = app.publish("aged", json!("again")).await;
     assert_eq!((published["seq"].clone(), published["epoch"].clone()), (json!(sent + 1), now["epoch"].clone()));
+    let ttl = |app: &TestApp| -> i64 {
+        String::from_utf8_lossy(&redis.cli(&["PTTL", &stream_key(app, "aged")]).stdout).trim().parse().unwrap_or(-3)
+    };
+    assert!((1..=400).contains(&ttl(&app)), "the stream expires max_age after its newest entry");
+    // A consumer group created on the topic takes the expiry away: the group lives in the stream.
+    let response = app.http.put(app.url("/v1/topics/aged/groups/late")).json(&json!({ "target": "pull" })).send();
+    assert_eq!(response.await.expect("put").status(), StatusCode::CREATED);
+    assert_eq!(ttl(&app), -1, "no expiry once the topic has a group");
     app.stop().await;
 }
 
