@@ -39,6 +39,7 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub ws: WsConfig,
     pub groups: GroupsConfig,
+    pub presence: PresenceConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     /// Consumer groups declared in configuration (`[[group]]` tables).
@@ -66,6 +67,36 @@ pub struct HttpConfig {
     /// An HTTP request (other than SSE and WebSocket) taking longer is answered 503
     /// `request_timeout`.
     pub request_timeout_ms: u64,
+}
+
+/// Presence: who is subscribed to a topic, join and leave events, user status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Topic patterns whose subscribers are tracked ([] = none).
+    pub topics: Vec<String>,
+    /// An entry its node has not refreshed for this long is gone (a dead node's entries).
+    pub ttl_ms: u64,
+    /// How often each node refreshes its own entries (below `ttl_ms`).
+    pub refresh_ms: u64,
+    /// A user whose last client left stays present this long; coming back within it
+    /// produces neither a leave nor a join.
+    pub grace_ms: u64,
+    /// Largest connection info a client may share in presence (JSON, bytes).
+    pub max_info_bytes: usize,
+    /// Most clients one presence list returns.
+    pub max_list: usize,
+    /// Track user status (online while any session, last seen, a status text).
+    pub users: bool,
+    /// Largest status text a user may set (bytes).
+    pub max_status_bytes: usize,
+}
+
+impl PresenceConfig {
+    /// Whether subscribers of `topic` are tracked.
+    pub fn tracks(&self, topic: &str) -> bool {
+        self.topics.iter().any(|p| crate::auth::pattern::matches(p, topic))
+    }
 }
 
 /// Node-wide settings of the consumer-group machinery.
@@ -636,6 +667,16 @@ impl Config {
         }
         if w.max_violations == 0 {
             return invalid("ws.max_violations", "must be > 0");
+        }
+        let pr = &self.presence;
+        if let Some(bad) = pr.topics.iter().find(|p| !valid_pattern(p)) {
+            return invalid("presence.topics", &format!("pattern {bad:?}: topic characters, * and ? only"));
+        }
+        if pr.refresh_ms == 0 || pr.refresh_ms >= pr.ttl_ms {
+            return invalid("presence.refresh_ms", "must be > 0 and < presence.ttl_ms");
+        }
+        if pr.max_info_bytes == 0 || pr.max_list == 0 || pr.max_status_bytes == 0 {
+            return invalid("presence", "max_info_bytes, max_list and max_status_bytes must be > 0");
         }
         let g = &self.groups;
         if g.sweep_interval_ms == 0 || g.discover_interval_ms == 0 || g.max_fetch == 0 || g.max_fetch > 10_000 {

@@ -60,6 +60,14 @@ pub const SESSIONS_CLOSED: &str = "streamhub_sessions_closed_total";
 pub const TAIL_TASKS: &str = "streamhub_tail_tasks";
 /// Reads of topics by tail tasks (one per wake-up and page, not per subscriber).
 pub const TAIL_READS: &str = "streamhub_tail_reads_total";
+/// Presence entries of this node's subscriptions (what it refreshes).
+pub const PRESENCE_ENTRIES: &str = "streamhub_presence_entries";
+/// Presence entries changed by this node's calls, by `change` = `added` | `removed` |
+/// `expired` (entries of any node that were not refreshed in time, purged by this node).
+pub const PRESENCE_CHANGES: &str = "streamhub_presence_changes_total";
+/// Presence and ephemeral events dropped on this node because a queue was full (the
+/// tail's event queue, or a subscriber's outbound queue): they are at most once.
+pub const TOPIC_EVENTS_DROPPED: &str = "streamhub_topic_events_dropped_total";
 /// Times every tail was woken to repair possibly missed hints, by `cause` =
 /// `overflow` | `reconnect`.
 pub const HINT_GAPS_REPAIRED: &str = "streamhub_hint_gaps_repaired_total";
@@ -158,11 +166,16 @@ fn describe() {
     }
     metrics::gauge!(SUBSCRIPTIONS).increment(0.0);
     metrics::gauge!(TAIL_TASKS).increment(0.0);
-    for outcome in ["stored", "duplicate"] {
+    for outcome in ["stored", "duplicate", "ephemeral"] {
         metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome).increment(0);
         metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(0);
     }
     metrics::counter!(SUBSCRIBERS_LAGGED).increment(0);
+    metrics::counter!(TOPIC_EVENTS_DROPPED).increment(0);
+    metrics::gauge!(PRESENCE_ENTRIES).set(0.0);
+    for change in ["added", "removed", "expired"] {
+        metrics::counter!(PRESENCE_CHANGES, "change" => change).increment(0);
+    }
     for path in ["history", "subscription"] {
         metrics::counter!(EXPIRED_SKIPPED, "path" => path).increment(0);
     }
@@ -268,6 +281,21 @@ pub fn retention_trimmed(reason: &'static str, count: u64) {
 /// A history page read, and whether some of it was trimmed.
 pub fn history_read(truncated: bool) {
     metrics::counter!(HISTORY_READS, "truncated" => if truncated { "true" } else { "false" }).increment(1);
+}
+
+pub fn presence_entries(n: usize) {
+    metrics::gauge!(PRESENCE_ENTRIES).set(n as f64);
+}
+
+pub fn presence_changed(change: &'static str, count: u64) {
+    if count > 0 {
+        metrics::counter!(PRESENCE_CHANGES, "change" => change).increment(count);
+    }
+}
+
+/// Presence or ephemeral events dropped because a queue was full.
+pub fn topic_events_dropped(count: u64) {
+    metrics::counter!(TOPIC_EVENTS_DROPPED).increment(count);
 }
 
 pub fn tail_started() {

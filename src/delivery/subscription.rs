@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::event::TopicEvent;
 pub use super::resume::ResetReason;
 use crate::store::StoredMessage;
 use crate::topic::Topic;
@@ -84,6 +85,9 @@ pub enum Item {
     Message(Arc<Delivered>),
     Reset(Reset),
     Expired(Expired),
+    /// A presence change or an ephemeral event (at most once; never makes a
+    /// subscription lag).
+    Event(Arc<TopicEvent>),
 }
 
 /// An item in a session's outbound queue. Holding it holds its share of the byte bound.
@@ -121,6 +125,7 @@ impl Outbound {
         match item {
             Item::Message(m) => (m.size().min(self.max_bytes as usize)) as u32,
             Item::Reset(_) | Item::Expired(_) => 0,
+            Item::Event(_) => 0,
         }
     }
 
@@ -166,6 +171,8 @@ pub struct Subscription {
     started: AtomicBool,
     /// Wakes the session's catch-up reader.
     wake: Arc<Notify>,
+    /// The subscriber asked for join and leave events.
+    join_leave: bool,
 }
 
 /// What happened to a live offer.
@@ -180,7 +187,13 @@ pub enum Offered {
 }
 
 impl Subscription {
-    pub fn new(topic: Topic, outbound: Outbound, start: Position, wake: Arc<Notify>) -> Arc<Subscription> {
+    pub fn new(
+        topic: Topic,
+        outbound: Outbound,
+        start: Position,
+        wake: Arc<Notify>,
+        join_leave: bool,
+    ) -> Arc<Subscription> {
         Arc::new(Subscription {
             topic,
             outbound,
@@ -189,6 +202,7 @@ impl Subscription {
             closed: AtomicBool::new(false),
             started: AtomicBool::new(false),
             wake,
+            join_leave,
         })
     }
 
@@ -276,6 +290,16 @@ impl Subscription {
             }
             Err(Refused::Closed) => Offered::Closed,
         }
+    }
+
+    /// Called by the tail for an event of the topic: queued without waiting when there is
+    /// room and the subscription wants it; otherwise dropped (events are at most once, and
+    /// a full queue makes no subscription lag for them). False when dropped for lack of room.
+    pub fn offer_event(self: &Arc<Self>, event: &Arc<TopicEvent>) -> bool {
+        if self.is_closed() || (event.is_presence() && !self.join_leave) {
+            return true;
+        }
+        !matches!(self.outbound.offer(self, Item::Event(event.clone())), Err(Refused::Full))
     }
 
     /// Called by the tail when the topic's position jumped. A full queue makes the

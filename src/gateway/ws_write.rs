@@ -68,6 +68,7 @@ fn delivery_step(queued: Option<Queued>, encoding: Encoding) -> Step {
             Step::Send(encoded(encoding, ServerFrame::expired_message(d).encode(encoding)))
         }
         Item::Expired(run) => Step::Send(encoded(encoding, ServerFrame::expired(run).encode(encoding))),
+        Item::Event(event) => Step::Send(encoded(encoding, ServerFrame::event(event).encode(encoding))),
         Item::Message(d) => {
             metrics::delivered("ws", d.published_ms());
             // Encoded once per message and encoding on this node, shared by its sessions.

@@ -9,6 +9,7 @@ mod error;
 pub mod groups;
 pub mod hints;
 pub mod library;
+pub mod presence;
 
 use std::sync::Arc;
 use std::time::Duration;
