@@ -9,9 +9,9 @@ use backon::BackoffBuilder;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::event::Member;
 pub use super::resume::Since;
 use super::resume::{self, Reader, ResetReason, Step};
-use super::event::Member;
 use super::subscription::{Delivered, Expired, Item, Outbound, Position, Queued, Reset, Subscription};
 use super::{Hub, TailHandle};
 use crate::config::WsConfig;

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::session::{Since, Subscribed};
 use crate::delivery::event::{Ephemeral, EventKind, Member, TopicEvent};
+use crate::delivery::session::{Since, Subscribed};
 use crate::delivery::subscription::{Delivered, Expired, Reset};
 use crate::error::{Code, Error};
 use crate::wire::MessageOut;
@@ -460,7 +460,13 @@ mod tests {
                     Just(SinceFrame::Named("earliest".into())),
                 ])
             )
-                .prop_map(|(id, topic, since)| ClientFrame::Subscribe { id, topic, since, join_leave: false, info: None }),
+                .prop_map(|(id, topic, since)| ClientFrame::Subscribe {
+                    id,
+                    topic,
+                    since,
+                    join_leave: false,
+                    info: None
+                }),
             (any::<u64>(), "[a-z.]{1,20}").prop_map(|(id, topic)| ClientFrame::Unsubscribe { id, topic }),
             (
                 any::<u64>(),

@@ -34,7 +34,10 @@ impl Ops {
         if self.config.presence.tracks(grant.topic().as_str()) {
             Ok(())
         } else {
-            Err(Error::new(Code::NotEnabled, format!("presence is not tracked for {} (presence.topics)", grant.topic())))
+            Err(Error::new(
+                Code::NotEnabled,
+                format!("presence is not tracked for {} (presence.topics)", grant.topic()),
+            ))
         }
     }
 
@@ -42,8 +45,7 @@ impl Ops {
     pub async fn presence(&self, grant: &Grant<PresenceRead>) -> Result<PresenceList> {
         self.tracked(grant)?;
         let c = &self.config.presence;
-        let snapshot =
-            self.store.presence_list(grant.topic(), crate::clock::now_ms(), c.grace_ms, c.max_list).await?;
+        let snapshot = self.store.presence_list(grant.topic(), crate::clock::now_ms(), c.grace_ms, c.max_list).await?;
         let members = snapshot.entries.iter().filter_map(|e| serde_json::from_str(e).ok()).collect();
         Ok(PresenceList { clients: snapshot.clients, users: snapshot.users, members })
     }

@@ -55,7 +55,12 @@ impl HintEvent {
             _ => return None,
         };
         let entry = parts.next()?.to_string();
-        Some(HintEvent::Presence { epoch: if epoch == "-" { String::new() } else { epoch.to_string() }, after, join, entry })
+        Some(HintEvent::Presence {
+            epoch: if epoch == "-" { String::new() } else { epoch.to_string() },
+            after,
+            join,
+            entry,
+        })
     }
 }
 
@@ -87,11 +92,17 @@ impl Hints {
         keys: Keys,
         shutdown: CancellationToken,
     ) -> Result<(Hints, tokio::task::JoinHandle<()>)> {
-        let client = connect::client(config, "hints")?;
+        let client = connect::unconnected(config, "hints")?;
+        // The listener takes the client's notices before it connects: the notice of the
+        // first connection is what re-subscribes the topics watched before it (a SSUBSCRIBE
+        // sent while the connection is not up yet is lost).
+        let messages = client.message_rx();
+        let reconnects = client.reconnect_rx();
+        client.connect();
         // The command channel is unbounded but holds at most one watch and one unwatch
         // per tail task start/stop, and tails are bounded by subscribed topics.
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(client, rx, shutdown));
+        let task = tokio::spawn(run(client, messages, reconnects, rx, shutdown));
         Ok((Hints { keys, tx }, task))
     }
 
@@ -119,9 +130,13 @@ fn wake_all(watched: &HashMap<String, Watcher>) {
     }
 }
 
-async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>, shutdown: CancellationToken) {
-    let mut messages = client.message_rx();
-    let mut reconnects = client.reconnect_rx();
+async fn run(
+    client: Client,
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+) {
     let mut watched: HashMap<String, Watcher> = HashMap::new();
     loop {
         tokio::select! {
@@ -147,7 +162,7 @@ async fn run(client: Client, mut commands: mpsc::UnboundedReceiver<Command>, shu
             message = messages.recv() => match message {
                 Ok(message) => {
                     if let Some(w) = watched.get(&*message.channel) {
-                        match message.value.as_str().and_then(|p| HintEvent::parse(&p)) {
+                        match message.value.as_str().and_then(|p| HintEvent::parse(p.as_ref())) {
                             None => w.wake.notify_one(),
                             Some(event) => {
                                 if w.events.try_send(event).is_err() {
@@ -202,7 +217,9 @@ mod tests {
                 entry: r#"{"client":"c1","user":"alice","info":null}"#.into()
             })
         );
-        assert!(matches!(HintEvent::parse("P - 0 leave {}"), Some(HintEvent::Presence { epoch, join: false, .. }) if epoch.is_empty()));
+        assert!(
+            matches!(HintEvent::parse("P - 0 leave {}"), Some(HintEvent::Presence { epoch, join: false, .. }) if epoch.is_empty())
+        );
         assert_eq!(HintEvent::parse(r#"E {"data":1}"#), Some(HintEvent::Ephemeral { body: r#"{"data":1}"#.into() }));
         for junk in ["P x y join {}", "P e 1 wave {}", "P e 1", "E", ""] {
             assert_eq!(HintEvent::parse(junk), None, "{junk}");

@@ -88,9 +88,16 @@ impl Store {
     }
 
     /// Who is present on a topic: counts and up to `limit` entries.
-    pub async fn presence_list(&self, topic: &Topic, now_ms: u64, grace_ms: u64, limit: usize) -> Result<PresenceSnapshot> {
+    pub async fn presence_list(
+        &self,
+        topic: &Topic,
+        now_ms: u64,
+        grace_ms: u64,
+        limit: usize,
+    ) -> Result<PresenceSnapshot> {
         let args: Vec<Value> = vec![int(now_ms), int(grace_ms), int(limit as u64)];
-        let mut reply = self.call(library::PRESENCE_LIST, self.presence_keys(topic), args, false).await?.into_array().into_iter();
+        let mut reply =
+            self.call(library::PRESENCE_LIST, self.presence_keys(topic), args, false).await?.into_array().into_iter();
         let (clients, users) = match (reply.next().and_then(|v| v.as_u64()), reply.next().and_then(|v| v.as_u64())) {
             (Some(c), Some(u)) => (c, u),
             _ => return Err(StoreError::Protocol("presence list reply has no counts".into())),
