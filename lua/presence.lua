@@ -7,10 +7,15 @@
   KEYS[5]  users            <prefix>:{T}:pu  hash: user key → clients present
   KEYS[6]  leaving          <prefix>:{T}:pl  zset: user key → ms its leave is due at
   KEYS[7]  leaving entries  <prefix>:{T}:pd  hash: user key → entry JSON of its last client
-  A user key groups a user's clients (the subject for identified users, "~<client id>"
+  KEYS[8]  events           <prefix>:{T}:pe  stream of join/leave events (MAXLEN ~ 1000,
+                                             expires 60 s after the last one)
+  A user key groups a user's clients ("u:<subject>" for identified users, "c:<client id>"
   for anonymous ones); the entry JSON is {"client":…,"user":…,"info":…} as streamhub built
-  it. Events go out on the hint channel as "P <epoch|-> <top seq> join|leave <entry JSON>",
-  after the messages up to that seq: subscribers get them in order with the messages.
+  it. An event is an entry of the events stream: epoch (or "" when the topic has none),
+  after (the topic's top seq when it happened: it belongs after that message), kind
+  (join | leave), entry. Every node's tail reads it with the messages, in one snapshot
+  (sh_tail_read_v1), so subscribers get joins and leaves in order with the messages; a
+  hint on the hint channel wakes the tails.
   A user's join is published when its first client arrives, its leave when its last one
   left and the grace period passed without another coming back (then neither is).
   Expired entries (not refreshed by their node: a node that died) and due leaves are
@@ -19,13 +24,23 @@
 
 local function presence_keys(keys)
   return { meta = keys[1], hint = keys[2], clients = keys[3], expiry = keys[4], users = keys[5],
-    leaving = keys[6], leaving_entries = keys[7] }
+    leaving = keys[6], leaving_entries = keys[7], events = keys[8] }
 end
 
--- Publishes a join or leave event, placed after the topic's current top seq.
+-- Join and leave events kept per topic for the tails to read (they read within
+-- milliseconds; a tail that falls this far behind misses the oldest).
+local PRESENCE_EVENTS_KEPT = 1000
+local PRESENCE_EVENTS_TTL_MS = 60000
+
+-- Records a join or leave event, placed after the topic's current top seq, and wakes the
+-- tails.
 local function presence_event(pk, kind, entry)
   local m = redis.call('HMGET', pk.meta, 'epoch', 'seq')
-  redis.call('SPUBLISH', pk.hint, 'P ' .. (m[1] or '-') .. ' ' .. (m[2] or '0') .. ' ' .. kind .. ' ' .. entry)
+  local epoch, top = m[1] or '', m[2] or '0'
+  redis.call('XADD', pk.events, 'MAXLEN', '~', PRESENCE_EVENTS_KEPT, '*',
+    'epoch', epoch, 'after', top, 'kind', kind, 'entry', entry)
+  redis.call('PEXPIRE', pk.events, PRESENCE_EVENTS_TTL_MS)
+  redis.call('SPUBLISH', pk.hint, (epoch ~= '' and epoch or '-') .. ' ' .. top)
 end
 
 -- "<n>:<user key><entry JSON>" → user key, entry JSON.

@@ -32,3 +32,48 @@ local function read_since(keys, args)
 end
 
 redis.register_function { function_name = 'sh_read_since_v1', callback = read_since, flags = { 'no-writes' } }
+
+--[[ sh_tail_read_v1 — what a tail reads of a topic with presence: its messages and its
+  join/leave events, in one snapshot.
+  KEYS[1]  meta hash      <prefix>:{T}:m
+  KEYS[2]  stream         <prefix>:{T}:s
+  KEYS[3]  events         <prefix>:{T}:pe (lua/presence.lua)
+  ARGV[1]  since: entries with seq > since
+  ARGV[2]  limit: at most this many entries
+  ARGV[3]  events after this event id; "" for none, only the id of the newest event
+  Returns  { epoch, top, first retained, base (as sh_read_since_v1), last event id ('' when
+           none), n, then n events of 4 values (epoch, after, kind, entry), then seq1,
+           envelope1, … }. The events are those after ARGV[3] whose place (after) is
+           within the messages this page reaches (at most `since` + the page), or that
+           belong to another epoch; the last event id is that of the last one returned.
+  Read-only (no-writes).
+]]
+local function tail_read(keys, args)
+  local base = read_since({ keys[1], keys[2] }, { args[1], args[2] })
+  local reach = tonumber(args[1])
+  if #base > 4 then reach = base[#base - 1] end
+  local epoch = base[1]
+  local out = { base[1], base[2], base[3], base[4] }
+  local events, last_id = {}, ''
+  if args[3] == '' then
+    local newest = redis.call('XREVRANGE', keys[3], '+', '-', 'COUNT', 1)
+    if #newest > 0 then last_id = newest[1][1] end
+  else
+    last_id = args[3]
+    for _, e in ipairs(redis.call('XRANGE', keys[3], '(' .. args[3], '+', 'COUNT', 1000)) do
+      local f = fields_of(e[2])
+      local after = tonumber(f['after'] or '0')
+      if f['epoch'] == epoch and after > reach then break end
+      table.insert(events, f['epoch'] or ''); table.insert(events, after)
+      table.insert(events, f['kind'] or ''); table.insert(events, f['entry'] or '{}')
+      last_id = e[1]
+    end
+  end
+  table.insert(out, last_id)
+  table.insert(out, #events / 4)
+  for _, v in ipairs(events) do table.insert(out, v) end
+  for i = 5, #base do table.insert(out, base[i]) end
+  return out
+end
+
+redis.register_function { function_name = 'sh_tail_read_v1', callback = tail_read, flags = { 'no-writes' } }

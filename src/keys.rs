@@ -41,6 +41,8 @@ pub struct PresenceKeys {
     pub leaving: String,
     /// Hash: user key → the entry of its last client, for the leave event.
     pub leaving_entries: String,
+    /// Stream of join and leave events, read by every node's tail with the messages.
+    pub events: String,
 }
 
 /// The status keys of one user (one slot per user, tagged by a hash of the name).
@@ -82,6 +84,7 @@ impl Keys {
             users: format!("{base}:pu"),
             leaving: format!("{base}:pl"),
             leaving_entries: format!("{base}:pd"),
+            events: format!("{base}:pe"),
         }
     }
 

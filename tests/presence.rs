@@ -294,8 +294,11 @@ async fn five_thousand_sessions_join_and_leave_and_leave_nothing_behind() {
         let exists = String::from_utf8_lossy(&redis.cli(&["EXISTS", &key]).stdout).trim().to_string();
         assert_eq!(exists, "0", "{key} is gone");
     }
-    let dbsize = String::from_utf8_lossy(&redis.cli(&["DBSIZE"]).stdout).trim().to_string();
-    assert_eq!(dbsize, "0", "no key is left behind");
+    // Only the events stream remains, for the tails to read the leaves, and it expires.
+    let left = String::from_utf8_lossy(&redis.cli(&["KEYS", "*"]).stdout).trim().to_string();
+    assert_eq!(left, p.events, "no other key is left behind");
+    let pttl: i64 = String::from_utf8_lossy(&redis.cli(&["PTTL", &p.events]).stdout).trim().parse().expect("pttl");
+    assert!(pttl > 0 && pttl <= 60_000, "the events stream expires within a minute: {pttl}");
     shutdown.cancel();
 }
 

@@ -1,13 +1,17 @@
 //! Events of a topic besides its messages: presence changes (a user joined or left) and
-//! ephemeral events (typing indicators, cursors). They travel through Pub/Sub only (the
-//! topic's hint channel, `store::hints::HintEvent`), at most once, and reach the live
-//! subscriptions of every node; they are never stored and carry no seq.
+//! ephemeral events (typing indicators, cursors). Neither carries a seq, and both reach
+//! only the live subscriptions of every node, at most once. Joins and leaves are kept a
+//! short while in the topic's events stream and read by each tail with the messages, in
+//! the same snapshot, so they arrive in order with them (`store::presence::TailPage`);
+//! ephemeral events travel through Pub/Sub only (the topic's hint channel,
+//! `store::hints::HintEvent`) and are never stored.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::hints::HintEvent;
+use crate::store::presence::PresenceRecord;
 use crate::topic::Topic;
 
 /// A subscriber as presence shows it: its client (connection) id, its user (the
@@ -52,19 +56,17 @@ impl TopicEvent {
         matches!(self.kind, EventKind::Join(_) | EventKind::Leave(_))
     }
 
-    /// The event a hint channel carried, with where it belongs (`(epoch, after seq)` for
-    /// presence changes); None when its body does not parse.
-    pub fn from_hint(topic: &Topic, event: HintEvent) -> Option<(TopicEvent, Option<(String, u64)>)> {
-        match event {
-            HintEvent::Presence { epoch, after, join, entry } => {
-                let member: Member = serde_json::from_str(&entry).ok()?;
-                let kind = if join { EventKind::Join(member) } else { EventKind::Leave(member) };
-                Some((TopicEvent { topic: topic.clone(), kind }, Some((epoch, after))))
-            }
-            HintEvent::Ephemeral { body } => {
-                let ephemeral: Ephemeral = serde_json::from_str(&body).ok()?;
-                Some((TopicEvent { topic: topic.clone(), kind: EventKind::Ephemeral(ephemeral) }, None))
-            }
-        }
+    /// The ephemeral event a hint channel carried; None when its body does not parse.
+    pub fn from_hint(topic: &Topic, event: HintEvent) -> Option<TopicEvent> {
+        let HintEvent::Ephemeral { body } = event;
+        let ephemeral: Ephemeral = serde_json::from_str(&body).ok()?;
+        Some(TopicEvent { topic: topic.clone(), kind: EventKind::Ephemeral(ephemeral) })
+    }
+
+    /// The join or leave a tail read; None when its entry does not parse.
+    pub fn from_record(topic: &Topic, record: &PresenceRecord) -> Option<TopicEvent> {
+        let member: Member = serde_json::from_str(&record.entry).ok()?;
+        let kind = if record.join { EventKind::Join(member) } else { EventKind::Leave(member) };
+        Some(TopicEvent { topic: topic.clone(), kind })
     }
 }

@@ -8,6 +8,11 @@
 //!
 //! Joins are commands processed between reads, so a subscription moves from its own
 //! catch-up to live delivery with no gap and no duplicate.
+//!
+//! For a topic with presence the tail reads the topic's join and leave events in the same
+//! snapshot as the messages (`Store::tail_read`) and delivers each after the message that
+//! was the topic's top when it happened: every node's subscribers see the same order.
+//! Ephemeral events come from the hint listener and go straight to the live subscriptions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,16 +20,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use std::collections::VecDeque;
+
 use super::event::TopicEvent;
 use super::resume::{self, Reader, ResetReason, Step};
 use super::subscription::{Delivered, Expired, Offered, Reset, Subscription};
 use crate::metrics;
 use crate::store::hints::{HintEvent, Hints, Watcher};
+use crate::store::presence::{PresenceRecord, TailPage};
 use crate::store::Store;
 use crate::topic::Topic;
-
-/// Presence changes a tail holds back until it has delivered their message.
-const PENDING_EVENTS: usize = 1024;
 
 pub(super) enum TailCommand {
     /// Join live delivery; answered true when joined, false when the subscription must
@@ -38,12 +43,13 @@ pub(super) struct TailTask {
     pub store: Store,
     pub hints: Hints,
     pub commands: mpsc::Receiver<TailCommand>,
-    /// The topic's presence and ephemeral events, from the hint listener.
+    /// The topic's ephemeral events, from the hint listener.
     pub events: mpsc::Receiver<HintEvent>,
     pub events_tx: mpsc::Sender<HintEvent>,
-    /// Presence changes that belong after a message this tail has not read yet, with
-    /// that message's seq (at most `PENDING_EVENTS`).
-    pub pending: std::collections::VecDeque<(u64, Arc<TopicEvent>)>,
+    /// Whether the topic has presence: then the tail reads its join and leave events too.
+    pub presence: bool,
+    /// The id of the last join/leave event read ("" before the first read).
+    pub last_event: String,
     pub wake: Arc<Notify>,
     pub stop: CancellationToken,
     pub page: usize,
@@ -59,11 +65,13 @@ impl TailTask {
         metrics::tail_started();
         let watcher = Watcher { wake: self.wake.clone(), events: self.events_tx.clone() };
         self.hints.watch(&self.topic, watcher).await;
-        // Start at the top: subscriptions bring themselves up to here before joining.
-        match self.store.read_since(&self.topic, u64::MAX, 0).await {
-            Ok(page) => {
-                self.epoch = page.position.epoch.unwrap_or_default().into();
-                self.last = page.position.top;
+        // Start at the top: subscriptions bring themselves up to here before joining (and
+        // after the newest join/leave event: older ones are not theirs).
+        match self.read(u64::MAX, 0).await {
+            Ok(start) => {
+                self.epoch = start.page.position.epoch.unwrap_or_default().into();
+                self.last = start.page.position.top;
+                self.last_event = start.last_event_id;
             }
             Err(e) => tracing::warn!(topic = %self.topic, error = %e, "tail could not read its start position"),
         }
@@ -108,21 +116,10 @@ impl TailTask {
         }
     }
 
-    /// A presence or ephemeral event: delivered now, or — a presence change that belongs
-    /// after a message this tail has not read yet — once that message was delivered, so
-    /// subscribers see it in order with the messages.
+    /// An ephemeral event: delivered now to the live subscriptions.
     fn on_event(&mut self, event: HintEvent) {
-        let Some((event, place)) = TopicEvent::from_hint(&self.topic, event) else { return };
-        let event = Arc::new(event);
-        match place {
-            Some((epoch, after)) if epoch == *self.epoch && after > self.last => {
-                if self.pending.len() >= PENDING_EVENTS {
-                    self.pending.pop_front();
-                    metrics::topic_events_dropped(1);
-                }
-                self.pending.push_back((after, event));
-            }
-            _ => self.deliver_event(&event),
+        if let Some(event) = TopicEvent::from_hint(&self.topic, event) {
+            self.deliver_event(&Arc::new(event));
         }
     }
 
@@ -131,16 +128,27 @@ impl TailTask {
         metrics::topic_events_dropped(dropped as u64);
     }
 
-    /// Delivers the pending presence changes whose message has now been delivered (all of
-    /// them when the epoch changed: their place is gone).
-    fn flush_pending(&mut self, epoch_changed: bool) {
-        while let Some((after, _)) = self.pending.front() {
-            if !epoch_changed && *after > self.last {
+    /// Delivers the join/leave events at the front of `events` that come before message
+    /// `before` (all of them with `u64::MAX`): those of the current epoch placed after an
+    /// earlier message, and those of another epoch (their place is gone).
+    fn deliver_records(&self, events: &mut VecDeque<PresenceRecord>, before: u64) {
+        while let Some(record) = events.front() {
+            if record.epoch == *self.epoch && record.after >= before {
                 break;
             }
-            if let Some((_, event)) = self.pending.pop_front() {
-                self.deliver_event(&event);
+            if let Some(event) = events.pop_front().and_then(|r| TopicEvent::from_record(&self.topic, &r)) {
+                self.deliver_event(&Arc::new(event));
             }
+        }
+    }
+
+    /// A page after `since` (with the topic's join/leave events when it has presence).
+    async fn read(&self, since: u64, limit: usize) -> crate::store::Result<TailPage> {
+        if self.presence {
+            self.store.tail_read(&self.topic, since, limit, &self.last_event).await
+        } else {
+            let page = self.store.read_since(&self.topic, since, limit).await?;
+            Ok(TailPage { page, events: Vec::new(), last_event_id: String::new() })
         }
     }
 
@@ -150,21 +158,28 @@ impl TailTask {
         self.live.retain(|sub| sub.offer_reset(reset.clone()) == Offered::Queued);
     }
 
-    /// Reads everything after `last` and offers it to the live subscriptions.
+    /// Reads everything after `last` and offers it to the live subscriptions, with the
+    /// join and leave events in their places.
     async fn read_on(&mut self) {
         loop {
             metrics::tail_read();
-            let page = match self.store.read_since(&self.topic, self.last, self.page).await {
+            let TailPage { page, events, last_event_id } = match self.read(self.last, self.page).await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::debug!(topic = %self.topic, error = %e, "tail read failed; retrying on the next wake-up");
                     return;
                 }
             };
+            let mut events = VecDeque::from(events);
             match resume::step(&page.position, &self.epoch, self.last, Reader::Tail) {
                 Step::Deliver => {}
-                // No history (yet, or lost and not recreated): nothing to deliver.
-                Step::Idle | Step::Wait => return,
+                // No history (yet, or lost and not recreated): no message, only events.
+                Step::Idle | Step::Wait => {
+                    self.deliver_records(&mut events, u64::MAX);
+                    self.last_event = last_event_id;
+                    return;
+                }
+                // The position moves: the events of this read are read again from there.
                 Step::Adopt { epoch, last } => {
                     self.epoch = epoch.into();
                     self.last = last;
@@ -174,19 +189,23 @@ impl TailTask {
                     self.epoch = epoch.as_str().into();
                     self.last = last;
                     self.reset_all(reason, &epoch, last);
-                    self.flush_pending(reason == ResetReason::EpochChanged);
                     continue;
                 }
             }
+            self.last_event = last_event_id;
             let count = page.messages.len();
             let epoch: Arc<str> = self.epoch.clone();
             let now = crate::clock::now_ms();
             let mut expired: Option<Expired> = None;
             for message in page.messages {
                 let delivered = Arc::new(Delivered::new(self.topic.clone(), epoch.clone(), message));
+                let seq = delivered.seq();
+                if events.front().is_some_and(|r| r.epoch != *self.epoch || r.after < seq) {
+                    self.offer_expired(expired.take());
+                    self.deliver_records(&mut events, seq);
+                }
                 if delivered.is_expired(now) {
                     // Never delivered: the run is told to the live subscriptions instead.
-                    let seq = delivered.seq();
                     let run = expired.get_or_insert(Expired {
                         topic: self.topic.clone(),
                         epoch: epoch.clone(),
@@ -197,21 +216,21 @@ impl TailTask {
                     self.last = seq;
                     continue;
                 }
-                if let Some(run) = expired.take() {
-                    self.offer_all(|sub| sub.offer_expired(&run), run.to - run.from + 1);
-                    self.flush_pending(false);
-                }
-                self.last = delivered.seq();
+                self.offer_expired(expired.take());
+                self.last = seq;
                 self.offer_all(|sub| sub.offer_live(&delivered), 0);
-                self.flush_pending(false);
             }
-            if let Some(run) = expired.take() {
-                self.offer_all(|sub| sub.offer_expired(&run), run.to - run.from + 1);
-            }
-            self.flush_pending(false);
+            self.offer_expired(expired.take());
+            self.deliver_records(&mut events, u64::MAX);
             if count < self.page {
                 return;
             }
+        }
+    }
+
+    fn offer_expired(&mut self, run: Option<Expired>) {
+        if let Some(run) = run {
+            self.offer_all(|sub| sub.offer_expired(&run), run.to - run.from + 1);
         }
     }
 

@@ -20,47 +20,18 @@ use crate::config::RedisConfig;
 use crate::keys::Keys;
 use crate::topic::Topic;
 
-/// An event published on a topic's hint channel besides the "new seq" hints: presence
-/// changes (`P <epoch> <after seq> join|leave <entry JSON>`, from `lua/presence.lua`) and
-/// ephemeral events (`E <body JSON>`). At most once, like every Pub/Sub message.
+/// An event published on a topic's hint channel besides the "new seq" hints: an
+/// ephemeral event (`E <body JSON>`). At most once, like every Pub/Sub message. (Join and
+/// leave events are not here: they are read with the messages, `Store::tail_read`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HintEvent {
-    Presence {
-        /// The topic's epoch when the event happened ("" when it had none).
-        epoch: String,
-        /// The topic's top seq then: the event belongs after that message.
-        after: u64,
-        join: bool,
-        /// `{"client","user","info"}` as streamhub wrote it.
-        entry: String,
-    },
-    Ephemeral {
-        body: String,
-    },
+    Ephemeral { body: String },
 }
 
 impl HintEvent {
-    /// The event a hint channel message carries; None for a plain hint (or garbage).
+    /// The event a hint channel message carries; None for a plain hint.
     pub fn parse(payload: &str) -> Option<HintEvent> {
-        if let Some(body) = payload.strip_prefix("E ") {
-            return Some(HintEvent::Ephemeral { body: body.to_string() });
-        }
-        let rest = payload.strip_prefix("P ")?;
-        let mut parts = rest.splitn(4, ' ');
-        let epoch = parts.next()?;
-        let after = parts.next()?.parse().ok()?;
-        let join = match parts.next()? {
-            "join" => true,
-            "leave" => false,
-            _ => return None,
-        };
-        let entry = parts.next()?.to_string();
-        Some(HintEvent::Presence {
-            epoch: if epoch == "-" { String::new() } else { epoch.to_string() },
-            after,
-            join,
-            entry,
-        })
+        payload.strip_prefix("E ").map(|body| HintEvent::Ephemeral { body: body.to_string() })
     }
 }
 
@@ -208,21 +179,8 @@ mod tests {
     #[test]
     fn events_are_told_from_hints() {
         assert_eq!(HintEvent::parse("f750a640062c60ca 17"), None, "a plain hint");
-        assert_eq!(
-            HintEvent::parse(r#"P f750a640062c60ca 17 join {"client":"c1","user":"alice","info":null}"#),
-            Some(HintEvent::Presence {
-                epoch: "f750a640062c60ca".into(),
-                after: 17,
-                join: true,
-                entry: r#"{"client":"c1","user":"alice","info":null}"#.into()
-            })
-        );
-        assert!(
-            matches!(HintEvent::parse("P - 0 leave {}"), Some(HintEvent::Presence { epoch, join: false, .. }) if epoch.is_empty())
-        );
+        assert_eq!(HintEvent::parse("- 0"), None, "a plain hint of a topic without epoch");
         assert_eq!(HintEvent::parse(r#"E {"data":1}"#), Some(HintEvent::Ephemeral { body: r#"{"data":1}"#.into() }));
-        for junk in ["P x y join {}", "P e 1 wave {}", "P e 1", "E", ""] {
-            assert_eq!(HintEvent::parse(junk), None, "{junk}");
-        }
+        assert_eq!(HintEvent::parse("E"), None);
     }
 }

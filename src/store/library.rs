@@ -14,6 +14,7 @@ use crate::config::Config;
 pub const PUBLISH: &str = "sh_publish_v2";
 pub const PUBLISH_RAW: &str = "sh_publish_raw_v1";
 pub const READ_SINCE: &str = "sh_read_since_v1";
+pub const TAIL_READ: &str = "sh_tail_read_v1";
 pub const TOPIC_INFO: &str = "sh_topic_info_v2";
 pub const GROUP_ENSURE: &str = "sh_group_ensure_v1";
 pub const GROUP_ACK: &str = "sh_group_ack_v1";
@@ -93,6 +94,7 @@ mod tests {
             "sh_topic_info_v1",
             PUBLISH_RAW,
             READ_SINCE,
+            TAIL_READ,
             TOPIC_INFO,
             GROUP_ENSURE,
             GROUP_ACK,

@@ -292,14 +292,7 @@ impl Store {
         let mut reply =
             self.call(library::READ_SINCE, vec![tk.meta, tk.stream], args, true).await?.into_array().into_iter();
         let position = parse_position(&mut reply)?;
-        let mut messages = Vec::new();
-        while let Some(seq) = reply.next() {
-            let seq = seq.as_u64().ok_or_else(|| StoreError::Protocol("entry seq is not an integer".into()))?;
-            let bytes = reply.next().and_then(|v| v.into_owned_bytes()).unwrap_or_default();
-            let envelope = Envelope::decode(&bytes).map_err(|_| bytes);
-            messages.push(StoredMessage { seq, envelope });
-        }
-        Ok(HistoryPage { position, messages })
+        Ok(HistoryPage { position, messages: parse_messages(reply)? })
     }
 
     pub async fn topic_info(&self, topic: &Topic) -> Result<TopicInfo> {
@@ -373,6 +366,18 @@ impl Store {
         let _: Value = self.pool.del(vec![tk.meta, tk.stream]).await?;
         Ok(())
     }
+}
+
+/// `seq1, envelope1, seq2, envelope2, …` of a read function's reply.
+fn parse_messages(mut reply: impl Iterator<Item = Value>) -> Result<Vec<StoredMessage>> {
+    let mut messages = Vec::new();
+    while let Some(seq) = reply.next() {
+        let seq = seq.as_u64().ok_or_else(|| StoreError::Protocol("entry seq is not an integer".into()))?;
+        let bytes = reply.next().and_then(|v| v.into_owned_bytes()).unwrap_or_default();
+        let envelope = Envelope::decode(&bytes).map_err(|_| bytes);
+        messages.push(StoredMessage { seq, envelope });
+    }
+    Ok(messages)
 }
 
 fn parse_position(reply: &mut impl Iterator<Item = Value>) -> Result<Position> {

@@ -27,6 +27,29 @@ pub struct PresenceEntry {
     pub json: String,
 }
 
+/// A join or leave event of a topic, as its tail reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRecord {
+    /// The topic's epoch when it happened ("" when it had none).
+    pub epoch: String,
+    /// The topic's top seq then: the event belongs after that message.
+    pub after: u64,
+    pub join: bool,
+    /// `{"client","user","info"}`.
+    pub entry: String,
+}
+
+/// What a tail of a topic with presence reads: a page of messages and the join and leave
+/// events that belong within it, from one snapshot.
+#[derive(Debug, Clone)]
+pub struct TailPage {
+    pub page: super::HistoryPage,
+    pub events: Vec<PresenceRecord>,
+    /// The id of the last event read (or, for a first read, of the newest one); "" when
+    /// the topic has none.
+    pub last_event_id: String,
+}
+
 /// A user's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserStatus {
@@ -54,7 +77,7 @@ fn two(reply: Value) -> Result<(u64, u64)> {
 impl Store {
     fn presence_keys(&self, topic: &Topic) -> Vec<String> {
         let k = self.keys.presence(topic);
-        vec![k.meta, k.hint, k.clients, k.expiry, k.users, k.leaving, k.leaving_entries]
+        vec![k.meta, k.hint, k.clients, k.expiry, k.users, k.leaving, k.leaving_entries, k.events]
     }
 
     /// Adds or refreshes clients of a topic; returns (added, expired entries purged).
@@ -141,6 +164,32 @@ impl Store {
         let args: Vec<Value> = vec![user.into(), status.into()];
         self.call(library::USER_SET_STATUS, vec![k.sessions, k.info], args, false).await?;
         Ok(())
+    }
+
+    /// The messages after `since` (at most `limit`) and the join/leave events after
+    /// `events_after` that belong within them, from one snapshot (`sh_tail_read_v1`). With
+    /// `events_after` empty, no event, only the id of the newest.
+    pub async fn tail_read(&self, topic: &Topic, since: u64, limit: usize, events_after: &str) -> Result<TailPage> {
+        let tk = self.keys.topic(topic);
+        let events = self.keys.presence(topic).events;
+        let args: Vec<Value> = vec![since.to_string().into(), int(limit as u64), events_after.into()];
+        let reply = self.call(library::TAIL_READ, vec![tk.meta, tk.stream, events], args, true).await?;
+        let mut reply = reply.into_array().into_iter();
+        let position = super::parse_position(&mut reply)?;
+        let last_event_id = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
+        let n = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut records = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let (epoch, after, kind, entry) = (reply.next(), reply.next(), reply.next(), reply.next());
+            records.push(PresenceRecord {
+                epoch: epoch.and_then(|v| v.as_string()).unwrap_or_default(),
+                after: after.and_then(|v| v.as_u64()).unwrap_or(0),
+                join: kind.and_then(|v| v.as_string()).as_deref() == Some("join"),
+                entry: entry.and_then(|v| v.as_string()).unwrap_or_default(),
+            });
+        }
+        let messages = super::parse_messages(reply)?;
+        Ok(TailPage { page: super::HistoryPage { position, messages }, events: records, last_event_id })
     }
 
     /// Publishes an event on the topic's hint channel, for the subscribers of every node
