@@ -16,7 +16,8 @@ async fn replicated_publishes_wait_for_the_replica_and_are_refused_without_it() 
     let app = TestApp::start_with(&primary, |c| {
         c.publish.durability = Durability::Replicated;
         c.publish.replicas = 1;
-        c.publish.replication_timeout_ms = 300;
+        // Generous for a loaded CI machine: the refusals below wait this long.
+        c.publish.replication_timeout_ms = 1000;
     })
     .await;
     let stream = format!("{}:{{d}}:s", app.prefix());
