@@ -1,7 +1,7 @@
 
 --[[ Presence of a topic's subscribers. Every function takes the topic's presence keys:
   KEYS[1]  meta hash        <prefix>:{T}:m   (its epoch and top seq order the events)
-  KEYS[2]  hint channel     <prefix>:{T}:h   (join and leave events are published here)
+  KEYS[2]  hint channel     <prefix>:{T}:h   (a hint after each event wakes the tails)
   KEYS[3]  clients          <prefix>:{T}:pc  hash: client id → "<n>:<user key><entry JSON>"
   KEYS[4]  expiry           <prefix>:{T}:pz  zset: client id → ms its entry expires at
   KEYS[5]  users            <prefix>:{T}:pu  hash: user key → clients present
