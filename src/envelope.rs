@@ -12,6 +12,7 @@
 //! | `ct`  | str            | content type of the payload               |
 //! | `h`   | map str→str, optional (absent = none) | headers            |
 //! | `p`   | bin            | payload bytes, opaque to the broker       |
+//! | `from`| map, optional  | who published it: `u` user, `c` client id |
 //!
 //! Readers ignore keys they do not know, so later versions can add fields.
 
@@ -37,6 +38,22 @@ pub struct Envelope {
     pub headers: BTreeMap<String, String>,
     #[serde(rename = "p", with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// Who published it, as streamhub authenticated them (absent for the CLI, raw
+    /// publishes from Redis, and anonymous HTTP publishes).
+    #[serde(rename = "from", default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Publisher>,
+}
+
+/// The publisher of a message: set by streamhub from the verified credentials, never
+/// taken from the client's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publisher {
+    /// The principal's subject (a token's `sub`, an API key's name); "" when anonymous.
+    #[serde(rename = "u")]
+    pub user: String,
+    /// The publishing session's client id (WebSocket); "" for HTTP.
+    #[serde(rename = "c", default, skip_serializing_if = "String::is_empty")]
+    pub client: String,
 }
 
 /// A stream entry that is not a valid envelope (written by something else, or corrupt).
@@ -76,8 +93,9 @@ mod tests {
             ".{0,40}",
             proptest::collection::btree_map(".{0,12}", ".{0,24}", 0..20),
             proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::option::of((".{0,12}", "[0-9a-f-]{0,36}")),
         )
-            .prop_map(|(version, id, published_ms, ttl_ms, content_type, headers, payload)| Envelope {
+            .prop_map(|(version, id, published_ms, ttl_ms, content_type, headers, payload, from)| Envelope {
                 version,
                 id,
                 published_ms,
@@ -85,6 +103,7 @@ mod tests {
                 content_type,
                 headers,
                 payload,
+                from: from.map(|(user, client)| Publisher { user, client }),
             })
     }
 
@@ -123,6 +142,7 @@ mod tests {
                 content_type: "text/plain".into(),
                 headers: BTreeMap::new(),
                 payload: vec![],
+                from: None,
             }
             .encode(),
         )
@@ -146,6 +166,7 @@ mod tests {
             content_type: "text/plain".into(),
             headers: BTreeMap::new(),
             payload: b"hi".to_vec(),
+            from: None,
         };
         // fixmap of 5: v=1, id="x", ts=5, ct="text/plain", p=bin "hi"
         let mut expected =
@@ -153,5 +174,16 @@ mod tests {
         expected.extend_from_slice(b"text/plain");
         expected.extend_from_slice(&[0xa1, b'p', 0xc4, 2, b'h', b'i']);
         assert_eq!(e.encode(), expected);
+
+        // The publisher comes last: `from` → {u: "al", c: "c1"}; an HTTP publisher has no `c`.
+        let with_from = Envelope { from: Some(Publisher { user: "al".into(), client: "c1".into() }), ..e.clone() };
+        let mut tail = vec![0xa4, b'f', b'r', b'o', b'm', 0x82, 0xa1, b'u', 0xa2, b'a', b'l', 0xa1, b'c', 0xa2];
+        tail.extend_from_slice(b"c1");
+        let mut full = expected.clone();
+        full[0] = 0x86;
+        full.extend_from_slice(&tail);
+        assert_eq!(with_from.encode(), full);
+        let http = Envelope { from: Some(Publisher { user: "al".into(), client: String::new() }), ..e };
+        assert_eq!(http.encode()[expected.len()..], [0xa4, b'f', b'r', b'o', b'm', 0x81, 0xa1, b'u', 0xa2, b'a', b'l']);
     }
 }

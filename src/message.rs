@@ -118,6 +118,7 @@ impl NewMessage {
                 content_type: self.content_type,
                 headers: self.headers,
                 payload: self.payload,
+                from: None,
             },
             idempotency_key: self.idempotency_key,
         })

@@ -48,6 +48,18 @@ pub struct MessageOut {
     /// The payload in base64 when it is neither of the above.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub data_base64: Option<String>,
+    /// Who published it, as streamhub authenticated them (PROTOCOL 1.3).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub from: Option<FromOut>,
+}
+
+/// The publisher of a message: the principal's subject, and the client id of the
+/// WebSocket session that published it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FromOut {
+    pub user: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub client: String,
 }
 
 /// A field that is present is `Some`, even when it is `null`.
@@ -92,6 +104,7 @@ impl MessageOut {
                     headers: e.headers,
                     data,
                     data_base64,
+                    from: e.from.map(|p| FromOut { user: p.user, client: p.client }),
                 }
             }
             Err(raw) => MessageOut {
@@ -103,6 +116,7 @@ impl MessageOut {
                 headers: BTreeMap::new(),
                 data: None,
                 data_base64: b64(&raw),
+                from: None,
             },
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use common::{code, RedisServer, TestApp};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_concurrent_publishers_get_seqs_1_to_16000_without_gap_or_duplicate() {
@@ -149,5 +149,49 @@ async fn a_raw_body_keeps_its_bytes_content_type_and_headers() {
     let stored =
         base64::engine::general_purpose::STANDARD.decode(m["data_base64"].as_str().expect("b64")).expect("base64");
     assert_eq!(stored, bytes);
+    app.stop().await;
+}
+
+/// Every message names its publisher as streamhub authenticated it (PROTOCOL 1.3 `from`):
+/// the credential's subject, plus the client id for a WebSocket session; nothing for an
+/// anonymous HTTP publish; and a client cannot claim to be someone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_name_their_publisher_as_authenticated() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    // 1: HTTP with the admin key; 2: anonymous HTTP.
+    let (status, _) = app.publish("who", json!("key")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let anonymous = reqwest::Client::new();
+    let response = anonymous.post(app.url("/v1/topics/who/messages")).json(&json!({ "data": "anon" })).send().await;
+    assert_eq!(response.expect("publish").status(), StatusCode::CREATED);
+    // 3: a WebSocket session with the key; 4: an anonymous one.
+    let mut keyed = common::WsClient::connect(&format!("{}?token={}", app.base, common::ADMIN_KEY)).await;
+    let published = keyed.request(json!({ "op": "publish", "topic": "who", "data": "ws" })).await;
+    assert_eq!(published["type"], json!("published"), "{published}");
+    let mut anon_ws = common::WsClient::connect(&app.base).await;
+    anon_ws.request(json!({ "op": "publish", "topic": "who", "data": "ws-anon" })).await;
+    // A request naming its own publisher is refused, not believed.
+    let (status, body) =
+        app.post_json("/v1/topics/who/messages", &json!({ "data": 1, "from": { "user": "root" } })).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
+    let spoof = keyed.request(json!({ "op": "publish", "topic": "who", "data": 1, "from": { "user": "root" } })).await;
+
+    let history = app.history_all("who", 0).await;
+    let from: Vec<Value> = history.iter().map(|m| m["from"].clone()).collect();
+    assert_eq!(from[0], json!({ "user": "test-admin" }), "HTTP: the key's name, no client");
+    assert_eq!(from[1], Value::Null, "anonymous HTTP: no publisher");
+    let client = from[2]["client"].as_str().expect("a WebSocket publish names its client").to_string();
+    assert_eq!(from[2]["user"], json!("test-admin"));
+    assert_eq!(from[3]["user"], json!(""), "an anonymous session: no user, its client id");
+    assert_ne!(from[3]["client"].as_str().unwrap_or(""), client, "each session has its own id");
+    // A WebSocket frame's unknown fields are ignored (2.2): the message is the key's.
+    assert_eq!(spoof["type"], json!("published"), "{spoof}");
+    assert_eq!(history.len(), 5);
+    assert_eq!(from[4]["user"], json!("test-admin"), "never the claimed publisher");
+    // Live delivery carries it too.
+    keyed.subscribe("who", Some(json!("earliest"))).await;
+    let first = keyed.messages(1).await;
+    assert_eq!(first[0]["from"], json!({ "user": "test-admin" }));
     app.stop().await;
 }

@@ -41,7 +41,7 @@ fn peer(parts: &Parts) -> IpAddr {
 
 fn caller(state: &AppState, headers: &HeaderMap, query_token: Option<&str>, ip: IpAddr) -> Result<Caller, Error> {
     let principal = state.ops.access().principal(credential(headers, query_token)?.as_deref())?;
-    Ok(Caller { principal, ip, budget: Budget::Credential })
+    Ok(Caller { principal, ip, budget: Budget::Credential, client: None })
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {

@@ -526,6 +526,7 @@ mod tests {
                 ServerFrame::Subscribed { id: Some(id), topic: topic.clone(), epoch: "e".into(), seq, recovered: false, reason: Some("trimmed".into()) },
                 ServerFrame::Message { topic: topic.clone(), epoch: "e".into(), message: MessageOut {
                     seq, id: "m".into(), ts: 1, ttl_ms: None, content_type: "application/json".into(), headers, data: Some(data), data_base64: None,
+                    from: Some(crate::wire::FromOut { user: "alice".into(), client: "c".into() }),
                 }},
                 ServerFrame::Published { id, topic: topic.clone(), epoch: "e".into(), seq, message_id: "m".into(), duplicate: true },
                 ServerFrame::Expired { topic, epoch: "e".into(), from: seq / 2, to: seq },

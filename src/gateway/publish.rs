@@ -145,7 +145,7 @@ pub(super) async fn publish_one(
             Ok((status, Json(serde_json::to_value(PublishResult::from(published)).unwrap_or_default())))
         }
         Publish1::Ephemeral(data, headers) => {
-            state.ops.publish_ephemeral(&caller, &grant, data, headers, None).await?;
+            state.ops.publish_ephemeral(&caller, &grant, data, headers).await?;
             Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "ephemeral": true }))))
         }
     }

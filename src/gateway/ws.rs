@@ -152,6 +152,7 @@ async fn run(
     if caller.principal.kind != crate::auth::PrincipalKind::Anonymous {
         session.set_user(&caller.principal.subject).await;
     }
+    let caller = Caller { client: Some(session.client().into()), ..caller };
     let mut conn = Conn {
         state: state.clone(),
         caller,

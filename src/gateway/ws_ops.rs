@@ -113,8 +113,7 @@ impl Conn {
         headers: std::collections::BTreeMap<String, String>,
     ) -> Result<ServerFrame, Error> {
         let grant = self.state.ops.access().grant::<Publish>(&self.caller, &name)?;
-        let client = Some(self.session.client());
-        self.state.ops.publish_ephemeral(&self.caller, &grant, data, headers, client).await?;
+        self.state.ops.publish_ephemeral(&self.caller, &grant, data, headers).await?;
         Ok(ServerFrame::Sent { id, topic: name })
     }
 

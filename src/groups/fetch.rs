@@ -150,6 +150,7 @@ mod tests {
             content_type: "text/plain".into(),
             headers: Default::default(),
             payload: b"x".to_vec(),
+            from: None,
         };
         GroupDelivery {
             lease: Lease { source: Source::Main, id: "1-0".into(), count: attempt as u64 },

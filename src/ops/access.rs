@@ -39,6 +39,23 @@ pub struct Caller {
     pub principal: Principal,
     pub ip: IpAddr,
     pub budget: Budget,
+    /// The session's client id when the caller is a WebSocket session (it names the
+    /// publisher of its messages and events, and its presence entries).
+    pub client: Option<Arc<str>>,
+}
+
+impl Caller {
+    /// Who a message published by this caller is from: the verified subject, and the
+    /// session's client id. None for the operator (CLI) and for anonymous HTTP callers.
+    pub fn publisher(&self) -> Option<crate::envelope::Publisher> {
+        let client = self.client.as_deref().unwrap_or("").to_string();
+        match self.principal.kind {
+            PrincipalKind::Operator => None,
+            PrincipalKind::Anonymous if client.is_empty() => None,
+            PrincipalKind::Anonymous => Some(crate::envelope::Publisher { user: String::new(), client }),
+            _ => Some(crate::envelope::Publisher { user: self.principal.subject.clone(), client }),
+        }
+    }
 }
 
 /// What a grant is for (the marker types below).
@@ -118,7 +135,12 @@ impl Access {
 
     /// The CLI's caller: the operator, from this machine, without limits.
     pub fn operator(&self) -> Caller {
-        Caller { principal: self.auth.operator(), ip: IpAddr::from([127, 0, 0, 1]), budget: Budget::Unlimited }
+        Caller {
+            principal: self.auth.operator(),
+            ip: IpAddr::from([127, 0, 0, 1]),
+            budget: Budget::Unlimited,
+            client: None,
+        }
     }
 
     /// A WebSocket connection's own publish budget.

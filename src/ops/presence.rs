@@ -92,15 +92,13 @@ impl Ops {
 
     /// Publishes an ephemeral event: delivered through Pub/Sub to the topic's current
     /// subscribers on every node, at most once; never stored, no seq. Checked against the
-    /// message limits and the caller's publish rate like a publish. `client` is the
-    /// sender's session, when it has one.
+    /// message limits and the caller's publish rate like a publish.
     pub async fn publish_ephemeral(
         &self,
         caller: &Caller,
         grant: &Grant<Publish>,
         data: serde_json::Value,
         headers: BTreeMap<String, String>,
-        client: Option<&str>,
     ) -> Result<()> {
         let payload = serde_json::to_vec(&data).unwrap_or_default();
         let message = NewMessage { payload, content_type: "application/json".into(), headers, ..Default::default() };
@@ -109,7 +107,7 @@ impl Ops {
             crate::metrics::publish_rejected(e.code.as_str());
         })?;
         let event = Ephemeral {
-            client: client.unwrap_or("").to_string(),
+            client: caller.client.as_deref().unwrap_or("").to_string(),
             user: presence_user(caller),
             data,
             headers: checked.envelope.headers,

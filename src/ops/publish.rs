@@ -16,7 +16,8 @@ impl Ops {
     /// with `durability = "replicated"`, confirmed by the replicas).
     pub async fn publish(&self, caller: &Caller, grant: &Grant<Publish>, message: NewMessage) -> Result<Published> {
         let checked = self.with_default_ttl(grant, message).check(&self.config.limits).map_err(Error::from);
-        let checked = counted(checked.and_then(|m| self.access.spend_publish(caller, 1).map(|()| m)))?;
+        let mut checked = counted(checked.and_then(|m| self.access.spend_publish(caller, 1).map(|()| m)))?;
+        checked.envelope.from = caller.publisher();
         let mut published = self.store_messages(grant, vec![checked]).await?;
         published.pop().ok_or_else(|| Error::internal("publish answered no result"))
     }
@@ -48,6 +49,12 @@ impl Ops {
                 .into_iter()
                 .enumerate()
                 .map(|(i, m)| self.with_default_ttl(grant, m).check(limits).map_err(|e| Error::from(e).at(i)))
+                .map(|m| {
+                    m.map(|mut m| {
+                        m.envelope.from = caller.publisher();
+                        m
+                    })
+                })
                 .collect::<Result<Vec<OutgoingMessage>>>()?;
             self.access.spend_publish(caller, checked.len() as u32)?;
             Ok(checked)
