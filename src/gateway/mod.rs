@@ -16,6 +16,7 @@ mod sse;
 mod topics;
 pub mod ws;
 mod ws_ops;
+mod ws_session;
 mod ws_write;
 
 use std::sync::Arc;

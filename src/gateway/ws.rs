@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Uri};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -23,24 +23,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::extract::{credential, session_caller};
+use super::extract::credential;
 use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_write::{write, Outgoing, Pace};
+use super::ws_session::{admit, is_too_big, limited, Admitted, Link};
+use super::ws_write::{Native, Outgoing};
 use super::AppState;
 use crate::delivery::session::Session;
 use crate::error::{Code, Error};
 use crate::groups::consumer::SessionConsumer;
-use crate::metrics;
 use crate::ops::access::{Caller, IpSlot};
-
-/// How long a closing session waits for the peer's close frame.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-/// Replies the reader may queue before it waits for the writer.
-const REPLY_QUEUE: usize = 64;
 
 pub(super) async fn upgrade(
     State(state): State<Arc<AppState>>,
@@ -53,39 +47,20 @@ pub(super) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return Error::new(Code::InvalidRequest, rejection.body_text()).into_response(),
     };
-    let access = state.ops.access();
-    let admitted = access
-        .check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))
-        .and_then(|()| session_caller(&state, &headers, uri.query(), peer.ip()))
-        .and_then(|caller| Ok((caller, access.open_session(peer.ip())?)));
-    let (mut caller, ip_slot) = match admitted {
-        Ok(ok) => ok,
+    let Admitted { caller, ip_slot, permit } = match admit(&state, peer.ip(), &headers, uri.query()) {
+        Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
     let identified = credential(&headers, None).ok().flatten().is_some() || uri.query().is_some_and(has_token);
-    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        return Error::new(
-            Code::TooManyConnections,
-            format!("this node serves at most {} sessions (ws.max_connections)", state.ops.config().ws.max_connections),
-        )
-        .into_response();
-    };
-    caller.budget = access.connection_budget();
-    let c = &state.ops.config().ws;
     let tasks = state.tasks.clone();
-    ws.protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK])
-        .max_message_size(c.max_frame_bytes)
-        .max_frame_size(c.max_frame_bytes)
-        .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(c.write_buffer_bytes)
-        .on_upgrade(move |socket| {
-            // The session's lines carry its upgrade request's id (the connection id).
-            let span = tracing::Span::current();
-            // Without credentials and without anonymous grants, an `auth` frame must come soon.
-            let auth_deadline = (!identified && !state.ops.access().auth().anonymous_allowed())
-                .then(|| Instant::now() + Duration::from_millis(state.ops.config().auth.auth_timeout_ms));
-            tasks.track_future(run(socket, state, permit, caller, auth_deadline, ip_slot).instrument(span))
-        })
+    limited(ws, &state).protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]).on_upgrade(move |socket| {
+        // The session's lines carry its upgrade request's id (the connection id).
+        let span = tracing::Span::current();
+        // Without credentials and without anonymous grants, an `auth` frame must come soon.
+        let auth_deadline = (!identified && !state.ops.access().auth().anonymous_allowed())
+            .then(|| Instant::now() + Duration::from_millis(state.ops.config().auth.auth_timeout_ms));
+        tasks.track_future(run(socket, state, permit, caller, auth_deadline, ip_slot).instrument(span))
+    })
 }
 
 fn has_token(query: &str) -> bool {
@@ -104,8 +79,7 @@ pub(super) struct Conn {
     /// The session's group consumers (the `consume` op), by (topic, group).
     pub consumers: HashMap<(String, String), Arc<SessionConsumer>>,
     /// The reader's queue to the writer (deliveries of consumers are forwarded into it).
-    pub replies: mpsc::Sender<Outgoing>,
-    _ip_slot: IpSlot,
+    pub replies: mpsc::Sender<Outgoing<Box<ServerFrame>>>,
 }
 
 /// A point in time `secs` from now, or None when it is too far to be represented (a
@@ -135,20 +109,9 @@ async fn run(
         Some(SUBPROTOCOL_MSGPACK) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
-    ::metrics::gauge!(metrics::SESSIONS, "transport" => "ws").increment(1.0);
-    let (sink, mut stream) = socket.split();
-    let config = &state.ops.config().ws;
-    let (session, deliveries) = Session::new(state.hub.clone(), config);
-    let stop = CancellationToken::new();
-    let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
-    let catchup = tokio::spawn(session.clone().run_catchup(stop.clone()).in_current_span());
-    let pace = Pace {
-        ping_every: Duration::from_millis(config.ping_interval_ms),
-        write_timeout: Duration::from_millis(config.write_timeout_ms),
-    };
-    let writer = tokio::spawn(
-        write(sink, replies_rx, deliveries, encoding, pace, state.shutdown.clone(), stop.clone()).in_current_span(),
-    );
+    let ping_every = Duration::from_millis(state.ops.config().ws.ping_interval_ms);
+    let (link, mut stream) = Link::open(socket, &state, Native(encoding), ping_every, permit, ip_slot);
+    let session = link.session.clone();
     if caller.principal.kind != crate::auth::PrincipalKind::Anonymous {
         session.set_user(&caller.principal.subject).await;
     }
@@ -157,40 +120,17 @@ async fn run(
         state: state.clone(),
         caller,
         auth_deadline,
-        session: session.clone(),
+        session,
         consumers: HashMap::new(),
-        replies,
-        _ip_slot: ip_slot,
+        replies: link.replies.clone(),
     };
-    read(&mut stream, &mut conn, stop.clone()).await;
+    read(&mut stream, &mut conn, link.stop.clone()).await;
     // In-flight group deliveries go back at once; their forwarders end with them.
     for consumer in std::mem::take(&mut conn.consumers).into_values() {
         Box::pin(consumer.close()).await;
     }
     drop(conn);
-    let _ = writer.await;
-    // Closing handshake: give the peer a moment to answer our close frame, so it reads
-    // the close code instead of a reset connection.
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while let Some(Ok(m)) = stream.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
-    stop.cancel();
-    let _ = catchup.await;
-    Box::pin(session.close()).await;
-    ::metrics::gauge!(metrics::SESSIONS, "transport" => "ws").decrement(1.0);
-    drop(permit);
-}
-
-fn is_too_big(error: axum::Error) -> bool {
-    error
-        .into_inner()
-        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+    link.finish(stream).await;
 }
 
 /// Reads frames until the session ends, answering each.

@@ -1,0 +1,143 @@
+//! What every WebSocket transport shares, whatever protocol it speaks: admission (origin,
+//! per-IP session slot, the node's session limit, the upgrade's buffer and frame limits)
+//! and a session's life (the delivery session and its catch-up reader, the writer task,
+//! and an orderly end: writer drained, close handshake, subscriptions and presence ended).
+//! A protocol brings its reader loop and its `Encoder`; everything else is here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{header, HeaderMap};
+use futures::stream::{SplitSink, SplitStream};
+use futures::StreamExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::extract::session_caller;
+use super::ws_write::{write, Encoder, Outgoing, Pace};
+use super::AppState;
+use crate::delivery::session::Session;
+use crate::error::{Code, Error};
+use crate::metrics;
+use crate::ops::access::{Caller, IpSlot};
+
+/// How long a closing session waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Replies a reader may queue before it waits for the writer.
+const REPLY_QUEUE: usize = 64;
+
+/// A session admitted to this node: who (from the upgrade's credentials, if any), and the
+/// slots it holds until it ends.
+pub(super) struct Admitted {
+    pub caller: Caller,
+    pub ip_slot: IpSlot,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Admits a WebSocket session: its `Origin` is allowed, its credentials (header or
+/// `?token=`) verify, its IP has a free slot and the node has room (`ws.max_connections`).
+pub(super) fn admit(state: &AppState, peer: std::net::IpAddr, headers: &HeaderMap, query: Option<&str>) -> Result<Admitted, Error> {
+    let access = state.ops.access();
+    access.check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))?;
+    let mut caller = session_caller(state, headers, query, peer)?;
+    let ip_slot = access.open_session(peer)?;
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return Err(Error::new(
+            Code::TooManyConnections,
+            format!("this node serves at most {} sessions (ws.max_connections)", state.ops.config().ws.max_connections),
+        ));
+    };
+    caller.budget = access.connection_budget();
+    Ok(Admitted { caller, ip_slot, permit })
+}
+
+/// The upgrade with the node's limits on frames and buffers (`ws.*`).
+pub(super) fn limited(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
+    let c = &state.ops.config().ws;
+    ws.max_message_size(c.max_frame_bytes)
+        .max_frame_size(c.max_frame_bytes)
+        .read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes)
+}
+
+/// A running session: its delivery session, the reader's queue to the writer, and what
+/// `finish` waits for.
+pub(super) struct Link<R> {
+    pub session: Arc<Session>,
+    pub replies: mpsc::Sender<Outgoing<R>>,
+    /// Cancelled when the session ends, by either side.
+    pub stop: CancellationToken,
+    writer: JoinHandle<()>,
+    catchup: JoinHandle<()>,
+    transport: &'static str,
+    _admitted: (OwnedSemaphorePermit, IpSlot),
+}
+
+impl<R: Send + 'static> Link<R> {
+    /// Starts the session's catch-up reader and writer on `socket`; returns the link and
+    /// the socket's reading half.
+    pub fn open<E: Encoder<Reply = R>>(
+        socket: WebSocket,
+        state: &Arc<AppState>,
+        encoder: E,
+        ping_every: Duration,
+        permit: OwnedSemaphorePermit,
+        ip_slot: IpSlot,
+    ) -> (Link<R>, SplitStream<WebSocket>) {
+        ::metrics::gauge!(metrics::SESSIONS, "transport" => E::TRANSPORT).increment(1.0);
+        let (sink, stream): (SplitSink<WebSocket, Message>, _) = socket.split();
+        let config = &state.ops.config().ws;
+        let (session, deliveries) = Session::new(state.hub.clone(), config);
+        let stop = CancellationToken::new();
+        let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
+        let catchup = tokio::spawn(session.clone().run_catchup(stop.clone()).in_current_span());
+        let pace = Pace { ping_every, write_timeout: Duration::from_millis(config.write_timeout_ms) };
+        let writer = tokio::spawn(
+            write(sink, replies_rx, deliveries, encoder, pace, state.shutdown.clone(), stop.clone()).in_current_span(),
+        );
+        let link = Link {
+            session,
+            replies,
+            stop,
+            writer,
+            catchup,
+            transport: E::TRANSPORT,
+            _admitted: (permit, ip_slot),
+        };
+        (link, stream)
+    }
+
+    /// Ends the session once its reader stopped (every other sender of replies must be
+    /// gone): the writer drains and closes, the peer gets a moment to answer the close
+    /// frame, then subscriptions and presence end.
+    pub async fn finish(self, mut stream: SplitStream<WebSocket>) {
+        let Link { session, replies, stop, writer, catchup, transport, _admitted } = self;
+        drop(replies);
+        let _ = writer.await;
+        // Closing handshake: the peer reads the close code instead of a reset connection.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        stop.cancel();
+        let _ = catchup.await;
+        Box::pin(session.close()).await;
+        ::metrics::gauge!(metrics::SESSIONS, "transport" => transport).decrement(1.0);
+    }
+}
+
+/// Whether a read error is an inbound message over the frame limit.
+pub(super) fn is_too_big(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+}
