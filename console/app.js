@@ -96,9 +96,10 @@ function clearError() {
   if (el.classList.contains("error")) el.hidden = true;
 }
 
-function confirmDialog(text) {
+function confirmDialog(text, danger) {
   const dialog = $("confirm");
   $("confirm-text").textContent = text;
+  dialog.querySelector('[data-testid="confirm-ok"]').className = danger ? "danger" : "";
   dialog.returnValue = "";
   dialog.showModal();
   return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
@@ -159,7 +160,7 @@ function render() {
   for (const link of document.querySelectorAll("[data-nav]")) link.classList.toggle("active", link.dataset.nav === page || (page === "topic" && link.dataset.nav === "topics") || (page === "group" && link.dataset.nav === "groups"));
   const main = $("main");
   main.replaceChildren();
-  const views = { topics: topicsView, topic: () => topicView(a), groups: groupsView, group: () => groupView(a, b), node: nodeView };
+  const views = { topics: topicsView, topic: (m) => topicView(m, a), groups: groupsView, group: (m) => groupView(m, a, b), node: nodeView };
   cleanup = (views[page] || topicsView)(main) || null;
 }
 
@@ -399,7 +400,8 @@ function topicView(main, topic) {
       historyNote.textContent = e.message;
     }
   };
-  const top = () => Number(historyNote.dataset.top || 0);
+  let knownTop = 0; // the topic's top seq as last read by the live refresh
+  const top = () => Math.max(Number(historyNote.dataset.top || 0), knownTop);
   const firstSeq = () => Number(historyNote.dataset.first || 1);
   const seqInput = h("input", { type: "number", min: 0, placeholder: "after seq", class: "narrow" });
   const historyPanel = h(
@@ -412,7 +414,10 @@ function topicView(main, topic) {
       h("button", { class: "secondary", onclick: () => loadHistory(firstSeq() - 1), text: "« Oldest" }),
       h("button", { class: "secondary", "data-testid": "history-older", onclick: () => loadHistory(Math.max(firstSeq() - 1, since - HISTORY_PAGE)), text: "‹ Older" }),
       h("button", { class: "secondary", "data-testid": "history-newer", onclick: () => loadHistory(Math.min(since + HISTORY_PAGE, Math.max(0, top() - HISTORY_PAGE))), text: "Newer ›" }),
-      h("button", { class: "secondary", onclick: () => loadHistory(top() - HISTORY_PAGE), text: "Latest »" }),
+      h("button", { class: "secondary", "data-testid": "history-latest", onclick: async () => {
+        knownTop = (await api.topic(topic).catch(() => ({ seq: knownTop }))).seq;
+        loadHistory(top() - HISTORY_PAGE);
+      }, text: "Latest »" }),
       h("form", { class: "inline", onsubmit: (e) => { e.preventDefault(); loadHistory(Number(seqInput.value || 0)); } }, seqInput, h("button", { class: "secondary", type: "submit", text: "Go" })),
     ),
     historyBody,
@@ -440,6 +445,7 @@ function topicView(main, topic) {
       }
       throw e;
     }
+    knownTop = info.seq;
     const reading = { t: Date.now(), v: info.seq };
     const r = last && last.epoch === info.epoch ? rate(reading, last) : null;
     if (last) series.push(r);
@@ -581,7 +587,7 @@ function groupView(main, topic, name) {
   const act = async (action, selection, what) => {
     const verb = action === "replay" ? "Replay" : "Purge";
     const consequence = action === "replay" ? "They go back to the group with fresh attempts." : "They are deleted for good.";
-    if (!(await confirmDialog(`${verb} ${what} of ${topic} / ${name}? ${consequence}`))) return;
+    if (!(await confirmDialog(`${verb} ${what} of ${topic} / ${name}? ${consequence}`, action === "purge"))) return;
     try {
       const r = await api.dlqAct(topic, name, action, selection);
       notice(`${action === "replay" ? `replayed ${r.replayed}` : `purged ${r.purged}`} dead letter(s)`);

@@ -49,10 +49,17 @@ export function lineChart(series, { width = 420, height = 140, unit = "", title 
   wrap.className = "chart";
   const cap = document.createElement("figcaption");
   const latest = series.map((s) => `${s.name} ${formatNumber(s.values.at(-1), unit)}`).join(" · ");
-  cap.textContent = title ? `${title} — ${latest}` : latest;
+  if (title) cap.append(`${title} — `);
+  series.forEach((s, i) => {
+    const key = document.createElement("span");
+    key.className = `key ${s.cls || `c${i}`}`;
+    key.textContent = `${s.name} ${formatNumber(s.values.at(-1), unit)}`;
+    cap.append(key);
+  });
+  cap.title = latest;
   const all = series.flatMap((s) => s.values).filter((v) => v !== null && v !== undefined && !Number.isNaN(v));
   const max = all.length ? Math.max(...all) : 0;
-  const el = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": cap.textContent });
+  const el = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `${title} — ${latest}` });
   const pad = 4;
   for (const frac of [0, 0.5, 1]) {
     const y = pad + frac * (height - 2 * pad);
