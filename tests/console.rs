@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, publish_many, pull_group, webhook_group, Receiver, RedisServer, TestApp, WsClient, ADMIN_KEY};
+use common::{
+    eventually, publish_many, pull_group, webhook_group, Receiver, RedisServer, TestApp, WsClient, ADMIN_KEY,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 

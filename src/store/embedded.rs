@@ -165,7 +165,8 @@ impl EmbeddedRedis {
         let dir =
             data_dir.canonicalize().map_err(|source| EmbeddedError::DataDir { dir: data_dir.to_path_buf(), source })?;
         let log = dir.join("redis.log");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--port", &addr.port().to_string(), "--bind", &addr.ip().to_string()])
             .arg("--dir")
             .arg(&dir)
@@ -175,9 +176,12 @@ impl EmbeddedRedis {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(EmbeddedError::Spawn)?;
+            .kill_on_drop(true);
+        // Its own process group: a Ctrl-C in the terminal reaches streamhub only, which
+        // then stops its clients first and this server last (SHUTDOWN), in order.
+        #[cfg(unix)]
+        command.process_group(0);
+        let child = command.spawn().map_err(EmbeddedError::Spawn)?;
         let mut embedded = EmbeddedRedis { child, addr, dir };
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         while !answers_ping(addr).await {
