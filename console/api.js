@@ -85,8 +85,10 @@ const RECONNECT_MAX_MS = 10000;
 /// `since` that position (PROTOCOL.md §2.4 "Resuming exactly"). Callbacks:
 /// onMessage(frame), onStatus({state, text, recovered, reason}), onPosition(pos).
 export class Tail {
-  constructor({ topic, key, since, onMessage, onStatus, onPosition }) {
+  constructor({ topic, key, since, resumed, onMessage, onStatus, onPosition }) {
     Object.assign(this, { topic, key, onMessage, onStatus, onPosition });
+    // Whether the first subscription continues an earlier view (a reload, a return).
+    this.resumed = Boolean(resumed);
     this.position = since || null; // {epoch, seq} or null for new messages only
     this.closed = false;
     this.delay = RECONNECT_MIN_MS;
@@ -130,7 +132,11 @@ export class Tail {
     switch (frame.type) {
       case "subscribed": {
         const asked = this.position;
-        if (frame.id === this.subscribeId) this.delay = RECONNECT_MIN_MS;
+        const resumed = this.resumed;
+        if (frame.id === this.subscribeId) {
+          this.delay = RECONNECT_MIN_MS;
+          this.resumed = true; // every later (re)subscription continues this one
+        }
         if (!frame.recovered || !asked) this.setPosition({ epoch: frame.epoch, seq: frame.seq });
         this.onStatus({
           state: "live",
@@ -138,7 +144,9 @@ export class Tail {
           reason: frame.reason,
           solicited: frame.id !== undefined,
           text: frame.recovered
-            ? asked ? `live · resumed after seq ${asked.seq}, nothing missed` : `live · from seq ${frame.seq}`
+            ? asked
+              ? resumed ? `live · resumed after seq ${asked.seq}, nothing missed` : `live · following after seq ${asked.seq}`
+              : `live · new messages after seq ${frame.seq}`
             : `live · position jumped to seq ${frame.seq} (${frame.reason})`,
         });
         break;

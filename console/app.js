@@ -141,7 +141,15 @@ function showSignIn(error) {
 }
 
 function needsAdmin(what) {
-  return h("section", { class: "panel empty" }, h("p", { text: `${what} needs an API key with the admin scope.` }), h("p", { text: "Sign in with an admin key, or open a topic your credentials may read:" }), openTopicForm());
+  const recent = JSON.parse(sessionStorage.getItem("streamhub.console.recent") || "[]");
+  return h(
+    "section",
+    { class: "panel empty" },
+    h("p", { text: `${what} needs an API key with the admin scope.` }),
+    h("p", { text: "Sign in with an admin key, or open a topic your credentials may read:" }),
+    openTopicForm(),
+    recent.length ? h("p", { class: "muted" }, "Opened in this tab: ", recent.map((t) => h("a", { class: "chip", href: route("topic", t), text: t }))) : null,
+  );
 }
 
 function openTopicForm() {
@@ -321,6 +329,7 @@ function topicView(main, topic) {
       topic,
       key: session.key,
       since,
+      resumed: Boolean(saved),
       onMessage: (frame) => show(frame, "new"),
       onStatus: (s) => {
         status.textContent = s.text;

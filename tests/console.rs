@@ -106,6 +106,40 @@ async fn topics_pages_sign_in_publish_tail_resume_and_page_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_admin_scope_the_console_is_read_only_where_grants_allow() {
+    let redis = RedisServer::start();
+    const READER: &str = "reader-key-of-the-console-test";
+    let app = TestApp::start_with(&redis, |c| {
+        c.auth.anonymous.clear();
+        c.auth.api_key.push(streamhub::config::ApiKeySpec {
+            name: "reader".into(),
+            sha256: streamhub::auth::hash_api_key(READER),
+            scopes: vec![streamhub::config::Scope::Subscribe],
+            topics: vec!["orders".into()],
+        });
+    })
+    .await;
+    publish_many(&app, "orders", 3, 3).await;
+    run_spec(
+        "readonly",
+        &app,
+        &[("READER_KEY", READER.into())],
+        &[
+            "sign in with a key without the admin scope",
+            "a topic its grants allow opens with its live tail and history",
+            "publishing without the grant is refused with the node's reason",
+            "a topic outside its grants shows the refusal instead of a tail",
+            "the node and group pages need the admin scope",
+            "the key is never shown",
+            "without a key nothing opens on a node without anonymous rules",
+        ],
+    )
+    .await;
+    assert_eq!(app.history_all("orders", 0).await.len(), 3, "the reader published nothing");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_pages_resume_a_group_to_zero_lag_and_replay_and_purge_dead_letters() {
     let redis = RedisServer::start();
     // Fails until told otherwise: its messages are dead-lettered after one attempt.
