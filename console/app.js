@@ -173,25 +173,43 @@ function render() {
 }
 
 /// Runs `tick` now and every REFRESH_MS until the page changes; errors go to the notice.
+/// Returns the stop function; its `.now()` runs the next tick at once (after a click).
 function live(tick) {
   let stopped = false;
+  let running = false;
+  let again = false;
   let timer;
   let n = 0;
   const run = async () => {
     if (stopped) return;
+    if (running) {
+      again = true;
+      return;
+    }
+    clearTimeout(timer);
+    running = true;
     try {
       await tick(n++);
       clearError();
     } catch (e) {
       if (!stopped) notice(e.message, "error");
     }
-    if (!stopped) timer = setTimeout(run, REFRESH_MS);
+    running = false;
+    if (stopped) return;
+    if (again) {
+      again = false;
+      run();
+    } else {
+      timer = setTimeout(run, REFRESH_MS);
+    }
   };
   run();
-  return () => {
+  const stop = () => {
     stopped = true;
     clearTimeout(timer);
   };
+  stop.now = run;
+  return stop;
 }
 
 // ---- topics ----
@@ -213,7 +231,8 @@ function topicsView(main) {
     main.append(h("h1", { text: "Topics" }), needsAdmin("Listing topics"));
     return null;
   }
-  const filter = h("input", { type: "search", placeholder: "filter topics", "data-testid": "topic-filter" });
+  let refresh = () => {};
+  const filter = h("input", { type: "search", placeholder: "filter topics", "data-testid": "topic-filter", oninput: () => { page = 0; refresh(); } });
   let page = 0;
   const body = h("tbody", { "data-testid": "topics" });
   const footer = h("p", { class: "muted" });
@@ -254,12 +273,13 @@ function topicsView(main) {
     );
     if (!shown.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted", text: needle ? "No topic matches the filter." : "No topics yet: publish a message (Open a topic above, then use its publish form)." })));
     pager.replaceChildren(
-      h("button", { class: "secondary", disabled: page === 0, onclick: () => { page -= 1; } , text: "‹ Previous" }),
+      h("button", { class: "secondary", disabled: page === 0, onclick: () => { page -= 1; refresh(); }, text: "‹ Previous" }),
       h("span", { text: ` page ${page + 1} of ${pages} ` }),
-      h("button", { class: "secondary", disabled: page >= pages - 1, onclick: () => { page += 1; }, text: "Next ›" }),
+      h("button", { class: "secondary", disabled: page >= pages - 1, onclick: () => { page += 1; refresh(); }, text: "Next ›" }),
     );
     footer.textContent = `${list.topics.length} topics${list.truncated ? " (more exist: the node lists at most limits.max_topics_listed)" : ""} · refreshed every ${REFRESH_MS / 1000} s`;
   });
+  refresh = stop.now;
   return stop;
 }
 
@@ -603,6 +623,7 @@ function groupView(main, topic, name) {
       selected.clear();
       detail.hidden = true;
       await loadDlq();
+      refresh();
     } catch (e) {
       notice(`${verb} failed: ${e.message}`, "error");
     }
@@ -654,7 +675,8 @@ function groupView(main, topic, name) {
   main.append(head, tiles, charts, dlqPanel);
 
   let lastDead = null;
-  return live(async () => {
+  let refresh = () => {};
+  const stop = live(async () => {
     const state = await api.groups(topic);
     const g = state.groups.find((x) => x.name === name);
     if (!g) {
@@ -674,6 +696,7 @@ function groupView(main, topic, name) {
         try {
           await api.pause(topic, name, !current.paused);
           notice(current.paused ? "resumed: every node hands out messages again" : "paused: no node hands out messages until resumed");
+          refresh();
         } catch (err) {
           notice(err.message, "error");
         }
@@ -699,6 +722,8 @@ function groupView(main, topic, name) {
       await loadDlq();
     }
   });
+  refresh = stop.now;
+  return stop;
 }
 
 // ---- node ----

@@ -25,6 +25,7 @@ export function sparkline(values, { width = 120, height = 28, label = "" } = {})
   const el = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "spark", role: "img" });
   if (label) el.setAttribute("aria-label", label);
   const max = Math.max(0, ...values.filter((v) => v !== null && v !== undefined));
+  el.append(svg("line", { x1: 2, x2: width - 2, y1: height - 2, y2: height - 2, class: "spark-base" }));
   el.append(svg("polyline", { points: points(values, width, height, max, 2), class: "spark-line" }));
   return el;
 }

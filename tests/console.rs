@@ -80,6 +80,7 @@ async fn topics_pages_sign_in_publish_tail_resume_and_page_history() {
     let redis = RedisServer::start();
     let app = TestApp::start(&redis).await;
     publish_many(&app, "orders", 30, 30).await;
+    publish_many(&app, "audit", 1, 1).await;
     run_spec(
         "topics",
         &app,
@@ -88,6 +89,7 @@ async fn topics_pages_sign_in_publish_tail_resume_and_page_history() {
             "a key the node does not accept is refused at sign-in",
             "sign in with the admin key",
             "the topic list shows the topic, its seq and length",
+            "the filter narrows the list",
             "the topic page opens a live tail with the latest messages",
             "a message published from the form appears in the live tail",
             "messages published while away arrive exactly once when the page comes back",

@@ -37,6 +37,15 @@ run("topics", async ({ page, step, screenshot }) => {
     // A second reading gives a publish rate (0 here: nothing is being published).
     await until("a publish rate", async () => (await text(page, `tr[data-topic="${topic}"] [data-testid="rate"]`)) === "0");
   });
+  await step("the filter narrows the list", async () => {
+    await until("two topics listed", async () => (await page.locator('[data-testid="topics"] tr[data-topic]').count()) === 2);
+    await page.fill('[data-testid="topic-filter"]', topic.slice(0, 3));
+    await until("only the topic", async () => {
+      const rows = await page.$$eval('[data-testid="topics"] tr[data-topic]', (r) => r.map((x) => x.dataset.topic));
+      return JSON.stringify(rows) === JSON.stringify([topic]);
+    });
+    await page.fill('[data-testid="topic-filter"]', "");
+  });
   await screenshot("topic-list");
 
   await step("the topic page opens a live tail with the latest messages", async () => {
