@@ -181,3 +181,29 @@ fn without_redis_server_dev_says_how_to_install_it() {
     assert!(stderr.contains("redis-server (Redis >= 7.0) is not installed"), "{stderr}");
     assert!(stderr.contains("sudo apt-get install redis-server"), "{stderr}");
 }
+
+#[test]
+fn a_taken_api_port_is_explained_and_a_taken_metrics_port_is_replaced() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = Command::new(streamhub_bin())
+        .args(["dev", "--temp", "--listen", &addr, "--metrics-listen", "127.0.0.1:0"])
+        .current_dir(cwd.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("--listen 127.0.0.1:<port>"),
+        "{stderr}"
+    );
+
+    // The default metrics address, taken (by this test, or by a Prometheus already there).
+    let _metrics = std::net::TcpListener::bind("127.0.0.1:9090");
+    let mut node = dev(&["--temp", "--listen", "127.0.0.1:0"], cwd.path(), &cwd.path().join("log"));
+    let line = node.banner.lines().find(|l| l.trim_start().starts_with("Metrics")).expect("metrics line").to_string();
+    assert!(line.contains("(9090 is taken; --metrics-listen to choose)"), "{line}");
+    assert!(!line.contains("127.0.0.1:9090/"), "{line}");
+    assert!(sigterm_and_wait(&mut node.child).success());
+}

@@ -16,6 +16,9 @@ pub enum DevError {
     /// A command line dev refuses (exit status 2).
     #[error("{0}")]
     Usage(String),
+    /// The API address is taken (exit status 1), with what to do about it.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Embedded(#[from] crate::store::embedded::EmbeddedError),
     #[error(transparent)]
@@ -110,16 +113,31 @@ pub async fn run(args: DevArgs, mut config: Config) -> Result<(), DevError> {
         Some(r) => format!("{}  (its own redis-server; data in {})", r.url(), r.dir().display()),
         None => format!("{}  (--redis-url; nothing started)", crate::config::mask_url_password(&config.redis.url)),
     };
+    // The default metrics port is often taken on a developer's machine (a Prometheus, or
+    // Debian's prometheus package, listens on 9090): take a free one then, and say so.
+    let mut metrics_note = "";
+    let default_metrics = Config::defaults().server.metrics_listen;
+    if config.server.metrics_listen == default_metrics && std::net::TcpListener::bind(default_metrics).is_err() {
+        config.server.metrics_listen.set_port(0);
+        metrics_note = " (9090 is taken; --metrics-listen to choose)";
+    }
+    let listen = config.server.listen;
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(e) => {
             if let Some(redis) = embedded.as_mut() {
                 redis.stop().await;
             }
-            return Err(e.into());
+            return Err(match e {
+                crate::server::StartError::Bind { addr, source } if addr == listen => DevError::Busy(format!(
+                    "cannot listen on {addr}: {source}; another program uses it (a second streamhub dev?): \
+                     choose another address with --listen 127.0.0.1:<port>"
+                )),
+                e => e.into(),
+            });
         }
     };
-    println!("{}", banner(&server, &key, &dir, args.temp, &redis_line));
+    println!("{}", banner(&server, &key, &dir, args.temp, &redis_line, metrics_note));
     let _ = std::io::stdout().flush();
     signal.await;
     tracing::info!("shutting down");
@@ -130,7 +148,7 @@ pub async fn run(args: DevArgs, mut config: Config) -> Result<(), DevError> {
     Ok(())
 }
 
-fn banner(server: &Server, key: &str, dir: &Path, temp: bool, redis: &str) -> String {
+fn banner(server: &Server, key: &str, dir: &Path, temp: bool, redis: &str, metrics_note: &str) -> String {
     let api = server.http_addr();
     let key_file = dir.join(KEY_FILE);
     let kept = if temp {
@@ -152,7 +170,7 @@ fn banner(server: &Server, key: &str, dir: &Path, temp: bool, redis: &str) -> St
          \n  API        http://{api}\
          \n  WebSocket  ws://{api}/v1/ws\
          \n  Console    http://{api}/console/#key={key}\
-         \n  Metrics    http://{metrics}/metrics\
+         \n  Metrics    http://{metrics}/metrics{metrics_note}\
          \n  Admin key  {key}\
          \n             (in {key_file})\
          \n  Redis      {redis}\
