@@ -116,6 +116,21 @@ async fn dev_gives_a_working_broker_with_its_own_redis_and_an_admin_key() {
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(!log.contains(" WARN ") && !log.contains(" ERROR "), "a quiet run and stop: {log}");
 
+    // A second dev on the same directory while the first runs is refused: two
+    // redis-servers on one AOF directory would corrupt it.
+    let first =
+        dev(&["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"], cwd.path(), &cwd.path().join("1.log"));
+    let out = Command::new(streamhub_bin())
+        .args(["dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .current_dir(cwd.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is in use by a running redis-server"), "{stderr}");
+    let mut first = first;
+    assert!(sigterm_and_wait(&mut first.child).success());
+
     // A second run keeps the data and the key.
     let again = dev(&["--listen", &listen, "--metrics-listen", "127.0.0.1:0"], cwd.path(), &cwd.path().join("2.log"));
     assert_eq!(field(&again.banner, "Admin key"), key);
@@ -206,4 +221,20 @@ fn a_taken_api_port_is_explained_and_a_taken_metrics_port_is_replaced() {
     assert!(line.contains("(9090 is taken; --metrics-listen to choose)"), "{line}");
     assert!(!line.contains("127.0.0.1:9090/"), "{line}");
     assert!(sigterm_and_wait(&mut node.child).success());
+}
+
+#[test]
+fn a_killed_dev_does_not_leave_its_redis_server_running() {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    let mut node = dev(
+        &["--temp", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+        cwd.path(),
+        &cwd.path().join("log"),
+    );
+    let url = field(&node.banner, "Redis").to_string();
+    let addr: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("addr");
+    assert!(redis_answers(addr));
+    node.child.kill().expect("SIGKILL");
+    let _ = node.child.wait();
+    common::wait_until("the orphaned redis-server to stop", READY_TIMEOUT, || !redis_answers(addr));
 }

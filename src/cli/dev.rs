@@ -58,13 +58,18 @@ fn admin_key(dir: &Path) -> Result<String, DevError> {
         }
     }
     let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    write_private(&path, &key)?;
+    Ok(key)
+}
+
+/// Writes `text` and a newline to `path`, readable by its owner only (mode 0600).
+fn write_private(path: &Path, text: &str) -> Result<(), DevError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path).map_err(io("cannot write the admin key to", &path))?;
-    writeln!(file, "{key}").map_err(io("cannot write the admin key to", &path))?;
-    Ok(key)
+    let mut file = options.open(path).map_err(io("cannot write", path))?;
+    writeln!(file, "{text}").map_err(io("cannot write", path))
 }
 
 /// Removes the temporary data directory when dev ends, however it ends.
@@ -95,9 +100,9 @@ pub async fn run(args: DevArgs, mut config: Config) -> Result<(), DevError> {
     if let Some(redis) = &embedded {
         config.redis.url = redis.url();
     }
-    // For the CLI's Redis commands (publish, history, groups, dlq …) in other shells.
-    let url_file = dir.join(URL_FILE);
-    std::fs::write(&url_file, format!("{}\n", config.redis.url)).map_err(io("cannot write", &url_file))?;
+    // For the CLI's Redis commands (publish, history, groups, dlq …) in other shells; only
+    // its owner may read it (a --redis-url may hold a password).
+    write_private(&dir.join(URL_FILE), &config.redis.url)?;
     config.redis.spawn = SpawnPolicy::Never;
     config.auth.anonymous.push(AnonymousRule {
         topics: vec!["*".into()],

@@ -44,6 +44,8 @@ pub enum EmbeddedError {
     Missing,
     #[error("{binary} is Redis {version}; streamhub needs Redis >= 7.0 ({INSTALL_HINT})")]
     TooOld { binary: PathBuf, version: String },
+    #[error("{dir} is in use by a running redis-server (pid {pid}; another streamhub dev or serve?): stop that one (or `kill {pid}`), or choose another data directory")]
+    InUse { dir: PathBuf, pid: u32 },
     #[error("cannot prepare {dir}: {source}")]
     DataDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot start redis-server: {0}")]
@@ -84,6 +86,15 @@ async fn answers_ping(addr: SocketAddr) -> bool {
         (n > 0 && (buf[0] == b'+' || buf[0] == b'-')).then_some(())
     };
     tokio::time::timeout(Duration::from_millis(500), attempt).await.ok().flatten().is_some()
+}
+
+/// The pid in a redis-server pid file, if that process is alive and is a redis-server
+/// (Linux: `/proc/<pid>/comm`; elsewhere the file alone is not trusted). Two servers
+/// writing the same AOF directory would corrupt it.
+fn running_pid(pidfile: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    comm.starts_with("redis-server").then_some(pid)
 }
 
 fn on_path(binary: &str) -> Option<PathBuf> {
@@ -165,6 +176,10 @@ impl EmbeddedRedis {
         let dir =
             data_dir.canonicalize().map_err(|source| EmbeddedError::DataDir { dir: data_dir.to_path_buf(), source })?;
         let log = dir.join("redis.log");
+        let pidfile = dir.join("redis.pid");
+        if let Some(pid) = running_pid(&pidfile) {
+            return Err(EmbeddedError::InUse { dir, pid });
+        }
         let mut command = Command::new(binary);
         command
             .args(["--port", &addr.port().to_string(), "--bind", &addr.ip().to_string()])
@@ -173,6 +188,9 @@ impl EmbeddedRedis {
             .args(["--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"])
             .arg("--logfile")
             .arg(&log)
+            // Written even in the foreground; removed by a clean SHUTDOWN.
+            .arg("--pidfile")
+            .arg(&pidfile)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -181,6 +199,16 @@ impl EmbeddedRedis {
         // then stops its clients first and this server last (SHUTDOWN), in order.
         #[cfg(unix)]
         command.process_group(0);
+        // And should streamhub die without stopping it (SIGKILL, a crash), the kernel sends
+        // it SIGTERM — a clean SHUTDOWN — instead of leaving it running on its data.
+        #[cfg(target_os = "linux")]
+        // SAFETY: between fork and exec the child only calls prctl(2), which is
+        // async-signal-safe, and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
         let child = command.spawn().map_err(EmbeddedError::Spawn)?;
         let mut embedded = EmbeddedRedis { child, addr, dir };
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
@@ -236,6 +264,19 @@ mod tests {
         assert_eq!(loopback_addr("redis://10.0.0.5:6379"), None);
         assert_eq!(loopback_addr("rediss://127.0.0.1:6379"), None);
         assert_eq!(loopback_addr("redis-cluster://127.0.0.1:6379"), None);
+    }
+
+    #[test]
+    fn a_pid_file_counts_only_for_a_live_redis_server() {
+        let dir = std::env::temp_dir().join(format!("streamhub-pid-test-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("redis.pid");
+        assert_eq!(running_pid(&file), None, "no file");
+        std::fs::write(&file, format!("{}\n", std::process::id())).expect("write");
+        assert_eq!(running_pid(&file), None, "a live process that is not redis-server");
+        std::fs::write(&file, "4194304000\n").expect("write");
+        assert_eq!(running_pid(&file), None, "no such process");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
