@@ -83,10 +83,11 @@ const RECONNECT_MAX_MS = 10000;
 /// A live tail of one topic over the WebSocket protocol, resuming exactly: it keeps the
 /// `(epoch, seq)` of the last message it handed out, and every (re)connection subscribes
 /// `since` that position (PROTOCOL.md §2.4 "Resuming exactly"). Callbacks:
-/// onMessage(frame), onStatus({state, text, recovered, reason}), onPosition(pos).
+/// onMessage(frame), onExpired(frame), onStatus({state, text, recovered, reason}),
+/// onPosition(pos).
 export class Tail {
-  constructor({ topic, key, since, resumed, onMessage, onStatus, onPosition }) {
-    Object.assign(this, { topic, key, onMessage, onStatus, onPosition });
+  constructor({ topic, key, since, resumed, onMessage, onExpired, onStatus, onPosition }) {
+    Object.assign(this, { topic, key, onMessage, onExpired, onStatus, onPosition });
     // Whether the first subscription continues an earlier view (a reload, a return).
     this.resumed = Boolean(resumed);
     this.position = since || null; // {epoch, seq} or null for new messages only
@@ -154,6 +155,12 @@ export class Tail {
       case "message":
         this.setPosition({ epoch: frame.epoch, seq: frame.seq });
         this.onMessage(frame);
+        break;
+      case "expired":
+        // Messages `from`..`to` expired before delivery: they will not come, and the
+        // position moves past them (PROTOCOL.md §2.3, §2.4).
+        this.setPosition({ epoch: frame.epoch, seq: frame.to });
+        this.onExpired?.(frame);
         break;
       case "error":
         this.onStatus({ state: "error", text: `${frame.code}: ${frame.message}` });

@@ -351,6 +351,11 @@ function topicView(main, topic) {
       since,
       resumed: Boolean(saved),
       onMessage: (frame) => show(frame, "new"),
+      onExpired: (frame) => {
+        lastShown = { epoch: frame.epoch, seq: frame.to };
+        const run = frame.from === frame.to ? `seq ${frame.from}` : `seqs ${frame.from}–${frame.to}`;
+        list.prepend(h("li", { class: "mark warn", "data-expired": `${frame.from}-${frame.to}`, text: `— ${run} expired (TTL) before delivery —` }));
+      },
       onStatus: (s) => {
         status.textContent = s.text;
         status.dataset.state = s.state;
@@ -422,9 +427,11 @@ function topicView(main, topic) {
       historyBody.replaceChildren(...page.messages.map((m) => messageRow(m)));
       const first = page.messages[0]?.seq;
       const lastSeq = page.messages.at(-1)?.seq;
-      historyNote.textContent = page.messages.length ? `seq ${first}–${lastSeq} of ${page.first_seq}–${page.seq}${page.truncated ? " (older messages were trimmed)" : ""}` : `no messages after seq ${since} (top ${page.seq})`;
+      const notes = [page.truncated ? "older messages were trimmed" : "", page.expired ? `${page.expired} expired left out` : ""].filter(Boolean).join("; ");
+      historyNote.textContent = page.messages.length ? `seq ${first}–${lastSeq} of ${page.first_seq}–${page.seq}${notes ? ` (${notes})` : ""}` : `no messages after seq ${since} (top ${page.seq})${notes ? ` (${notes})` : ""}`;
       historyNote.dataset.first = page.first_seq;
       historyNote.dataset.top = page.seq;
+      historyNote.dataset.next = page.next_since ?? (lastSeq ?? since);
     } catch (e) {
       historyNote.textContent = e.message;
     }
@@ -442,7 +449,7 @@ function topicView(main, topic) {
       { class: "pager" },
       h("button", { class: "secondary", onclick: () => loadHistory(firstSeq() - 1), text: "« Oldest" }),
       h("button", { class: "secondary", "data-testid": "history-older", onclick: () => loadHistory(Math.max(firstSeq() - 1, since - HISTORY_PAGE)), text: "‹ Older" }),
-      h("button", { class: "secondary", "data-testid": "history-newer", onclick: () => loadHistory(Math.min(since + HISTORY_PAGE, Math.max(0, top() - HISTORY_PAGE))), text: "Newer ›" }),
+      h("button", { class: "secondary", "data-testid": "history-newer", onclick: () => loadHistory(Math.min(Number(historyNote.dataset.next ?? since + HISTORY_PAGE), Math.max(0, top() - HISTORY_PAGE))), text: "Newer ›" }),
       h("button", { class: "secondary", "data-testid": "history-latest", onclick: async () => {
         knownTop = (await api.topic(topic).catch(() => ({ seq: knownTop }))).seq;
         loadHistory(top() - HISTORY_PAGE);

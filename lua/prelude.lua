@@ -22,6 +22,11 @@ local MAX_HEADER_BYTES = {{max_header_bytes}}
 local MAX_TOPIC_BYTES = {{max_topic_bytes}}
 local MAX_IDEM_KEY_BYTES = {{max_idempotency_key_bytes}}
 local DEFAULT_HARD_MAX_LEN = {{retention_hard_max_len}}
+local DEFAULT_MAX_AGE_MS = {{retention_max_age_ms}}
+local DEFAULT_TTL_MS = {{retention_default_ttl_ms}}
+-- [[retention.topics]] of the configuration, in order: { pattern, max_len, max_age_ms,
+-- default_ttl_ms } with -1 for "not set" (the default above applies).
+local RETENTION_RULES = {{retention_rules}}
 
 -- Errors carry a stable code after the "SH" prefix; src/store/error.rs maps them.
 local function fail(code, message)
@@ -150,6 +155,39 @@ local function commit_meta(meta, epoch, seq, created, base)
   end
 end
 
+-- True when `topic` matches `pattern` (`*` any run of characters, `?` one): the same
+-- iterative matcher as src/auth/pattern.rs.
+local function glob(pattern, topic)
+  local pi, ti, star, mark = 1, 1, nil, 1
+  local np, nt = #pattern, #topic
+  while ti <= nt do
+    local pc = string.sub(pattern, pi, pi)
+    if pi <= np and (pc == '?' or pc == string.sub(topic, ti, ti)) then
+      pi = pi + 1; ti = ti + 1
+    elseif pi <= np and pc == '*' then
+      star = pi; mark = ti; pi = pi + 1
+    elseif star then
+      pi = star + 1; mark = mark + 1; ti = mark
+    else
+      return false
+    end
+  end
+  while pi <= np and string.sub(pattern, pi, pi) == '*' do pi = pi + 1 end
+  return pi > np
+end
+
+-- The retention of a topic (max_len, max_age_ms, default_ttl_ms): its first matching
+-- rule over the library's defaults, like RetentionConfig::for_topic.
+local function retention_of(topic)
+  for _, r in ipairs(RETENTION_RULES) do
+    if glob(r[1], topic) then
+      local function pick(v, default) if v >= 0 then return v end return default end
+      return pick(r[2], DEFAULT_MAX_LEN), pick(r[3], DEFAULT_MAX_AGE_MS), pick(r[4], DEFAULT_TTL_MS)
+    end
+  end
+  return DEFAULT_MAX_LEN, DEFAULT_MAX_AGE_MS, DEFAULT_TTL_MS
+end
+
 -- Look up an idempotency record: returns epoch, seq, id or nil.
 local function idem_lookup(key)
   local rec = redis.call('GET', key)
@@ -200,35 +238,148 @@ local function group_floor(stream, meta)
   return floor
 end
 
--- Append one envelope with entry id <seq>-0 and apply retention. Without consumer
--- groups: XADD MAXLEN ~ max_len (at least max_len entries stay). With groups (G6): the
--- cut never passes the lowest seq a group still needs, unless the stream would then hold
--- more than hard_max entries (0 = no hard cap); such forced trims are counted in the
--- meta field "forced_trimmed" and logged in Redis's log.
-local function append(stream, meta, seq, envelope, max_len, hard_max)
-  local groups = redis.call('HGET', meta, 'groups')
-  if max_len > 0 and (not groups or groups == '') then
-    redis.call('XADD', stream, 'MAXLEN', '~', max_len, seq .. '-0', 'e', envelope)
-    return
+-- ---- MessagePack reader: just enough to find the envelope's "ts" -------------------
+-- (Redis's bundled cmsgpack does not read bin values, which every envelope holds.)
+-- The big-endian unsigned integer of `n` bytes at `pos`.
+local function read_be(s, pos, n)
+  local v = 0
+  for i = 0, n - 1 do v = v * 256 + string.byte(s, pos + i) end
+  return v
+end
+
+-- The value at `pos`: its integer (for uints), its string (for str), and the position
+-- after it; nil for a type the envelope layout does not use.
+local function mp_read(s, pos)
+  local b = string.byte(s, pos)
+  if not b then return nil end
+  if b < 0x80 then return b, pos + 1 end
+  if b >= 0xa0 and b <= 0xbf then local n = b - 0xa0; return string.sub(s, pos + 1, pos + n), pos + 1 + n end
+  if b >= 0x80 and b <= 0x8f then
+    local p = pos + 1
+    for _ = 1, (b - 0x80) * 2 do
+      local _, q = mp_read(s, p); if not q then return nil end; p = q
+    end
+    return true, p
   end
-  redis.call('XADD', stream, seq .. '-0', 'e', envelope)
-  if max_len <= 0 or seq % GROUP_TRIM_EVERY ~= 0 then return end
-  local cut = seq - max_len + 1
-  local floor = group_floor(stream, meta)
+  if b == 0xc0 or b == 0xc2 or b == 0xc3 then return true, pos + 1 end
+  local uint = { [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8 }
+  if uint[b] then return read_be(s, pos + 1, uint[b]), pos + 1 + uint[b] end
+  local sized = { [0xd9] = 1, [0xda] = 2, [0xdb] = 4, [0xc4] = 1, [0xc5] = 2, [0xc6] = 4 }
+  if sized[b] then
+    local w = sized[b]
+    local n = read_be(s, pos + 1, w)
+    return string.sub(s, pos + 1 + w, pos + w + n), pos + 1 + w + n
+  end
+  if b == 0xde then
+    local p = pos + 3
+    for _ = 1, read_be(s, pos + 1, 2) * 2 do
+      local _, q = mp_read(s, p); if not q then return nil end; p = q
+    end
+    return true, p
+  end
+  return nil
+end
+
+-- The publish time (ms) of an envelope: the value of its key "ts"; nil when the bytes
+-- are not an envelope.
+local function envelope_ts(s)
+  local b = string.byte(s, 1)
+  local n, pos
+  if b and b >= 0x80 and b <= 0x8f then n, pos = b - 0x80, 2
+  elseif b == 0xde and #s >= 3 then n, pos = read_be(s, 2, 2), 4
+  else return nil end
+  for _ = 1, n do
+    local key, after_key = mp_read(s, pos)
+    if not after_key then return nil end
+    local value, after_value = mp_read(s, after_key)
+    if not after_value then return nil end
+    if key == 'ts' then return tonumber(value) end
+    pos = after_value
+  end
+  return nil
+end
+
+-- The publish time (ms) of a stream entry's envelope (field "e"); nil when the entry is
+-- not a decodable envelope (it is then kept by age retention).
+local function entry_ts(entry)
+  local f = fields_of(entry[2])
+  if not f['e'] then return nil end
+  return envelope_ts(f['e'])
+end
+
+local function entry_seq(entry)
+  return tonumber(string.match(entry[1], '^(%d+)'))
+end
+
+-- Retention by age. Entry ids are seqs, not times, so the cut is found from the
+-- envelopes' publish times: the lowest seq from which on no entry is older than `cutoff`
+-- (binary search over seqs, one XRANGE COUNT 1 per step: O(log n)); nil when the oldest
+-- entry is not older. Publish times are nearly monotonic in seq (they come from the
+-- publishing nodes' clocks, or Redis TIME for sh_publish_raw_v1), so clock skew between
+-- nodes moves the cut by at most the skew.
+local function age_cut(stream, cutoff)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if #first == 0 then return nil end
+  local ts = entry_ts(first[1])
+  if not ts or ts >= cutoff then return nil end
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  local hi = entry_seq(last[1])
+  local last_ts = entry_ts(last[1])
+  if last_ts and last_ts < cutoff then return hi + 1 end
+  local lo = entry_seq(first[1])
+  -- The first entry at or after lo is old; the first at or after hi is not.
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    local e = redis.call('XRANGE', stream, mid .. '-0', '+', 'COUNT', 1)[1]
+    local t = entry_ts(e)
+    if t and t < cutoff then lo = entry_seq(e) else hi = mid end
+  end
+  return hi
+end
+
+-- Append one envelope with entry id <seq>-0 and apply retention; returns how many
+-- entries retention by age removed. Without consumer groups and without an age limit:
+-- XADD MAXLEN ~ max_len (at least max_len entries stay). Otherwise every 64 seqs the
+-- cut is computed from max_len and max_age (the higher one wins), and with groups (G6)
+-- it never passes the lowest seq a group still needs, unless the stream would then hold
+-- more than hard_max entries (0 = no hard cap); such forced trims are counted in the
+-- meta field "forced_trimmed" and logged in Redis's log. With an age limit and no
+-- groups, the stream also expires max_age after its newest entry (PEXPIRE, renewed
+-- here), so an idle topic's old entries go too.
+local function append(stream, meta, seq, envelope, max_len, hard_max, max_age)
+  local groups = redis.call('HGET', meta, 'groups')
+  local has_groups = groups and groups ~= ''
+  if max_len > 0 and not has_groups then
+    redis.call('XADD', stream, 'MAXLEN', '~', max_len, seq .. '-0', 'e', envelope)
+  else
+    redis.call('XADD', stream, seq .. '-0', 'e', envelope)
+  end
+  if max_age > 0 and not has_groups then
+    redis.call('PEXPIRE', stream, max_age)
+  end
+  if seq % GROUP_TRIM_EVERY ~= 0 or (max_age <= 0 and (max_len <= 0 or not has_groups)) then return 0 end
+  local cut, by_age = 0, false
+  if max_len > 0 and has_groups then cut = seq - max_len + 1 end
+  if max_age > 0 then
+    local a = age_cut(stream, now_ms() - max_age)
+    if a and a > cut then cut, by_age = a, true end
+  end
+  if cut <= 1 then return 0 end
+  local floor = has_groups and group_floor(stream, meta)
   if floor and floor < cut then
     if hard_max > 0 and seq - floor + 1 > hard_max then
       local forced = seq - hard_max + 1
       redis.call('HINCRBY', meta, 'forced_trimmed', forced - floor)
       redis.log(redis.LOG_WARNING, 'streamhub: hard cap trims ' .. (forced - floor)
         .. ' entries still needed by a consumer group of ' .. stream)
-      cut = forced
+      cut, by_age = forced, false
     else
       cut = floor
     end
   end
-  if cut > 1 then
-    redis.call('XTRIM', stream, 'MINID', '~', cut .. '-0')
-  end
+  local removed = redis.call('XTRIM', stream, 'MINID', '~', cut .. '-0')
+  if by_age then return removed end
+  return 0
 end
 
 local function hint(channel, epoch, seq)

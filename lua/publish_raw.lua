@@ -6,7 +6,7 @@
   KEYS[4]  optional idempotency key <prefix>:{T}:i:<key>
   ARGV[1]  payload bytes
   ARGV[2]  optional content type (default application/octet-stream)
-  ARGV[3]  optional TTL in ms (0 or absent = none)
+  ARGV[3]  optional TTL in ms (0 or absent = the topic's default TTL, if any)
   ARGV[4…] optional header name/value pairs
   Returns  epoch, seq, duplicate (0|1), message id — exactly as sh_publish_v1
   Errors   "SH invalid_keys …", "SH invalid_topic …", "SH invalid_idempotency_key …",
@@ -15,7 +15,9 @@
            is returned. The checks and limits are those of the HTTP API, except that a
            TTL of 0 means "none".
   The envelope is built here (UUID v7 id, Redis TIME as publish time) with the same
-  MessagePack layout streamhub writes, then appended like sh_publish_v1 does.
+  MessagePack layout streamhub writes, then appended like sh_publish_v2 does, with the
+  topic's retention (max_len, max_age, default TTL: the first matching rule of
+  retention.topics in the loading node's configuration, else its defaults).
 ]]
 local function publish_raw(keys, args)
   if #keys < 3 or #keys > 4 then
@@ -82,6 +84,9 @@ local function publish_raw(keys, args)
   end
   table.sort(names)
 
+  local max_len, max_age, default_ttl = retention_of(topic)
+  if ttl == 0 then ttl = default_ttl end
+
   local epoch, seq, created = load_meta(meta, stream)
   local base = seq
   if idem then
@@ -109,7 +114,7 @@ local function publish_raw(keys, args)
   table.insert(parts, mp_str('p')); table.insert(parts, mp_bin(payload))
 
   seq = seq + 1
-  append(stream, meta, seq, table.concat(parts), DEFAULT_MAX_LEN, DEFAULT_HARD_MAX_LEN)
+  append(stream, meta, seq, table.concat(parts), max_len, DEFAULT_HARD_MAX_LEN, max_age)
   if idem then
     redis.call('SET', idem, epoch .. ' ' .. seq .. ' ' .. id, 'PX', DEFAULT_IDEM_MS)
   end

@@ -18,3 +18,21 @@ local function topic_info(keys, args)
 end
 
 redis.register_function { function_name = 'sh_topic_info_v1', callback = topic_info, flags = { 'no-writes' } }
+
+--[[ sh_topic_info_v2 — sh_topic_info_v1 plus the age of the oldest retained message.
+  KEYS, ARGV  as sh_topic_info_v1
+  Returns  the seven values of sh_topic_info_v1, then the publish time (ms, from its
+           envelope) of the oldest retained entry (0 when the stream is empty or that
+           entry is not a decodable envelope).
+  Read-only (no-writes).
+]]
+local function topic_info_v2(keys, args)
+  local out = topic_info(keys, args)
+  local first = redis.call('XRANGE', keys[2], '-', '+', 'COUNT', 1)
+  local oldest = 0
+  if #first > 0 then oldest = entry_ts(first[1]) or 0 end
+  table.insert(out, oldest)
+  return out
+end
+
+redis.register_function { function_name = 'sh_topic_info_v2', callback = topic_info_v2, flags = { 'no-writes' } }

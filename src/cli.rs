@@ -1,7 +1,7 @@
 //! The `streamhub` command line: `serve`, `dev`, `publish`, `history`, `topics`, `tail`,
-//! `groups`, `stats`, `dlq`, `hash-key`, `check-config`.
+//! `groups`, `presence`, `stats`, `dlq`, `hash-key`, `check-config`.
 //!
-//! `publish`, `history`, `topics`, `groups` and `dlq` call the same operations as the
+//! `publish`, `history`, `topics`, `groups`, `presence` and `dlq` call the same operations as the
 //! server (`crate::ops`), on Redis directly, as the operator (whoever can reach Redis
 //! bypasses access control anyway); `tail` and `stats` are clients of a running node.
 
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Overrides};
 use crate::message::NewMessage;
-use crate::ops::access::{Access, Admin, Grant, Publish, Subscribe};
+use crate::ops::access::{Access, Admin, Grant, PresenceRead, Publish, Subscribe};
 use crate::ops::dlq::Selection;
 use crate::ops::topics::HistoryRequest;
 use crate::ops::{self, Ops};
@@ -130,6 +130,8 @@ pub enum Command {
     },
     /// Show a topic's consumer groups: lag, pending, scheduled retries, dead letters.
     Groups { topic: String },
+    /// Show who is present on a topic (presence.topics): clients, users, and the members.
+    Presence { topic: String },
     /// Print a running node's topics, publish rates, consumer groups, lag and dead
     /// letters as tables, read from its admin API twice, --interval-ms apart.
     Stats {
@@ -355,8 +357,9 @@ async fn run(command: Command, config: Config) -> CliResult {
             let ops = offline_ops(&config)?;
             let grant = ops.access().grant::<Subscribe>(&ops.access().operator(), &topic)?;
             ready(&ops).await?;
-            let page = ops.history(&grant, &HistoryRequest { since, limit: Some(limit) }).await?;
-            println!("{}", serde_json::to_string_pretty(&HistoryResponse::new(page, since, None))?);
+            let h = ops.history(&grant, &HistoryRequest { since, limit: Some(limit) }).await?;
+            let response = HistoryResponse::new(h.page, since, None, h.expired, h.next_since);
+            println!("{}", serde_json::to_string_pretty(&response)?);
             ops.store().close().await;
             Ok(())
         }
@@ -366,7 +369,8 @@ async fn run(command: Command, config: Config) -> CliResult {
             ready(&ops).await?;
             for name in ops.list_topics(&operator, Some(limit)).await?.topics {
                 let grant = ops.access().grant::<Subscribe>(&operator, &name)?;
-                print_json(&TopicResponse::new(name, ops.store().topic_info(grant.topic()).await?))?;
+                let t = ops.topic_info(&grant).await?;
+                print_json(&TopicResponse::new(name, t.info, t.retention, crate::clock::now_ms()))?;
             }
             ops.store().close().await;
             Ok(())
@@ -401,6 +405,17 @@ async fn run(command: Command, config: Config) -> CliResult {
                 line["group"] = serde_json::Value::String(name);
                 print_json(&line)?;
             }
+            ops.store().close().await;
+            Ok(())
+        }
+        Command::Presence { topic } => {
+            let ops = offline_ops(&config)?;
+            let grant = ops.access().grant::<PresenceRead>(&ops.access().operator(), &topic)?;
+            ready(&ops).await?;
+            let p = ops.presence(&grant).await?;
+            print_json(&serde_json::json!({
+                "topic": topic, "clients": p.clients, "users": p.users, "members": p.members,
+            }))?;
             ops.store().close().await;
             Ok(())
         }

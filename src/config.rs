@@ -39,6 +39,7 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub ws: WsConfig,
     pub groups: GroupsConfig,
+    pub presence: PresenceConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     /// Consumer groups declared in configuration (`[[group]]` tables).
@@ -69,6 +70,36 @@ pub struct HttpConfig {
     /// Serve the web console at `/console` (static files; it acts only through the API,
     /// with the credentials typed into it).
     pub console: bool,
+}
+
+/// Presence: who is subscribed to a topic, join and leave events, user status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Topic patterns whose subscribers are tracked ([] = none).
+    pub topics: Vec<String>,
+    /// An entry its node has not refreshed for this long is gone (a dead node's entries).
+    pub ttl_ms: u64,
+    /// How often each node refreshes its own entries (below `ttl_ms`).
+    pub refresh_ms: u64,
+    /// A user whose last client left stays present this long; coming back within it
+    /// produces neither a leave nor a join.
+    pub grace_ms: u64,
+    /// Largest connection info a client may share in presence (JSON, bytes).
+    pub max_info_bytes: usize,
+    /// Most clients one presence list returns.
+    pub max_list: usize,
+    /// Track user status (online while any session, last seen, a status text).
+    pub users: bool,
+    /// Largest status text a user may set (bytes).
+    pub max_status_bytes: usize,
+}
+
+impl PresenceConfig {
+    /// Whether subscribers of `topic` are tracked.
+    pub fn tracks(&self, topic: &str) -> bool {
+        self.topics.iter().any(|p| crate::auth::pattern::matches(p, topic))
+    }
 }
 
 /// Node-wide settings of the consumer-group machinery.
@@ -386,6 +417,59 @@ pub struct RetentionConfig {
     /// With consumer groups, retention keeps what a group still needs unless the stream
     /// would exceed this many entries (0 = no hard cap).
     pub hard_max_len: u64,
+    /// Entries older than this (by their publish time) are trimmed (0 = no age limit).
+    pub max_age_ms: u64,
+    /// The TTL of a message published without one (0 = none).
+    pub default_ttl_ms: u64,
+    /// Settings for the topics matching a pattern; the first matching rule wins, and a key
+    /// it does not set falls back to the value above.
+    #[serde(default)]
+    pub topics: Vec<RetentionRule>,
+}
+
+/// Retention settings for the topics matching `pattern` (`[[retention.topics]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// A topic pattern: `*` any run of characters, `?` one character.
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl_ms: Option<u64>,
+}
+
+/// The retention that applies to one topic: its first matching rule over the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TopicRetention {
+    pub max_len: u64,
+    pub hard_max_len: u64,
+    pub max_age_ms: u64,
+    pub default_ttl_ms: u64,
+}
+
+impl RetentionConfig {
+    /// The retention of `topic` (first matching `[[retention.topics]]` rule wins).
+    pub fn for_topic(&self, topic: &str) -> TopicRetention {
+        let rule = self.topics.iter().find(|r| crate::auth::pattern::matches(&r.pattern, topic));
+        TopicRetention {
+            max_len: rule.and_then(|r| r.max_len).unwrap_or(self.max_len),
+            hard_max_len: self.hard_max_len,
+            max_age_ms: rule.and_then(|r| r.max_age_ms).unwrap_or(self.max_age_ms),
+            default_ttl_ms: rule.and_then(|r| r.default_ttl_ms).unwrap_or(self.default_ttl_ms),
+        }
+    }
+}
+
+/// A retention pattern: what a topic name may hold, plus `*` and `?`.
+fn valid_pattern(pattern: &str) -> bool {
+    !pattern.is_empty()
+        && pattern.len() <= crate::topic::MAX_TOPIC_BYTES
+        && pattern
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || crate::topic::TOPIC_PUNCTUATION.contains(&b) || b"*?".contains(&b))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -531,6 +615,14 @@ impl Config {
         if self.idempotency.window_ms == 0 {
             return invalid("idempotency.window_ms", "must be > 0");
         }
+        for rule in &self.retention.topics {
+            if !valid_pattern(&rule.pattern) {
+                return invalid(
+                    "retention.topics",
+                    &format!("pattern {:?}: topic characters, * and ? only (1 to 1024 bytes)", rule.pattern),
+                );
+            }
+        }
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_payload_bytes", l.max_payload_bytes),
@@ -586,6 +678,16 @@ impl Config {
         }
         if w.max_violations == 0 {
             return invalid("ws.max_violations", "must be > 0");
+        }
+        let pr = &self.presence;
+        if let Some(bad) = pr.topics.iter().find(|p| !valid_pattern(p)) {
+            return invalid("presence.topics", &format!("pattern {bad:?}: topic characters, * and ? only"));
+        }
+        if pr.refresh_ms == 0 || pr.refresh_ms >= pr.ttl_ms {
+            return invalid("presence.refresh_ms", "must be > 0 and < presence.ttl_ms");
+        }
+        if pr.max_info_bytes == 0 || pr.max_list == 0 || pr.max_status_bytes == 0 {
+            return invalid("presence", "max_info_bytes, max_list and max_status_bytes must be > 0");
         }
         let g = &self.groups;
         if g.sweep_interval_ms == 0 || g.discover_interval_ms == 0 || g.max_fetch == 0 || g.max_fetch > 10_000 {
@@ -681,6 +783,38 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "publish.replication_timeout_ms", .. })));
         c.publish.replication_timeout_ms = c.redis.command_timeout_ms - 1;
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_first_matching_retention_rule_wins_over_the_defaults() {
+        let mut c = Config::defaults();
+        c.retention.max_len = 100;
+        c.retention.max_age_ms = 0;
+        c.retention.default_ttl_ms = 0;
+        c.retention.topics = vec![
+            RetentionRule {
+                pattern: "prices.*".into(),
+                max_len: None,
+                max_age_ms: Some(60_000),
+                default_ttl_ms: Some(30_000),
+            },
+            RetentionRule { pattern: "prices.eu".into(), max_len: Some(5), max_age_ms: None, default_ttl_ms: None },
+            RetentionRule { pattern: "audit?".into(), max_len: Some(0), max_age_ms: None, default_ttl_ms: None },
+        ];
+        assert!(c.validate().is_ok());
+        let r = c.retention.for_topic("prices.eu");
+        assert_eq!((r.max_len, r.max_age_ms, r.default_ttl_ms), (100, 60_000, 30_000), "the first rule wins");
+        let r = c.retention.for_topic("audit1");
+        assert_eq!((r.max_len, r.max_age_ms, r.default_ttl_ms), (0, 0, 0));
+        let r = c.retention.for_topic("orders");
+        assert_eq!((r.max_len, r.max_age_ms, r.default_ttl_ms), (100, 0, 0), "no rule: the defaults");
+        c.retention.topics.push(RetentionRule {
+            pattern: "a b".into(),
+            max_len: None,
+            max_age_ms: None,
+            default_ttl_ms: None,
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "retention.topics", .. })));
     }
 
     #[test]

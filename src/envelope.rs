@@ -53,6 +53,13 @@ impl Envelope {
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         rmp_serde::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))
     }
+
+    /// Whether the message has expired at `now_ms`: it has a TTL and `ts + ttl < now`.
+    /// At exactly `ts + ttl` it is still valid. The one rule of expiry, for history,
+    /// subscribers and consumer groups alike.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.ttl_ms.is_some_and(|ttl| self.published_ms.saturating_add(ttl) < now_ms)
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +110,30 @@ mod tests {
             }
             let _ = Envelope::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn a_message_expires_strictly_after_its_ttl() {
+        let mut e = Envelope::decode(
+            &Envelope {
+                version: 1,
+                id: "x".into(),
+                published_ms: 1_000,
+                ttl_ms: Some(500),
+                content_type: "text/plain".into(),
+                headers: BTreeMap::new(),
+                payload: vec![],
+            }
+            .encode(),
+        )
+        .expect("decodes");
+        assert!(!e.is_expired(1_000));
+        assert!(!e.is_expired(1_500), "at exactly ts + ttl it is still valid");
+        assert!(e.is_expired(1_501));
+        e.ttl_ms = None;
+        assert!(!e.is_expired(u64::MAX), "no TTL: never expires");
+        e.ttl_ms = Some(u64::MAX);
+        assert!(!e.is_expired(u64::MAX), "no overflow");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum Code {
     NotAPullGroup,
     DeclaredInConfig,
     NotFound,
+    /// A feature this node runs without (presence of an untracked topic, user status
+    /// while `presence.users` is off).
+    NotEnabled,
     MethodNotAllowed,
     /// This client IP has `http.max_connections_per_ip` sessions open (429).
     TooManyConnectionsPerIp,
@@ -59,7 +62,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of PROTOCOL.md §4.
-    pub const ALL: [Code; 40] = [
+    pub const ALL: [Code; 41] = [
         Code::InvalidTopic,
         Code::InvalidJson,
         Code::InvalidRequest,
@@ -83,6 +86,7 @@ impl Code {
         Code::NotAPullGroup,
         Code::DeclaredInConfig,
         Code::NotFound,
+        Code::NotEnabled,
         Code::MethodNotAllowed,
         Code::TooManyConnectionsPerIp,
         Code::TooManyConnections,
@@ -128,6 +132,7 @@ impl Code {
             Code::NotAPullGroup => "not_a_pull_group",
             Code::DeclaredInConfig => "declared_in_config",
             Code::NotFound => "not_found",
+            Code::NotEnabled => "not_enabled",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::TooManyConnectionsPerIp | Code::TooManyConnections => "too_many_connections",
             Code::RequestTimeout => "request_timeout",
@@ -165,7 +170,11 @@ impl Code {
             Code::Forbidden | Code::OriginNotAllowed => 403,
             Code::RateLimited | Code::TooManyConnectionsPerIp => 429,
             Code::UnsupportedMediaType => 415,
-            Code::TopicNotFound | Code::GroupNotFound | Code::DeadLetterNotFound | Code::NotFound => 404,
+            Code::TopicNotFound
+            | Code::GroupNotFound
+            | Code::DeadLetterNotFound
+            | Code::NotFound
+            | Code::NotEnabled => 404,
             Code::NotAPullGroup | Code::DeclaredInConfig => 409,
             Code::MethodNotAllowed => 405,
             Code::TooManyConnections

@@ -19,9 +19,37 @@ pub struct TopicKeys {
     pub meta: String,
     /// Stream of envelopes; entry id `<seq>-0`.
     pub stream: String,
-    /// Pub/Sub channel (sharded) carrying the "new seq" hint.
+    /// Pub/Sub channel (sharded) carrying the "new seq" hint, and the topic's presence
+    /// and ephemeral events.
     pub hint: String,
     idem_base: String,
+}
+
+/// The presence keys of one topic (all in the topic's slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceKeys {
+    /// The topic's meta (its top seq orders join/leave events) and hint channel.
+    pub meta: String,
+    pub hint: String,
+    /// Hash: client id → the client's entry (user, grouping key, info).
+    pub clients: String,
+    /// Zset: client id → the time its entry expires unless its node refreshes it.
+    pub expiry: String,
+    /// Hash: user key → how many of its clients are present.
+    pub users: String,
+    /// Zset: user key → when its pending leave is due (the grace period).
+    pub leaving: String,
+    /// Hash: user key → the entry of its last client, for the leave event.
+    pub leaving_entries: String,
+}
+
+/// The status keys of one user (one slot per user, tagged by a hash of the name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKeys {
+    /// Zset: the user's session ids → when each expires unless refreshed.
+    pub sessions: String,
+    /// Hash: `user`, `last_seen`, `status`.
+    pub info: String,
 }
 
 impl Keys {
@@ -41,6 +69,30 @@ impl Keys {
             hint: format!("{base}:h"),
             idem_base: format!("{base}:i:"),
         }
+    }
+
+    /// The presence keys of a topic.
+    pub fn presence(&self, topic: &Topic) -> PresenceKeys {
+        let base = format!("{}:{{{}}}", self.prefix, topic.as_str());
+        PresenceKeys {
+            meta: format!("{base}:m"),
+            hint: format!("{base}:h"),
+            clients: format!("{base}:pc"),
+            expiry: format!("{base}:pz"),
+            users: format!("{base}:pu"),
+            leaving: format!("{base}:pl"),
+            leaving_entries: format!("{base}:pd"),
+        }
+    }
+
+    /// The status keys of a user. User names are free text (a JWT `sub`), so the hash tag
+    /// is the first 16 hex digits of the name's SHA-256, never the name itself.
+    pub fn user(&self, user: &str) -> UserKeys {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(user.as_bytes());
+        let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let base = format!("{}:{{u:{tag}}}", self.prefix);
+        UserKeys { sessions: format!("{base}:us"), info: format!("{base}:ui") }
     }
 
     /// Set of "<topic>/<group>" of the groups created through the admin API.
@@ -119,5 +171,10 @@ mod tests {
         assert_eq!(g.retry, "sh:{room.42}:g:billing:r");
         assert_eq!(g.dlq, "sh:{room.42}:g:billing:d");
         assert_eq!(g.counters, "sh:{room.42}:g:billing:m");
+        let p = keys.presence(&topic);
+        assert_eq!((p.clients.as_str(), p.leaving.as_str()), ("sh:{room.42}:pc", "sh:{room.42}:pl"));
+        let u = keys.user("alice}{");
+        assert!(u.sessions.starts_with("sh:{u:") && u.sessions.ends_with("}:us") && !u.sessions.contains("alice"));
+        assert_eq!(u.info.len(), u.sessions.len());
     }
 }

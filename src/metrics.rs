@@ -29,6 +29,11 @@ pub const PUBLISH_REJECTED: &str = "streamhub_publish_rejected_total";
 pub const PUBLISH_DURATION: &str = "streamhub_publish_duration_seconds";
 /// History pages read; `truncated` = `true` | `false`.
 pub const HISTORY_READS: &str = "streamhub_history_reads_total";
+/// Messages not returned or delivered because they had expired (their TTL passed), by
+/// `path` = `history` | `subscription`.
+pub const EXPIRED_SKIPPED: &str = "streamhub_expired_skipped_total";
+/// Stream entries removed by retention, by `reason` = `age`.
+pub const RETENTION_TRIMMED: &str = "streamhub_retention_trimmed_total";
 
 // ---- fan-out ----
 /// Open WebSocket and SSE sessions, by `transport`.
@@ -57,6 +62,14 @@ pub const SESSIONS_CLOSED: &str = "streamhub_sessions_closed_total";
 pub const TAIL_TASKS: &str = "streamhub_tail_tasks";
 /// Reads of topics by tail tasks (one per wake-up and page, not per subscriber).
 pub const TAIL_READS: &str = "streamhub_tail_reads_total";
+/// Presence entries of this node's subscriptions (what it refreshes).
+pub const PRESENCE_ENTRIES: &str = "streamhub_presence_entries";
+/// Presence entries changed by this node's calls, by `change` = `added` | `removed` |
+/// `expired` (entries of any node that were not refreshed in time, purged by this node).
+pub const PRESENCE_CHANGES: &str = "streamhub_presence_changes_total";
+/// Presence and ephemeral events dropped on this node because a queue was full (the
+/// tail's event queue, or a subscriber's outbound queue): they are at most once.
+pub const TOPIC_EVENTS_DROPPED: &str = "streamhub_topic_events_dropped_total";
 /// Times every tail was woken to repair possibly missed hints, by `cause` =
 /// `overflow` | `reconnect`.
 pub const HINT_GAPS_REPAIRED: &str = "streamhub_hint_gaps_repaired_total";
@@ -155,11 +168,20 @@ fn describe() {
     }
     metrics::gauge!(SUBSCRIPTIONS).increment(0.0);
     metrics::gauge!(TAIL_TASKS).increment(0.0);
-    for outcome in ["stored", "duplicate"] {
+    for outcome in ["stored", "duplicate", "ephemeral"] {
         metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome).increment(0);
         metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(0);
     }
     metrics::counter!(SUBSCRIBERS_LAGGED).increment(0);
+    metrics::counter!(TOPIC_EVENTS_DROPPED).increment(0);
+    metrics::gauge!(PRESENCE_ENTRIES).set(0.0);
+    for change in ["added", "removed", "expired"] {
+        metrics::counter!(PRESENCE_CHANGES, "change" => change).increment(0);
+    }
+    for path in ["history", "subscription"] {
+        metrics::counter!(EXPIRED_SKIPPED, "path" => path).increment(0);
+    }
+    metrics::counter!(RETENTION_TRIMMED, "reason" => "age").increment(0);
     metrics::counter!(CAUGHT_UP_MESSAGES).increment(0);
     for cause in ["overflow", "reconnect"] {
         metrics::counter!(HINT_GAPS_REPAIRED, "cause" => cause).increment(0);
@@ -274,9 +296,38 @@ pub fn published(outcome: &'static str, count: u64, bytes: u64) {
     metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(bytes);
 }
 
+/// Messages skipped because they had expired, on `path` (`history`, `subscription`).
+pub fn expired_skipped(path: &'static str, count: u64) {
+    if count > 0 {
+        metrics::counter!(EXPIRED_SKIPPED, "path" => path).increment(count);
+    }
+}
+
+/// Stream entries removed by retention, by `reason` (`age`).
+pub fn retention_trimmed(reason: &'static str, count: u64) {
+    if count > 0 {
+        metrics::counter!(RETENTION_TRIMMED, "reason" => reason).increment(count);
+    }
+}
+
 /// A history page read, and whether some of it was trimmed.
 pub fn history_read(truncated: bool) {
     metrics::counter!(HISTORY_READS, "truncated" => if truncated { "true" } else { "false" }).increment(1);
+}
+
+pub fn presence_entries(n: usize) {
+    metrics::gauge!(PRESENCE_ENTRIES).set(n as f64);
+}
+
+pub fn presence_changed(change: &'static str, count: u64) {
+    if count > 0 {
+        metrics::counter!(PRESENCE_CHANGES, "change" => change).increment(count);
+    }
+}
+
+/// Presence or ephemeral events dropped because a queue was full.
+pub fn topic_events_dropped(count: u64) {
+    metrics::counter!(TOPIC_EVENTS_DROPPED).increment(count);
 }
 
 pub fn tail_started() {

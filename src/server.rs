@@ -110,7 +110,9 @@ impl Server {
         tasks.spawn(async move {
             let _ = hints_task.await;
         });
-        let hub = Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tasks.clone());
+        let presence =
+            crate::delivery::presence::Presence::start(store.clone(), config.presence.clone(), shutdown.clone());
+        let hub = Hub::new(store.clone(), hints, presence, config.fanout.clone(), shutdown.clone(), tasks.clone());
         groups.start(&store, &config, &handlers, &shutdown, &tasks);
         tasks.spawn(crate::groups::gauges::poll(
             store.clone(),

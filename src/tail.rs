@@ -124,6 +124,12 @@ impl Follower {
                     }
                     on_subscribed();
                 }
+                Some("expired") => {
+                    // Expired messages are not printed; the position moves past them.
+                    if let (Some(epoch), Some(to)) = (frame["epoch"].as_str(), frame["to"].as_u64()) {
+                        self.at = Start::After { epoch: epoch.to_string(), seq: to };
+                    }
+                }
                 Some("message") => {
                     println!("{text}");
                     if let (Some(epoch), Some(seq)) = (frame["epoch"].as_str(), frame["seq"].as_u64()) {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::config::TopicRetention;
 use crate::envelope::Envelope;
 use crate::store::groups::{DeadLetter, GroupDelivery};
 use crate::store::{HistoryPage, Published, TopicInfo};
@@ -170,10 +171,25 @@ pub struct HistoryResponse {
     /// so `since` does not refer to this history.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub epoch_changed: Option<bool>,
+    /// Messages of this page left out because their TTL had passed (not lost: expired).
+    #[serde(default)]
+    pub expired: u64,
+    /// Where the next page starts (`since=`): the last seq this page covered, expired
+    /// messages included (`since` when it covered none).
+    #[serde(default)]
+    pub next_since: u64,
 }
 
 impl HistoryResponse {
-    pub fn new(page: HistoryPage, since: u64, asked_epoch: Option<&str>) -> HistoryResponse {
+    /// The answer for `page` (expired messages already left out, `expired` of them, the
+    /// page covering seqs up to `next_since`), read after `since`.
+    pub fn new(
+        page: HistoryPage,
+        since: u64,
+        asked_epoch: Option<&str>,
+        expired: u64,
+        next_since: u64,
+    ) -> HistoryResponse {
         let truncated = page.truncated(since);
         let epoch = page.position.epoch.clone().unwrap_or_default();
         HistoryResponse {
@@ -183,6 +199,8 @@ impl HistoryResponse {
             first_seq: page.position.first_retained,
             messages: page.messages.into_iter().map(|m| MessageOut::new(m.seq, m.envelope)).collect(),
             truncated,
+            expired,
+            next_since,
         }
     }
 }
@@ -198,10 +216,28 @@ pub struct TopicResponse {
     pub first_seq: u64,
     pub length: u64,
     pub created_ms: u64,
+    /// Publish time (ms) of the oldest retained message; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oldest_ms: Option<u64>,
+    /// Its age when the answer was made (ms).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oldest_age_ms: Option<u64>,
+    /// The retention that applies to the topic (its `[[retention.topics]]` rule or the
+    /// defaults).
+    pub retention: RetentionOut,
+}
+
+/// The retention of a topic, as shown by topic info.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionOut {
+    pub max_len: u64,
+    pub max_age_ms: u64,
+    pub default_ttl_ms: u64,
 }
 
 impl TopicResponse {
-    pub fn new(topic: String, info: TopicInfo) -> TopicResponse {
+    pub fn new(topic: String, info: TopicInfo, retention: TopicRetention, now_ms: u64) -> TopicResponse {
+        let oldest_ms = (info.oldest_ms > 0).then_some(info.oldest_ms);
         TopicResponse {
             topic,
             groups: info.groups,
@@ -210,6 +246,13 @@ impl TopicResponse {
             first_seq: info.position.first_retained,
             length: info.length,
             created_ms: info.created_ms,
+            oldest_ms,
+            oldest_age_ms: oldest_ms.map(|t| now_ms.saturating_sub(t)),
+            retention: RetentionOut {
+                max_len: retention.max_len,
+                max_age_ms: retention.max_age_ms,
+                default_ttl_ms: retention.default_ttl_ms,
+            },
         }
     }
 }

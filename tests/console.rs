@@ -95,6 +95,7 @@ async fn topics_pages_sign_in_publish_tail_resume_and_page_history() {
             "messages published while away arrive exactly once when the page comes back",
             "after a reload the tail resumes after the last message seen",
             "history pages back and forth",
+            "a message that expires while away is reported as expired, not as a gap",
             "the key is never shown",
             "without a key the console is read-only and topic pages still work",
         ],

@@ -59,6 +59,11 @@ async fn a_message_is_delivered_even_when_its_hint_never_arrives() {
     assert_eq!(seq(&ws.messages(1).await[0]), 1);
 
     // Kill the node's Pub/Sub connection, then publish at once: the hint goes nowhere.
+    // (Wait for it to exist first: on a busy machine it may still be connecting.)
+    wait_for("the node's Pub/Sub connection", || {
+        !String::from_utf8_lossy(&redis.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).stdout).trim().is_empty()
+    })
+    .await;
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert!(String::from_utf8_lossy(&killed.stdout).trim() != "0", "a pubsub connection was killed");
     publish_many(&app, "quiet", 3, 3).await;
@@ -84,12 +89,14 @@ async fn the_position_check_alone_delivers_when_no_hint_ever_arrives() {
     let shutdown = CancellationToken::new();
     let deaf = streamhub::keys::Keys::new("someone-else");
     let (hints, _task) = streamhub::store::hints::Hints::start(&config.redis, deaf, shutdown.clone()).expect("hints");
-    let hub =
-        Hub::new(store.clone(), hints, config.fanout.clone(), shutdown.clone(), tokio_util::task::TaskTracker::new());
+    let presence =
+        streamhub::delivery::presence::Presence::start(store.clone(), config.presence.clone(), shutdown.clone());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let hub = Hub::new(store.clone(), hints, presence, config.fanout.clone(), shutdown.clone(), tasks);
     let (session, mut queue) = Session::new(hub, &config.ws);
     tokio::spawn(session.clone().run_catchup(shutdown.clone()));
     let topic = streamhub::Topic::parse("silent", 200).expect("topic");
-    session.subscribe(topic.clone(), Since::Now).await.expect("subscribe");
+    session.subscribe(topic.clone(), Since::Now, Default::default()).await.expect("subscribe");
     session.start(&topic);
 
     for n in 1..=3u64 {

@@ -32,6 +32,8 @@ struct Grants {
     publish: Vec<String>,
     #[serde(default)]
     consume: Vec<String>,
+    #[serde(default)]
+    presence: Vec<String>,
 }
 
 impl Claims {
@@ -40,6 +42,7 @@ impl Claims {
             (Scope::Subscribe, self.streamhub.subscribe.clone()),
             (Scope::Publish, self.streamhub.publish.clone()),
             (Scope::Consume, self.streamhub.consume.clone()),
+            (Scope::Presence, self.streamhub.presence.clone()),
         ])
     }
 }

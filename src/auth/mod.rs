@@ -26,6 +26,9 @@ pub enum Scope {
     Subscribe,
     Publish,
     Consume,
+    /// See who is present on a topic (presence list, stats, join/leave events), and the
+    /// status of the users whose pseudo-topic `@<user>` matches.
+    Presence,
     /// Admin endpoints (API keys only).
     Admin,
 }
@@ -37,6 +40,7 @@ impl Scope {
             Scope::Subscribe => "subscribe",
             Scope::Publish => "publish",
             Scope::Consume => "consume",
+            Scope::Presence => "presence",
             Scope::Admin => "admin",
         }
     }
@@ -187,7 +191,8 @@ impl Auth {
             grants: HashMap::from([
                 (Scope::Subscribe, all.clone()),
                 (Scope::Publish, all.clone()),
-                (Scope::Consume, all),
+                (Scope::Consume, all.clone()),
+                (Scope::Presence, all),
             ]),
             admin: true,
             expires_at: None,

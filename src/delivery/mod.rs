@@ -2,6 +2,8 @@
 //! bounded queues, and the transport-neutral subscriber session (WebSocket and SSE both
 //! use it). Nothing here knows a wire format.
 
+pub mod event;
+pub mod presence;
 pub mod resume;
 pub mod session;
 pub mod subscription;
@@ -24,6 +26,8 @@ use tail::{TailCommand, TailTask};
 
 /// Commands a tail can hold before senders wait (joins and leaves of its subscribers).
 const TAIL_COMMAND_QUEUE: usize = 256;
+/// Presence and ephemeral events a tail can hold before the hint listener drops them.
+const TAIL_EVENT_QUEUE: usize = 1024;
 
 /// Sends commands to one topic's tail task.
 #[derive(Clone)]
@@ -62,6 +66,7 @@ pub struct Hub {
 struct HubInner {
     store: Store,
     hints: Hints,
+    presence: presence::Presence,
     config: FanoutConfig,
     tails: Mutex<HashMap<Topic, TailEntry>>,
     shutdown: CancellationToken,
@@ -72,11 +77,18 @@ impl Hub {
     pub fn new(
         store: Store,
         hints: Hints,
+        presence: presence::Presence,
         config: FanoutConfig,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Hub {
-        Hub { inner: Arc::new(HubInner { store, hints, config, tails: Mutex::new(HashMap::new()), shutdown, tasks }) }
+        let tails = Mutex::new(HashMap::new());
+        Hub { inner: Arc::new(HubInner { store, hints, presence, config, tails, shutdown, tasks }) }
+    }
+
+    /// The node's presence tracker.
+    pub fn presence(&self) -> &presence::Presence {
+        &self.inner.presence
     }
 
     pub fn store(&self) -> &Store {
@@ -95,12 +107,16 @@ impl Hub {
             return entry.handle.clone();
         }
         let (tx, commands) = mpsc::channel(TAIL_COMMAND_QUEUE);
+        let (events_tx, events) = mpsc::channel(TAIL_EVENT_QUEUE);
         let stop = self.inner.shutdown.child_token();
         let task = TailTask {
             topic: topic.clone(),
             store: self.inner.store.clone(),
             hints: self.inner.hints.clone(),
             commands,
+            events,
+            events_tx,
+            pending: std::collections::VecDeque::new(),
             wake: Arc::new(Notify::new()),
             stop: stop.clone(),
             page: self.inner.config.tail_page,

@@ -9,9 +9,10 @@ use backon::BackoffBuilder;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::event::Member;
 pub use super::resume::Since;
 use super::resume::{self, Reader, ResetReason, Step};
-use super::subscription::{Delivered, Item, Outbound, Position, Queued, Reset, Subscription};
+use super::subscription::{Delivered, Expired, Item, Outbound, Position, Queued, Reset, Subscription};
 use super::{Hub, TailHandle};
 use crate::config::WsConfig;
 use crate::metrics;
@@ -43,6 +44,17 @@ pub enum SubscribeError {
 struct Entry {
     sub: Arc<Subscription>,
     tail: TailHandle,
+    /// The subscription has a presence entry (the topic is tracked).
+    present: bool,
+}
+
+/// How a subscription takes part in presence.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Deliver the topic's join and leave events to this subscription.
+    pub join_leave: bool,
+    /// The subscriber as presence shows it, on a tracked topic (None: not tracked).
+    pub member: Option<Member>,
 }
 
 pub struct Session {
@@ -51,6 +63,10 @@ pub struct Session {
     subs: Mutex<HashMap<Topic, Entry>>,
     wake: Arc<Notify>,
     max_subscriptions: usize,
+    /// This session's client id: in presence entries, and the id a transport reports.
+    client: String,
+    /// The identified user whose status this session keeps online (`presence.users`).
+    user: Mutex<Option<String>>,
 }
 
 impl Session {
@@ -63,6 +79,8 @@ impl Session {
             subs: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             max_subscriptions: config.max_subscriptions,
+            client: uuid::Uuid::now_v7().simple().to_string(),
+            user: Mutex::new(None),
         };
         (Arc::new(session), rx)
     }
@@ -75,9 +93,36 @@ impl Session {
         self.subs().len()
     }
 
+    /// This session's client id.
+    pub fn client(&self) -> &str {
+        &self.client
+    }
+
+    /// The session now acts for `user` (an identified principal): its status is online
+    /// while the session lasts (when `presence.users` is on). Once set, it stays.
+    pub async fn set_user(&self, user: &str) {
+        let first = {
+            let mut current = self.user.lock().unwrap_or_else(|e| e.into_inner());
+            if current.is_some() {
+                false
+            } else {
+                *current = Some(user.to_string());
+                true
+            }
+        };
+        if first {
+            self.hub.presence().user_online(user, &self.client).await;
+        }
+    }
+
     /// Decides where the subscription starts and registers it. Nothing is delivered
     /// until `start` is called, so the transport can first queue its reply.
-    pub async fn subscribe(&self, topic: Topic, since: Since) -> Result<Subscribed, SubscribeError> {
+    pub async fn subscribe(
+        &self,
+        topic: Topic,
+        since: Since,
+        options: SubscribeOptions,
+    ) -> Result<Subscribed, SubscribeError> {
         {
             let subs = self.subs();
             if subs.contains_key(&topic) {
@@ -102,19 +147,25 @@ impl Session {
         if resuming {
             metrics::resumed(reason.map_or("recovered", ResetReason::as_str));
         }
-        let mut subs = self.subs();
-        if subs.contains_key(&topic) {
-            return Err(SubscribeError::AlreadySubscribed(topic));
+        {
+            let mut subs = self.subs();
+            if subs.contains_key(&topic) {
+                return Err(SubscribeError::AlreadySubscribed(topic));
+            }
+            let sub = Subscription::new(
+                topic.clone(),
+                self.outbound.clone(),
+                Position { epoch: epoch.clone(), last },
+                self.wake.clone(),
+                options.join_leave,
+            );
+            let tail = self.hub.acquire(&topic);
+            subs.insert(topic.clone(), Entry { sub, tail, present: options.member.is_some() });
         }
-        let sub = Subscription::new(
-            topic.clone(),
-            self.outbound.clone(),
-            Position { epoch: epoch.clone(), last },
-            self.wake.clone(),
-        );
-        let tail = self.hub.acquire(&topic);
-        subs.insert(topic, Entry { sub, tail });
         metrics::subscriptions(1.0);
+        if let Some(member) = &options.member {
+            self.hub.presence().join(&topic, member).await;
+        }
         Ok(Subscribed { epoch, seq: p.top, recovered, reason })
     }
 
@@ -128,8 +179,13 @@ impl Session {
         self.wake.notify_one();
     }
 
-    /// Ends a subscription; false when there was none.
+    /// Ends a subscription (the client asked: its presence entry goes, and its user's
+    /// leave is not delayed); false when there was none.
     pub async fn unsubscribe(&self, topic: &Topic) -> bool {
+        self.end(topic, 0).await
+    }
+
+    async fn end(&self, topic: &Topic, grace_ms: u64) -> bool {
         let entry = self.subs().remove(topic);
         match entry {
             Some(entry) => {
@@ -137,17 +193,26 @@ impl Session {
                 entry.sub.close();
                 entry.tail.leave(entry.sub).await;
                 self.hub.release(topic);
+                if entry.present {
+                    self.hub.presence().leave(topic, &self.client, grace_ms, true).await;
+                }
                 true
             }
             None => false,
         }
     }
 
-    /// Ends every subscription (the transport closed).
+    /// Ends every subscription (the transport closed). Presence entries go at once; each
+    /// user's leave follows after `presence.grace_ms`, unless the user comes back.
     pub async fn close(&self) {
+        let grace_ms = self.hub.presence().config().grace_ms;
         let topics: Vec<Topic> = self.subs().keys().cloned().collect();
         for topic in topics {
-            self.unsubscribe(&topic).await;
+            self.end(&topic, grace_ms).await;
+        }
+        let user = self.user.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(user) = user {
+            self.hub.presence().user_offline(&user, &self.client).await;
         }
     }
 
@@ -236,13 +301,36 @@ impl Session {
                 }
             }
             let epoch: Arc<str> = current.as_str().into();
+            let now = crate::clock::now_ms();
+            let mut expired: Option<Expired> = None;
             for message in page.messages {
                 let seq = message.seq;
                 let delivered = Arc::new(Delivered::new(sub.topic.clone(), epoch.clone(), message));
+                if delivered.is_expired(now) {
+                    // Not delivered: the run of expired seqs is told instead, in order.
+                    let run = expired.get_or_insert(Expired {
+                        topic: sub.topic.clone(),
+                        epoch: epoch.clone(),
+                        from: seq,
+                        to: seq,
+                    });
+                    run.to = seq;
+                    continue;
+                }
+                if let Some(run) = expired.take() {
+                    if !push_expired(sub, run).await {
+                        return;
+                    }
+                }
                 if sub.push(Item::Message(delivered)).await.is_err() {
                     return;
                 }
                 sub.set_position(&current, seq);
+            }
+            if let Some(run) = expired.take() {
+                if !push_expired(sub, run).await {
+                    return;
+                }
             }
             metrics::caught_up(count);
             if count < page_size {
@@ -263,6 +351,18 @@ impl Session {
             backoff = retry_delays();
         }
     }
+}
+
+/// Queues a run of expired seqs for a catch-up reader's subscription and moves its
+/// position past them; false when the session is gone.
+async fn push_expired(sub: &Arc<Subscription>, run: Expired) -> bool {
+    metrics::expired_skipped("subscription", run.to - run.from + 1);
+    let (epoch, to) = (run.epoch.clone(), run.to);
+    if sub.push(Item::Expired(run)).await.is_err() {
+        return false;
+    }
+    sub.set_position(&epoch, to);
+    true
 }
 
 /// Delays between failed catch-up reads: exponential from 50 ms to 5 s, forever.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::event::TopicEvent;
 pub use super::resume::ResetReason;
 use crate::store::StoredMessage;
 use crate::topic::Topic;
@@ -40,6 +41,17 @@ impl Delivered {
         self.message.envelope.as_ref().map_or(0, |e| e.published_ms)
     }
 
+    /// Whether the message has expired at `now_ms` (`Envelope::is_expired`); an entry that
+    /// is not an envelope has no TTL.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.message.envelope.as_ref().is_ok_and(|e| e.is_expired(now_ms))
+    }
+
+    /// Whether the message carries a TTL at all (only those need a clock to check).
+    pub fn has_ttl(&self) -> bool {
+        self.message.envelope.as_ref().is_ok_and(|e| e.ttl_ms.is_some())
+    }
+
     /// Bytes this message counts against a session's byte bound.
     pub fn size(&self) -> usize {
         match &self.message.envelope {
@@ -58,10 +70,24 @@ pub struct Reset {
     pub reason: ResetReason,
 }
 
+/// "Messages `from..=to` of `topic` in `epoch` expired before they could be delivered":
+/// the subscriber's position moves past them, and it is told why they do not come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub topic: Topic,
+    pub epoch: Arc<str>,
+    pub from: u64,
+    pub to: u64,
+}
+
 #[derive(Debug)]
 pub enum Item {
     Message(Arc<Delivered>),
     Reset(Reset),
+    Expired(Expired),
+    /// A presence change or an ephemeral event (at most once; never makes a
+    /// subscription lag).
+    Event(Arc<TopicEvent>),
 }
 
 /// An item in a session's outbound queue. Holding it holds its share of the byte bound.
@@ -98,7 +124,8 @@ impl Outbound {
     fn permits(&self, item: &Item) -> u32 {
         match item {
             Item::Message(m) => (m.size().min(self.max_bytes as usize)) as u32,
-            Item::Reset(_) => 0,
+            Item::Reset(_) | Item::Expired(_) => 0,
+            Item::Event(_) => 0,
         }
     }
 
@@ -144,6 +171,8 @@ pub struct Subscription {
     started: AtomicBool,
     /// Wakes the session's catch-up reader.
     wake: Arc<Notify>,
+    /// The subscriber asked for join and leave events.
+    join_leave: bool,
 }
 
 /// What happened to a live offer.
@@ -158,7 +187,13 @@ pub enum Offered {
 }
 
 impl Subscription {
-    pub fn new(topic: Topic, outbound: Outbound, start: Position, wake: Arc<Notify>) -> Arc<Subscription> {
+    pub fn new(
+        topic: Topic,
+        outbound: Outbound,
+        start: Position,
+        wake: Arc<Notify>,
+        join_leave: bool,
+    ) -> Arc<Subscription> {
         Arc::new(Subscription {
             topic,
             outbound,
@@ -167,6 +202,7 @@ impl Subscription {
             closed: AtomicBool::new(false),
             started: AtomicBool::new(false),
             wake,
+            join_leave,
         })
     }
 
@@ -230,6 +266,40 @@ impl Subscription {
             }
             Err(Refused::Closed) => Offered::Closed,
         }
+    }
+
+    /// Called by the tail for a run of expired messages, in seq order with the messages:
+    /// the part of the run after the subscription's position is queued as one notice.
+    pub fn offer_expired(self: &Arc<Self>, run: &Expired) -> Offered {
+        if self.is_closed() {
+            return Offered::Closed;
+        }
+        let last = self.position().last;
+        if run.to <= last {
+            return Offered::Skipped;
+        }
+        let notice = Expired { from: run.from.max(last + 1), ..run.clone() };
+        match self.outbound.offer(self, Item::Expired(notice)) {
+            Ok(()) => {
+                self.set_position(&run.epoch, run.to);
+                Offered::Queued
+            }
+            Err(Refused::Full) => {
+                self.fall_behind();
+                Offered::Lagging
+            }
+            Err(Refused::Closed) => Offered::Closed,
+        }
+    }
+
+    /// Called by the tail for an event of the topic: queued without waiting when there is
+    /// room and the subscription wants it; otherwise dropped (events are at most once, and
+    /// a full queue makes no subscription lag for them). False when dropped for lack of room.
+    pub fn offer_event(self: &Arc<Self>, event: &Arc<TopicEvent>) -> bool {
+        if self.is_closed() || (event.is_presence() && !self.join_leave) {
+            return true;
+        }
+        !matches!(self.outbound.offer(self, Item::Event(event.clone())), Err(Refused::Full))
     }
 
     /// Called by the tail when the topic's position jumped. A full queue makes the

@@ -15,12 +15,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::event::TopicEvent;
 use super::resume::{self, Reader, ResetReason, Step};
-use super::subscription::{Delivered, Offered, Reset, Subscription};
+use super::subscription::{Delivered, Expired, Offered, Reset, Subscription};
 use crate::metrics;
-use crate::store::hints::Hints;
+use crate::store::hints::{HintEvent, Hints, Watcher};
 use crate::store::Store;
 use crate::topic::Topic;
+
+/// Presence changes a tail holds back until it has delivered their message.
+const PENDING_EVENTS: usize = 1024;
 
 pub(super) enum TailCommand {
     /// Join live delivery; answered true when joined, false when the subscription must
@@ -34,6 +38,12 @@ pub(super) struct TailTask {
     pub store: Store,
     pub hints: Hints,
     pub commands: mpsc::Receiver<TailCommand>,
+    /// The topic's presence and ephemeral events, from the hint listener.
+    pub events: mpsc::Receiver<HintEvent>,
+    pub events_tx: mpsc::Sender<HintEvent>,
+    /// Presence changes that belong after a message this tail has not read yet, with
+    /// that message's seq (at most `PENDING_EVENTS`).
+    pub pending: std::collections::VecDeque<(u64, Arc<TopicEvent>)>,
     pub wake: Arc<Notify>,
     pub stop: CancellationToken,
     pub page: usize,
@@ -47,7 +57,8 @@ pub(super) struct TailTask {
 impl TailTask {
     pub async fn run(mut self) {
         metrics::tail_started();
-        self.hints.watch(&self.topic, self.wake.clone()).await;
+        let watcher = Watcher { wake: self.wake.clone(), events: self.events_tx.clone() };
+        self.hints.watch(&self.topic, watcher).await;
         // Start at the top: subscriptions bring themselves up to here before joining.
         match self.store.read_since(&self.topic, u64::MAX, 0).await {
             Ok(page) => {
@@ -71,6 +82,10 @@ impl TailTask {
                     Some(TailCommand::Leave(sub)) => self.live.retain(|s| !Arc::ptr_eq(s, &sub)),
                 },
                 _ = self.wake.notified() => self.read_on().await,
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => break,
+                },
                 _ = check.tick() => self.read_on().await,
             }
         }
@@ -90,6 +105,42 @@ impl TailTask {
             true
         } else {
             false
+        }
+    }
+
+    /// A presence or ephemeral event: delivered now, or — a presence change that belongs
+    /// after a message this tail has not read yet — once that message was delivered, so
+    /// subscribers see it in order with the messages.
+    fn on_event(&mut self, event: HintEvent) {
+        let Some((event, place)) = TopicEvent::from_hint(&self.topic, event) else { return };
+        let event = Arc::new(event);
+        match place {
+            Some((epoch, after)) if epoch == *self.epoch && after > self.last => {
+                if self.pending.len() >= PENDING_EVENTS {
+                    self.pending.pop_front();
+                    metrics::topic_events_dropped(1);
+                }
+                self.pending.push_back((after, event));
+            }
+            _ => self.deliver_event(&event),
+        }
+    }
+
+    fn deliver_event(&self, event: &Arc<TopicEvent>) {
+        let dropped = self.live.iter().filter(|sub| !sub.offer_event(event)).count();
+        metrics::topic_events_dropped(dropped as u64);
+    }
+
+    /// Delivers the pending presence changes whose message has now been delivered (all of
+    /// them when the epoch changed: their place is gone).
+    fn flush_pending(&mut self, epoch_changed: bool) {
+        while let Some((after, _)) = self.pending.front() {
+            if !epoch_changed && *after > self.last {
+                break;
+            }
+            if let Some((_, event)) = self.pending.pop_front() {
+                self.deliver_event(&event);
+            }
         }
     }
 
@@ -123,26 +174,58 @@ impl TailTask {
                     self.epoch = epoch.as_str().into();
                     self.last = last;
                     self.reset_all(reason, &epoch, last);
+                    self.flush_pending(reason == ResetReason::EpochChanged);
                     continue;
                 }
             }
             let count = page.messages.len();
             let epoch: Arc<str> = self.epoch.clone();
+            let now = crate::clock::now_ms();
+            let mut expired: Option<Expired> = None;
             for message in page.messages {
-                self.last = message.seq;
                 let delivered = Arc::new(Delivered::new(self.topic.clone(), epoch.clone(), message));
-                self.live.retain(|sub| match sub.offer_live(&delivered) {
-                    Offered::Queued | Offered::Skipped => true,
-                    Offered::Lagging => {
-                        metrics::subscriber_lagged();
-                        false
-                    }
-                    Offered::Closed => false,
-                });
+                if delivered.is_expired(now) {
+                    // Never delivered: the run is told to the live subscriptions instead.
+                    let seq = delivered.seq();
+                    let run = expired.get_or_insert(Expired {
+                        topic: self.topic.clone(),
+                        epoch: epoch.clone(),
+                        from: seq,
+                        to: seq,
+                    });
+                    run.to = seq;
+                    self.last = seq;
+                    continue;
+                }
+                if let Some(run) = expired.take() {
+                    self.offer_all(|sub| sub.offer_expired(&run), run.to - run.from + 1);
+                    self.flush_pending(false);
+                }
+                self.last = delivered.seq();
+                self.offer_all(|sub| sub.offer_live(&delivered), 0);
+                self.flush_pending(false);
             }
+            if let Some(run) = expired.take() {
+                self.offer_all(|sub| sub.offer_expired(&run), run.to - run.from + 1);
+            }
+            self.flush_pending(false);
             if count < self.page {
                 return;
             }
         }
+    }
+
+    /// Offers one item to every live subscription; those that cannot take it lag and
+    /// leave the live set. `expired` counts the expired messages the item stands for.
+    fn offer_all(&mut self, offer: impl Fn(&Arc<Subscription>) -> Offered, expired: u64) {
+        metrics::expired_skipped("subscription", expired);
+        self.live.retain(|sub| match offer(sub) {
+            Offered::Queued | Offered::Skipped => true,
+            Offered::Lagging => {
+                metrics::subscriber_lagged();
+                false
+            }
+            Offered::Closed => false,
+        });
     }
 }

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::event::{Ephemeral, EventKind, Member, TopicEvent};
 use crate::delivery::session::{Since, Subscribed};
-use crate::delivery::subscription::{Delivered, Reset};
+use crate::delivery::subscription::{Delivered, Expired, Reset};
 use crate::error::{Code, Error};
 use crate::wire::MessageOut;
 
@@ -57,6 +58,12 @@ pub enum ClientFrame {
         topic: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<SinceFrame>,
+        /// Deliver the topic's join and leave events (needs the `presence` scope).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        join_leave: bool,
+        /// Shown with this subscriber in the topic's presence (JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<serde_json::Value>,
     },
     Unsubscribe {
         id: u64,
@@ -72,6 +79,9 @@ pub enum ClientFrame {
         ttl_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<String>,
+        /// Deliver to the current subscribers only (Pub/Sub, at most once), never store.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ephemeral: bool,
     },
     Ping {
         id: u64,
@@ -108,15 +118,52 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         permanent: bool,
     },
+    /// Who is present on a topic.
+    Presence {
+        id: u64,
+        topic: String,
+    },
+    /// How many clients and users are present on a topic.
+    PresenceStats {
+        id: u64,
+        topic: String,
+    },
+    /// A user's status (online, last seen, status text).
+    UserStatus {
+        id: u64,
+        user: String,
+    },
+    /// Sets the session's user's status text ("" clears it).
+    SetStatus {
+        id: u64,
+        status: String,
+    },
 }
 
 /// The ops a client may send.
-pub const OPS: [&str; 8] = ["subscribe", "unsubscribe", "publish", "ping", "auth", "consume", "ack", "nack"];
+pub const OPS: [&str; 12] = [
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "ping",
+    "auth",
+    "consume",
+    "ack",
+    "nack",
+    "presence",
+    "presence_stats",
+    "user_status",
+    "set_status",
+];
 
 impl ClientFrame {
     pub fn id(&self) -> Option<u64> {
         Some(match self {
             ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::PresenceStats { id, .. }
+            | ClientFrame::UserStatus { id, .. }
+            | ClientFrame::SetStatus { id, .. }
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Ping { id }
@@ -166,6 +213,66 @@ pub enum ServerFrame {
         epoch: String,
         #[serde(flatten)]
         message: MessageOut,
+    },
+    /// Messages `from..=to` of a subscribed topic expired (their TTL passed) before they
+    /// could be delivered: they will not come, and the subscription's position is past them.
+    Expired {
+        topic: String,
+        epoch: String,
+        from: u64,
+        to: u64,
+    },
+    /// A user joined a topic this subscription asked join/leave events of.
+    Join {
+        topic: String,
+        #[serde(flatten)]
+        member: Member,
+    },
+    /// A user left it (its last client went, and the grace period passed).
+    Leave {
+        topic: String,
+        #[serde(flatten)]
+        member: Member,
+    },
+    /// An ephemeral event of a subscribed topic (no seq: never stored, at most once).
+    Ephemeral {
+        topic: String,
+        #[serde(flatten)]
+        event: Ephemeral,
+    },
+    /// Reply to an ephemeral publish: handed to the subscribers present.
+    Sent {
+        id: u64,
+        topic: String,
+    },
+    /// Reply to presence.
+    Presence {
+        id: u64,
+        topic: String,
+        clients: u64,
+        users: u64,
+        members: Vec<Member>,
+    },
+    /// Reply to presence_stats.
+    PresenceStats {
+        id: u64,
+        topic: String,
+        clients: u64,
+        users: u64,
+    },
+    /// Reply to user_status.
+    UserStatus {
+        id: u64,
+        user: String,
+        online: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<String>,
+    },
+    /// Reply to set_status.
+    StatusSet {
+        id: u64,
     },
     /// Reply to publish: the message is stored (G1).
     Published {
@@ -244,6 +351,25 @@ impl ServerFrame {
             epoch: delivered.epoch.to_string(),
             message: MessageOut::new(delivered.message.seq, delivered.message.envelope.clone()),
         }
+    }
+
+    /// The frame of a topic event.
+    pub fn event(event: &TopicEvent) -> ServerFrame {
+        let topic = event.topic.to_string();
+        match &event.kind {
+            EventKind::Join(member) => ServerFrame::Join { topic, member: member.clone() },
+            EventKind::Leave(member) => ServerFrame::Leave { topic, member: member.clone() },
+            EventKind::Ephemeral(e) => ServerFrame::Ephemeral { topic, event: e.clone() },
+        }
+    }
+
+    pub fn expired(run: &Expired) -> ServerFrame {
+        ServerFrame::Expired { topic: run.topic.to_string(), epoch: run.epoch.to_string(), from: run.from, to: run.to }
+    }
+
+    /// The `expired` notice that replaces a queued message found expired when written.
+    pub fn expired_message(d: &Delivered) -> ServerFrame {
+        ServerFrame::Expired { topic: d.topic.to_string(), epoch: d.epoch.to_string(), from: d.seq(), to: d.seq() }
     }
 
     pub fn error(id: Option<u64>, error: Error) -> ServerFrame {
@@ -334,7 +460,13 @@ mod tests {
                     Just(SinceFrame::Named("earliest".into())),
                 ])
             )
-                .prop_map(|(id, topic, since)| ClientFrame::Subscribe { id, topic, since }),
+                .prop_map(|(id, topic, since)| ClientFrame::Subscribe {
+                    id,
+                    topic,
+                    since,
+                    join_leave: false,
+                    info: None
+                }),
             (any::<u64>(), "[a-z.]{1,20}").prop_map(|(id, topic)| ClientFrame::Unsubscribe { id, topic }),
             (
                 any::<u64>(),
@@ -351,6 +483,7 @@ mod tests {
                     headers,
                     ttl_ms,
                     idempotency_key,
+                    ephemeral: false,
                 }),
             any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
             (any::<u64>(), "[a-z]{1,8}", "[a-z]{1,8}", proptest::option::of(any::<u32>()))
@@ -394,7 +527,8 @@ mod tests {
                 ServerFrame::Message { topic: topic.clone(), epoch: "e".into(), message: MessageOut {
                     seq, id: "m".into(), ts: 1, ttl_ms: None, content_type: "application/json".into(), headers, data: Some(data), data_base64: None,
                 }},
-                ServerFrame::Published { id, topic, epoch: "e".into(), seq, message_id: "m".into(), duplicate: true },
+                ServerFrame::Published { id, topic: topic.clone(), epoch: "e".into(), seq, message_id: "m".into(), duplicate: true },
+                ServerFrame::Expired { topic, epoch: "e".into(), from: seq / 2, to: seq },
                 ServerFrame::Error { id: None, code: "c".into(), message: "m".into() },
             ];
             for frame in frames {

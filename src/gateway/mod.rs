@@ -11,6 +11,7 @@ pub mod frames;
 mod groups;
 mod health;
 mod node;
+mod presence;
 pub mod protocol;
 mod publish;
 mod sse;
@@ -64,6 +65,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/messages", get(topics::history).post(publish::publish_one))
         .route("/v1/topics/{topic}/messages:batch", axum::routing::post(publish::publish_batch))
         .route("/v1/topics/{topic}/events", get(sse::events))
+        .route("/v1/topics/{topic}/presence", get(presence::presence))
+        .route("/v1/topics/{topic}/presence/stats", get(presence::stats))
+        .route("/v1/users/{user}/status", get(presence::user_status).put(presence::set_status))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/topics/{topic}/groups", get(groups::list))
         .route(

@@ -15,6 +15,10 @@ pub struct PublishBody {
     pub headers: BTreeMap<String, String>,
     pub ttl_ms: Option<u64>,
     pub idempotency_key: Option<String>,
+    /// Deliver to the topic's current subscribers only (Pub/Sub, at most once); never
+    /// stored, no seq. Not allowed in a batch.
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 impl PublishBody {

@@ -87,16 +87,32 @@ fn from_raw(content_type: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<N
     })
 }
 
+/// What a single publish request asks for.
+enum Publish1 {
+    Message(NewMessage),
+    /// `"ephemeral": true`: the data and headers, for the current subscribers only.
+    Ephemeral(serde_json::Value, BTreeMap<String, String>),
+}
+
 /// The message a single publish request carries: a JSON document, or raw bytes with
 /// their content type.
-fn decode_one(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<NewMessage> {
+fn decode_one(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Publish1> {
     let body = body.map_err(body_error)?;
     match content_type(headers) {
         Some(ct) if is_json(ct) => {
             let parsed: PublishBody = serde_json::from_slice(&body).map_err(json_error)?;
-            from_json(parsed, header_str(headers, IDEMPOTENCY_KEY)?)
+            if parsed.ephemeral {
+                if parsed.ttl_ms.is_some() || parsed.idempotency_key.is_some() {
+                    return Err(Error::new(
+                        Code::InvalidRequest,
+                        "an ephemeral event has no ttl_ms or idempotency_key (it is never stored)",
+                    ));
+                }
+                return Ok(Publish1::Ephemeral(parsed.data, parsed.headers));
+            }
+            from_json(parsed, header_str(headers, IDEMPOTENCY_KEY)?).map(Publish1::Message)
         }
-        Some(ct) => from_raw(ct, headers, body),
+        Some(ct) => from_raw(ct, headers, body).map(Publish1::Message),
         None => Err(Error::new(
             Code::UnsupportedMediaType,
             "a Content-Type header is required (application/json, or the raw payload's type)",
@@ -110,6 +126,9 @@ fn decode_batch(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Api
         return Err(Error::new(Code::UnsupportedMediaType, "a batch is JSON: Content-Type: application/json"));
     }
     let batch: BatchBody = serde_json::from_slice(&body).map_err(json_error)?;
+    if let Some(i) = batch.messages.iter().position(|m| m.ephemeral) {
+        return Err(Error::new(Code::InvalidRequest, "a batch holds stored messages only, not ephemeral events").at(i));
+    }
     batch.messages.into_iter().enumerate().map(|(i, m)| from_json(m, None).map_err(|e| e.at(i))).collect()
 }
 
@@ -118,11 +137,18 @@ pub(super) async fn publish_one(
     Granted { caller, grant }: Granted<Publish>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<PublishResult>)> {
-    let message = decode_one(&headers, body).map_err(refused)?;
-    let published = state.ops.publish(&caller, &grant, message).await?;
-    let status = if published.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(PublishResult::from(published))))
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    match decode_one(&headers, body).map_err(refused)? {
+        Publish1::Message(message) => {
+            let published = state.ops.publish(&caller, &grant, message).await?;
+            let status = if published.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+            Ok((status, Json(serde_json::to_value(PublishResult::from(published)).unwrap_or_default())))
+        }
+        Publish1::Ephemeral(data, headers) => {
+            state.ops.publish_ephemeral(&caller, &grant, data, headers, None).await?;
+            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "ephemeral": true }))))
+        }
+    }
 }
 
 pub(super) async fn publish_batch(

@@ -29,12 +29,16 @@ use crate::delivery::subscription::{Item, Queued};
 use crate::error::{Code, Error};
 use crate::metrics;
 use crate::ops::access::{IpSlot, Subscribe};
+use crate::ops::SubscribeRequest;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
     since: Option<String>,
     epoch: Option<String>,
+    /// Deliver join and leave events (`?join_leave=true`; needs the `presence` scope).
+    #[serde(default)]
+    join_leave: bool,
     /// Credentials for browsers (EventSource cannot set headers): accepted here so the
     /// query parses; read from the raw query with the caller (`extract::session_caller`).
     #[allow(dead_code)]
@@ -84,6 +88,29 @@ fn json(frame: &ServerFrame) -> String {
 
 fn event(queued: Queued) -> Event {
     match &queued.item {
+        // Expired while it waited in the queue: the notice goes in its place.
+        Item::Message(d) if d.has_ttl() && d.is_expired(crate::clock::now_ms()) => {
+            metrics::expired_skipped("subscription", 1);
+            Event::default()
+                .id(format!("{}:{}", d.epoch, d.seq()))
+                .event("expired")
+                .data(json(&ServerFrame::expired_message(d)))
+        }
+        // Events carry no id: they are no position, and are not replayed on reconnection.
+        Item::Event(event) => {
+            let frame = ServerFrame::event(event);
+            let name = match &frame {
+                ServerFrame::Join { .. } => "join",
+                ServerFrame::Leave { .. } => "leave",
+                _ => "ephemeral",
+            };
+            Event::default().event(name).data(json(&frame))
+        }
+        // The id moves Last-Event-ID past the expired messages.
+        Item::Expired(run) => Event::default()
+            .id(format!("{}:{}", run.epoch, run.to))
+            .event("expired")
+            .data(json(&ServerFrame::expired(run))),
         Item::Message(d) => {
             metrics::delivered("sse", d.published_ms());
             let data =
@@ -127,7 +154,8 @@ pub(super) async fn events(
     };
     let since = since(&headers, &query, || current)?;
     let (session, deliveries) = Session::new(state.hub.clone(), &ops.config().ws);
-    let subscribed = ops.subscribe(&session, &grant, since).await?;
+    let request = SubscribeRequest { join_leave: query.join_leave, info: None };
+    let subscribed = ops.subscribe(&caller, &session, &grant, since, request).await?;
     ::metrics::gauge!(metrics::SESSIONS, "transport" => "sse").increment(1.0);
     let stop = CancellationToken::new();
     state.tasks.spawn(tracing::Instrument::in_current_span(session.clone().run_catchup(stop.clone())));

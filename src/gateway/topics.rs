@@ -21,16 +21,16 @@ pub(super) async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<Json<HistoryResponse>> {
     let Query(query) = query.map_err(query_error)?;
-    let page = state.ops.history(&grant, &HistoryRequest { since: query.since, limit: query.limit }).await?;
-    Ok(Json(HistoryResponse::new(page, query.since, query.epoch.as_deref())))
+    let h = state.ops.history(&grant, &HistoryRequest { since: query.since, limit: query.limit }).await?;
+    Ok(Json(HistoryResponse::new(h.page, query.since, query.epoch.as_deref(), h.expired, h.next_since)))
 }
 
 pub(super) async fn topic(
     State(state): State<Arc<AppState>>,
     Granted { grant, .. }: Granted<Subscribe>,
 ) -> ApiResult<Json<TopicResponse>> {
-    let info = state.ops.topic_info(&grant).await?;
-    Ok(Json(TopicResponse::new(grant.topic().to_string(), info)))
+    let t = state.ops.topic_info(&grant).await?;
+    Ok(Json(TopicResponse::new(grant.topic().to_string(), t.info, t.retention, crate::clock::now_ms())))
 }
 
 pub(super) async fn topics(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<TopicsResponse>> {

@@ -149,6 +149,9 @@ async fn run(
     let writer = tokio::spawn(
         write(sink, replies_rx, deliveries, encoding, pace, state.shutdown.clone(), stop.clone()).in_current_span(),
     );
+    if caller.principal.kind != crate::auth::PrincipalKind::Anonymous {
+        session.set_user(&caller.principal.subject).await;
+    }
     let mut conn = Conn {
         state: state.clone(),
         caller,

@@ -15,7 +15,8 @@ use crate::error::{Code, Error};
 use crate::groups::consumer::SessionConsumer;
 use crate::groups::settle::{Nack, Settled};
 use crate::message::NewMessage;
-use crate::ops::access::{Consume, Publish, Subscribe};
+use crate::ops::access::{Consume, PresenceRead, Publish, Subscribe};
+use crate::ops::SubscribeRequest;
 use crate::store::groups::GroupDelivery;
 use crate::topic::Topic;
 use crate::wire::MessageOut;
@@ -31,9 +32,14 @@ impl Conn {
             return Err(FrameError::new(id, Code::Unauthorized, "authenticate first (auth frame)"));
         }
         let reply = match frame {
-            ClientFrame::Subscribe { id, topic, since } => self.subscribe(id, &topic, since).await,
+            ClientFrame::Subscribe { id, topic, since, join_leave, info } => {
+                self.subscribe(id, &topic, since, SubscribeRequest { join_leave, info }).await
+            }
             ClientFrame::Unsubscribe { id, topic } => self.unsubscribe(id, topic).await.map(|f| (f, None)),
-            ClientFrame::Publish { id, topic, data, headers, ttl_ms, idempotency_key } => {
+            ClientFrame::Publish { id, topic, data, headers, ephemeral: true, .. } => {
+                self.publish_ephemeral(id, topic, data, headers).await.map(|f| (f, None))
+            }
+            ClientFrame::Publish { id, topic, data, headers, ttl_ms, idempotency_key, .. } => {
                 let message = NewMessage {
                     payload: serde_json::to_vec(&data).unwrap_or_default(),
                     content_type: "application/json".into(),
@@ -44,7 +50,13 @@ impl Conn {
                 self.publish(id, topic, message).await.map(|f| (f, None))
             }
             ClientFrame::Ping { id } => Ok((ServerFrame::Pong { id }, None)),
-            ClientFrame::Auth { id, token } => self.auth(id, &token).map(|f| (f, None)),
+            ClientFrame::Presence { id, topic } => self.presence(id, topic).await.map(|f| (f, None)),
+            ClientFrame::PresenceStats { id, topic } => self.presence_stats(id, topic).await.map(|f| (f, None)),
+            ClientFrame::UserStatus { id, user } => self.user_status(id, user).await.map(|f| (f, None)),
+            ClientFrame::SetStatus { id, status } => {
+                self.state.ops.set_status(&self.caller, &status).await.map(|()| (ServerFrame::StatusSet { id }, None))
+            }
+            ClientFrame::Auth { id, token } => self.auth(id, &token).await.map(|f| (f, None)),
             ClientFrame::Consume { id, topic, group, prefetch } => {
                 self.consume(id, topic, group, prefetch).map(|f| (f, None))
             }
@@ -57,11 +69,17 @@ impl Conn {
         reply.map_err(|error| FrameError { id, error })
     }
 
-    async fn subscribe(&mut self, id: u64, name: &str, since: Option<SinceFrame>) -> Result<Reply, Error> {
+    async fn subscribe(
+        &mut self,
+        id: u64,
+        name: &str,
+        since: Option<SinceFrame>,
+        request: SubscribeRequest,
+    ) -> Result<Reply, Error> {
         // Checked at every subscribe, resumes included.
         let grant = self.state.ops.access().grant::<Subscribe>(&self.caller, name)?;
         let since = since.as_ref().map_or(Ok(Since::Now), SinceFrame::to_since)?;
-        let subscribed = self.state.ops.subscribe(&self.session, &grant, since).await?;
+        let subscribed = self.state.ops.subscribe(&self.caller, &self.session, &grant, since, request).await?;
         Ok((ServerFrame::subscribed(Some(id), name, &subscribed), Some(grant.topic().clone())))
     }
 
@@ -87,9 +105,45 @@ impl Conn {
         })
     }
 
+    async fn publish_ephemeral(
+        &mut self,
+        id: u64,
+        name: String,
+        data: serde_json::Value,
+        headers: std::collections::BTreeMap<String, String>,
+    ) -> Result<ServerFrame, Error> {
+        let grant = self.state.ops.access().grant::<Publish>(&self.caller, &name)?;
+        let client = Some(self.session.client());
+        self.state.ops.publish_ephemeral(&self.caller, &grant, data, headers, client).await?;
+        Ok(ServerFrame::Sent { id, topic: name })
+    }
+
+    async fn presence(&self, id: u64, name: String) -> Result<ServerFrame, Error> {
+        let grant = self.state.ops.access().grant::<PresenceRead>(&self.caller, &name)?;
+        let p = self.state.ops.presence(&grant).await?;
+        Ok(ServerFrame::Presence { id, topic: name, clients: p.clients, users: p.users, members: p.members })
+    }
+
+    async fn presence_stats(&self, id: u64, name: String) -> Result<ServerFrame, Error> {
+        let grant = self.state.ops.access().grant::<PresenceRead>(&self.caller, &name)?;
+        let (clients, users) = self.state.ops.presence_stats(&grant).await?;
+        Ok(ServerFrame::PresenceStats { id, topic: name, clients, users })
+    }
+
+    async fn user_status(&self, id: u64, user: String) -> Result<ServerFrame, Error> {
+        let s = self.state.ops.user_status(&self.caller, &user).await?;
+        Ok(ServerFrame::UserStatus {
+            id,
+            user,
+            online: s.online,
+            last_seen_ms: (s.last_seen_ms > 0).then_some(s.last_seen_ms),
+            status: (!s.status.is_empty()).then_some(s.status),
+        })
+    }
+
     /// Authenticates the session, or refreshes its token: a refresh must keep the subject
     /// (an anonymous session may authenticate as anyone).
-    fn auth(&mut self, id: u64, token: &str) -> Result<ServerFrame, Error> {
+    async fn auth(&mut self, id: u64, token: &str) -> Result<ServerFrame, Error> {
         let principal = self.state.ops.access().principal(Some(token))?;
         let current = &self.caller.principal;
         if current.kind != PrincipalKind::Anonymous && current.subject != principal.subject {
@@ -97,6 +151,9 @@ impl Conn {
         }
         let frame =
             ServerFrame::Authenticated { id, subject: principal.subject.clone(), expires_at: principal.expires_at };
+        if principal.kind != PrincipalKind::Anonymous {
+            self.session.set_user(&principal.subject).await;
+        }
         self.caller.principal = principal;
         self.auth_deadline = None;
         Ok(frame)

@@ -62,6 +62,13 @@ fn delivery_step(queued: Option<Queued>, encoding: Encoding) -> Step {
         return Step::Skip;
     }
     match &q.item {
+        // Expired while it waited in the queue: the notice goes in its place.
+        Item::Message(d) if d.has_ttl() && d.is_expired(crate::clock::now_ms()) => {
+            metrics::expired_skipped("subscription", 1);
+            Step::Send(encoded(encoding, ServerFrame::expired_message(d).encode(encoding)))
+        }
+        Item::Expired(run) => Step::Send(encoded(encoding, ServerFrame::expired(run).encode(encoding))),
+        Item::Event(event) => Step::Send(encoded(encoding, ServerFrame::event(event).encode(encoding))),
         Item::Message(d) => {
             metrics::delivered("ws", d.published_ms());
             // Encoded once per message and encoding on this node, shared by its sessions.

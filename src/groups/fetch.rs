@@ -95,7 +95,7 @@ impl Fetcher {
 /// Why a delivery must not be handed out, if it must not.
 fn refusal(g: &Group, d: &GroupDelivery, now: u64) -> Option<(Failure, String)> {
     match &d.envelope {
-        Ok(e) if e.ttl_ms.is_some_and(|ttl| e.published_ms.saturating_add(ttl) < now) => {
+        Ok(e) if e.is_expired(now) => {
             Some((Failure::Expired { to_dlq: g.expired_to_dlq() }, "expired before delivery".to_string()))
         }
         _ if d.attempt > g.policy.max_attempts => Some((

@@ -52,6 +52,8 @@ pub struct Subscribe;
 pub struct Publish;
 /// Marker: the `consume` scope (pull fetch, ack, nack, WebSocket consumers).
 pub struct Consume;
+/// Marker: the `presence` scope (who is present, join/leave events).
+pub struct PresenceRead;
 /// Marker: an API key with the `admin` scope (group and dead-letter administration).
 pub struct Admin;
 
@@ -63,6 +65,9 @@ impl Needs for Publish {
 }
 impl Needs for Consume {
     const SCOPE: Scope = Scope::Consume;
+}
+impl Needs for PresenceRead {
+    const SCOPE: Scope = Scope::Presence;
 }
 impl Needs for Admin {
     const SCOPE: Scope = Scope::Admin;
@@ -151,6 +156,12 @@ impl Access {
             }
             _ => denied(&caller.principal, &format!("{} on {topic}", scope.as_str())),
         })
+    }
+
+    /// Whether the caller has `scope` on `name` (a topic, or `@<user>` for user status),
+    /// answered like a grant: Ok, or the 401/403 refusal.
+    pub fn check(&self, caller: &Caller, scope: Scope, name: &str) -> Result<()> {
+        self.allow(caller, scope, name)
     }
 
     /// The admin scope, for admin operations that name no topic.

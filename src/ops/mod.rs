@@ -12,6 +12,7 @@ pub mod access;
 pub mod dlq;
 pub mod groups;
 pub mod node;
+pub mod presence;
 pub mod publish;
 pub mod topics;
 
@@ -20,11 +21,22 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::delivery::session::{Session, Since, SubscribeError, Subscribed};
+use crate::delivery::event::Member;
+use crate::delivery::session::{Session, Since, SubscribeError, SubscribeOptions, Subscribed};
 use crate::error::{Code, Error, Result};
 use crate::groups::Groups;
 use crate::store::Store;
-use access::{Access, Grant, Subscribe};
+use access::{Access, Caller, Grant, Subscribe};
+
+/// What a subscriber asks for besides the position.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeRequest {
+    /// Join and leave events of the topic (needs the `presence` scope).
+    pub join_leave: bool,
+    /// The info shown with this subscriber in the topic's presence (JSON, at most
+    /// `presence.max_info_bytes`).
+    pub info: Option<serde_json::Value>,
+}
 
 /// The operations of one node; cheap to clone.
 #[derive(Clone)]
@@ -62,8 +74,37 @@ impl Ops {
 
     /// Subscribes `session` to the granted topic from `since` (PROTOCOL.md §2.4). Nothing
     /// is delivered until the transport calls `Session::start`, after queueing its reply.
-    pub async fn subscribe(&self, session: &Session, grant: &Grant<Subscribe>, since: Since) -> Result<Subscribed> {
-        session.subscribe(grant.topic().clone(), since).await.map_err(|e| match e {
+    /// On a topic whose presence is tracked, the subscriber joins it (with `info`); join
+    /// and leave events need the `presence` scope.
+    pub async fn subscribe(
+        &self,
+        caller: &Caller,
+        session: &Session,
+        grant: &Grant<Subscribe>,
+        since: Since,
+        request: SubscribeRequest,
+    ) -> Result<Subscribed> {
+        let topic = grant.topic();
+        if request.join_leave {
+            self.access.check(caller, crate::auth::Scope::Presence, topic.as_str())?;
+        }
+        let info_limit = self.config.presence.max_info_bytes;
+        if let Some(info) = &request.info {
+            let len = serde_json::to_vec(info).map_or(0, |b| b.len());
+            if len > info_limit {
+                return Err(Error::new(
+                    Code::InvalidRequest,
+                    format!("info is {len} bytes, limit {info_limit} (presence.max_info_bytes)"),
+                ));
+            }
+        }
+        let member = self.config.presence.tracks(topic.as_str()).then(|| Member {
+            client: session.client().to_string(),
+            user: presence::presence_user(caller),
+            info: request.info,
+        });
+        let options = SubscribeOptions { join_leave: request.join_leave, member };
+        session.subscribe(topic.clone(), since, options).await.map_err(|e| match e {
             e @ SubscribeError::AlreadySubscribed(_) => Error::new(Code::AlreadySubscribed, e.to_string()),
             e @ SubscribeError::TooMany(_) => Error::new(Code::TooManySubscriptions, e.to_string()),
             SubscribeError::Store(e) => e.into(),

@@ -15,7 +15,7 @@ impl Ops {
     /// Stores one message; acknowledged (Ok) only once it is in the topic's stream (and,
     /// with `durability = "replicated"`, confirmed by the replicas).
     pub async fn publish(&self, caller: &Caller, grant: &Grant<Publish>, message: NewMessage) -> Result<Published> {
-        let checked = message.check(&self.config.limits).map_err(Error::from);
+        let checked = self.with_default_ttl(grant, message).check(&self.config.limits).map_err(Error::from);
         let checked = counted(checked.and_then(|m| self.access.spend_publish(caller, 1).map(|()| m)))?;
         let mut published = self.store_messages(grant, vec![checked]).await?;
         published.pop().ok_or_else(|| Error::internal("publish answered no result"))
@@ -47,7 +47,7 @@ impl Ops {
             let checked = messages
                 .into_iter()
                 .enumerate()
-                .map(|(i, m)| m.check(limits).map_err(|e| Error::from(e).at(i)))
+                .map(|(i, m)| self.with_default_ttl(grant, m).check(limits).map_err(|e| Error::from(e).at(i)))
                 .collect::<Result<Vec<OutgoingMessage>>>()?;
             self.access.spend_publish(caller, checked.len() as u32)?;
             Ok(checked)
@@ -56,10 +56,22 @@ impl Ops {
         self.store_messages(grant, checked).await
     }
 
+    /// A message without a TTL gets its topic's default one (`retention.default_ttl_ms`,
+    /// per topic pattern), if any.
+    fn with_default_ttl(&self, grant: &Grant<Publish>, mut message: NewMessage) -> NewMessage {
+        if message.ttl_ms.is_none() {
+            let ttl = self.config.retention.for_topic(grant.topic().as_str()).default_ttl_ms;
+            message.ttl_ms = (ttl > 0).then_some(ttl);
+        }
+        message
+    }
+
     async fn store_messages(&self, grant: &Grant<Publish>, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>> {
         let sizes: Vec<usize> = messages.iter().map(|m| m.envelope.payload.len()).collect();
         let started = Instant::now();
-        let results = counted(self.store.publish(grant.topic(), messages).await.map_err(Error::from))?;
+        let (results, aged_out) =
+            counted(self.store.publish_counted(grant.topic(), messages).await.map_err(Error::from))?;
+        metrics::retention_trimmed("age", aged_out);
         ::metrics::histogram!(metrics::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
         let (mut stored, mut duplicate) = ((0u64, 0u64), (0u64, 0u64));
         for (result, size) in results.iter().zip(sizes) {

@@ -2,6 +2,7 @@
 
 use super::access::{Caller, Grant, Subscribe};
 use super::Ops;
+use crate::config::TopicRetention;
 use crate::error::{Code, Error, Result};
 use crate::store::{HistoryPage, TopicInfo};
 
@@ -16,6 +17,27 @@ pub struct HistoryRequest {
     pub limit: Option<usize>,
 }
 
+/// A page of history: the messages after `since` that have not expired, and how the
+/// reader goes on.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The position snapshot and the messages (expired ones left out).
+    pub page: HistoryPage,
+    /// Messages of this page left out because they had expired (never a gap: their seqs
+    /// were simply not due any more).
+    pub expired: u64,
+    /// The seq the next page starts after: the last seq this page covered, expired or
+    /// not (`since` when it covered none).
+    pub next_since: u64,
+}
+
+/// A topic's state and the retention that applies to it.
+#[derive(Debug, Clone)]
+pub struct TopicState {
+    pub info: TopicInfo,
+    pub retention: TopicRetention,
+}
+
 /// The listing of topics (an admin operation).
 #[derive(Debug, Clone)]
 pub struct TopicList {
@@ -28,24 +50,32 @@ pub struct TopicList {
 impl Ops {
     /// One page of history and the topic's position, from one snapshot.
     /// `404 topic_not_found` for a topic with neither an epoch nor retained entries.
-    pub async fn history(&self, grant: &Grant<Subscribe>, request: &HistoryRequest) -> Result<HistoryPage> {
+    /// Expired messages are left out (counted in `expired`); `next_since` says where the
+    /// next page starts, so a page of nothing but expired messages still moves the reader on.
+    pub async fn history(&self, grant: &Grant<Subscribe>, request: &HistoryRequest) -> Result<History> {
         let limit = request.limit.unwrap_or(DEFAULT_HISTORY_LIMIT).min(self.config.limits.max_history_limit);
-        let page = self.store.read_since(grant.topic(), request.since, limit).await?;
+        let mut page = self.store.read_since(grant.topic(), request.since, limit).await?;
         if page.position.epoch.is_none() && page.position.first_retained == 0 {
             return Err(Error::new(Code::TopicNotFound, format!("topic {} has no messages", grant.topic())));
         }
         crate::metrics::history_read(page.truncated(request.since));
-        Ok(page)
+        let next_since = page.messages.last().map_or(request.since, |m| m.seq);
+        let now = crate::clock::now_ms();
+        let before = page.messages.len();
+        page.messages.retain(|m| !m.envelope.as_ref().is_ok_and(|e| e.is_expired(now)));
+        let expired = (before - page.messages.len()) as u64;
+        crate::metrics::expired_skipped("history", expired);
+        Ok(History { page, expired, next_since })
     }
 
     /// A topic's position, length, creation time and groups. `404 topic_not_found` for a
     /// topic with no epoch, no retained entries and no consumer group.
-    pub async fn topic_info(&self, grant: &Grant<Subscribe>) -> Result<TopicInfo> {
+    pub async fn topic_info(&self, grant: &Grant<Subscribe>) -> Result<TopicState> {
         let info = self.store.topic_info(grant.topic()).await?;
         if info.position.epoch.is_none() && info.length == 0 && info.groups.is_empty() {
             return Err(Error::new(Code::TopicNotFound, format!("topic {} has no messages", grant.topic())));
         }
-        Ok(info)
+        Ok(TopicState { info, retention: self.config.retention.for_topic(grant.topic().as_str()) })
     }
 
     /// Names of topics (admin): a sorted subset of at most `limit` (and of at most

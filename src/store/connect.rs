@@ -30,9 +30,16 @@ pub(super) fn pool(config: &RedisConfig) -> Result<Pool> {
 /// One dedicated connection (Pub/Sub hints, blocking reads), configured like the pool;
 /// `connection` labels its reconnects.
 pub(super) fn client(config: &RedisConfig, connection: &'static str) -> Result<Client> {
+    let client = unconnected(config, connection)?;
+    client.connect();
+    Ok(client)
+}
+
+/// A dedicated client not yet connected: its owner subscribes to its events first (a
+/// notice sent before anyone listens is lost), then calls `connect`.
+pub(super) fn unconnected(config: &RedisConfig, connection: &'static str) -> Result<Client> {
     let client = builder(config)?.build().map_err(|e| StoreError::Redis(e.to_string()))?;
     count_reconnects(&client, connection);
-    client.connect();
     Ok(client)
 }
 

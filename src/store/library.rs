@@ -11,10 +11,10 @@
 use crate::config::Config;
 
 /// Function names, one per atomic operation. A changed meaning gets a new name.
-pub const PUBLISH: &str = "sh_publish_v1";
+pub const PUBLISH: &str = "sh_publish_v2";
 pub const PUBLISH_RAW: &str = "sh_publish_raw_v1";
 pub const READ_SINCE: &str = "sh_read_since_v1";
-pub const TOPIC_INFO: &str = "sh_topic_info_v1";
+pub const TOPIC_INFO: &str = "sh_topic_info_v2";
 pub const GROUP_ENSURE: &str = "sh_group_ensure_v1";
 pub const GROUP_ACK: &str = "sh_group_ack_v1";
 pub const GROUP_FAIL: &str = "sh_group_fail_v1";
@@ -22,8 +22,15 @@ pub const GROUP_PROMOTE: &str = "sh_group_promote_v1";
 pub const GROUP_RECLAIM: &str = "sh_group_reclaim_v1";
 pub const GROUP_REPLAY: &str = "sh_group_replay_v1";
 pub const GROUP_DELETE: &str = "sh_group_delete_v1";
+pub const PRESENCE_UPSERT: &str = "sh_presence_upsert_v1";
+pub const PRESENCE_LEAVE: &str = "sh_presence_leave_v1";
+pub const PRESENCE_LIST: &str = "sh_presence_list_v1";
+pub const USER_UPSERT: &str = "sh_user_upsert_v1";
+pub const USER_REMOVE: &str = "sh_user_remove_v1";
+pub const USER_STATUS: &str = "sh_user_status_v1";
+pub const USER_SET_STATUS: &str = "sh_user_set_status_v1";
 
-const SOURCES: [&str; 12] = [
+const SOURCES: [&str; 13] = [
     include_str!("../../lua/prelude.lua"),
     include_str!("../../lua/publish.lua"),
     include_str!("../../lua/publish_raw.lua"),
@@ -36,6 +43,7 @@ const SOURCES: [&str; 12] = [
     include_str!("../../lua/group_reclaim.lua"),
     include_str!("../../lua/group_dlq.lua"),
     include_str!("../../lua/group_delete.lua"),
+    include_str!("../../lua/presence.lua"),
 ];
 
 /// The library source with the `{{…}}` placeholders filled in from `config`.
@@ -45,12 +53,29 @@ pub fn render(config: &Config) -> String {
         .concat()
         .replace("{{retention_max_len}}", &config.retention.max_len.to_string())
         .replace("{{retention_hard_max_len}}", &config.retention.hard_max_len.to_string())
+        .replace("{{retention_max_age_ms}}", &config.retention.max_age_ms.to_string())
+        .replace("{{retention_default_ttl_ms}}", &config.retention.default_ttl_ms.to_string())
+        .replace("{{retention_rules}}", &retention_rules(config))
         .replace("{{idempotency_window_ms}}", &config.idempotency.window_ms.to_string())
         .replace("{{max_payload_bytes}}", &l.max_payload_bytes.to_string())
         .replace("{{max_headers}}", &l.max_headers.to_string())
         .replace("{{max_header_bytes}}", &l.max_header_bytes.to_string())
         .replace("{{max_topic_bytes}}", &l.max_topic_bytes.to_string())
         .replace("{{max_idempotency_key_bytes}}", &l.max_idempotency_key_bytes.to_string())
+}
+
+/// `[[retention.topics]]` as a Lua table literal: `{ {'<pattern>', max_len, max_age_ms,
+/// default_ttl_ms}, … }` with -1 for a key the rule leaves out. Patterns hold only topic
+/// characters, `*` and `?` (validated), so they need no escaping in a quoted literal.
+fn retention_rules(config: &Config) -> String {
+    let num = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    let rules: Vec<String> = config
+        .retention
+        .topics
+        .iter()
+        .map(|r| format!("{{'{}', {}, {}, {}}}", r.pattern, num(r.max_len), num(r.max_age_ms), num(r.default_ttl_ms)))
+        .collect();
+    format!("{{ {} }}", rules.join(", "))
 }
 
 #[cfg(test)]
@@ -64,6 +89,8 @@ mod tests {
         assert!(!source.contains("{{"), "unfilled placeholder");
         for name in [
             PUBLISH,
+            "sh_publish_v1",
+            "sh_topic_info_v1",
             PUBLISH_RAW,
             READ_SINCE,
             TOPIC_INFO,
@@ -74,6 +101,13 @@ mod tests {
             GROUP_RECLAIM,
             GROUP_REPLAY,
             GROUP_DELETE,
+            PRESENCE_UPSERT,
+            PRESENCE_LEAVE,
+            PRESENCE_LIST,
+            USER_UPSERT,
+            USER_REMOVE,
+            USER_STATUS,
+            USER_SET_STATUS,
         ] {
             assert!(source.contains(&format!("'{name}'")), "{name} not registered");
         }

@@ -9,6 +9,7 @@ mod error;
 pub mod groups;
 pub mod hints;
 pub mod library;
+pub mod presence;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,8 @@ pub struct TopicInfo {
     pub created_ms: u64,
     /// Names of the topic's consumer groups.
     pub groups: Vec<String>,
+    /// Publish time (ms) of the oldest retained message; 0 when there is none.
+    pub oldest_ms: u64,
 }
 
 /// Handle to Redis; cheap to clone.
@@ -96,8 +99,8 @@ pub struct Store {
     pool: Pool,
     keys: Keys,
     library: Arc<String>,
-    max_len: u64,
-    hard_max_len: u64,
+    /// Retention by topic pattern (`[retention]`), applied by every publish.
+    retention: Arc<crate::config::RetentionConfig>,
     idempotency_window_ms: u64,
     command_timeout: Duration,
     /// For dedicated connections (blocking reads, hints).
@@ -116,8 +119,7 @@ impl Store {
             pool,
             keys: Keys::new(config.redis.prefix.clone()),
             library: Arc::new(library::render(config)),
-            max_len: config.retention.max_len,
-            hard_max_len: config.retention.hard_max_len,
+            retention: Arc::new(config.retention.clone()),
             idempotency_window_ms: config.idempotency.window_ms,
             command_timeout: Duration::from_millis(config.redis.command_timeout_ms),
             redis_config: config.redis.clone(),
@@ -247,21 +249,33 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `messages` on `topic` atomically, with consecutive seqs, in one round trip.
+    /// Stores `messages` on `topic` atomically, with consecutive seqs, in one round trip,
+    /// under the topic's retention (`RetentionConfig::for_topic`).
     /// Acknowledged (Ok) only once every new entry is in the topic's stream (G1), and with
     /// durability = "replicated" only once the required replicas confirmed it (WAIT on the
     /// same connection); otherwise `NotReplicated` (the entries are stored on the primary).
     /// Messages whose idempotency key was seen within the window are not stored again;
     /// their result is the earlier publish, with `duplicate = true`.
     pub async fn publish(&self, topic: &Topic, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>> {
+        Ok(self.publish_counted(topic, messages).await?.0)
+    }
+
+    /// `publish`, also returning how many old entries retention by age removed.
+    pub async fn publish_counted(
+        &self,
+        topic: &Topic,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<(Vec<Published>, u64)> {
+        let retention = self.retention.for_topic(topic.as_str());
         let tk = self.keys.topic(topic);
         let n = messages.len();
         let mut keys = vec![tk.meta.clone(), tk.stream.clone(), tk.hint.clone()];
-        let mut args: Vec<Value> = Vec::with_capacity(3 + n * 3);
-        args.push(Value::from(self.max_len as i64));
+        let mut args: Vec<Value> = Vec::with_capacity(5 + n * 3);
+        args.push(Value::from(retention.max_len as i64));
         args.push(Value::from(self.idempotency_window_ms as i64));
         args.push(Value::from(n as i64));
-        args.push(Value::from(self.hard_max_len as i64));
+        args.push(Value::from(retention.hard_max_len as i64));
+        args.push(Value::from(retention.max_age_ms as i64));
         for m in messages {
             let idem_index = match &m.idempotency_key {
                 Some(k) => {
@@ -275,12 +289,13 @@ impl Store {
             args.push(Value::from(idem_index));
         }
         let client = self.pool.next();
-        let reply = self.call_on(client, library::PUBLISH, keys, args, false).await?.into_array();
+        let mut reply = self.call_on(client, library::PUBLISH, keys, args, false).await?.into_array();
+        let aged_out = reply.pop().and_then(|v| v.as_u64()).unwrap_or(0);
         let published = parse_published(reply, n)?;
         if let Some((replicas, timeout)) = self.replication {
             self.confirm_replicated(client, &tk.stream, replicas, timeout).await?;
         }
-        Ok(published)
+        Ok((published, aged_out))
     }
 
     /// The messages with seq > `since`, at most `limit`, and the topic's position, from
@@ -309,7 +324,9 @@ impl Store {
         let length = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let created_ms = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let groups = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
-        Ok(TopicInfo { position, length, created_ms, groups: groups.split_whitespace().map(str::to_string).collect() })
+        let oldest_ms = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let groups = groups.split_whitespace().map(str::to_string).collect();
+        Ok(TopicInfo { position, length, created_ms, groups, oldest_ms })
     }
 
     /// Names of topics that have a meta hash, at most `limit`, sorted. Walks the key space

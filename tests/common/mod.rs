@@ -227,12 +227,12 @@ pub fn test_config(redis: &RedisServer) -> Config {
     // an admin key the test HTTP client sends by default.
     config.auth.anonymous.push(streamhub::config::AnonymousRule {
         topics: vec!["*".into()],
-        scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume],
+        scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume, Scope::Presence],
     });
     config.auth.api_key.push(streamhub::config::ApiKeySpec {
         name: "test-admin".into(),
         sha256: streamhub::auth::hash_api_key(ADMIN_KEY),
-        scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume, Scope::Admin],
+        scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume, Scope::Presence, Scope::Admin],
         topics: vec!["*".into()],
     });
     config

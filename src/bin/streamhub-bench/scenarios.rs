@@ -84,7 +84,7 @@ impl Node {
         config.log.level = "warn".into();
         config.auth.anonymous.push(AnonymousRule {
             topics: vec!["*".into()],
-            scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume],
+            scopes: vec![Scope::Subscribe, Scope::Publish, Scope::Consume, Scope::Presence],
         });
         tweak(&mut config);
         let prefix = config.redis.prefix.clone();
