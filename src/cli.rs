@@ -1,5 +1,5 @@
-//! The `streamhub` command line: `serve`, `publish`, `history`, `topics`, `tail`, `groups`,
-//! `presence`, `dlq`, `check-config`.
+//! The `streamhub` command line: `serve`, `dev`, `publish`, `history`, `topics`, `tail`,
+//! `groups`, `presence`, `stats`, `dlq`, `hash-key`, `check-config`.
 //!
 //! `publish`, `history`, `topics`, `groups`, `presence` and `dlq` call the same operations as the
 //! server (`crate::ops`), on Redis directly, as the operator (whoever can reach Redis
@@ -62,6 +62,17 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run the broker until SIGTERM or Ctrl-C.
     Serve,
+    /// A local broker to try streamhub: open to anyone on this machine (it listens on
+    /// loopback only), its own redis-server on a free port with its data in --data-dir,
+    /// the console, and a generated admin key. Not for production: use `serve`.
+    Dev {
+        /// Where its Redis data (AOF) and admin key are kept, across runs.
+        #[arg(long, value_name = "DIR", default_value = "data/dev")]
+        data_dir: PathBuf,
+        /// Keep nothing: data in a new temporary directory, removed on exit.
+        #[arg(long)]
+        temp: bool,
+    },
     /// Publish one message to a topic and print its (epoch, seq).
     Publish {
         topic: String,
@@ -235,7 +246,24 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let command = match cli.command {
+        Command::Dev { data_dir, temp } => {
+            let dev = DevArgs { data_dir, temp, redis_url: cli.global.redis_url.clone() };
+            return match runtime.block_on(dev::run(dev, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(dev::DevError::Usage(e)) => {
+                    eprintln!("streamhub dev: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("streamhub dev: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        command => command,
+    };
+    match runtime.block_on(run(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("streamhub: {e}");
@@ -245,13 +273,32 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter(&config.log.level)));
+    // Colour codes only for a person at a terminal, never in files, pipes or CI logs.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.log.format {
         crate::config::LogFormat::Text => builder.try_init(),
         // Span fields (request_id, conn_id) flattened into every line's `spans` list.
         crate::config::LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
     };
+}
+
+/// `log.level`, quieting the Redis client's per-connection warning that it "broadcasts"
+/// a closed connection: it fires for every pooled connection when streamhub itself closes
+/// them at shutdown (a burst that reports nothing wrong). A lost connection still shows in
+/// the failing calls' errors, `/readyz` and `streamhub_redis_up`. Set `log.level` (or
+/// `RUST_LOG`) with a `fred` directive to see them.
+fn default_filter(level: &str) -> String {
+    if level.contains("fred") {
+        level.to_string()
+    } else {
+        format!("{level},fred::router::responses=error")
+    }
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -291,6 +338,7 @@ fn print_json(value: &impl serde::Serialize) -> CliResult {
 async fn run(command: Command, config: Config) -> CliResult {
     match command {
         Command::Serve => serve(config).await,
+        Command::Dev { .. } => Ok(()),
         Command::Publish { topic, data, content_type, headers, ttl_ms, idempotency_key } => {
             let ops = offline_ops(&config)?;
             let operator = ops.access().operator();
@@ -447,33 +495,47 @@ async fn dlq_apply(
 }
 
 async fn serve(config: Config) -> CliResult {
+    let signal = shutdown_signal();
     let server = Server::start(config).await?;
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives while the node is
+/// still starting (or printing its banner) is not lost to the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
+}
+
+async fn wait_for_signal() {
+    shutdown_signal().await
 }
 
 fn read_data(data: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
@@ -508,3 +570,13 @@ fn parse_headers(pairs: &[String]) -> Result<BTreeMap<String, String>, ConfigErr
         })
         .collect()
 }
+
+/// The arguments of `streamhub dev`.
+struct DevArgs {
+    data_dir: PathBuf,
+    temp: bool,
+    /// `--redis-url`, when given: use that Redis instead of starting one.
+    redis_url: Option<String>,
+}
+
+mod dev;

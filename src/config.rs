@@ -67,6 +67,9 @@ pub struct HttpConfig {
     /// An HTTP request (other than SSE and WebSocket) taking longer is answered 503
     /// `request_timeout`.
     pub request_timeout_ms: u64,
+    /// Serve the web console at `/console` (static files; it acts only through the API,
+    /// with the credentials typed into it).
+    pub console: bool,
 }
 
 /// Presence: who is subscribed to a topic, join and leave events, user status.
@@ -353,11 +356,19 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpawnPolicy {
-    /// Start a private redis-server when nothing answers at a loopback URL.
+    /// Start a private redis-server when the URL is the built-in default
+    /// ([`DEFAULT_REDIS_URL`]) and nothing answers there.
     Auto,
+    /// Start one when the URL is any plain `redis://` URL on a loopback address and
+    /// nothing answers there.
+    Always,
     /// Never start one.
     Never,
 }
+
+/// The built-in `redis.url`: the only URL `spawn = "auto"` starts a Redis for, so a
+/// mistyped URL is an error, never a new empty Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

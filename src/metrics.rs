@@ -10,6 +10,8 @@
 //! group (`<topic>/<name>`) from the configuration or the admin API. Nothing is labelled
 //! by topic, subject or client.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -193,12 +195,25 @@ fn describe() {
     let _ = refresh_process();
 }
 
-/// Sets the process gauges (called before every render); returns the CPU seconds used,
-/// which the metrics crate's integer counters cannot carry (see `render`).
-fn refresh_process() -> Option<f64> {
-    let mut cpu = None;
-    if let Some((started, _)) = STARTED.get() {
-        metrics::gauge!(UPTIME).set(started.elapsed().as_secs_f64());
+/// The process's own figures, read from /proc (Linux); None where unavailable.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ProcessFigures {
+    pub uptime_seconds: f64,
+    /// Unix time the process started, seconds.
+    pub start_time_seconds: f64,
+    pub resident_memory_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    pub max_fds: Option<u64>,
+    /// CPU time used (user and system), seconds.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// Reads the process figures.
+pub fn process() -> ProcessFigures {
+    let mut figures = ProcessFigures::default();
+    if let Some((started, start)) = STARTED.get() {
+        figures.uptime_seconds = started.elapsed().as_secs_f64();
+        figures.start_time_seconds = *start;
     }
     // /proc/self/stat: fields after the command name; utime and stime are fields 14 and
     // 15, in clock ticks (USER_HZ, which Linux fixes at 100 for this interface).
@@ -207,28 +222,42 @@ fn refresh_process() -> Option<f64> {
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
             if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-                cpu = Some((utime + stime) as f64 / 100.0);
+                figures.cpu_seconds = Some((utime + stime) as f64 / 100.0);
             }
         }
     }
     // "VmRSS:     12345 kB"
-    let rss_kb = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
-    });
-    if let Some(kb) = rss_kb {
-        metrics::gauge!(RESIDENT_MEMORY).set((kb * 1024) as f64);
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        metrics::gauge!(OPEN_FDS).set(dir.count() as f64);
-    }
+    figures.resident_memory_bytes = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024);
+    figures.open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as u64);
     // "Max open files            1024                 1048576              files"
-    let soft = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
-        limits.lines().find_map(|l| l.strip_prefix("Max open files")?.split_whitespace().next()?.parse::<f64>().ok())
+    figures.max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        limits.lines().find_map(|l| l.strip_prefix("Max open files")?.split_whitespace().next()?.parse::<u64>().ok())
     });
-    if let Some(soft) = soft {
-        metrics::gauge!(MAX_FDS).set(soft);
+    figures
+}
+
+/// Sets the process gauges (called before every render); returns the CPU seconds used,
+/// which the metrics crate's integer counters cannot carry (see `render`).
+fn refresh_process() -> Option<f64> {
+    let figures = process();
+    if STARTED.get().is_some() {
+        metrics::gauge!(UPTIME).set(figures.uptime_seconds);
     }
-    cpu
+    if let Some(bytes) = figures.resident_memory_bytes {
+        metrics::gauge!(RESIDENT_MEMORY).set(bytes as f64);
+    }
+    if let Some(n) = figures.open_fds {
+        metrics::gauge!(OPEN_FDS).set(n as f64);
+    }
+    if let Some(soft) = figures.max_fds {
+        metrics::gauge!(MAX_FDS).set(soft as f64);
+    }
+    figures.cpu_seconds
 }
 
 /// The `/metrics` text: process gauges refreshed, then everything rendered.
@@ -255,11 +284,14 @@ pub async fn run_upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
 
 /// A publish request refused, by its error code.
 pub fn publish_rejected(code: &'static str) {
+    FIGURES.rejected.fetch_add(1, Relaxed);
     metrics::counter!(PUBLISH_REJECTED, "code" => code).increment(1);
 }
 
 /// Messages handled by publish, by `outcome` (`stored` or `duplicate`), and their bytes.
 pub fn published(outcome: &'static str, count: u64, bytes: u64) {
+    let total = if outcome == "duplicate" { &FIGURES.duplicates } else { &FIGURES.stored };
+    total.fetch_add(count, Relaxed);
     metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome).increment(count);
     metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(bytes);
 }
@@ -329,6 +361,7 @@ pub fn resumed(outcome: &'static str) {
 }
 
 pub fn subscriptions(delta: f64) {
+    FIGURES.subscriptions.fetch_add(delta as i64, Relaxed);
     metrics::gauge!(SUBSCRIPTIONS).increment(delta);
 }
 
@@ -340,6 +373,7 @@ pub fn hint_gaps_repaired(cause: &'static str) {
 pub fn delivered(transport: &'static str, published_ms: u64) {
     metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(1);
     let lag_ms = crate::clock::now_ms().saturating_sub(published_ms);
+    FIGURES.delivered(transport, lag_ms);
     metrics::histogram!(DELIVERY_LAG, "transport" => transport).record(lag_ms as f64 / 1000.0);
 }
 
@@ -354,6 +388,7 @@ pub fn group_outcome(group: &str, outcome: &'static str, count: u64) {
 }
 
 pub fn redis_reconnected(connection: &'static str) {
+    FIGURES.redis_reconnects.fetch_add(1, Relaxed);
     metrics::counter!(REDIS_RECONNECTS, "connection" => connection).increment(1);
 }
 
@@ -361,6 +396,7 @@ pub fn redis_reconnected(connection: &'static str) {
 pub fn redis_call(command: &'static str, started: Instant, failed: Option<&'static str>) {
     metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command).record(started.elapsed().as_secs_f64());
     if let Some(kind) = failed {
+        FIGURES.redis_errors.fetch_add(1, Relaxed);
         metrics::counter!(REDIS_ERRORS, "kind" => kind).increment(1);
     }
 }
@@ -391,5 +427,181 @@ pub fn group_reclaimed(group: &str, count: usize) {
 
 /// `streamhub_redis_up`.
 pub fn redis_up(up: bool) {
+    FIGURES.redis_up.store(if up { 1 } else { 2 }, Relaxed);
     metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+// ---- the node's own figures (GET /v1/node) ----
+
+/// Running totals of the events the series above count, kept as plain atomics so that
+/// the node can report them itself (`GET /v1/node`, the console) without a Prometheus.
+/// Process-wide, like the recorder: several nodes in one process (tests) share them.
+struct Figures {
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+    subscriptions: std::sync::atomic::AtomicI64,
+    delivered_ws: AtomicU64,
+    delivered_sse: AtomicU64,
+    /// Delivery lag: one count per bucket of `LAG_BUCKETS` (upper bounds, seconds) and
+    /// one for above the last; the sum in milliseconds.
+    lag_buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
+    lag_sum_ms: AtomicU64,
+    redis_errors: AtomicU64,
+    redis_reconnects: AtomicU64,
+    /// 0 not polled yet, 1 the last PING was answered, 2 it was not.
+    redis_up: std::sync::atomic::AtomicU8,
+}
+
+static FIGURES: Figures = Figures {
+    stored: AtomicU64::new(0),
+    duplicates: AtomicU64::new(0),
+    rejected: AtomicU64::new(0),
+    subscriptions: std::sync::atomic::AtomicI64::new(0),
+    delivered_ws: AtomicU64::new(0),
+    delivered_sse: AtomicU64::new(0),
+    lag_buckets: [const { AtomicU64::new(0) }; LAG_BUCKETS.len() + 1],
+    lag_sum_ms: AtomicU64::new(0),
+    redis_errors: AtomicU64::new(0),
+    redis_reconnects: AtomicU64::new(0),
+    redis_up: std::sync::atomic::AtomicU8::new(0),
+};
+
+impl Figures {
+    fn delivered(&self, transport: &str, lag_ms: u64) {
+        let count = if transport == "sse" { &self.delivered_sse } else { &self.delivered_ws };
+        count.fetch_add(1, Relaxed);
+        let lag = lag_ms as f64 / 1000.0;
+        let bucket = LAG_BUCKETS.iter().position(|le| lag <= *le).unwrap_or(LAG_BUCKETS.len());
+        self.lag_buckets[bucket].fetch_add(1, Relaxed);
+        self.lag_sum_ms.fetch_add(lag_ms, Relaxed);
+    }
+}
+
+/// One bucket of a histogram: how many observations were at most `le` seconds
+/// (cumulative, as in Prometheus; `le` None is +Inf).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Bucket {
+    pub le: Option<f64>,
+    pub count: u64,
+}
+
+/// The delivery-lag histogram since the process started.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LagHistogram {
+    pub count: u64,
+    pub sum_seconds: f64,
+    pub buckets: Vec<Bucket>,
+}
+
+/// The q-quantile (0..=1) of cumulative buckets, interpolated linearly inside the bucket
+/// it falls in (as Prometheus's `histogram_quantile`); None without observations. A
+/// quantile in the +Inf bucket is reported as the highest finite bound.
+pub fn quantile(buckets: &[Bucket], q: f64) -> Option<f64> {
+    let total = buckets.last()?.count;
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let (mut below, mut lower) = (0u64, 0.0);
+    for b in buckets {
+        if b.count as f64 >= rank && b.count > below {
+            let Some(upper) = b.le else { return Some(lower) };
+            let inside = (rank - below as f64) / (b.count - below) as f64;
+            return Some(lower + (upper - lower) * inside.clamp(0.0, 1.0));
+        }
+        below = b.count;
+        lower = b.le.unwrap_or(lower);
+    }
+    Some(lower)
+}
+
+/// Totals since the process started, for `GET /v1/node`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeFigures {
+    pub messages_stored: u64,
+    pub messages_duplicate: u64,
+    pub publishes_rejected: u64,
+    pub subscriptions: u64,
+    pub delivered_ws: u64,
+    pub delivered_sse: u64,
+    pub delivery_lag: LagHistogram,
+    pub redis_errors: u64,
+    pub redis_reconnects: u64,
+    /// The last periodic PING: Some(true) answered, Some(false) not, None not yet polled.
+    pub redis_up: Option<bool>,
+}
+
+/// Reads the node's figures.
+pub fn figures() -> NodeFigures {
+    let f = &FIGURES;
+    let mut cumulative = 0;
+    let buckets = f
+        .lag_buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            cumulative += n.load(Relaxed);
+            Bucket { le: LAG_BUCKETS.get(i).copied(), count: cumulative }
+        })
+        .collect();
+    NodeFigures {
+        messages_stored: f.stored.load(Relaxed),
+        messages_duplicate: f.duplicates.load(Relaxed),
+        publishes_rejected: f.rejected.load(Relaxed),
+        subscriptions: f.subscriptions.load(Relaxed).max(0) as u64,
+        delivered_ws: f.delivered_ws.load(Relaxed),
+        delivered_sse: f.delivered_sse.load(Relaxed),
+        delivery_lag: LagHistogram {
+            count: cumulative,
+            sum_seconds: f.lag_sum_ms.load(Relaxed) as f64 / 1000.0,
+            buckets,
+        },
+        redis_errors: f.redis_errors.load(Relaxed),
+        redis_reconnects: f.redis_reconnects.load(Relaxed),
+        redis_up: match f.redis_up.load(Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buckets(counts: &[(Option<f64>, u64)]) -> Vec<Bucket> {
+        counts.iter().map(|&(le, count)| Bucket { le, count }).collect()
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let b = buckets(&[(Some(0.01), 50), (Some(0.1), 90), (Some(1.0), 100), (None, 100)]);
+        assert_eq!(quantile(&b, 0.5), Some(0.01));
+        let p90 = quantile(&b, 0.9).expect("p90");
+        assert!((p90 - 0.1).abs() < 1e-9, "{p90}");
+        let p95 = quantile(&b, 0.95).expect("p95");
+        assert!((p95 - 0.55).abs() < 1e-9, "{p95}");
+        assert_eq!(quantile(&b, 0.25), Some(0.005));
+    }
+
+    #[test]
+    fn no_observations_no_quantile_and_inf_reports_the_last_bound() {
+        assert_eq!(quantile(&buckets(&[(Some(1.0), 0), (None, 0)]), 0.5), None);
+        assert_eq!(quantile(&buckets(&[(Some(1.0), 0), (None, 4)]), 0.99), Some(1.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn a_delivery_lands_in_the_first_bucket_that_holds_it() {
+        let before = figures();
+        FIGURES.delivered("sse", 30);
+        let after = figures();
+        assert_eq!(after.delivered_sse, before.delivered_sse + 1);
+        // 0.03 s: above 0.025, at most 0.05 (the sixth bound).
+        let i = LAG_BUCKETS.iter().position(|le| *le == 0.05).expect("bucket");
+        assert_eq!(after.delivery_lag.buckets[i].count, before.delivery_lag.buckets[i].count + 1);
+        assert_eq!(after.delivery_lag.buckets[i - 1].count, before.delivery_lag.buckets[i - 1].count);
+    }
 }

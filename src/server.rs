@@ -78,9 +78,10 @@ impl Server {
             Ok(()) => {
                 tracing::info!(url = %crate::config::mask_url_password(&config.redis.url), "connected to redis")
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "redis not reachable yet; serving and reconnecting")
-            }
+            Err(e) => tracing::error!(
+                "{e}; serving anyway: /readyz answers 503 and every call that needs Redis fails until it answers \
+                 (streamhub keeps reconnecting)"
+            ),
         }
 
         let shutdown = CancellationToken::new();

@@ -1,5 +1,8 @@
-//! The embedded default: `streamhub serve` with nothing answering at a loopback Redis URL
-//! starts its own redis-server (AOF on, data under redis.data_dir) and stops it on SIGTERM.
+//! Embedded Redis only when asked for: `streamhub serve` starts its own redis-server (AOF
+//! on, data under redis.data_dir) for the default URL (`spawn = "auto"`) or any loopback
+//! URL (`"always"`) when nothing answers there, announces it, and stops it on SIGTERM —
+//! quietly. Any other unreachable URL is an error naming the URL and the cause, in `serve`
+//! and in the CLI; logs carry no colour codes when not written to a terminal.
 
 mod common;
 
@@ -13,6 +16,14 @@ use nix::unistd::Pid;
 struct Serve {
     child: Child,
     http: u16,
+    /// The node's standard error, written to a file.
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 impl Drop for Serve {
@@ -26,6 +37,7 @@ fn serve(redis_port: u16, data_dir: &std::path::Path, spawn: &str) -> Serve {
     let http = free_port();
     // Anonymous publishing, so the test can publish without credentials.
     let config = data_dir.with_extension("toml");
+    let log = data_dir.with_extension("log");
     std::fs::write(&config, "[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [\"publish\"]\n").expect("config");
     let child = Command::new(streamhub_bin())
         .args(["--config", config.to_str().expect("utf8")])
@@ -36,11 +48,12 @@ fn serve(redis_port: u16, data_dir: &std::path::Path, spawn: &str) -> Serve {
         .env("STREAMHUB__REDIS__DATA_DIR", data_dir)
         .env("STREAMHUB__REDIS__SPAWN", spawn)
         .env("STREAMHUB__REDIS__CONNECT_TIMEOUT_MS", "500")
+        .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("start streamhub serve");
-    Serve { child, http }
+    Serve { child, http, log }
 }
 
 async fn http_status(port: u16, path: &str) -> Option<u16> {
@@ -58,12 +71,12 @@ async fn wait_for_status(port: u16, path: &str, status: u16) {
 }
 
 #[tokio::test]
-async fn serve_starts_its_own_redis_and_stops_it_on_sigterm() {
+async fn spawn_always_starts_its_own_redis_announces_it_and_stops_it_quietly_on_sigterm() {
     let data = tempfile::tempdir().expect("temp dir");
     let redis_port = free_port();
     let redis_addr = std::net::SocketAddr::from(([127, 0, 0, 1], redis_port));
     assert!(!redis_answers(redis_addr), "nothing listens on the chosen port");
-    let mut node = serve(redis_port, &data.path().join("redis"), "auto");
+    let mut node = serve(redis_port, &data.path().join("redis"), "always");
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", node.http);
     wait_for_status(node.http, "/readyz", 200).await;
@@ -88,6 +101,51 @@ async fn serve_starts_its_own_redis_and_stops_it_on_sigterm() {
     };
     assert!(status.success(), "clean exit: {status:?}");
     wait_until("the embedded redis-server to stop", READY_TIMEOUT, || !redis_answers(redis_addr));
+    let log = node.log();
+    let announced = log.lines().find(|l| l.contains("started its own redis-server")).unwrap_or_default();
+    assert!(announced.contains(" WARN "), "announced loudly: {log}");
+    let dir = data.path().join("redis").canonicalize().expect("data dir");
+    assert!(announced.contains(&dir.display().to_string()), "with its data directory: {announced}");
+    assert!(announced.contains("pid="), "and its pid: {announced}");
+    let shutdown = log.split("shutting down").nth(1).expect("the shutdown is logged");
+    assert!(
+        !shutdown.contains(" WARN ") && !shutdown.contains(" ERROR "),
+        "a clean shutdown prints no warnings: {shutdown}"
+    );
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log that is not a terminal: {log:?}");
+}
+
+#[tokio::test]
+async fn auto_starts_nothing_for_another_url_and_says_why_it_is_unreachable() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let redis_port = free_port();
+    let redis_addr = std::net::SocketAddr::from(([127, 0, 0, 1], redis_port));
+    let node = serve(redis_port, &data.path().join("redis"), "auto");
+    wait_for_status(node.http, "/healthz", 200).await;
+    assert_eq!(http_status(node.http, "/readyz").await, Some(503));
+    assert!(!redis_answers(redis_addr), "no redis-server was started for a URL that is not the default");
+    assert!(!data.path().join("redis").exists(), "no data directory was created");
+    let url = format!("redis://127.0.0.1:{redis_port}");
+    let log = node.log();
+    let error = log.lines().find(|l| l.contains(" ERROR ")).unwrap_or_else(|| panic!("an error is logged: {log}"));
+    assert!(error.contains(&format!("{url} does not answer: connection refused")), "URL and cause: {error}");
+}
+
+#[test]
+fn cli_commands_against_an_unreachable_redis_name_the_url_and_the_cause() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    for args in [vec!["topics"], vec!["history", "orders"], vec!["publish", "orders", "x"], vec!["groups", "orders"]] {
+        let out = std::process::Command::new(streamhub_bin())
+            .args(["--redis-url", &url])
+            .args(&args)
+            .env("STREAMHUB__REDIS__CONNECT_TIMEOUT_MS", "300")
+            .env("STREAMHUB__REDIS__COMMAND_TIMEOUT_MS", "300")
+            .output()
+            .expect("run streamhub");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{url} does not answer: connection refused")), "{args:?}: {stderr}");
+    }
 }
 
 #[tokio::test]

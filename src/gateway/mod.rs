@@ -4,11 +4,13 @@
 //! `extract.rs`. Request bodies are in `protocol.rs`, answers in `crate::wire`, WebSocket
 //! frames in `frames.rs`.
 
+mod console;
 pub mod error;
 mod extract;
 pub mod frames;
 mod groups;
 mod health;
+mod node;
 mod presence;
 pub mod protocol;
 mod publish;
@@ -58,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/v1/node", get(node::node))
         .route("/v1/topics", get(topics::topics))
         .route("/v1/topics/{topic}", get(topics::topic))
         .route("/v1/topics/{topic}/messages", get(topics::history).post(publish::publish_one))
@@ -75,6 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/groups/{group}/dlq", get(groups::dlq_list))
         .route("/v1/topics/{topic}/groups/{group}/dlq/{id}", get(groups::dlq_show))
         .route("/v1/topics/{topic}/groups/{group}/{action}", axum::routing::post(groups::dlq_action))
+        .merge(console::routes(state.ops.config().http.console))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod dlq;
 pub mod groups;
+pub mod node;
 pub mod presence;
 pub mod publish;
 pub mod topics;

@@ -121,3 +121,36 @@ fn builder(config: &RedisConfig) -> Result<Builder> {
         .set_policy(ReconnectPolicy::new_exponential(0, config.reconnect_min_ms, config.reconnect_max_ms, 2));
     Ok(builder)
 }
+
+/// What a plain TCP connection to the configured Redis found.
+pub(super) enum Diagnosis {
+    /// It could not connect: why ("connection refused (127.0.0.1:1)", a name that does
+    /// not resolve, no answer in time).
+    Refused(String),
+    /// It connects, so Redis itself did not answer: a guess at why.
+    Accepts(String),
+}
+
+/// Why nothing answers at the configured Redis: what a plain TCP connection to its
+/// (first) host answers, for error messages. Never the password.
+pub(super) async fn diagnose(config: &RedisConfig, timeout: Duration) -> Diagnosis {
+    let Ok(fred_config) = FredConfig::from_url(&config.url) else {
+        return Diagnosis::Refused("the URL does not parse".into());
+    };
+    let Some(server) = fred_config.server.hosts().into_iter().next() else {
+        return Diagnosis::Refused("the URL names no host".into());
+    };
+    let target = format!("{}:{}", server.host, server.port);
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
+        Err(_) => Diagnosis::Refused(format!("no answer from {target} within {timeout:?} (a firewall, or no route)")),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text).to_lowercase();
+            Diagnosis::Refused(format!("{text} ({target})"))
+        }
+        Ok(Ok(_)) => Diagnosis::Accepts(format!(
+            "{target} accepts connections but did not answer as Redis in time (a password, TLS (rediss://), or a \
+             server still loading?)"
+        )),
+    }
+}

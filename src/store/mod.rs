@@ -129,10 +129,24 @@ impl Store {
     }
 
     /// Waits until Redis answers (at most `timeout`), then loads the function library.
+    /// When it does not, the error names the URL (password masked) and the cause: the
+    /// connection's last error, or what a plain TCP connection to it answers ("connection
+    /// refused", a name that does not resolve, …).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        tokio::time::timeout(timeout, self.pool.wait_for_connect())
-            .await
-            .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {timeout:?}")))??;
+        use fred::interfaces::EventInterface;
+        let mut errors = self.pool.next().error_rx();
+        if tokio::time::timeout(timeout, self.pool.wait_for_connect()).await.is_err() {
+            let mut last = None;
+            while let Ok((e, _)) = errors.try_recv() {
+                last = Some(e.details().to_string());
+            }
+            let cause = match connect::diagnose(&self.redis_config, timeout).await {
+                connect::Diagnosis::Refused(cause) => cause,
+                connect::Diagnosis::Accepts(cause) => last.unwrap_or(cause),
+            };
+            let url = crate::config::mask_url_password(&self.redis_config.url);
+            return Err(StoreError::Unavailable(format!("{url} does not answer: {cause}")));
+        }
         self.load_library().await
     }
 
@@ -355,9 +369,28 @@ impl Store {
         result
     }
 
-    /// Sends QUIT on every connection; in-flight commands finish first.
+    /// `INFO server`, `clients`, `memory` and `replication` of the Redis one pooled connection reaches
+    /// (on Cluster: one of the nodes), as `field → value` (one round trip, read only).
+    pub async fn server_info(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let started = std::time::Instant::now();
+        let reply = self
+            .pool
+            .next()
+            .custom::<String, _>(fred::cmd!("INFO"), vec!["server", "clients", "memory", "replication"])
+            .await
+            .map_err(StoreError::from);
+        crate::metrics::redis_call("info", started, reply.as_ref().err().map(StoreError::kind));
+        Ok(reply?
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect())
+    }
+
+    /// Sends QUIT on every connection; in-flight commands finish first. Bounded by the
+    /// command timeout: with Redis unreachable, QUIT is never answered.
     pub async fn close(&self) {
-        let _ = self.pool.quit().await;
+        let _ = tokio::time::timeout(self.command_timeout, self.pool.quit()).await;
     }
 
     /// Deletes every key of a topic (tests and admin tools; not atomic with publishes).
