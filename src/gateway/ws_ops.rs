@@ -205,7 +205,12 @@ impl Conn {
 }
 
 /// Forwards a consumer's deliveries to the session's writer, as `delivery` frames.
-async fn forward(mut rx: mpsc::Receiver<GroupDelivery>, replies: mpsc::Sender<Outgoing<Box<ServerFrame>>>, topic: String, group: String) {
+async fn forward(
+    mut rx: mpsc::Receiver<GroupDelivery>,
+    replies: mpsc::Sender<Outgoing<Box<ServerFrame>>>,
+    topic: String,
+    group: String,
+) {
     while let Some(d) = rx.recv().await {
         let frame = ServerFrame::Delivery {
             topic: topic.clone(),

@@ -40,7 +40,12 @@ pub(super) struct Admitted {
 
 /// Admits a WebSocket session: its `Origin` is allowed, its credentials (header or
 /// `?token=`) verify, its IP has a free slot and the node has room (`ws.max_connections`).
-pub(super) fn admit(state: &AppState, peer: std::net::IpAddr, headers: &HeaderMap, query: Option<&str>) -> Result<Admitted, Error> {
+pub(super) fn admit(
+    state: &AppState,
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Admitted, Error> {
     let access = state.ops.access();
     access.check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))?;
     let mut caller = session_caller(state, headers, query, peer)?;
@@ -99,15 +104,8 @@ impl<R: Send + 'static> Link<R> {
         let writer = tokio::spawn(
             write(sink, replies_rx, deliveries, encoder, pace, state.shutdown.clone(), stop.clone()).in_current_span(),
         );
-        let link = Link {
-            session,
-            replies,
-            stop,
-            writer,
-            catchup,
-            transport: E::TRANSPORT,
-            _admitted: (permit, ip_slot),
-        };
+        let link =
+            Link { session, replies, stop, writer, catchup, transport: E::TRANSPORT, _admitted: (permit, ip_slot) };
         (link, stream)
     }
 
