@@ -16,8 +16,10 @@ async fn replicated_publishes_wait_for_the_replica_and_are_refused_without_it() 
     let app = TestApp::start_with(&primary, |c| {
         c.publish.durability = Durability::Replicated;
         c.publish.replicas = 1;
-        // Generous for a loaded CI machine: the refusals below wait this long.
+        // Generous for a loaded CI machine: the refusals below wait this long (inside the
+        // command timeout).
         c.publish.replication_timeout_ms = 1000;
+        c.redis.command_timeout_ms = 3000;
     })
     .await;
     let stream = format!("{}:{{d}}:s", app.prefix());
