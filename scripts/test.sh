@@ -2,7 +2,8 @@
 # Runs streamhub's whole test suite on a fresh machine: installs what the tests need —
 # redis-server and redis-cli; prometheus and promtool for the dashboard and alert checks;
 # chromium and Node.js for the console's browser tests (with apt when missing and running
-# as root), and playwright-core (`npm ci` in tests/browser, from its lock file) — checks
+# as root), and playwright-core (`npm ci` in tests/browser, from its lock file); Centrifugo's
+# clients (`npm ci` in tests/centrifugo; the pinned `cent` in a Python venv) — checks
 # formatting and lints (cargo fmt, clippy -D warnings), then runs every test against real
 # Redis servers, a real Prometheus and a real browser that the tests start themselves.
 # Ends with one line: `N passed, M failed` (every test of every test binary).
@@ -17,6 +18,8 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl) # the README's commands (tests/readme.rs)
+# Python with venv and pip, for the pinned `cent` client (tests/centrifugo.rs).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_apt[*]} with apt-get"
@@ -35,6 +38,13 @@ prometheus --version 2>&1 | head -1
 echo "node $(node --version)"
 # The browser tests' driver, exactly as locked (no browser download: it drives chromium).
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# Centrifugo's own clients, pinned: centrifuge-js (npm) and cent (PyPI, in a venv).
+(cd tests/centrifugo && npm ci --no-audit --no-fund --loglevel=error)
+venv=target/centrifugo-venv
+if ! "$venv/bin/python" -c 'import cent' >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/centrifugo/requirements.txt
+fi
 
 # Style first: formatting and lints are part of passing (cheap next to the suite).
 cargo fmt --all -- --check

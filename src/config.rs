@@ -40,6 +40,7 @@ pub struct Config {
     pub ws: WsConfig,
     pub groups: GroupsConfig,
     pub presence: PresenceConfig,
+    pub centrifugo: CentrifugoConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     /// Consumer groups declared in configuration (`[[group]]` tables).
@@ -93,6 +94,20 @@ pub struct PresenceConfig {
     pub users: bool,
     /// Largest status text a user may set (bytes).
     pub max_status_bytes: usize,
+}
+
+/// The Centrifugo client protocol and server API (docs/CENTRIFUGO.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentrifugoConfig {
+    /// Path of the client protocol's WebSocket endpoint ("" = off).
+    pub path: String,
+    /// Prefix of the server API, `POST <prefix>/<method>` ("" = off).
+    pub api_prefix: String,
+    /// The server's ping period (whole seconds, in ms); clients answer each with a pong.
+    pub ping_interval_ms: u64,
+    /// A connection silent for a ping period plus this long is closed (3012).
+    pub pong_timeout_ms: u64,
 }
 
 impl PresenceConfig {
@@ -688,6 +703,33 @@ impl Config {
         }
         if pr.max_info_bytes == 0 || pr.max_list == 0 || pr.max_status_bytes == 0 {
             return invalid("presence", "max_info_bytes, max_list and max_status_bytes must be > 0");
+        }
+        let cf = &self.centrifugo;
+        for (key, path) in [("centrifugo.path", &cf.path), ("centrifugo.api_prefix", &cf.api_prefix)] {
+            let reserved = ["/v1", "/console", "/healthz", "/readyz", "/metrics"]
+                .iter()
+                .any(|r| path == r || path.starts_with(&format!("{r}/")));
+            if !path.is_empty()
+                && (!path.starts_with('/')
+                    || path.len() < 2
+                    || path.ends_with('/')
+                    || path.contains(['{', '}', '*'])
+                    || reserved)
+            {
+                return invalid(key, "\"\" (off) or a path like /connection/websocket, outside streamhub's own routes");
+            }
+        }
+        if !cf.path.is_empty() && cf.path == cf.api_prefix {
+            return invalid("centrifugo.api_prefix", "must differ from centrifugo.path");
+        }
+        if cf.ping_interval_ms < 1000 || cf.ping_interval_ms % 1000 != 0 {
+            return invalid(
+                "centrifugo.ping_interval_ms",
+                "whole seconds, at least 1000 (clients learn it in seconds)",
+            );
+        }
+        if cf.pong_timeout_ms == 0 {
+            return invalid("centrifugo.pong_timeout_ms", "must be > 0");
         }
         let g = &self.groups;
         if g.sweep_interval_ms == 0 || g.discover_interval_ms == 0 || g.max_fetch == 0 || g.max_fetch > 10_000 {

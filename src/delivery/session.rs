@@ -27,6 +27,8 @@ pub struct Subscribed {
     pub epoch: String,
     /// The topic's top seq when the subscription took effect.
     pub seq: u64,
+    /// Where delivery starts: the messages after this seq of `epoch` follow.
+    pub from: u64,
     pub recovered: bool,
     pub reason: Option<ResetReason>,
 }
@@ -123,6 +125,13 @@ impl Session {
         since: Since,
         options: SubscribeOptions,
     ) -> Result<Subscribed, SubscribeError> {
+        // A subscription its transport closed (a protocol that ends a subscription whose
+        // position jumped) gives way to the new one.
+        let closed = self.subs().get(&topic).is_some_and(|e| e.sub.is_closed());
+        if closed {
+            // With the grace period: the same client comes right back (no leave, no join).
+            self.end(&topic, self.hub.presence().config().grace_ms).await;
+        }
         {
             let subs = self.subs();
             if subs.contains_key(&topic) {
@@ -166,7 +175,7 @@ impl Session {
         if let Some(member) = &options.member {
             self.hub.presence().join(&topic, member).await;
         }
-        Ok(Subscribed { epoch, seq: p.top, recovered, reason })
+        Ok(Subscribed { epoch, seq: p.top, from: last, recovered, reason })
     }
 
     /// Starts delivery of a registered subscription (its catch-up, then live). The

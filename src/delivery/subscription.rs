@@ -23,13 +23,18 @@ pub struct Delivered {
     pub topic: Topic,
     pub epoch: Arc<str>,
     pub message: StoredMessage,
-    /// Encoded frames, built once per encoding by the first session that writes it.
-    pub frames: [OnceLock<Bytes>; 2],
+    /// Encoded frames, built once per wire format by the first session that writes it
+    /// (the gateway numbers its formats: `FRAME_SLOTS` of them).
+    pub frames: [OnceLock<Bytes>; FRAME_SLOTS],
 }
+
+/// How many wire formats a message's encoded frame is cached for: the native protocol's
+/// JSON and MessagePack, the Centrifugo protocol's JSON and Protobuf.
+pub const FRAME_SLOTS: usize = 4;
 
 impl Delivered {
     pub fn new(topic: Topic, epoch: Arc<str>, message: StoredMessage) -> Delivered {
-        Delivered { topic, epoch, message, frames: [OnceLock::new(), OnceLock::new()] }
+        Delivered { topic, epoch, message, frames: Default::default() }
     }
 
     pub fn seq(&self) -> u64 {

@@ -4,6 +4,7 @@
 //! `extract.rs`. Request bodies are in `protocol.rs`, answers in `crate::wire`, WebSocket
 //! frames in `frames.rs`.
 
+pub mod centrifugo;
 mod console;
 pub mod error;
 mod extract;
@@ -79,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/groups/{group}/dlq/{id}", get(groups::dlq_show))
         .route("/v1/topics/{topic}/groups/{group}/{action}", axum::routing::post(groups::dlq_action))
         .merge(console::routes(state.ops.config().http.console))
+        .merge(centrifugo::routes(&state.ops.config().centrifugo))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -118,6 +120,7 @@ async fn request_timeout(
     use axum::response::IntoResponse;
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     let long_lived = route == "/v1/ws"
+        || route == state.ops.config().centrifugo.path
         || route == "/v1/topics/{topic}/events"
         || (route == "/v1/topics/{topic}/groups/{action}" && request.uri().path().ends_with(":fetch"));
     if long_lived {

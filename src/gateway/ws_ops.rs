@@ -9,7 +9,6 @@ use tokio::sync::mpsc;
 use super::frames::{ClientFrame, FrameError, ServerFrame, SinceFrame, TokenStatus};
 use super::ws::Conn;
 use super::ws_write::Outgoing;
-use crate::auth::PrincipalKind;
 use crate::delivery::session::Since;
 use crate::error::{Code, Error};
 use crate::groups::consumer::SessionConsumer;
@@ -140,19 +139,11 @@ impl Conn {
         })
     }
 
-    /// Authenticates the session, or refreshes its token: a refresh must keep the subject
-    /// (an anonymous session may authenticate as anyone).
+    /// Authenticates the session, or refreshes its token (`Ops::reauthenticate`).
     async fn auth(&mut self, id: u64, token: &str) -> Result<ServerFrame, Error> {
-        let principal = self.state.ops.access().principal(Some(token))?;
-        let current = &self.caller.principal;
-        if current.kind != PrincipalKind::Anonymous && current.subject != principal.subject {
-            return Err(Error::new(Code::SubjectChanged, "a refresh must keep the same subject"));
-        }
+        let principal = self.state.ops.reauthenticate(&self.session, &self.caller.principal, token).await?;
         let frame =
             ServerFrame::Authenticated { id, subject: principal.subject.clone(), expires_at: principal.expires_at };
-        if principal.kind != PrincipalKind::Anonymous {
-            self.session.set_user(&principal.subject).await;
-        }
         self.caller.principal = principal;
         self.auth_deadline = None;
         Ok(frame)

@@ -72,6 +72,26 @@ impl Ops {
         &self.store
     }
 
+    /// A session's new credentials (an authentication after connecting, or a token
+    /// refresh): verified like any, and a refresh must keep the subject — only an
+    /// anonymous session may become someone. The session acts for the new principal's
+    /// user from now on.
+    pub async fn reauthenticate(
+        &self,
+        session: &Session,
+        current: &crate::auth::Principal,
+        token: &str,
+    ) -> Result<crate::auth::Principal> {
+        let principal = self.access.principal(Some(token))?;
+        if current.kind != crate::auth::PrincipalKind::Anonymous && current.subject != principal.subject {
+            return Err(Error::new(Code::SubjectChanged, "a refresh must keep the same subject"));
+        }
+        if principal.kind != crate::auth::PrincipalKind::Anonymous {
+            session.set_user(&principal.subject).await;
+        }
+        Ok(principal)
+    }
+
     /// Subscribes `session` to the granted topic from `since` (PROTOCOL.md §2.4). Nothing
     /// is delivered until the transport calls `Session::start`, after queueing its reply.
     /// On a topic whose presence is tracked, the subscriber joins it (with `info`); join

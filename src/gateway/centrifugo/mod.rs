@@ -1,0 +1,34 @@
+//! The Centrifugo client protocol (v2) and server API, so Centrifugo's client SDKs
+//! (centrifuge-js, -go, -python, -swift, -java, -dart) and server libraries (`cent`) work
+//! against streamhub: a second WebSocket protocol over the same operations, sessions and
+//! limits as the native one (`ws_session.rs`), and a second publish API over the same
+//! operations as `/v1`. The mapping, and what is not supported, is docs/CENTRIFUGO.md.
+
+mod api;
+pub mod codec;
+mod codes;
+mod conn;
+mod encode;
+mod history;
+pub mod proto;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::AppState;
+use crate::config::CentrifugoConfig;
+
+/// The client endpoint (`centrifugo.path`) and the server API (`centrifugo.api_prefix`),
+/// each absent when its setting is "".
+pub(super) fn routes(c: &CentrifugoConfig) -> Router<Arc<AppState>> {
+    let mut router = Router::new();
+    if !c.path.is_empty() {
+        router = router.route(&c.path, get(conn::upgrade));
+    }
+    if !c.api_prefix.is_empty() {
+        router = router.route(&format!("{}/{{method}}", c.api_prefix), post(api::api));
+    }
+    router
+}
