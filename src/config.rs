@@ -108,6 +108,9 @@ pub struct CentrifugoConfig {
     pub ping_interval_ms: u64,
     /// A connection silent for a ping period plus this long is closed (3012).
     pub pong_timeout_ms: u64,
+    /// How long after its token's `exp` (+ `auth.leeway_secs`) a connection may still
+    /// `refresh` before it is closed (3005): the SDKs refresh when the token expires.
+    pub refresh_grace_ms: u64,
 }
 
 impl PresenceConfig {

@@ -161,10 +161,10 @@ fn describe() {
     let (_, start) = STARTED.get_or_init(|| (Instant::now(), now.as_secs_f64()));
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     metrics::gauge!(START_TIME).set(*start);
-    for transport in ["ws", "sse"] {
-        metrics::gauge!(SESSIONS, "transport" => transport).increment(0.0);
-        metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(0);
-        metrics::counter!(SLOW_SESSIONS_CLOSED, "transport" => transport).increment(0);
+    for (transport, protocol) in SESSION_KINDS {
+        metrics::gauge!(SESSIONS, "transport" => transport, "protocol" => protocol).increment(0.0);
+        metrics::counter!(MESSAGES_DELIVERED, "transport" => transport, "protocol" => protocol).increment(0);
+        metrics::counter!(SLOW_SESSIONS_CLOSED, "transport" => transport, "protocol" => protocol).increment(0);
     }
     metrics::gauge!(SUBSCRIPTIONS).increment(0.0);
     metrics::gauge!(TAIL_TASKS).increment(0.0);
@@ -369,12 +369,20 @@ pub fn hint_gaps_repaired(cause: &'static str) {
     metrics::counter!(HINT_GAPS_REPAIRED, "cause" => cause).increment(1);
 }
 
-/// A message written to a subscriber over `transport`.
-pub fn delivered(transport: &'static str, published_ms: u64) {
-    metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(1);
+/// The kinds of subscriber session: (`transport`, `protocol`) label values.
+pub const SESSION_KINDS: [(&str, &str); 3] = [("ws", "streamhub"), ("ws", "centrifugo"), ("sse", "streamhub")];
+
+/// A message written to a subscriber over `transport` in `protocol`.
+pub fn delivered(transport: &'static str, protocol: &'static str, published_ms: u64) {
+    metrics::counter!(MESSAGES_DELIVERED, "transport" => transport, "protocol" => protocol).increment(1);
     let lag_ms = crate::clock::now_ms().saturating_sub(published_ms);
     FIGURES.delivered(transport, lag_ms);
-    metrics::histogram!(DELIVERY_LAG, "transport" => transport).record(lag_ms as f64 / 1000.0);
+    metrics::histogram!(DELIVERY_LAG, "transport" => transport, "protocol" => protocol).record(lag_ms as f64 / 1000.0);
+}
+
+/// A subscriber session opened (+1) or ended (-1).
+pub fn session(transport: &'static str, protocol: &'static str, delta: f64) {
+    metrics::gauge!(SESSIONS, "transport" => transport, "protocol" => protocol).increment(delta);
 }
 
 pub fn group_delivered(group: &str, count: usize) {

@@ -53,6 +53,8 @@ fn configure(c: &mut Config, prefix: &str) {
     });
     c.centrifugo.ping_interval_ms = 1000;
     c.centrifugo.pong_timeout_ms = 3000;
+    // Short, so the refresh tests show a connection that was not refreshed would be gone.
+    c.centrifugo.refresh_grace_ms = 1000;
 }
 
 async fn two_nodes(redis: &RedisServer) -> (TestApp, TestApp, String) {
@@ -297,5 +299,26 @@ async fn a_connection_that_never_connects_is_stale_and_one_that_never_pongs_is_c
     };
     assert_eq!(code, Some(3012), "no pong");
     assert!(pings >= 1, "pings came first");
+    // A token that expires, never refreshed: closed with 3005 once exp + the refresh
+    // grace passed (the connection answers its pings meanwhile).
+    let mut ws = raw(&app).await;
+    let exp = streamhub::clock::now_ms() / 1000 + 1;
+    ws.send(Message::Text(json!({ "id": 1, "connect": { "token": token_until("alice", exp) } }).to_string().into()))
+        .await
+        .expect("send");
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["connect"]["expires"], true, "{reply}");
+    let code = loop {
+        match tokio::time::timeout(common::FRAME_TIMEOUT, ws.next()).await.expect("frames") {
+            Some(Ok(Message::Text(t))) if t.as_str() == "{}" => {
+                ws.send(Message::Text("{}".into())).await.expect("pong")
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(3005), "connection expired");
+    assert!(streamhub::clock::now_ms() / 1000 >= exp + 1, "not before exp + the grace");
     app.stop().await;
 }

@@ -88,7 +88,7 @@ async fn every_exported_metric_is_documented_and_the_output_parses() {
     assert_eq!(value("streamhub_messages_published_total{outcome=\"stored\"}"), 4.0);
     let stored: usize = app.history_all("m", 0).await.iter().map(|m| m["data"].to_string().len()).sum();
     assert_eq!(value("streamhub_published_bytes_total{outcome=\"stored\"}"), stored as f64, "payload bytes");
-    assert_eq!(value("streamhub_delivery_lag_seconds_count{transport=\"ws\"}"), 4.0);
+    assert_eq!(value("streamhub_delivery_lag_seconds_count{transport=\"ws\",protocol=\"streamhub\"}"), 4.0);
     assert_eq!(value("streamhub_subscriptions"), 1.0);
     assert_eq!(value("streamhub_group_delivered_total{group=\"m/w\"}"), 4.0);
     assert_eq!(value("streamhub_group_outcomes_total{group=\"m/w\",outcome=\"acked\"}"), 4.0);

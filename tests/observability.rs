@@ -180,7 +180,7 @@ async fn a_peer_that_stops_reading_is_dropped_without_hurting_others() {
     let mut healthy = WsClient::connect(&app.base).await;
     healthy.subscribe("slow", None).await;
     let before = app.metrics().await;
-    assert_eq!(sample(&before, "streamhub_sessions{transport=\"ws\"}"), Some(2.0));
+    assert_eq!(sample(&before, "streamhub_sessions{transport=\"ws\",protocol=\"streamhub\"}"), Some(2.0));
 
     // The reading subscriber reads all along (a reader that waited for the publishes to
     // end would be a stalled peer too).
@@ -201,8 +201,8 @@ async fn a_peer_that_stops_reading_is_dropped_without_hurting_others() {
 
     common::eventually("the stuck session is dropped", READY_TIMEOUT, async || {
         let text = app.metrics().await;
-        sample(&text, "streamhub_slow_sessions_closed_total{transport=\"ws\"}") == Some(1.0)
-            && sample(&text, "streamhub_sessions{transport=\"ws\"}") == Some(1.0)
+        sample(&text, "streamhub_slow_sessions_closed_total{transport=\"ws\",protocol=\"streamhub\"}") == Some(1.0)
+            && sample(&text, "streamhub_sessions{transport=\"ws\",protocol=\"streamhub\"}") == Some(1.0)
     })
     .await;
     healthy.close().await;

@@ -78,7 +78,7 @@ impl Drop for Guard {
         self.stop.cancel();
         let session = self.session.clone();
         tokio::spawn(async move { session.close().await });
-        ::metrics::gauge!(metrics::SESSIONS, "transport" => "sse").decrement(1.0);
+        metrics::session("sse", "streamhub", -1.0);
     }
 }
 
@@ -112,7 +112,7 @@ fn event(queued: Queued) -> Event {
             .event("expired")
             .data(json(&ServerFrame::expired(run))),
         Item::Message(d) => {
-            metrics::delivered("sse", d.published_ms());
+            metrics::delivered("sse", "streamhub", d.published_ms());
             let data =
                 d.frames[Encoding::Json.slot()].get_or_init(|| ServerFrame::message(d).encode(Encoding::Json).into());
             Event::default().id(format!("{}:{}", d.epoch, d.seq())).event("message").data(String::from_utf8_lossy(data))
@@ -156,7 +156,7 @@ pub(super) async fn events(
     let (session, deliveries) = Session::new(state.hub.clone(), &ops.config().ws);
     let request = SubscribeRequest { join_leave: query.join_leave, info: None };
     let subscribed = ops.subscribe(&caller, &session, &grant, since, request).await?;
-    ::metrics::gauge!(metrics::SESSIONS, "transport" => "sse").increment(1.0);
+    metrics::session("sse", "streamhub", 1.0);
     let stop = CancellationToken::new();
     state.tasks.spawn(tracing::Instrument::in_current_span(session.clone().run_catchup(stop.clone())));
     session.start(grant.topic());

@@ -78,7 +78,8 @@ pub(super) struct Link<R> {
     pub stop: CancellationToken,
     writer: JoinHandle<()>,
     catchup: JoinHandle<()>,
-    transport: &'static str,
+    /// (`transport`, `protocol`) of the session metrics.
+    kind: (&'static str, &'static str),
     _admitted: (OwnedSemaphorePermit, IpSlot),
 }
 
@@ -93,7 +94,7 @@ impl<R: Send + 'static> Link<R> {
         permit: OwnedSemaphorePermit,
         ip_slot: IpSlot,
     ) -> (Link<R>, SplitStream<WebSocket>) {
-        ::metrics::gauge!(metrics::SESSIONS, "transport" => E::TRANSPORT).increment(1.0);
+        metrics::session(E::TRANSPORT, E::PROTOCOL, 1.0);
         let (sink, stream): (SplitSink<WebSocket, Message>, _) = socket.split();
         let config = &state.ops.config().ws;
         let (session, deliveries) = Session::new(state.hub.clone(), config);
@@ -104,8 +105,15 @@ impl<R: Send + 'static> Link<R> {
         let writer = tokio::spawn(
             write(sink, replies_rx, deliveries, encoder, pace, state.shutdown.clone(), stop.clone()).in_current_span(),
         );
-        let link =
-            Link { session, replies, stop, writer, catchup, transport: E::TRANSPORT, _admitted: (permit, ip_slot) };
+        let link = Link {
+            session,
+            replies,
+            stop,
+            writer,
+            catchup,
+            kind: (E::TRANSPORT, E::PROTOCOL),
+            _admitted: (permit, ip_slot),
+        };
         (link, stream)
     }
 
@@ -113,7 +121,7 @@ impl<R: Send + 'static> Link<R> {
     /// gone): the writer drains and closes, the peer gets a moment to answer the close
     /// frame, then subscriptions and presence end.
     pub async fn finish(self, mut stream: SplitStream<WebSocket>) {
-        let Link { session, replies, stop, writer, catchup, transport, _admitted } = self;
+        let Link { session, replies, stop, writer, catchup, kind, _admitted } = self;
         drop(replies);
         let _ = writer.await;
         // Closing handshake: the peer reads the close code instead of a reset connection.
@@ -128,7 +136,7 @@ impl<R: Send + 'static> Link<R> {
         stop.cancel();
         let _ = catchup.await;
         Box::pin(session.close()).await;
-        ::metrics::gauge!(metrics::SESSIONS, "transport" => transport).decrement(1.0);
+        metrics::session(kind.0, kind.1, -1.0);
     }
 }
 

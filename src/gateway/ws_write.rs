@@ -24,8 +24,9 @@ pub(super) enum Outgoing<R> {
 /// How one protocol writes: its replies, the session's deliveries and its ping.
 pub(super) trait Encoder: Send + 'static {
     type Reply: Send + 'static;
-    /// The transport label of the session metrics.
-    const TRANSPORT: &'static str;
+    /// The `transport` and `protocol` labels of the session metrics.
+    const TRANSPORT: &'static str = "ws";
+    const PROTOCOL: &'static str;
     /// The close frame of a node shutting down.
     const SHUTDOWN: (u16, &'static str);
     fn reply(&self, reply: Self::Reply) -> Message;
@@ -39,7 +40,7 @@ pub(super) struct Native(pub Encoding);
 
 impl Encoder for Native {
     type Reply = Box<ServerFrame>;
-    const TRANSPORT: &'static str = "ws";
+    const PROTOCOL: &'static str = "streamhub";
     const SHUTDOWN: (u16, &'static str) = (CLOSE_GOING_AWAY, "server shutting down");
 
     fn reply(&self, frame: Box<ServerFrame>) -> Message {
@@ -57,7 +58,7 @@ impl Encoder for Native {
             Item::Expired(run) => encoded(encoding, ServerFrame::expired(run).encode(encoding)),
             Item::Event(event) => encoded(encoding, ServerFrame::event(event).encode(encoding)),
             Item::Message(d) => {
-                metrics::delivered(Self::TRANSPORT, d.published_ms());
+                metrics::delivered(Self::TRANSPORT, Self::PROTOCOL, d.published_ms());
                 // Encoded once per message and encoding on this node, shared by its sessions.
                 let bytes = d.frames[encoding.slot()].get_or_init(|| ServerFrame::message(d).encode(encoding).into());
                 shared(encoding == Encoding::Json, bytes)
@@ -165,7 +166,8 @@ pub(super) async fn write<E: Encoder>(
                 }
                 Step::Skip => {}
                 Step::Close(code, reason) => {
-                    ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => code.to_string()).increment(1);
+                    ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => code.to_string(), "protocol" => E::PROTOCOL)
+                        .increment(1);
                     batch.push(close(code, reason));
                     last = true;
                     break;
@@ -206,7 +208,12 @@ pub(super) async fn write<E: Encoder>(
                         timeout_ms = write_timeout.as_millis() as u64,
                         "peer stopped reading; closing the session"
                     );
-                    ::metrics::counter!(metrics::SLOW_SESSIONS_CLOSED, "transport" => E::TRANSPORT).increment(1);
+                    ::metrics::counter!(
+                        metrics::SLOW_SESSIONS_CLOSED,
+                        "transport" => E::TRANSPORT,
+                        "protocol" => E::PROTOCOL
+                    )
+                    .increment(1);
                     break;
                 }
             }

@@ -326,12 +326,15 @@ impl Conn {
         )
     }
 
-    /// Makes `principal` the connection's; returns (expires, ttl) for the reply.
+    /// Makes `principal` the connection's; returns (expires, ttl) for the reply. The
+    /// connection is closed `centrifugo.refresh_grace_ms` after the token's expiry unless
+    /// a `refresh` comes (the SDKs send it when the `ttl` runs out).
     fn authenticated(&mut self, principal: Principal) -> (bool, u32) {
         let leeway = self.state.ops.access().auth().leeway_secs;
+        let grace = Duration::from_millis(self.state.ops.config().centrifugo.refresh_grace_ms);
         let expiry = principal.expires_at.map(|exp| {
             let secs = exp.saturating_add(leeway).saturating_sub(crate::clock::now_ms() / 1000);
-            (Instant::now().checked_add(Duration::from_secs(secs)), ttl(exp))
+            (Instant::now().checked_add(Duration::from_secs(secs) + grace), ttl(exp))
         });
         self.expires = expiry.and_then(|(at, _)| at);
         self.caller.principal = principal;

@@ -43,7 +43,7 @@ impl Centrifugo {
 
 impl Encoder for Centrifugo {
     type Reply = Box<Reply>;
-    const TRANSPORT: &'static str = "centrifugo";
+    const PROTOCOL: &'static str = "centrifugo";
     const SHUTDOWN: (u16, &'static str) = codes::SHUTDOWN;
 
     fn reply(&self, reply: Box<Reply>) -> Message {
@@ -59,7 +59,7 @@ impl Encoder for Centrifugo {
                     metrics::expired_skipped("subscription", 1);
                     return None;
                 }
-                metrics::delivered(Self::TRANSPORT, d.published_ms());
+                metrics::delivered(Self::TRANSPORT, Self::PROTOCOL, d.published_ms());
                 let format = self.0;
                 let bytes = d.frames[self.slot()].get_or_init(|| {
                     let push = Push {
