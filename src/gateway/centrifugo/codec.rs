@@ -130,6 +130,34 @@ pub fn is_pong(command: &Command) -> bool {
 mod tests {
     use super::super::proto::*;
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_frames_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for format in [Format::Json, Format::Protobuf] {
+                if let Ok(commands) = format.decode(&bytes) {
+                    for c in commands {
+                        let _ = format.encode(&Reply { id: c.id, ..Default::default() });
+                    }
+                }
+                let _ = format.data(&bytes, true);
+            }
+        }
+
+        #[test]
+        fn any_command_survives_protobuf_round_trip(id in any::<u32>(), channel in ".{0,40}", offset in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let c = Command {
+                id,
+                subscribe: Some(SubscribeRequest { channel: channel.clone(), offset, recover: true, ..Default::default() }),
+                publish: Some(PublishRequest { channel, data }),
+                ..Default::default()
+            };
+            let mut frame = Vec::new();
+            c.encode_length_delimited(&mut frame).expect("encode");
+            prop_assert_eq!(Format::Protobuf.decode(&frame).expect("decode"), vec![c]);
+        }
+    }
 
     #[test]
     fn json_frames_hold_commands_separated_by_newlines() {
