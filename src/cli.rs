@@ -161,6 +161,32 @@ pub enum Command {
     HashKey { key: String },
     /// Validate the configuration and print it (secrets masked).
     CheckConfig,
+    /// Print a JWT signed with an `[[auth.hs256]]` key of the configuration: for
+    /// development and tests (the example chat, a client against a dev node). Production
+    /// tokens come from your application's login.
+    Token {
+        /// The subject (`sub`): the user.
+        #[arg(long)]
+        sub: String,
+        /// A topic pattern the token may subscribe to (repeatable).
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// A topic pattern it may publish to (repeatable).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// A topic pattern it may consume from (repeatable).
+        #[arg(long)]
+        consume: Vec<String>,
+        /// A topic pattern (or `@<user>` pattern) whose presence it may see (repeatable).
+        #[arg(long)]
+        presence: Vec<String>,
+        /// Seconds until it expires.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// The key's kid (when several HS256 keys are configured).
+        #[arg(long)]
+        kid: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +263,25 @@ pub fn main() -> ExitCode {
     if let Command::CheckConfig = cli.command {
         print!("{}", config.to_masked_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Token { sub, subscribe, publish, consume, presence, ttl_secs, kid } = &cli.command {
+        let grants = crate::auth::jwt::Grants {
+            subscribe: subscribe.clone(),
+            publish: publish.clone(),
+            consume: consume.clone(),
+            presence: presence.clone(),
+        };
+        let exp = crate::clock::now_ms() / 1000 + ttl_secs;
+        return match crate::auth::jwt::sign_hs256(&config.auth, kid.as_deref(), sub, &grants, exp) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("streamhub token: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -426,7 +471,7 @@ async fn run(command: Command, config: Config) -> CliResult {
             Ok(())
         }
         Command::Dlq { action } => dlq(action, &config).await,
-        Command::CheckConfig | Command::HashKey { .. } => Ok(()),
+        Command::CheckConfig | Command::HashKey { .. } | Command::Token { .. } => Ok(()),
     }
 }
 

@@ -71,6 +71,8 @@ pub struct HttpConfig {
     /// Serve the web console at `/console` (static files; it acts only through the API,
     /// with the credentials typed into it).
     pub console: bool,
+    /// Serve the example chat (examples/chat/) at `/chat` (static files, like the console).
+    pub chat: bool,
 }
 
 /// Presence: who is subscribed to a topic, join and leave events, user status.
@@ -709,7 +711,7 @@ impl Config {
         }
         let cf = &self.centrifugo;
         for (key, path) in [("centrifugo.path", &cf.path), ("centrifugo.api_prefix", &cf.api_prefix)] {
-            let reserved = ["/v1", "/console", "/healthz", "/readyz", "/metrics"]
+            let reserved = ["/v1", "/console", "/chat", "/healthz", "/readyz", "/metrics"]
                 .iter()
                 .any(|r| path == r || path.starts_with(&format!("{r}/")));
             if !path.is_empty()

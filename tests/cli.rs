@@ -201,3 +201,45 @@ fn hash_key_prints_the_sha256_the_config_expects() {
     assert_eq!(stdout(&out).trim(), streamhub::auth::hash_api_key("my-key"));
     assert_eq!(stdout(&out).trim().len(), 64);
 }
+
+/// `streamhub token` signs with the configured HS256 key a token the node accepts, with
+/// exactly the grants asked for; without a key it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_prints_a_jwt_the_node_accepts_with_exactly_its_grants() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("auth.toml");
+    let secret = "token-command-secret-0123456789abcdef";
+    std::fs::write(&file, format!("[[auth.hs256]]\nkid = \"dev\"\nsecret = \"{secret}\"\n")).expect("write");
+    let config = file.to_str().expect("path");
+    let out = streamhub(
+        &["--config", config, "token", "--sub", "alice", "--subscribe", "chat.*", "--publish", "chat.*", "--ttl-secs", "600"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = stdout(&out).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+
+    let redis = RedisServer::start();
+    let app = common::TestApp::start_with(&redis, |c| {
+        c.auth.anonymous.clear();
+        c.auth.hs256.push(streamhub::config::HsKey { kid: "dev".into(), secret: secret.into() });
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let post = |topic: &str| {
+        http.post(app.url(&format!("/v1/topics/{topic}/messages")))
+            .bearer_auth(&token)
+            .json(&json!({ "data": 1 }))
+            .send()
+    };
+    assert_eq!(post("chat.room").await.expect("publish").status(), 201);
+    assert_eq!(post("other").await.expect("publish").status(), 403, "only the patterns asked for");
+    let history = http.get(app.url("/v1/topics/chat.room/messages")).bearer_auth(&token).send().await.expect("get");
+    let body: Value = history.json().await.expect("json");
+    assert_eq!(body["messages"][0]["from"]["user"], "alice", "{body}");
+    app.stop().await;
+
+    let none = streamhub(&["token", "--sub", "x"], &[]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no [[auth.hs256]] key"), "{none:?}");
+}

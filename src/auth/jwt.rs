@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AuthConfig, AuthError, Scope};
 
@@ -24,16 +24,52 @@ pub(super) struct Claims {
     streamhub: Grants,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct Grants {
-    #[serde(default)]
-    subscribe: Vec<String>,
-    #[serde(default)]
-    publish: Vec<String>,
-    #[serde(default)]
-    consume: Vec<String>,
-    #[serde(default)]
-    presence: Vec<String>,
+/// The `streamhub` claim: topic patterns per scope.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Grants {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribe: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consume: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presence: Vec<String>,
+}
+
+/// Signs a token for `sub` with an `[[auth.hs256]]` key: the claims this module verifies
+/// (`sub`, `exp`, the `streamhub` grants; `iss`/`aud` when configured). For development
+/// and tests (`streamhub token`): production tokens come from the application's login.
+pub fn sign_hs256(
+    config: &AuthConfig,
+    kid: Option<&str>,
+    sub: &str,
+    grants: &Grants,
+    exp: u64,
+) -> Result<String, String> {
+    let key = match kid {
+        Some(kid) => config
+            .hs256
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| format!("no [[auth.hs256]] key with kid {kid:?}"))?,
+        None => match config.hs256.as_slice() {
+            [only] => only,
+            [] => return Err("no [[auth.hs256]] key is configured".into()),
+            _ => return Err("several [[auth.hs256]] keys: name one with --kid".into()),
+        },
+    };
+    let mut claims = serde_json::json!({ "sub": sub, "exp": exp, "streamhub": grants });
+    if !config.issuer.is_empty() {
+        claims["iss"] = config.issuer.clone().into();
+    }
+    if !config.audience.is_empty() {
+        claims["aud"] = config.audience.clone().into();
+    }
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid.clone());
+    let secret = jsonwebtoken::EncodingKey::from_secret(key.secret.as_bytes()).map_err(|e| e.to_string())?;
+    jsonwebtoken::encode(&header, &claims, &secret).map_err(|e| e.to_string())
 }
 
 impl Claims {

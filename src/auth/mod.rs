@@ -8,7 +8,7 @@
 //! nothing by default.
 
 pub mod config;
-mod jwt;
+pub mod jwt;
 pub mod pattern;
 
 use std::collections::HashMap;

@@ -5,13 +5,13 @@
 //! frames in `frames.rs`.
 
 pub mod centrifugo;
-mod console;
 pub mod error;
 mod extract;
 pub mod frames;
 mod groups;
 mod health;
 mod node;
+mod pages;
 mod presence;
 pub mod protocol;
 mod publish;
@@ -79,7 +79,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/groups/{group}/dlq", get(groups::dlq_list))
         .route("/v1/topics/{topic}/groups/{group}/dlq/{id}", get(groups::dlq_show))
         .route("/v1/topics/{topic}/groups/{group}/{action}", axum::routing::post(groups::dlq_action))
-        .merge(console::routes(state.ops.config().http.console))
+        .merge(pages::routes(&pages::CONSOLE, state.ops.config().http.console))
+        .merge(pages::routes(&pages::CHAT, state.ops.config().http.chat))
         .merge(centrifugo::routes(&state.ops.config().centrifugo))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
