@@ -309,3 +309,46 @@ async fn console_files_are_served_from_the_binary_and_can_be_turned_off() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     off.stop().await;
 }
+
+/// The example chat in the browser: two users in two tabs (tests/browser/chat.mjs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_two_users_join_type_talk_drop_resume_and_leave() {
+    let redis = RedisServer::start();
+    let key = streamhub::config::HsKey { kid: "chat".into(), secret: "chat-example-secret-0123456789abcdef".into() };
+    let app = TestApp::start_with(&redis, |c| {
+        c.http.chat = true;
+        c.auth.anonymous.clear();
+        c.auth.hs256.push(key.clone());
+        c.presence.topics = vec!["chat.*".into()];
+        c.presence.users = true;
+        c.presence.grace_ms = 500;
+        c.presence.refresh_ms = 1000;
+        c.presence.ttl_ms = 5000;
+    })
+    .await;
+    let grants = streamhub::auth::jwt::Grants {
+        subscribe: vec!["chat.*".into()],
+        publish: vec!["chat.*".into()],
+        consume: vec![],
+        presence: vec!["chat.*".into(), "@*".into()],
+    };
+    let exp = streamhub::clock::now_ms() / 1000 + 3600;
+    let token = |sub: &str| streamhub::auth::jwt::sign_hs256(&app.config.auth, Some("chat"), sub, &grants, exp).expect("sign");
+    run_spec(
+        "chat",
+        &app,
+        &[("TOKEN_ALICE", token("alice")), ("TOKEN_BOB", token("bob"))],
+        &[
+            "A signs in with a token in the address, which then leaves the address bar",
+            "A's message before B arrives is B's history on joining the room",
+            "A sees B join, online",
+            "B types and A sees the indicator",
+            "A sends and B receives",
+            "B's network is cut and restored: B gets what it missed exactly once",
+            "B leaves and A sees B offline with a last-seen time",
+            "what was said is in the topic once, named by its authors",
+        ],
+    )
+    .await;
+    app.stop().await;
+}

@@ -310,6 +310,7 @@
 
   function onLeave(room, l) {
     room.present.delete(l.user);
+    stopTyping(room, l.user);
     remember(room, l.user, null);
     renderMembers(room);
     refreshStatus(room, l.user);
