@@ -212,7 +212,19 @@ async fn token_prints_a_jwt_the_node_accepts_with_exactly_its_grants() {
     std::fs::write(&file, format!("[[auth.hs256]]\nkid = \"dev\"\nsecret = \"{secret}\"\n")).expect("write");
     let config = file.to_str().expect("path");
     let out = streamhub(
-        &["--config", config, "token", "--sub", "alice", "--subscribe", "chat.*", "--publish", "chat.*", "--ttl-secs", "600"],
+        &[
+            "--config",
+            config,
+            "token",
+            "--sub",
+            "alice",
+            "--subscribe",
+            "chat.*",
+            "--publish",
+            "chat.*",
+            "--ttl-secs",
+            "600",
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

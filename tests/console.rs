@@ -333,7 +333,8 @@ async fn chat_two_users_join_type_talk_drop_resume_and_leave() {
         presence: vec!["chat.*".into(), "@*".into()],
     };
     let exp = streamhub::clock::now_ms() / 1000 + 3600;
-    let token = |sub: &str| streamhub::auth::jwt::sign_hs256(&app.config.auth, Some("chat"), sub, &grants, exp).expect("sign");
+    let token =
+        |sub: &str| streamhub::auth::jwt::sign_hs256(&app.config.auth, Some("chat"), sub, &grants, exp).expect("sign");
     run_spec(
         "chat",
         &app,
