@@ -132,14 +132,17 @@ end
 
 --[[ sh_presence_list_v1 — who is present (purging what expired first).
   KEYS     the presence keys (above)
-  ARGV[1]  now (ms), ARGV[2] grace (ms), ARGV[3] at most this many clients
-  Returns  { clients present, users present, entry JSON, entry JSON, … }
+  ARGV[1]  now (ms), ARGV[2] grace (ms), ARGV[3] at most this many entries
+  Returns  { clients present, users present, entry JSON, entry JSON, … }: clients are the
+  connections present now; users and entries also count a user whose last client left
+  less than the grace period ago (its leave is not published yet, so for anyone following
+  the join and leave events it is still there), with its last client's entry.
 ]]
 local function presence_list(keys, args)
   local pk = presence_keys(keys)
   local now, grace, limit = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
   presence_purge(pk, now, grace)
-  local out = { redis.call('ZCARD', pk.expiry), redis.call('HLEN', pk.users) }
+  local out = { redis.call('ZCARD', pk.expiry), redis.call('HLEN', pk.users) + redis.call('ZCARD', pk.leaving) }
   if limit > 0 then
     local clients = redis.call('ZRANGE', pk.expiry, 0, limit - 1)
     if #clients > 0 then
@@ -147,6 +150,15 @@ local function presence_list(keys, args)
         if value then
           local _, entry = presence_split(value)
           table.insert(out, entry)
+        end
+      end
+    end
+    local room = limit - (#out - 2)
+    if room > 0 then
+      local leaving = redis.call('ZRANGE', pk.leaving, 0, room - 1)
+      if #leaving > 0 then
+        for _, entry in ipairs(redis.call('HMGET', pk.leaving_entries, unpack(leaving))) do
+          if entry then table.insert(out, entry) end
         end
       end
     end

@@ -5,6 +5,7 @@
 //! by a count and a deadline. Correctness is asserted (no loss, no duplicate by seq);
 //! speed is reported, never asserted.
 
+mod presence;
 mod report;
 mod scenarios;
 
@@ -74,6 +75,16 @@ enum Scenario {
     Connections,
     /// Raw Redis: XADD un-pipelined and pipelined 16 deep, XRANGE pages.
     Raw,
+    /// A join storm and a leave storm of --sessions WebSocket sessions on one topic with
+    /// presence (a streamhub child process, --concurrency connecting at a time): Redis
+    /// commands per join and leave, time to a consistent count, Redis memory per entry.
+    Presence {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// presence.grace_ms of the node (the leave of a user waits this long).
+        #[arg(long, default_value_t = 1000)]
+        grace_ms: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -103,6 +114,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Consume => scenarios::consume(&limits).await,
             Scenario::Connections => scenarios::connections(&limits).await,
             Scenario::Raw => scenarios::raw(&limits).await,
+            Scenario::Presence { sessions, grace_ms } => presence::presence(&limits, sessions.max(1), grace_ms).await,
         }
     });
     match result {

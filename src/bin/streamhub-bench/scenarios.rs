@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::Row;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-type Result<T> = std::result::Result<T, Error>;
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 /// The bounds every scenario respects.
 pub struct Limits {
@@ -40,7 +40,7 @@ fn micros_since_epoch() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{msg:28} {bar:40} {pos}/{len} {per_sec}")
@@ -101,7 +101,7 @@ impl Node {
     }
 }
 
-async fn redis(url: &str) -> Result<Client> {
+pub(crate) async fn redis(url: &str) -> Result<Client> {
     let client = Builder::from_config(fred::types::config::Config::from_url(url)?).build()?;
     client.init().await?;
     Ok(client)
@@ -240,9 +240,9 @@ pub async fn publish_http(limits: &Limits, batch: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn ws_connect(base: &str) -> Result<Ws> {
+pub(crate) async fn ws_connect(base: &str) -> Result<Ws> {
     // Nagle off, as browsers and WebSocket libraries have it.
     let url = format!("{}/v1/ws", base.replacen("http://", "ws://", 1));
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
@@ -282,7 +282,7 @@ async fn next_head(ws: &mut Ws) -> Result<Head> {
     }
 }
 
-async fn next_json(ws: &mut Ws) -> Result<Value> {
+pub(crate) async fn next_json(ws: &mut Ws) -> Result<Value> {
     loop {
         match ws.next().await.ok_or("connection closed")?? {
             Message::Text(t) => return Ok(serde_json::from_str(t.as_str())?),
@@ -585,18 +585,23 @@ fn rss_bytes(pid: u32) -> Result<u64> {
 
 /// `streamhub serve` as a child process (its memory and file descriptors are its own),
 /// open to anonymous clients with `scopes`, on a fresh key prefix.
-struct ChildNode {
+pub(crate) struct ChildNode {
     /// None once `finish` has waited for it.
     child: Option<std::process::Child>,
-    pid: u32,
-    base: String,
+    pub pid: u32,
+    pub base: String,
     dir: std::path::PathBuf,
-    prefix: String,
+    pub prefix: String,
     redis_url: String,
 }
 
 impl ChildNode {
-    async fn start(limits: &Limits, scopes: &str) -> Result<ChildNode> {
+    pub async fn start(limits: &Limits, scopes: &str) -> Result<ChildNode> {
+        Self::start_with(limits, scopes, "").await
+    }
+
+    /// As `start`, with more configuration (TOML tables) appended.
+    pub async fn start_with(limits: &Limits, scopes: &str, extra: &str) -> Result<ChildNode> {
         let binary = std::env::current_exe()?.with_file_name("streamhub");
         if !binary.exists() {
             return Err(format!("{} not found: build it (cargo build --release)", binary.display()).into());
@@ -614,7 +619,7 @@ impl ChildNode {
                  [redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\nspawn = \"never\"\n\
                  [ws]\nmax_connections = 100000\n\
                  [http]\nconnection_rate_per_ip = 1000000\nmax_connections_per_ip = 1000000\npublish_rate_per_sec = 1000000\n\
-                 [log]\nlevel = \"warn\"\n[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [{scopes}]\n",
+                 [log]\nlevel = \"warn\"\n[[auth.anonymous]]\ntopics = [\"*\"]\nscopes = [{scopes}]\n{extra}",
                 limits.redis_url
             ),
         )?;
@@ -642,7 +647,7 @@ impl ChildNode {
     }
 
     /// SIGTERM, wait, delete its keys and files.
-    async fn finish(mut self) -> Result<()> {
+    pub async fn finish(mut self) -> Result<()> {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGTERM);
         if let Some(mut child) = self.child.take() {
             let _ = tokio::task::spawn_blocking(move || child.wait()).await;
