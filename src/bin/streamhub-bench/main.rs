@@ -63,6 +63,10 @@ enum Scenario {
         /// limit, since in-process both ends of every connection count against it.
         #[arg(long)]
         child: bool,
+        /// Subscribe over Centrifugo's client protocol (JSON, /connection/websocket)
+        /// instead of the native one (docs/CENTRIFUGO.md).
+        #[arg(long)]
+        centrifugo: bool,
     },
     /// --count preloaded messages consumed and acked by --concurrency workers, per target
     /// (in-process handler, HTTP pull, WebSocket consumer, webhook to a local receiver),
@@ -107,8 +111,9 @@ fn main() -> std::process::ExitCode {
         match cli.scenario {
             Scenario::PublishHttp { batch } => scenarios::publish_http(&limits, batch.max(1)).await,
             Scenario::PublishWs => scenarios::publish_ws(&limits).await,
-            Scenario::Fanout { subscribers, topics, rate, seconds, child } => {
-                scenarios::fanout(&limits, subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1), child).await
+            Scenario::Fanout { subscribers, topics, rate, seconds, child, centrifugo } => {
+                let (s, t, r, d) = (subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1));
+                scenarios::fanout(&limits, s, t, r, d, child, centrifugo).await
             }
             Scenario::Resume => scenarios::resume(&limits).await,
             Scenario::Consume => scenarios::consume(&limits).await,

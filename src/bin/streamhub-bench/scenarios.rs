@@ -353,6 +353,82 @@ impl FanoutNode {
     }
 }
 
+/// A subscriber of `topic` on its own connection, in the native protocol or in
+/// Centrifugo's (JSON): the connection once the subscription is confirmed.
+async fn subscriber(base: &str, topic: &str, centrifugo: bool) -> Result<Ws> {
+    if !centrifugo {
+        let mut ws = ws_connect(base).await?;
+        ws.send(Message::Text(json!({ "op": "subscribe", "id": 1, "topic": topic }).to_string().into())).await?;
+        let reply = next_json(&mut ws).await?;
+        if reply["type"] != "subscribed" {
+            return Err(format!("subscribe refused: {reply}").into());
+        }
+        return Ok(ws);
+    }
+    let url = format!("{}/connection/websocket", base.replacen("http://", "ws://", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    let frame =
+        format!("{}\n{}", json!({ "id": 1, "connect": {} }), json!({ "id": 2, "subscribe": { "channel": topic } }));
+    ws.send(Message::Text(frame.into())).await?;
+    loop {
+        let reply = next_json(&mut ws).await?;
+        if reply.get("error").is_some() {
+            return Err(format!("Centrifugo refused: {reply}").into());
+        }
+        if reply["id"] == 2 {
+            return Ok(ws);
+        }
+    }
+}
+
+/// A Centrifugo push as the bench reads it: the publication's offset and stamp.
+#[derive(serde::Deserialize)]
+struct CfFrame {
+    #[serde(default)]
+    push: Option<CfPush>,
+}
+#[derive(serde::Deserialize)]
+struct CfPush {
+    #[serde(default, rename = "pub")]
+    publication: Option<CfPublication>,
+}
+#[derive(serde::Deserialize)]
+struct CfPublication {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    data: Option<Data>,
+}
+
+/// The next message a subscriber gets: (seq, when it was sent in µs since the epoch).
+/// Centrifugo's pings are answered on the way.
+async fn next_delivery(ws: &mut Ws, centrifugo: bool) -> Result<(u64, u64)> {
+    let stamp = |d: Option<Data>| match d {
+        Some(Data::Stamp { t }) => t,
+        _ => 0,
+    };
+    loop {
+        if !centrifugo {
+            let frame = next_head(ws).await?;
+            if frame.kind == "message" {
+                return Ok((frame.seq, stamp(frame.data)));
+            }
+            continue;
+        }
+        match ws.next().await.ok_or("connection closed")?? {
+            Message::Text(t) if t.as_str() == "{}" => ws.send(Message::Text("{}".into())).await?,
+            Message::Text(t) => {
+                let frame: CfFrame = serde_json::from_str(t.as_str())?;
+                if let Some(p) = frame.push.and_then(|p| p.publication) {
+                    return Ok((p.offset, stamp(p.data)));
+                }
+            }
+            Message::Close(_) => return Err("connection closed".into()),
+            _ => {}
+        }
+    }
+}
+
 pub async fn fanout(
     limits: &Limits,
     subscribers: usize,
@@ -360,6 +436,7 @@ pub async fn fanout(
     rate: u64,
     seconds: u64,
     child: bool,
+    centrifugo: bool,
 ) -> Result<Vec<Row>> {
     let node = if child {
         FanoutNode::Child(ChildNode::start(limits, "\"subscribe\", \"publish\"").await?)
@@ -380,13 +457,7 @@ pub async fn fanout(
     // thousands of subscribers takes longer than that).
     let (go, started_rx) = tokio::sync::watch::channel(false);
     for i in 0..subscribers {
-        let mut ws = ws_connect(node.base()).await?;
-        let topic = format!("fan-{}", i % topics);
-        ws.send(Message::Text(json!({ "op": "subscribe", "id": 1, "topic": topic }).to_string().into())).await?;
-        let reply = next_json(&mut ws).await?;
-        if reply["type"] != "subscribed" {
-            return Err(format!("subscribe refused: {reply}").into());
-        }
+        let mut ws = subscriber(node.base(), &format!("fan-{}", i % topics), centrifugo).await?;
         let want = per_topic[i % topics];
         let (latency, problems, delivered, bar) = (latency.clone(), problems.clone(), delivered.clone(), bar.clone());
         let mut started_rx = started_rx.clone();
@@ -395,21 +466,15 @@ pub async fn fanout(
             let mut h = histogram();
             let mut last = 0u64;
             while last < want && Instant::now() < deadline {
-                let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_secs(5), next_head(&mut ws)).await else {
+                let Ok(Ok((seq, sent))) =
+                    tokio::time::timeout(Duration::from_secs(5), next_delivery(&mut ws, centrifugo)).await
+                else {
                     break;
                 };
-                if frame.kind != "message" {
-                    continue;
-                }
-                let seq = frame.seq;
                 if seq != last + 1 {
                     problems.fetch_add(1, Ordering::Relaxed);
                 }
                 last = seq;
-                let sent = match frame.data {
-                    Some(Data::Stamp { t }) => t,
-                    _ => 0,
-                };
                 let _ = h.record(micros_since_epoch().saturating_sub(sent).max(1));
                 delivered.fetch_add(1, Ordering::Relaxed);
                 bar.inc(1);
@@ -455,7 +520,8 @@ pub async fn fanout(
     let correct = problems.load(Ordering::Relaxed) == 0 && n == expected;
     let note =
         format!("S={subscribers} T={topics} R={rate}/s for {seconds}s; latency publish→receive; {expected} expected");
-    let rows = vec![Row::new("fanout deliveries", n, elapsed.as_secs_f64(), Some(&h), correct, note)];
+    let name = if centrifugo { "fanout deliveries (Centrifugo protocol)" } else { "fanout deliveries" };
+    let rows = vec![Row::new(name, n, elapsed.as_secs_f64(), Some(&h), correct, note)];
     node.finish().await?;
     Ok(rows)
 }
