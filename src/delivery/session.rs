@@ -317,13 +317,7 @@ impl Session {
                 let delivered = Arc::new(Delivered::new(sub.topic.clone(), epoch.clone(), message));
                 if delivered.is_expired(now) {
                     // Not delivered: the run of expired seqs is told instead, in order.
-                    let run = expired.get_or_insert(Expired {
-                        topic: sub.topic.clone(),
-                        epoch: epoch.clone(),
-                        from: seq,
-                        to: seq,
-                    });
-                    run.to = seq;
+                    Expired::extend(&mut expired, &sub.topic, &epoch, seq);
                     continue;
                 }
                 if let Some(run) = expired.take() {

@@ -85,6 +85,13 @@ pub struct Expired {
     pub to: u64,
 }
 
+impl Expired {
+    /// Adds `seq` to the run of expired seqs being collected in `run` (starting one).
+    pub fn extend(run: &mut Option<Expired>, topic: &Topic, epoch: &Arc<str>, seq: u64) {
+        run.get_or_insert_with(|| Expired { topic: topic.clone(), epoch: epoch.clone(), from: seq, to: seq }).to = seq;
+    }
+}
+
 #[derive(Debug)]
 pub enum Item {
     Message(Arc<Delivered>),

@@ -206,13 +206,7 @@ impl TailTask {
                 }
                 if delivered.is_expired(now) {
                     // Never delivered: the run is told to the live subscriptions instead.
-                    let run = expired.get_or_insert(Expired {
-                        topic: self.topic.clone(),
-                        epoch: epoch.clone(),
-                        from: seq,
-                        to: seq,
-                    });
-                    run.to = seq;
+                    Expired::extend(&mut expired, &self.topic, &epoch, seq);
                     self.last = seq;
                     continue;
                 }
