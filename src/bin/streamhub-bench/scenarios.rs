@@ -871,10 +871,31 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
             }
         }),
     );
+    // Retries: every message fails its first attempt and succeeds on its second (what the
+    // peer harness's BullMQ retry scenario does: attempts 2, exponential backoff 10 ms).
+    let retried = Arc::new(AtomicU64::new(0));
+    let counter = retried.clone();
+    handlers.insert(
+        "work-retry",
+        "g",
+        streamhub::groups::handler::handler_fn(move |d| {
+            let counter = counter.clone();
+            async move {
+                if d.attempt <= 1 {
+                    return streamhub::groups::webhook::Outcome::Retry {
+                        error: "first attempt fails".into(),
+                        after: None,
+                    };
+                }
+                counter.fetch_add(1, Ordering::Relaxed);
+                streamhub::groups::webhook::Outcome::Ack
+            }
+        }),
+    );
     // Preload with a node that has no groups; then each push target gets a node of its
     // own on the same keys (its group starts at "earliest"), timed from that node's start.
     let loader = Node::start(limits).await?;
-    for topic in ["work-handler", "work-webhook", "work-pull", "work-ws"] {
+    for topic in ["work-handler", "work-webhook", "work-pull", "work-ws", "work-retry"] {
         preload(&loader, topic, n, limits.payload).await?;
     }
     let prefix = loader.prefix.clone();
@@ -883,8 +904,11 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
     for (name, topic, target, url, counter) in [
         ("consume handler", "work-handler", "handler", None, handled.clone()),
         ("consume webhook", "work-webhook", "webhook", Some(receiver.as_str()), received.clone()),
+        ("consume handler, retry once", "work-retry", "handler", None, retried.clone()),
     ] {
-        let spec = group(topic, "g", target, url, workers)?;
+        let mut spec = group(topic, "g", target, url, workers)?;
+        spec.max_attempts = 2;
+        spec.backoff_base_ms = 10;
         let prefix = prefix.clone();
         let bar = bar(n, name);
         let started = Instant::now();
@@ -908,7 +932,14 @@ pub async fn consume(limits: &Limits) -> Result<Vec<Row>> {
             elapsed.as_secs_f64(),
             None,
             done >= n,
-            format!("concurrency={workers}; from node start (group creation included)"),
+            if topic == "work-retry" {
+                format!(
+                    "concurrency={workers}; each message fails once (backoff 10 ms), then acked: {} attempts",
+                    2 * done
+                )
+            } else {
+                format!("concurrency={workers}; from node start (group creation included)")
+            },
         ));
     }
     let pull_groups =
