@@ -195,3 +195,64 @@ async fn messages_name_their_publisher_as_authenticated() {
     assert_eq!(first[0]["from"], json!({ "user": "test-admin" }));
     app.stop().await;
 }
+
+/// Node's own HTTP/2 client (a third-party implementation): one h2c session (prior
+/// knowledge, no TLS) that publishes to `topic` and then reads its history on the same
+/// connection; prints one JSON line with both answers and the session's stream count.
+const NODE_H2C: &str = r#"
+const http2 = require('node:http2');
+const [base, topic] = process.argv.slice(1);
+const session = http2.connect(base);
+session.on('error', (e) => { console.error(String(e)); process.exit(1); });
+function call(method, path, body) {
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ':method': method, ':path': path, 'content-type': 'application/json' });
+    let data = '';
+    req.setEncoding('utf8');
+    req.on('response', (h) => { req.status = h[':status']; });
+    req.on('data', (c) => { data += c; });
+    req.on('end', () => resolve({ status: req.status, body: JSON.parse(data) }));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+(async () => {
+  const published = await call('POST', `/v1/topics/${topic}/messages`, JSON.stringify({ data: 'over h2c' }));
+  const history = await call('GET', `/v1/topics/${topic}/messages?since=0`);
+  console.log(JSON.stringify({ published, history, alpn: session.alpnProtocol }));
+  session.close();
+})().catch((e) => { console.error(String(e)); process.exit(1); });
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_served_over_http2_without_tls_and_keeps_http1_connections_alive() {
+    let redis = RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    let base = app.base.clone();
+    let history = app.url("/v1/topics/h2/messages?since=0");
+    let (h2, h1) = tokio::task::spawn_blocking(move || {
+        let h2 = std::process::Command::new("node").args(["-e", NODE_H2C, &base, "h2"]).output().expect("run node");
+        assert!(h2.status.success(), "node's h2c client: {}", String::from_utf8_lossy(&h2.stderr));
+        // HTTP/1.1 (curl): two requests, the second on the first one's connection.
+        let h1 = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--http1.1", "-o", "/dev/null", "-o", "/dev/null"])
+            .args(["-w", "%{http_version} %{response_code} %{num_connects}\n", &history, &history])
+            .output()
+            .expect("run curl");
+        assert!(h1.status.success(), "curl: {}", String::from_utf8_lossy(&h1.stderr));
+        (String::from_utf8_lossy(&h2.stdout).into_owned(), String::from_utf8_lossy(&h1.stdout).into_owned())
+    })
+    .await
+    .expect("client task");
+    let h2: Value = serde_json::from_str(h2.trim()).expect("node printed JSON");
+    assert_eq!(h2["alpn"], "h2c", "the session is HTTP/2 without TLS");
+    assert_eq!(h2["published"]["status"], 201, "{h2}");
+    let seq = h2["published"]["body"]["seq"].as_u64().expect("seq");
+    assert_eq!(h2["history"]["status"], 200, "{h2}");
+    let messages = h2["history"]["body"]["messages"].as_array().expect("messages");
+    assert_eq!(
+        (messages.len(), messages[0]["seq"].as_u64(), messages[0]["data"].as_str()),
+        (1, Some(seq), Some("over h2c"))
+    );
+    assert_eq!(h1.lines().collect::<Vec<_>>(), vec!["1.1 200 1", "1.1 200 0"], "HTTP/1.1 keeps the connection alive");
+}
