@@ -136,7 +136,8 @@ pub struct GroupsConfig {
     pub max_fetch: usize,
     /// Approximate bound of each group's dead-letter stream (0 = unbounded).
     pub dlq_max_len: u64,
-    /// How often each node looks for groups created or deleted through the admin API.
+    /// The bound within which every node starts (stops) a group created (deleted) through
+    /// the admin API on any node: one registry bucket is read every 1/17 of it.
     pub discover_interval_ms: u64,
 }
 
