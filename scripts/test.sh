@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs streamhub's whole test suite on a fresh machine: installs what the tests need —
 # redis-server and redis-cli; prometheus and promtool for the dashboard and alert checks;
+# nginx (nginx-light) as the reverse proxy of tests/reverse_proxy.rs;
 # chromium and Node.js for the console's browser tests (with apt when missing and running
 # as root), and playwright-core (`npm ci` in tests/browser, from its lock file); Centrifugo's
 # clients (`npm ci` in tests/centrifugo; the pinned `cent` in a Python venv) — checks
@@ -18,6 +19,8 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl) # the README's commands (tests/readme.rs)
+# nginx as the reverse proxy in front of two nodes (tests/reverse_proxy.rs).
+{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || need_apt+=(nginx-light)
 # Python with venv and pip, for the pinned `cent` client (tests/centrifugo.rs).
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,12 +29,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    echo "error: ${need_apt[*]} missing; install them (Redis >= 7.0, Prometheus >= 2.42, chromium, Node.js >= 20)" >&2
+    echo "error: ${need_apt[*]} missing; install them (Redis >= 7.0, Prometheus >= 2.42, chromium, Node.js >= 20, nginx >= 1.19.5)" >&2
     exit 1
   fi
 fi
 # The package may start a system redis-server on 6379; the tests never use that port.
 # The prometheus package may start a system Prometheus on 9090; the tests use free ports.
+# The nginx package may start a system nginx on port 80; the tests start their own.
 redis-server --version
 prometheus --version 2>&1 | head -1
 "${CHROMIUM:-/usr/bin/chromium}" --version 2>/dev/null || true

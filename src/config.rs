@@ -43,6 +43,8 @@ pub struct Config {
     pub centrifugo: CentrifugoConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    /// The reverse proxies whose forwarding headers name the client (`[proxies]`).
+    pub proxies: ProxiesConfig,
     /// Consumer groups declared in configuration (`[[group]]` tables).
     #[serde(default)]
     pub group: Vec<GroupSpec>,
@@ -134,7 +136,8 @@ pub struct GroupsConfig {
     pub max_fetch: usize,
     /// Approximate bound of each group's dead-letter stream (0 = unbounded).
     pub dlq_max_len: u64,
-    /// How often each node looks for groups created or deleted through the admin API.
+    /// The bound within which every node starts (stops) a group created (deleted) through
+    /// the admin API on any node: one registry bucket is read every 1/17 of it.
     pub discover_interval_ms: u64,
 }
 
@@ -511,6 +514,66 @@ pub struct Limits {
     pub max_batch_messages: usize,
     pub max_history_limit: usize,
     pub max_topics_listed: usize,
+}
+
+/// The reverse proxies (load balancers) in front of this node: only from these peers is
+/// the client's address taken from a forwarding header (`gateway::client_addr`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxiesConfig {
+    /// Addresses and networks of trusted proxies ([] = none: the TCP peer is the client).
+    pub trusted: Vec<ProxyNet>,
+    /// The header the trusted proxies append the client's address to.
+    pub header: ForwardedHeader,
+}
+
+/// Which forwarding header the trusted proxies maintain. Only that one is read: a header
+/// the proxy passes through untouched is whatever the client wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: <client>, <proxy1>, …` (nginx, HAProxy, most load balancers).
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=<client>, for=<proxy1>, …`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+/// A trusted proxy's network: an address (`10.0.0.7`, `::1`) or a CIDR (`10.0.0.0/8`,
+/// `fd00::/8`) without host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProxyNet(pub ipnet::IpNet);
+
+impl ProxyNet {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl TryFrom<String> for ProxyNet {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<ProxyNet, String> {
+        let text = text.trim();
+        if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+            return Ok(ProxyNet(ipnet::IpNet::from(ip.to_canonical())));
+        }
+        let net: ipnet::IpNet = text.parse().map_err(|_| {
+            format!("proxies.trusted: {text:?} is neither an IP address nor a CIDR such as 10.0.0.0/8 or fd00::/8")
+        })?;
+        if net.trunc() != net {
+            return Err(format!("proxies.trusted: {text:?} has host bits set; did you mean {}?", net.trunc()));
+        }
+        Ok(ProxyNet(net))
+    }
+}
+
+impl From<ProxyNet> for String {
+    fn from(net: ProxyNet) -> String {
+        net.0.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

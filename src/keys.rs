@@ -6,6 +6,19 @@
 
 use crate::topic::Topic;
 
+/// How many buckets the registry of API-created groups is spread over. Part of the data
+/// layout (every node must agree, so it is not configurable): a registration's bucket is
+/// [`group_registry_bucket`] of its "<topic>/<group>".
+pub const GROUP_REGISTRY_BUCKETS: usize = 16;
+
+/// The registry bucket of "<topic>/<group>": the first two bytes of its SHA-256, modulo
+/// [`GROUP_REGISTRY_BUCKETS`] (stable across nodes, versions and platforms).
+pub fn group_registry_bucket(member: &str) -> usize {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(member.as_bytes());
+    usize::from(u16::from_be_bytes([digest[0], digest[1]])) % GROUP_REGISTRY_BUCKETS
+}
+
 /// Builds key names under one prefix (`redis.prefix`, default `sh`).
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -98,8 +111,17 @@ impl Keys {
         UserKeys { sessions: format!("{base}:us"), info: format!("{base}:ui") }
     }
 
-    /// Set of "<topic>/<group>" of the groups created through the admin API.
-    pub fn group_registry(&self) -> String {
+    /// Bucket `bucket` (< [`GROUP_REGISTRY_BUCKETS`]) of the registry of groups created
+    /// through the admin API: a set of "<topic>/<group>", each bucket on its own hash tag
+    /// (`{groups/<n>}`; a topic name cannot contain `/`), so the registry spreads over the
+    /// slots of a Cluster and each node reads one bucket per discovery step.
+    pub fn group_registry(&self, bucket: usize) -> String {
+        format!("{}:{{groups/{bucket}}}", self.prefix)
+    }
+
+    /// The one-key registry of versions before the buckets (a set of "<topic>/<group>"):
+    /// read only to move what it holds into the buckets.
+    pub fn group_registry_legacy(&self) -> String {
         format!("{}:groups", self.prefix)
     }
 
@@ -158,6 +180,18 @@ impl TopicKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_buckets_are_fixed_and_on_their_own_hash_tags() {
+        let keys = Keys::new("sh");
+        assert_eq!(keys.group_registry(7), "sh:{groups/7}");
+        assert_eq!(keys.group_registry_legacy(), "sh:groups");
+        // The placement is part of the data layout: these values must never change.
+        // (Computed independently: first two bytes of the SHA-256, big-endian, mod 16.)
+        let known: Vec<usize> = ["a/b", "orders/billing", "x/y"].iter().map(|m| group_registry_bucket(m)).collect();
+        assert_eq!(known, vec![12, 8, 12]);
+        assert!((0..1000).all(|i| group_registry_bucket(&format!("t{i}/g")) < GROUP_REGISTRY_BUCKETS));
+    }
 
     #[test]
     fn keys_share_the_topic_hash_tag() {

@@ -73,11 +73,17 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
             "server.metrics_poll_interval_ms",
         ),
         (vec!["check-config".into()], vec![("STREAMHUB__LOG__FORMAT", "xml")], "format"),
+        (vec!["check-config".into()], vec![("STREAMHUB__PROXIES__TRUSTED", "[\"10.0.0.1/8\"]")], "proxies.trusted"),
+        (vec!["check-config".into()], vec![("STREAMHUB__PROXIES__TRUSTED", "[\"proxy.local\"]")], "proxies.trusted"),
+        (vec!["check-config".into()], vec![("STREAMHUB__PROXIES__HEADER", "x-real-ip")], "header"),
     ];
     // The edges that are allowed.
-    for (key, value) in
-        [("STREAMHUB__WS__WRITE_TIMEOUT_MS", "1"), ("STREAMHUB__SERVER__METRICS_POLL_INTERVAL_MS", "100")]
-    {
+    for (key, value) in [
+        ("STREAMHUB__WS__WRITE_TIMEOUT_MS", "1"),
+        ("STREAMHUB__SERVER__METRICS_POLL_INTERVAL_MS", "100"),
+        ("STREAMHUB__PROXIES__TRUSTED", "[\"10.0.0.0/8\", \"::1\", \"127.0.0.1\", \"fd00::/8\"]"),
+        ("STREAMHUB__PROXIES__HEADER", "forwarded"),
+    ] {
         let out = streamhub(&["check-config"], &[(key, value)]);
         assert!(out.status.success(), "{key}={value}: {}", String::from_utf8_lossy(&out.stderr));
     }

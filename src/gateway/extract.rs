@@ -10,6 +10,8 @@ use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
+use super::client_addr::client_addr;
+pub use super::client_addr::ClientAddr;
 use super::AppState;
 use crate::error::Error;
 use crate::ops::access::{Access, Budget, Caller, Grant, Needs};
@@ -35,8 +37,24 @@ fn query_token(query: Option<&str>) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes()).find(|(name, _)| name == "token").map(|(_, value)| value.into_owned())
 }
 
-fn peer(parts: &Parts) -> IpAddr {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |ConnectInfo(a)| a.ip())
+/// The client's address, as `observe_requests` resolved it (`client_addr`); resolved
+/// here when a request did not pass that layer. Without a TCP peer (a router driven
+/// in-process): 127.0.0.1.
+fn client(parts: &Parts, state: &AppState) -> IpAddr {
+    if let Some(ClientAddr(ip)) = parts.extensions.get::<ClientAddr>() {
+        return *ip;
+    }
+    let peer =
+        parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([127, 0, 0, 1]), |ConnectInfo(a)| a.ip());
+    client_addr(&state.ops.config().proxies, peer, &parts.headers)
+}
+
+impl FromRequestParts<Arc<AppState>> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<ClientAddr, Self::Rejection> {
+        Ok(ClientAddr(client(parts, state)))
+    }
 }
 
 fn caller(state: &AppState, headers: &HeaderMap, query_token: Option<&str>, ip: IpAddr) -> Result<Caller, Error> {
@@ -48,7 +66,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Caller, Error> {
-        caller(state, &parts.headers, None, peer(parts))
+        caller(state, &parts.headers, None, client(parts, state))
     }
 }
 
@@ -77,7 +95,7 @@ impl<S: Needs + Send + Sync> FromRequestParts<Arc<AppState>> for Granted<S> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Granted<S>, Error> {
-        let caller = caller(state, &parts.headers, None, peer(parts))?;
+        let caller = caller(state, &parts.headers, None, client(parts, state))?;
         let topic = topic_param(parts).await;
         let grant = state.ops.access().grant::<S>(&caller, &topic)?;
         Ok(Granted { caller, grant })

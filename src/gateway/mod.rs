@@ -5,6 +5,7 @@
 //! frames in `frames.rs`.
 
 pub mod centrifugo;
+mod client_addr;
 pub mod error;
 mod extract;
 pub mod frames;
@@ -86,7 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
-        .layer(middleware::from_fn(observe_requests))
+        .layer(middleware::from_fn_with_state(state.clone(), observe_requests))
         .layer(cors(&state.ops.config().http.cors_origins))
         .with_state(state)
 }
@@ -158,12 +159,24 @@ fn request_id(request: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string())
 }
 
-/// Per request: an id and a span carrying it (every log line of the request, and of the
-/// WebSocket/SSE session it opens, has `request_id`), and the HTTP metrics.
-async fn observe_requests(request: Request, next: Next) -> Response {
+/// Per request: an id, the client's address (`client_addr`, kept in the request's
+/// extensions for the routes), a span carrying both (every log line of the request, and of
+/// the WebSocket/SSE session it opens, has `request_id` and `client`), and the HTTP metrics.
+async fn observe_requests(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     use tracing::Instrument;
     let started = std::time::Instant::now();
     let id = request_id(&request);
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let client = client_addr::client_addr(
+        &state.ops.config().proxies,
+        peer.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+        request.headers(),
+    );
+    request.extensions_mut().insert(client_addr::ClientAddr(client));
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -179,7 +192,7 @@ async fn observe_requests(request: Request, next: Next) -> Response {
         "OPTIONS" => "OPTIONS",
         _ => "other",
     };
-    let span = tracing::info_span!("request", request_id = %id, method, route = %route);
+    let span = tracing::info_span!("request", request_id = %id, client = %client, method, route = %route);
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{query_error, ApiResult};
-use super::extract::session_caller;
+use super::extract::{session_caller, ClientAddr};
 use super::frames::{Encoding, ServerFrame};
 use super::AppState;
 use crate::delivery::session::{Session, Since};
@@ -126,18 +126,18 @@ fn event(queued: Queued) -> Event {
 
 pub(super) async fn events(
     State(state): State<Arc<AppState>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Path(name): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
-) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+) -> ApiResult<([(header::HeaderName, &'static str); 1], Sse<impl Stream<Item = Result<Event, Infallible>>>)> {
     let ops = &state.ops;
     ops.access().check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))?;
-    let caller = session_caller(&state, &headers, uri.query(), peer.ip())?;
+    let caller = session_caller(&state, &headers, uri.query(), client)?;
     let grant = ops.access().grant::<Subscribe>(&caller, &name)?;
     let Query(query) = query.map_err(query_error)?;
-    let ip_slot = ops.access().open_session(peer.ip())?;
+    let ip_slot = ops.access().open_session(client)?;
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
         Error::new(Code::TooManyConnections, "this node's session limit (ws.max_connections) is reached")
     })?;
@@ -165,7 +165,10 @@ pub(super) async fn events(
     let shutdown = state.shutdown.clone();
     let stream = futures::stream::once(async move { Ok(first) }).chain_with(deliveries, guard, shutdown);
     let ping = Duration::from_millis(ops.config().ws.ping_interval_ms);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(ping)))
+    // Reverse proxies that buffer responses (nginx by default) pass this one on as it
+    // comes: `X-Accel-Buffering: no` turns nginx's buffering off for it.
+    let unbuffered = [(header::HeaderName::from_static("x-accel-buffering"), "no")];
+    Ok((unbuffered, Sse::new(stream).keep_alive(KeepAlive::new().interval(ping))))
 }
 
 /// Appends the session's deliveries to the first event; ends on shutdown or disconnect.

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::extract::credential;
+use super::extract::{credential, ClientAddr};
 use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
@@ -38,7 +38,7 @@ use crate::ops::access::{Caller, IpSlot};
 
 pub(super) async fn upgrade(
     State(state): State<Arc<AppState>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(client): ClientAddr,
     uri: Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -47,7 +47,7 @@ pub(super) async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return Error::new(Code::InvalidRequest, rejection.body_text()).into_response(),
     };
-    let Admitted { caller, ip_slot, permit } = match admit(&state, peer.ip(), &headers, uri.query()) {
+    let Admitted { caller, ip_slot, permit } = match admit(&state, client, &headers, uri.query()) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };

@@ -39,17 +39,17 @@ pub(super) struct Admitted {
 }
 
 /// Admits a WebSocket session: its `Origin` is allowed, its credentials (header or
-/// `?token=`) verify, its IP has a free slot and the node has room (`ws.max_connections`).
+/// `?token=`) verify, its client address (`client_addr`) has a free slot and the node has room (`ws.max_connections`).
 pub(super) fn admit(
     state: &AppState,
-    peer: std::net::IpAddr,
+    client: std::net::IpAddr,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Admitted, Error> {
     let access = state.ops.access();
     access.check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))?;
-    let mut caller = session_caller(state, headers, query, peer)?;
-    let ip_slot = access.open_session(peer)?;
+    let mut caller = session_caller(state, headers, query, client)?;
+    let ip_slot = access.open_session(client)?;
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return Err(Error::new(
             Code::TooManyConnections,

@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::now_ms;
 use crate::config::{Config, GroupSpec, OnExpiry, TargetKind};
 use crate::error::{Code, Error};
+use crate::keys::{group_registry_bucket, GROUP_REGISTRY_BUCKETS};
 use crate::store::groups::RetryPolicy;
 use crate::store::Store;
 use crate::topic::Topic;
@@ -322,44 +323,82 @@ impl Groups {
         self.runtime.get().ok_or_else(|| Error::internal("the consumer groups of this node are not running"))
     }
 
-    /// Every `discover` interval: start groups other nodes created, stop deleted ones.
+    /// Starts groups other nodes created and stops deleted ones, reading the registry one
+    /// bucket per step (`store::group_definitions`): a full sweep at start, then one step
+    /// every `discover / (GROUP_REGISTRY_BUCKETS + 1)`, round robin from a random bucket,
+    /// the extra step moving registrations of the one-key registry of earlier versions
+    /// into their buckets. Every bucket is read once per `discover` interval, so a group
+    /// created or deleted on any node runs or stops here within that interval (plus the
+    /// reads); no step reads a key every other node reads at the same time.
     async fn discover(self: Arc<Self>) {
         let Some(rt) = self.runtime.get() else { return };
-        let mut tick = tokio::time::interval(rt.discover);
+        let steps = GROUP_REGISTRY_BUCKETS + 1;
+        let legacy = GROUP_REGISTRY_BUCKETS;
+        let step = (rt.discover / steps as u32).max(Duration::from_millis(1));
+        for slot in std::iter::once(legacy).chain(0..GROUP_REGISTRY_BUCKETS) {
+            self.discover_step(rt, slot).await;
+        }
+        let mut slot = (uuid::Uuid::new_v4().as_u128() % steps as u128) as usize;
+        let mut tick = tokio::time::interval(step);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
         loop {
             tokio::select! {
                 _ = rt.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Ok(definitions) = rt.store.group_definitions().await else { continue };
-            let mut live = std::collections::HashSet::new();
-            for definition in definitions {
-                let Ok(spec) = serde_json::from_str::<GroupSpec>(&definition) else { continue };
-                live.insert((spec.topic.to_string(), spec.name.clone()));
-                let current = self.get(spec.topic.as_str(), &spec.name);
-                let unchanged = current
-                    .as_ref()
-                    .is_some_and(|g| g.declared || serde_json::to_string(&g.spec).ok() == Some(definition.clone()));
-                if !unchanged {
-                    let group = build(spec, false, rt.dlq_max_len);
-                    tracing::info!(group = %group.label, "running a group created through the admin API");
-                    self.adopt(Arc::new(group));
-                }
+            self.discover_step(rt, slot).await;
+            slot = (slot + 1) % steps;
+        }
+    }
+
+    /// One discovery step: registry bucket `slot` (runs what it holds, stops this node's
+    /// API-created groups of that bucket that it no longer holds), or, for `slot ==
+    /// GROUP_REGISTRY_BUCKETS`, the move of the earlier registry (runs what it held; stops
+    /// nothing, as the moved groups are in their buckets now).
+    async fn discover_step(&self, rt: &Runtime, slot: usize) {
+        // Only groups running before the read may be stopped by it: one created here
+        // meanwhile was registered after the read began.
+        let candidates: Vec<Arc<Group>> = self
+            .map()
+            .values()
+            .filter(|g| !g.declared && group_registry_bucket(&format!("{}/{}", g.topic, g.spec.name)) == slot)
+            .cloned()
+            .collect();
+        let read = if slot == GROUP_REGISTRY_BUCKETS {
+            rt.store.group_registry_migrate().await
+        } else {
+            rt.store.group_definitions(slot).await
+        };
+        let Ok(definitions) = read else { return };
+        let mut live = std::collections::HashSet::new();
+        for definition in definitions {
+            let Ok(spec) = serde_json::from_str::<GroupSpec>(&definition) else { continue };
+            live.insert((spec.topic.to_string(), spec.name.clone()));
+            let current = self.get(spec.topic.as_str(), &spec.name);
+            let unchanged = current
+                .as_ref()
+                .is_some_and(|g| g.declared || serde_json::to_string(&g.spec).ok() == Some(definition.clone()));
+            if !unchanged {
+                let group = build(spec, false, rt.dlq_max_len);
+                tracing::info!(group = %group.label, "running a group created through the admin API");
+                self.adopt(Arc::new(group));
             }
-            let gone: Vec<Arc<Group>> = self
-                .map()
-                .values()
-                .filter(|g| !g.declared && !live.contains(&(g.topic.to_string(), g.spec.name.clone())))
-                .cloned()
-                .collect();
-            for g in gone {
+        }
+        if slot == GROUP_REGISTRY_BUCKETS {
+            return;
+        }
+        for g in candidates {
+            let key = (g.topic.to_string(), g.spec.name.clone());
+            if live.contains(&key) {
+                continue;
+            }
+            let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+            if map.get(&key).is_some_and(|current| Arc::ptr_eq(current, &g)) {
+                map.remove(&key);
+                drop(map);
                 tracing::info!(group = %g.label, "group deleted; stopping it here");
                 g.stop.cancel();
-                self.by_name
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&(g.topic.to_string(), g.spec.name.clone()));
             }
         }
     }

@@ -21,7 +21,7 @@ use fred::types::Value;
 use super::{connect, library, Result, Store, StoreError};
 use crate::config::GroupStart;
 use crate::envelope::Envelope;
-use crate::keys::GroupKeys;
+use crate::keys::{group_registry_bucket, GroupKeys};
 use crate::topic::Topic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -522,12 +522,13 @@ impl Store {
 
 impl Store {
     /// Stores the definition of a group created through the admin API (JSON of its spec)
-    /// and registers it, so every node starts serving it.
+    /// and registers it in its registry bucket, so every node starts serving it.
     pub async fn group_define(&self, topic: &Topic, group: &str, definition: &str) -> Result<()> {
         let k = self.group_keys(topic, group);
         let client = self.pool.next();
         let _: Value = client.set(k.definition, definition, None, None, false).await?;
-        let _: Value = client.sadd(self.keys.group_registry(), format!("{topic}/{group}")).await?;
+        let member = format!("{topic}/{group}");
+        let _: Value = client.sadd(self.keys.group_registry(group_registry_bucket(&member)), member).await?;
         Ok(())
     }
 
@@ -537,10 +538,32 @@ impl Store {
         Ok(exists == 1)
     }
 
-    /// The definitions of every group created through the admin API.
-    pub async fn group_definitions(&self) -> Result<Vec<String>> {
+    /// The definitions of the groups registered in registry bucket `bucket` (a member
+    /// whose definition is gone — deleted meanwhile — is left out).
+    pub async fn group_definitions(&self, bucket: usize) -> Result<Vec<String>> {
+        let members: Vec<String> = self.pool.next().smembers(self.keys.group_registry(bucket)).await?;
+        self.definitions_of(members).await
+    }
+
+    /// Moves the registrations of the one-key registry of earlier versions into their
+    /// buckets (each added to its bucket before it leaves the old key, so a crash
+    /// in between leaves it in both, never in neither), and returns their definitions.
+    /// The old key disappears once empty. Earlier nodes still running (a rolling
+    /// upgrade) keep adding there; every node moves them on (`groups::discover`).
+    pub async fn group_registry_migrate(&self) -> Result<Vec<String>> {
         let client = self.pool.next();
-        let members: Vec<String> = client.smembers(self.keys.group_registry()).await?;
+        let legacy = self.keys.group_registry_legacy();
+        let members: Vec<String> = client.smembers(&legacy).await?;
+        for member in &members {
+            let _: Value =
+                client.sadd(self.keys.group_registry(group_registry_bucket(member)), member.as_str()).await?;
+            let _: Value = client.srem(&legacy, member.as_str()).await?;
+        }
+        self.definitions_of(members).await
+    }
+
+    async fn definitions_of(&self, members: Vec<String>) -> Result<Vec<String>> {
+        let client = self.pool.next();
         let mut out = Vec::new();
         for member in members {
             let Some((topic, group)) = member.split_once('/') else { continue };
@@ -553,12 +576,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes a group with everything it holds (one atomic call) and unregisters it.
+    /// Deletes a group with everything it holds (one atomic call) and unregisters it (from
+    /// its bucket, and from the registry of earlier versions should it still be there).
     pub async fn group_delete(&self, topic: &Topic, group: &str) -> Result<bool> {
         let k = self.group_keys(topic, group);
         let keys = vec![k.stream, k.retry, k.schedule, k.payloads, k.dlq, k.counters, k.meta, k.definition];
         let existed = self.call(library::GROUP_DELETE, keys, vec![group.into()], false).await?;
-        let _: Value = self.pool.next().srem(self.keys.group_registry(), format!("{topic}/{group}")).await?;
+        let member = format!("{topic}/{group}");
+        let client = self.pool.next();
+        let _: Value = client.srem(self.keys.group_registry(group_registry_bucket(&member)), member.as_str()).await?;
+        let _: Value = client.srem(self.keys.group_registry_legacy(), member.as_str()).await?;
         Ok(existed.as_u64() == Some(1))
     }
 

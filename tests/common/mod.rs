@@ -2,6 +2,8 @@
 //! prefix per test, and streamhub started in-process on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

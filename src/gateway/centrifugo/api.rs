@@ -22,6 +22,7 @@ use super::encode::client_info;
 use super::history::{history, Refused};
 use super::proto::StreamPosition;
 use crate::auth::PrincipalKind;
+use crate::gateway::extract::ClientAddr;
 use crate::gateway::AppState;
 use crate::message::NewMessage;
 use crate::ops::access::{Budget, Caller, PresenceRead, Publish};
@@ -40,7 +41,7 @@ fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
 
 pub async fn api(
     State(state): State<Arc<AppState>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Path(method): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -54,7 +55,7 @@ pub async fn api(
     let Some(principal) = principal else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    let caller = Caller { principal, ip: peer.ip(), budget: Budget::Credential, client: None };
+    let caller = Caller { principal, ip: client, budget: Budget::Credential, client: None };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")).into_response(),

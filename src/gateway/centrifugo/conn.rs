@@ -26,6 +26,7 @@ use super::proto::{self, Command, Reply};
 use crate::auth::{Principal, PrincipalKind};
 use crate::delivery::session::{Session, Since};
 use crate::error::{Code, Error};
+use crate::gateway::extract::ClientAddr;
 use crate::gateway::ws_session::{admit, is_too_big, limited, Admitted, Link};
 use crate::gateway::ws_write::Outgoing;
 use crate::gateway::AppState;
@@ -39,7 +40,7 @@ const SUBPROTOCOL_JSON: &str = "centrifuge-json";
 
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(client): ClientAddr,
     uri: Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -48,7 +49,7 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return Error::new(Code::InvalidRequest, rejection.body_text()).into_response(),
     };
-    let Admitted { caller, ip_slot, permit } = match admit(&state, peer.ip(), &headers, uri.query()) {
+    let Admitted { caller, ip_slot, permit } = match admit(&state, client, &headers, uri.query()) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
