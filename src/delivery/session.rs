@@ -295,7 +295,7 @@ impl Session {
                 Step::Jump { reason, epoch, last } => {
                     metrics::reset(reason.as_str());
                     let reset = Reset { topic: sub.topic.clone(), epoch: epoch.clone(), seq: last, reason };
-                    if sub.push(Item::Reset(reset)).await.is_err() {
+                    if sub.push(Item::Reset(Box::new(reset))).await.is_err() {
                         return;
                     }
                     sub.set_position(&epoch, last);
@@ -361,7 +361,7 @@ impl Session {
 async fn push_expired(sub: &Arc<Subscription>, run: Expired) -> bool {
     metrics::expired_skipped("subscription", run.to - run.from + 1);
     let (epoch, to) = (run.epoch.clone(), run.to);
-    if sub.push(Item::Expired(run)).await.is_err() {
+    if sub.push(Item::Expired(Box::new(run))).await.is_err() {
         return false;
     }
     sub.set_position(&epoch, to);
