@@ -1,6 +1,9 @@
 //! Test harness: a private redis-server per test (killable, restartable), a unique key
-//! prefix per test, and streamhub started in-process on 127.0.0.1:0.
+//! prefix per test, and streamhub started in-process on 127.0.0.1:0. Cluster and
+//! Sentinel topologies live in `topology`.
 #![allow(dead_code)]
+
+pub mod topology;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -123,6 +126,37 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        let addr = self.addr();
+        wait_until("redis-server to answer PING", READY_TIMEOUT, || redis_answers(addr));
+    }
+
+    /// A server started without waiting for it (callers starting several wait for all
+    /// of them at once with `wait_answering`).
+    pub(crate) fn launch_with_args(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let extra_args = extra.iter().map(|a| a.to_string()).collect();
+        let mut server = RedisServer { child: None, port: free_port(), dir, extra_args };
+        server.launch();
+        server
+    }
+
+    /// Waits until every server of `servers` answers PING.
+    pub(crate) fn wait_answering(servers: &[&RedisServer]) {
+        wait_until("redis-servers to answer PING", READY_TIMEOUT, || servers.iter().all(|s| redis_answers(s.addr())));
+    }
+
+    /// The process id, while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the server process has not been killed by `kill`.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -133,8 +167,6 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        let addr = self.addr();
-        wait_until("redis-server to answer PING", READY_TIMEOUT, || redis_answers(addr));
     }
 
     pub fn addr(&self) -> SocketAddr {
