@@ -3,7 +3,11 @@
 //! Sentinel topologies live in `topology`.
 #![allow(dead_code)]
 
+pub mod shared;
 pub mod topology;
+
+#[allow(unused_imports)]
+pub use shared::{skip_unless_standalone, topology, RedisTarget, TestRedis, Topology};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -238,9 +242,9 @@ pub fn unique_prefix() -> String {
 }
 
 /// The test configuration: defaults, pointed at `redis`, ephemeral ports, short timeouts.
-pub fn test_config(redis: &RedisServer) -> Config {
+pub fn test_config(redis: &(impl RedisTarget + ?Sized)) -> Config {
     let mut config = Config::defaults();
-    config.redis.url = redis.url();
+    config.redis.url = redis.redis_url();
     config.redis.prefix = unique_prefix();
     config.redis.spawn = SpawnPolicy::Never;
     config.redis.command_timeout_ms = 1000;
@@ -279,23 +283,26 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub config: Config,
+    /// On a shared topology: no app with another function library runs meanwhile.
+    _library: Option<shared::LibraryGuard>,
 }
 
 impl TestApp {
-    pub async fn start(redis: &RedisServer) -> TestApp {
+    pub async fn start(redis: &(impl RedisTarget + ?Sized)) -> TestApp {
         Self::start_with(redis, |_| {}).await
     }
 
-    pub async fn start_with(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    pub async fn start_with(redis: &(impl RedisTarget + ?Sized), tweak: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = test_config(redis);
         tweak(&mut config);
         config.validate().expect("test config is valid");
+        let library = redis.shared().then(|| shared::LibraryGuard::acquire(streamhub::store::library::render(&config)));
         let server = Server::start(config.clone()).await.expect("streamhub starts");
         let base = format!("http://{}", server.http_addr());
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}").parse().expect("header"));
         let http = reqwest::Client::builder().default_headers(headers).build().expect("http client");
-        TestApp { server, base, http, config }
+        TestApp { server, base, http, config, _library: library }
     }
 
     pub fn prefix(&self) -> &str {

@@ -86,7 +86,16 @@ impl RedisCluster {
             "--cluster-replica-validity-factor",
             "0",
         ];
-        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::launch_with_args(&args)).collect();
+        // The cluster bus listens on its own free port (by default it is the port +
+        // 10000, which may be taken or above 65535 for an ephemeral port).
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                let bus = free_port().to_string();
+                let mut node_args = args.to_vec();
+                node_args.extend(["--cluster-port", &bus]);
+                RedisServer::launch_with_args(&node_args)
+            })
+            .collect();
         RedisServer::wait_answering(&nodes.iter().collect::<Vec<_>>());
         let cluster = RedisCluster { nodes, paused: Mutex::new(BTreeSet::new()), options };
         let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
@@ -349,6 +358,11 @@ impl Sentinel {
             .spawn()
             .expect("redis-server must be installed");
         Sentinel { child: Some(child), port, _dir: dir }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Runs `redis-cli -p <port> <args>` and returns its standard output.
