@@ -50,7 +50,7 @@ async fn publisher(app: Arc<TestApp>, topic: String, stop: Arc<AtomicBool>, log:
 async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledged() {
     // The cause of any error answered with a 500 is logged (and would fail the test).
     let _ = tracing_subscriber::fmt().with_env_filter("streamhub=error").with_test_writer().try_init();
-    let mut cluster = RedisCluster::start_with(ClusterOptions { node_timeout_ms: 1000 });
+    let mut cluster = RedisCluster::start_with(ClusterOptions::fast_failover());
     let app = Arc::new(
         TestApp::start_with(&cluster, |c| {
             // Acknowledged only once a replica has it: a kill -9 then loses nothing.

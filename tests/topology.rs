@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Instant;
 
-use common::topology::{topic_slot, RedisCluster, SentinelSet};
+use common::topology::{topic_slot, ClusterOptions, RedisCluster, SentinelOptions, SentinelSet};
 
 #[test]
 fn cluster_spreads_topics_and_fails_over() {
     let started = Instant::now();
-    let mut cluster = RedisCluster::start();
+    let mut cluster = RedisCluster::start_with(ClusterOptions::fast_failover());
     println!("cluster of 6 nodes ready in {:?}", started.elapsed());
     let primaries = cluster.primaries();
     assert_eq!(primaries.len(), 3, "three primaries");
@@ -40,7 +40,7 @@ fn cluster_spreads_topics_and_fails_over() {
 #[test]
 fn sentinel_fails_over() {
     let started = Instant::now();
-    let mut set = SentinelSet::start();
+    let mut set = SentinelSet::start_with(SentinelOptions::fast_failover());
     println!("sentinel set ready in {:?}", started.elapsed());
     let old = set.primary();
     assert_eq!(old, 0);

@@ -31,8 +31,17 @@ pub struct ClusterOptions {
 }
 
 impl Default for ClusterOptions {
+    /// For a cluster shared by a test binary: long enough that a node busy with a long
+    /// script on a loaded machine is not failed over (failover tests pass their own).
     fn default() -> Self {
-        ClusterOptions { node_timeout_ms: 1500 }
+        ClusterOptions { node_timeout_ms: 5000 }
+    }
+}
+
+impl ClusterOptions {
+    /// For failover tests: a dead primary is replaced within about two seconds.
+    pub fn fast_failover() -> Self {
+        ClusterOptions { node_timeout_ms: 1000 }
     }
 }
 
@@ -324,7 +333,16 @@ pub struct SentinelOptions {
 }
 
 impl Default for SentinelOptions {
+    /// For a set shared by a test binary: a primary busy with a long script on a loaded
+    /// machine is not failed over (failover tests use `fast_failover`).
     fn default() -> Self {
+        SentinelOptions { down_after_ms: 5000, failover_timeout_ms: 10000 }
+    }
+}
+
+impl SentinelOptions {
+    /// For failover tests: a dead primary is replaced within a few seconds.
+    pub fn fast_failover() -> Self {
         SentinelOptions { down_after_ms: 1000, failover_timeout_ms: 3000 }
     }
 }
