@@ -12,11 +12,11 @@
 //! crash. Here each primary has its own centralized client (its own router task and
 //! reconnection loop); a slot map from `CLUSTER SLOTS` picks the client.
 //!
-//! The map is refreshed every `REFRESH_INTERVAL`, at once after a `MOVED` (the call is
-//! then retried once on the new owner: a `MOVED` means it did not run) and after a call
-//! failed for want of a connection. `ASK` (a slot being migrated) is followed with
-//! `ASKING` pipelined before the call on the target's connection. Clients of nodes that
-//! no longer serve slots are closed.
+//! The map is refreshed every `REFRESH_INTERVAL`, at once after a `MOVED` and after a
+//! call failed for want of a connection. Resharding is followed call by call (`run`):
+//! `MOVED`, `ASK` (with `ASKING` pipelined before the call on the importing node's
+//! connection) and `TRYAGAIN` are retried, because each of them means the call did not
+//! run. Clients of nodes that no longer serve slots are closed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
@@ -36,6 +36,11 @@ use crate::config::RedisConfig;
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest time between two reads of the slot map (a burst of errors asks once).
 const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
+/// Most redirections and `TRYAGAIN` retries one call follows (within the command timeout).
+const MAX_REDIRECTIONS: u32 = 16;
+/// First and longest pause before a call refused with `TRYAGAIN` is tried again.
+const TRYAGAIN_FIRST_PAUSE: Duration = Duration::from_millis(10);
+const TRYAGAIN_MAX_PAUSE: Duration = Duration::from_millis(100);
 
 /// The per-primary connections of a Redis Cluster and the slot map that picks one.
 pub(super) struct Shards {
@@ -86,36 +91,52 @@ impl Shards {
         self.refresh.notify_one();
     }
 
-    /// Runs `call` on the primary of `key`'s slot, following one `MOVED` (after reading
-    /// the slot map again) or `ASK` (with `ASKING` first on the target's connection).
-    /// None when no slot map is known yet.
+    /// Runs `call` on the primary of `key`'s slot. None when no slot map is known yet.
+    ///
+    /// Replies that say the command did **not** run are handled here, so they are safe
+    /// to retry even for a publish without an idempotency key: `MOVED` (the slot map is
+    /// read again and the call goes to the new owner), `ASK` (the call goes to the
+    /// importing node with `ASKING` first) and `TRYAGAIN` (the slot is being migrated and
+    /// the keys are split between the two nodes: tried again after 10 ms, doubling up to
+    /// 100 ms). Within `redis.command_timeout_ms` and `MAX_REDIRECTIONS`; then the last
+    /// error is returned (a 503 for the client). A call whose connection failed is never
+    /// retried: it may have run.
     pub(super) async fn run<F, Fut>(&self, key: &str, call: F) -> Option<std::result::Result<Value, RedisError>>
     where
         F: Fn(Client, bool) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<Value, RedisError>>,
     {
-        let client = self.client_for(key)?;
-        let first = call(client, false).await;
-        let err = match first {
-            Err(err) => err,
-            ok => return Some(ok),
-        };
-        match redirect(&err) {
-            Some(Redirect::Moved) => {
-                let _ = self.refresh_now().await;
-                let client = self.client_for(key)?;
-                Some(call(client, false).await)
-            }
-            Some(Redirect::Ask(server)) => {
-                let client = self.client_of(&server)?;
-                Some(call(client, true).await)
-            }
-            None => {
-                if matches!(StoreError::from(err.clone()), StoreError::Unavailable(_)) {
-                    self.suspect();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.command_timeout_ms);
+        let mut ask: Option<Server> = None;
+        let mut pause = TRYAGAIN_FIRST_PAUSE;
+        let mut redirections = 0;
+        loop {
+            let (client, asking) = match ask.take() {
+                Some(server) => (self.client_of(&server)?, true),
+                None => (self.client_for(key)?, false),
+            };
+            let err = match call(client, asking).await {
+                Err(err) => err,
+                ok => return Some(ok),
+            };
+            let retry = redirections < MAX_REDIRECTIONS && tokio::time::Instant::now() + pause < deadline;
+            match redirect(&err) {
+                Some(Redirect::Moved) if retry => {
+                    let _ = self.refresh_now().await;
                 }
-                Some(Err(err))
+                Some(Redirect::Ask(server)) if retry => ask = Some(server),
+                None if retry && err.details().starts_with("TRYAGAIN") => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(TRYAGAIN_MAX_PAUSE);
+                }
+                _ => {
+                    if matches!(StoreError::from(err.clone()), StoreError::Unavailable(_)) {
+                        self.suspect();
+                    }
+                    return Some(Err(err));
+                }
             }
+            redirections += 1;
         }
     }
 

@@ -233,6 +233,54 @@ impl RedisCluster {
         self.nodes[index].restart();
     }
 
+    /// The node id of node `index`.
+    pub fn node_id(&self, index: usize) -> String {
+        let via = self.live()[0];
+        let port = self.nodes[index].port;
+        self.view(via).into_iter().find(|n| n.port == port).map(|n| n.id).expect("node in the view")
+    }
+
+    /// Moves `slot` from its owner to the primary `to` the way `redis-cli --cluster
+    /// reshard` does, while clients keep using it: `SETSLOT IMPORTING` on the target,
+    /// `SETSLOT MIGRATING` on the source, `MIGRATE` of its keys `batch` at a time, then
+    /// `SETSLOT NODE` on both and the other primaries. Returns how many keys moved.
+    pub fn migrate_slot(&self, slot: u16, to: usize, batch: usize) -> usize {
+        let from = self.owner_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} is already on node {to}");
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot_text = slot.to_string();
+        let ok = |node: usize, args: &[&str]| {
+            let out = self.nodes[node].cli(args);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(text.trim() == "OK" || text.trim() == "NOKEY", "{args:?} on node {node}: {text}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &to_id]);
+        let mut moved = 0;
+        loop {
+            let out = self.nodes[from].cli(&["CLUSTER", "GETKEYSINSLOT", &slot_text, &batch.to_string()]);
+            let keys: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = self.nodes[to].port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            ok(from, &args);
+            moved += keys.len();
+        }
+        for node in [to, from] {
+            ok(node, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]);
+        }
+        for node in self.primaries() {
+            if node != to && node != from {
+                ok(node, &["CLUSTER", "SETSLOT", &slot_text, "NODE", &to_id]);
+            }
+        }
+        moved
+    }
+
     /// Waits until node `old` no longer serves `slot` and every live node agrees on the
     /// slot map with `cluster_state:ok`; returns the new owner of `slot`.
     pub fn wait_failover(&self, slot: u16, old: usize) -> usize {
