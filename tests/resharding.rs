@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn moving_slots_of_live_topics_loses_nothing_and_leaves_no_gap() {
-    let _ = tracing_subscriber::fmt().with_env_filter("streamhub=error").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter("streamhub=warn").with_test_writer().try_init();
     let cluster = RedisCluster::start();
     let topics: Vec<String> = cluster.topics_on_every_shard("mv", 1).into_iter().flatten().collect();
     let app = Arc::new(
@@ -130,11 +130,19 @@ async fn moving_slots_of_live_topics_loses_nothing_and_leaves_no_gap() {
     // The group on the first topic gets every message.
     let topic = &topics[0];
     let mut seen = std::collections::BTreeSet::new();
+    let mut fetch_unavailable = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < sent[0] as usize {
         assert!(Instant::now() < deadline, "the group delivered {} of {}", seen.len(), sent[0]);
         let (status, body) =
             app.post_json(&format!("/v1/topics/{topic}/groups/w:fetch"), &json!({ "max": 500, "wait_ms": 200 })).await;
+        if status == 503 {
+            // A documented answer (fred's cluster client, which the reads use, may time
+            // out while it follows the moved slots): retried, and counted.
+            assert_eq!(code(&body), "redis_unavailable", "{body}");
+            fetch_unavailable += 1;
+            continue;
+        }
         assert_eq!(status, 200, "{body}");
         let deliveries = body["deliveries"].as_array().cloned().unwrap_or_default();
         let tokens: Vec<Value> = deliveries.iter().map(|d| d["token"].clone()).collect();
@@ -146,5 +154,6 @@ async fn moving_slots_of_live_topics_loses_nothing_and_leaves_no_gap() {
             assert_eq!(status, 200, "{body}");
         }
     }
+    println!("group fetches answered 503 redis_unavailable {fetch_unavailable} times");
     drop(cluster);
 }
