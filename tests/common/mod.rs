@@ -150,6 +150,28 @@ impl RedisServer {
         wait_until("redis-servers to answer PING", READY_TIMEOUT, || servers.iter().all(|s| redis_answers(s.addr())));
     }
 
+    /// Launches `n` servers at once with the arguments `args()` gives each, and waits
+    /// until all answer PING. A server that exits meanwhile (its free port was taken by
+    /// another process between the look-up and the bind) is launched again with new
+    /// arguments (new ports).
+    pub(crate) fn launch_answering(n: usize, args: impl Fn() -> Vec<String>) -> Vec<RedisServer> {
+        let launch = || {
+            let args = args();
+            RedisServer::launch_with_args(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let mut servers: Vec<RedisServer> = (0..n).map(|_| launch()).collect();
+        wait_until("redis-servers to answer PING", READY_TIMEOUT, || {
+            for server in servers.iter_mut() {
+                let exited = server.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited {
+                    *server = launch();
+                }
+            }
+            servers.iter().all(|s| redis_answers(s.addr()))
+        });
+        servers
+    }
+
     /// The process id, while the server runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -97,15 +97,11 @@ impl RedisCluster {
         ];
         // The cluster bus listens on its own free port (by default it is the port +
         // 10000, which may be taken or above 65535 for an ephemeral port).
-        let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                let bus = free_port().to_string();
-                let mut node_args = args.to_vec();
-                node_args.extend(["--cluster-port", &bus]);
-                RedisServer::launch_with_args(&node_args)
-            })
-            .collect();
-        RedisServer::wait_answering(&nodes.iter().collect::<Vec<_>>());
+        let nodes = RedisServer::launch_answering(6, || {
+            let mut node_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            node_args.extend(["--cluster-port".to_string(), free_port().to_string()]);
+            node_args
+        });
         let cluster = RedisCluster { nodes, paused: Mutex::new(BTreeSet::new()), options };
         let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let output = Command::new("redis-cli")
@@ -472,15 +468,13 @@ impl SentinelSet {
     /// replicas' links are up and every sentinel knows the primary, both replicas and the
     /// two other sentinels.
     pub fn start_with(options: SentinelOptions) -> SentinelSet {
-        let primary = RedisServer::launch_with_args(&[]);
-        let primary_port = primary.port.to_string();
-        let replicas: Vec<RedisServer> =
-            (0..2).map(|_| RedisServer::launch_with_args(&["--replicaof", "127.0.0.1", &primary_port])).collect();
-        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::launch(primary.port, options)).collect();
-        let mut servers = vec![primary];
-        servers.extend(replicas);
+        let mut servers = RedisServer::launch_answering(1, Vec::new);
+        let primary_port = servers[0].port.to_string();
+        servers.extend(RedisServer::launch_answering(2, || {
+            vec!["--replicaof".to_string(), "127.0.0.1".to_string(), primary_port.clone()]
+        }));
+        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::launch(servers[0].port, options)).collect();
         let set = SentinelSet { servers, sentinels, paused: Mutex::new(BTreeSet::new()), options };
-        RedisServer::wait_answering(&set.servers.iter().collect::<Vec<_>>());
         wait_until("the replicas' links", READY_TIMEOUT, || {
             set.servers[1..].iter().all(|r| r.info("replication").contains("master_link_status:up"))
         });
