@@ -7,6 +7,8 @@
 # clients (`npm ci` in tests/centrifugo; the pinned `cent` in a Python venv) — checks
 # formatting and lints (cargo fmt, clippy -D warnings), then runs every test against real
 # Redis servers, a real Prometheus and a real browser that the tests start themselves.
+# Then runs the tests that do not need a private standalone Redis again against a Redis
+# Cluster and a Sentinel set (scripts/test-topologies.sh).
 # Ends with one line: `N passed, M failed` (every test of every test binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,8 +61,13 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+# The suite again on a Redis Cluster and on a Sentinel set, both at once (each test
+# binary starts its own topology on free loopback ports; tests/common/shared.rs).
+if [ $# -eq 0 ]; then
+  scripts/test-topologies.sh cluster sentinel 2>&1 | tee -a "$log" || status=$?
+fi
 # One overall line from cargo's per-binary "test result: … N passed; M failed; …" lines.
-read -r passed failed < <(awk '/^test result:/ {
+read -r passed failed < <(awk '/test result:/ {
     for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i }
   } END { print p + 0, f + 0 }' "$log")
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
