@@ -51,6 +51,11 @@ impl From<RedisError> for StoreError {
         let details = err.details();
         if let Some(rest) = details.strip_prefix("SH ").or_else(|| details.find(" SH ").map(|i| &details[i + 4..])) {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+            // A failover between staging and commit, or staging that cannot keep up:
+            // Redis is not in a state to take the publish now (lua/publish.lua).
+            if matches!(code, "failover" | "rolled_back" | "staging_full") {
+                return StoreError::Unavailable(format!("{code}: {message}"));
+            }
             return match Code::parse(code) {
                 Some(code) => StoreError::Refused { code, message: message.to_string() },
                 None => StoreError::Redis(details.to_string()),
