@@ -343,8 +343,11 @@ impl Store {
             }
             let results = pipeline.try_all::<Value>().await;
             let mut results = results.into_iter();
-            let (Some(reply), Some(acked)) = (results.next(), results.next()) else {
-                return Err(StoreError::Protocol("the staging pipeline answered fewer than 2 replies".into()));
+            let (reply, acked) = match (results.next(), results.next()) {
+                (Some(reply), Some(acked)) => (reply, acked),
+                // The pipeline failed as a whole (a timeout, a dropped connection).
+                (Some(Err(e)), None) => return Err(e.into()),
+                _ => return Err(StoreError::Protocol("the staging pipeline answered fewer than 2 replies".into())),
             };
             match reply {
                 Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
