@@ -14,8 +14,9 @@ pub enum StoreError {
     /// Redis answered `NOGROUP` (code `group_not_found`).
     #[error("{code}: {message}")]
     Refused { code: Code, message: String },
-    /// Stored on the primary, but fewer replicas than required confirmed it in time.
-    #[error("stored, but only {acked} of {wanted} replicas confirmed it in time")]
+    /// Staged on the primary (readable by nobody yet), but fewer replicas than required
+    /// confirmed it in time.
+    #[error("staged, but only {acked} of {wanted} replicas confirmed it in time")]
     NotReplicated { acked: u64, wanted: u32 },
     /// A reply that does not have the documented shape.
     #[error("unexpected reply from redis: {0}")]
