@@ -99,7 +99,8 @@ pub const REDIS_COMMAND_DURATION: &str = "streamhub_redis_command_duration_secon
 /// Redis calls that failed, by `kind` = unavailable | not_replicated | refused |
 /// protocol | other.
 pub const REDIS_ERRORS: &str = "streamhub_redis_errors_total";
-/// Connections to Redis re-established, by `connection` = pool | hints | blocking.
+/// Connections to Redis re-established, by `connection` = pool | hints | blocking | shard
+/// (shard: the per-primary connections on Redis Cluster, see store/shards.rs).
 pub const REDIS_RECONNECTS: &str = "streamhub_redis_reconnects_total";
 /// 1 when the last periodic PING was answered, else 0.
 pub const REDIS_UP: &str = "streamhub_redis_up";
@@ -186,7 +187,7 @@ fn describe() {
     for cause in ["overflow", "reconnect"] {
         metrics::counter!(HINT_GAPS_REPAIRED, "cause" => cause).increment(0);
     }
-    for connection in ["pool", "hints", "blocking"] {
+    for connection in ["pool", "hints", "blocking", "shard"] {
         metrics::counter!(REDIS_RECONNECTS, "connection" => connection).increment(0);
     }
     for kind in ["unavailable", "not_replicated", "refused", "protocol", "other"] {

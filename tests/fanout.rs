@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{command_calls, publish_many, seq, RedisServer, TestApp, WsClient, READY_TIMEOUT};
+use common::{command_calls, publish_many, seq, TestApp, TestRedis, WsClient, READY_TIMEOUT};
 use serde_json::json;
 
 async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
@@ -18,7 +18,10 @@ async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_subscribers_cost_one_read_per_message_not_five_hundred() {
-    let redis = RedisServer::start();
+    if common::skip_unless_standalone("counts the commands of its own Redis") {
+        return;
+    }
+    let mut redis = TestRedis::start();
     // No periodic checks during the measurement: every read is caused by a hint.
     let app = TestApp::start_with(&redis, |c| c.fanout.position_check_ms = 600_000).await;
     let mut clients = Vec::new();
@@ -29,7 +32,7 @@ async fn five_hundred_subscribers_cost_one_read_per_message_not_five_hundred() {
     }
     assert_eq!(app.server.tail_count(), 1, "exactly one tail task for the topic");
 
-    let reads_before = command_calls(&redis, "fcall_ro");
+    let reads_before = command_calls(redis.server(), "fcall_ro");
     let messages = 20u64;
     for n in 1..=messages {
         let (status, _) = app.publish("wide", json!(n)).await;
@@ -38,7 +41,7 @@ async fn five_hundred_subscribers_cost_one_read_per_message_not_five_hundred() {
             futures::future::join_all(clients.iter_mut().map(|ws| async move { seq(&ws.messages(1).await[0]) })).await;
         assert!(receipts.iter().all(|s| *s == n), "every subscriber got seq {n}");
     }
-    let reads = command_calls(&redis, "fcall_ro") - reads_before;
+    let reads = command_calls(redis.server(), "fcall_ro") - reads_before;
     assert!(reads <= 2 * messages, "{reads} reads for {messages} messages to 500 subscribers");
 
     for ws in clients {
@@ -51,7 +54,10 @@ async fn five_hundred_subscribers_cost_one_read_per_message_not_five_hundred() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_delivered_even_when_its_hint_never_arrives() {
-    let redis = RedisServer::start();
+    if common::skip_unless_standalone("kills every Pub/Sub client of its Redis") {
+        return;
+    }
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| c.fanout.position_check_ms = 300).await;
     let mut ws = WsClient::connect(&app.base).await;
     ws.subscribe("quiet", None).await;
@@ -80,7 +86,7 @@ async fn the_position_check_alone_delivers_when_no_hint_ever_arrives() {
     use streamhub::delivery::Hub;
     use tokio_util::sync::CancellationToken;
 
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let mut config = common::test_config(&redis);
     config.fanout.position_check_ms = 100;
     let store = streamhub::Store::connect(&config).expect("store");
@@ -119,7 +125,7 @@ async fn the_position_check_alone_delivers_when_no_hint_ever_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_stops_reading_does_not_stop_the_others_and_catches_up_exactly() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.ws.outbound_queue_messages = 32;
         c.ws.outbound_queue_bytes = 1 << 20;

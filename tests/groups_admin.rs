@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{code, eventually, publish_many, pull_group, Receiver, RedisServer, TestApp};
+use common::{code, eventually, publish_many, pull_group, Receiver, TestApp, TestRedis};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -24,7 +24,7 @@ async fn fetch(app: &TestApp, topic: &str, group: &str) -> (StatusCode, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_created_through_the_api_run_on_every_node_and_can_be_paused_and_deleted() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let fast = |c: &mut streamhub::Config| {
         c.groups.discover_interval_ms = 100;
         c.groups.sweep_interval_ms = 50;
@@ -109,7 +109,7 @@ async fn groups_created_through_the_api_run_on_every_node_and_can_be_paused_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_group_created_through_the_api_delivers() {
     let receiver = Receiver::start(|_| 200).await;
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     publish_many(&app, "later", 3, 3).await;
     let (status, body) = send(

@@ -6,7 +6,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_port, publish_many, pull_group, streamhub_bin, Receiver, RedisServer, TestApp};
+use common::{
+    eventually, free_port, publish_many, pull_group, streamhub_bin, Receiver, RedisServer, TestApp, TestRedis,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -20,10 +22,10 @@ impl Drop for Node {
     }
 }
 
-fn node(config: &std::path::Path, redis: &RedisServer, prefix: &str) -> Node {
+fn node(config: &std::path::Path, redis: &impl common::RedisTarget, prefix: &str) -> Node {
     let child = Command::new(streamhub_bin())
         .args(["--config", config.to_str().expect("utf8")])
-        .args(["--redis-url", &redis.url(), "--prefix", prefix])
+        .args(["--redis-url", &redis.redis_url(), "--prefix", prefix])
         .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--metrics-listen", "127.0.0.1:0"])
         .arg("serve")
         .env("STREAMHUB__REDIS__SPAWN", "never")
@@ -42,7 +44,7 @@ async fn kill_9_of_a_worker_loses_nothing_and_duplicates_stay_within_the_in_flig
         200
     })
     .await;
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("node.toml");
     let concurrency = 8;
@@ -81,6 +83,9 @@ async fn kill_9_of_a_worker_loses_nothing_and_duplicates_stay_within_the_in_flig
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_with_aof_during_processing_loses_nothing() {
+    if common::skip_unless_standalone("restarts its Redis") {
+        return;
+    }
     let mut redis = RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
     let app = TestApp::start_with(&redis, |c| {
         let mut g = pull_group("aof", "w");

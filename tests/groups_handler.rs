@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{eventually, pull_group, RedisServer};
+use common::{eventually, pull_group, TestRedis};
 use serde_json::json;
 use streamhub::config::TargetKind;
 use streamhub::groups::handler::{handler_fn, Handlers};
@@ -14,7 +14,7 @@ use streamhub::groups::webhook::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_group_retries_dead_letters_and_survives_panics() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let mut config = common::test_config(&redis);
     config.groups.sweep_interval_ms = 20;
     let mut spec = pull_group("h", "rust");

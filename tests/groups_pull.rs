@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{code, eventually, publish_many, pull_group, RedisServer, TestApp, READY_TIMEOUT};
+use common::{code, eventually, publish_many, pull_group, TestApp, TestRedis, READY_TIMEOUT};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -43,7 +43,7 @@ async fn ready_group(app: &TestApp, topic: &str) {
 
 #[tokio::test]
 async fn leases_expire_and_a_late_ack_is_reported_not_applied() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         let mut g = pull_group("jobs", "w");
         g.ack_wait_ms = 300;
@@ -89,7 +89,7 @@ async fn leases_expire_and_a_late_ack_is_reported_not_applied() {
 
 #[tokio::test]
 async fn a_failing_message_follows_the_backoff_then_lands_in_the_dlq_with_its_last_error() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.groups.sweep_interval_ms = 20;
         let mut g = pull_group("pay", "w");
@@ -163,7 +163,7 @@ async fn a_failing_message_follows_the_backoff_then_lands_in_the_dlq_with_its_la
 
 #[tokio::test]
 async fn expired_messages_are_not_delivered_and_are_counted() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.group.push(pull_group("ttl", "drop"));
         let mut g = pull_group("ttl", "keep");
@@ -197,7 +197,7 @@ async fn expired_messages_are_not_delivered_and_are_counted() {
 
 #[tokio::test]
 async fn retention_keeps_what_a_group_has_not_acknowledged_unless_the_hard_cap_forces_it() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.retention.max_len = 10;
         c.retention.hard_max_len = 1000;
@@ -234,7 +234,7 @@ async fn retention_keeps_what_a_group_has_not_acknowledged_unless_the_hard_cap_f
 
 #[tokio::test]
 async fn unknown_groups_and_bad_requests_get_codes() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| c.group.push(pull_group("g", "w"))).await;
     let (status, body) = app.post_json("/v1/topics/g/groups/nope:fetch", &json!({})).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "group_not_found"));
@@ -253,7 +253,7 @@ async fn unknown_groups_and_bad_requests_get_codes() {
 
 #[tokio::test]
 async fn a_pending_entry_deleted_from_the_stream_is_acked_and_counted_not_retried_forever() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         let mut g = pull_group("del", "w");
         g.ack_wait_ms = 200;
@@ -280,14 +280,17 @@ async fn a_pending_entry_deleted_from_the_stream_is_acked_and_counted_not_retrie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_lost_with_redis_is_created_again() {
-    let mut redis = RedisServer::start();
+    if common::skip_unless_standalone("restarts its Redis") {
+        return;
+    }
+    let mut redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.groups.sweep_interval_ms = 20;
         c.group.push(pull_group("lost", "w"));
     })
     .await;
     ready_group(&app, "lost").await;
-    redis.restart(); // no persistence: the group, its keys and the function library are gone
+    redis.server().restart(); // no persistence: the group, its keys and the function library are gone
     eventually("the group to exist again", READY_TIMEOUT, async || {
         let (status, body) = app.get("/v1/topics/lost/groups").await;
         status == StatusCode::OK && body["groups"][0]["exists"] == json!(true)

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, publish_many, webhook_group, Receiver, RedisServer, TestApp};
+use common::{eventually, publish_many, webhook_group, Receiver, TestApp, TestRedis};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -23,7 +23,7 @@ fn data(hook: &common::Hook) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_poison_message_does_not_hold_back_a_thousand_healthy_ones() {
     let receiver = Receiver::start(|hook| if data(hook) == json!("poison") { 500 } else { 200 }).await;
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.groups.sweep_interval_ms = 20;
         let mut g = webhook_group("work", "hooks", &receiver.url);
@@ -66,7 +66,7 @@ async fn thirty_percent_random_failures_still_deliver_everything_signed() {
         }
     })
     .await;
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.groups.sweep_interval_ms = 20;
         let mut g = webhook_group("flaky", "hooks", &receiver.url);
@@ -105,7 +105,7 @@ async fn thirty_percent_random_failures_still_deliver_everything_signed() {
 #[tokio::test]
 async fn a_4xx_answer_is_a_permanent_failure() {
     let receiver = Receiver::start(|_| 422).await;
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| c.group.push(webhook_group("bad", "hooks", &receiver.url))).await;
     eventually("the group to exist", WAIT, async || group_state(&app, "bad").await["exists"] == json!(true)).await;
     app.publish("bad", json!({ "x": 1 })).await;
@@ -121,7 +121,7 @@ async fn a_4xx_answer_is_a_permanent_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_thousand_scheduled_retries_do_not_slow_healthy_deliveries() {
     let receiver = Receiver::start(|_| 200).await;
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.groups.sweep_interval_ms = 20;
         c.group.push(webhook_group("busy", "hooks", &receiver.url));

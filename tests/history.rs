@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{code, RedisServer, TestApp};
+use common::{code, TestApp, TestRedis};
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
 async fn since_paging_returns_exactly_the_messages_after_since() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     for i in 1..=25 {
         app.publish("p", json!(i)).await;
@@ -45,7 +45,7 @@ async fn since_paging_returns_exactly_the_messages_after_since() {
 
 #[tokio::test]
 async fn truncated_is_true_exactly_when_retention_trimmed_the_range() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| c.retention.max_len = 10).await;
     let batch = json!({ "messages": (0..100).map(|i| json!({ "data": i })).collect::<Vec<_>>() });
     for _ in 0..10 {
@@ -77,7 +77,7 @@ async fn truncated_is_true_exactly_when_retention_trimmed_the_range() {
 
 #[tokio::test]
 async fn an_unknown_topic_is_404_topic_not_found() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let (status, body) = app.get("/v1/topics/never/messages").await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "topic_not_found"));
@@ -88,7 +88,7 @@ async fn an_unknown_topic_is_404_topic_not_found() {
 
 #[tokio::test]
 async fn the_epoch_changes_when_the_topic_meta_is_lost_and_an_old_epoch_reader_can_tell() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     for i in 0..3 {
         app.publish("e", json!(i)).await;
@@ -115,10 +115,13 @@ async fn the_epoch_changes_when_the_topic_meta_is_lost_and_an_old_epoch_reader_c
 
 #[tokio::test]
 async fn a_redis_restart_without_persistence_changes_the_epoch() {
-    let mut redis = RedisServer::start();
+    if common::skip_unless_standalone("restarts its Redis") {
+        return;
+    }
+    let mut redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let (_, first) = app.publish("r", json!(1)).await;
-    redis.restart();
+    redis.server().restart();
     // Redis lost everything, including the function library: the next publish reloads it.
     let mut next = None;
     for _ in 0..100 {
@@ -141,7 +144,7 @@ async fn a_redis_restart_without_persistence_changes_the_epoch() {
 
 #[tokio::test]
 async fn when_only_the_meta_is_lost_numbering_continues_after_the_stream_in_a_new_epoch() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     for i in 0..5 {
         app.publish("m", json!(i)).await;
@@ -159,7 +162,7 @@ async fn when_only_the_meta_is_lost_numbering_continues_after_the_stream_in_a_ne
 
 #[tokio::test]
 async fn topic_listing_is_bounded_and_says_when_it_is_cut() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| c.limits.max_topics_listed = 2).await;
     for t in ["l1", "l2", "l3"] {
         app.publish(t, json!(1)).await;

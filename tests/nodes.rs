@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{seq, RedisServer, TestApp, WsClient};
+use common::{seq, TestApp, TestRedis, WsClient};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_on_a_receive_on_b_and_move_from_a_to_b_without_a_gap() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let a = TestApp::start(&redis).await;
     let b = TestApp::start_with(&redis, |c| c.redis.prefix = a.prefix().to_string()).await;
 

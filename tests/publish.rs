@@ -4,13 +4,13 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{code, RedisServer, TestApp};
+use common::{code, TestApp, TestRedis};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_concurrent_publishers_get_seqs_1_to_16000_without_gap_or_duplicate() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let mut tasks = Vec::new();
     for publisher in 0..16u64 {
@@ -54,7 +54,7 @@ async fn sixteen_concurrent_publishers_get_seqs_1_to_16000_without_gap_or_duplic
 
 #[tokio::test]
 async fn an_idempotent_repeat_returns_the_same_seq_and_adds_nothing() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let body = json!({ "data": "once", "idempotency_key": "order-17" });
     let (status, first) = app.post_json("/v1/topics/orders/messages", &body).await;
@@ -91,7 +91,7 @@ async fn an_idempotent_repeat_returns_the_same_seq_and_adds_nothing() {
 
 #[tokio::test]
 async fn a_batch_is_stored_atomically_with_consecutive_seqs_in_order() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     app.publish("b", json!("before")).await;
     let batch = json!({ "messages": [
@@ -126,7 +126,7 @@ async fn a_batch_is_stored_atomically_with_consecutive_seqs_in_order() {
 
 #[tokio::test]
 async fn a_raw_body_keeps_its_bytes_content_type_and_headers() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let bytes: Vec<u8> = (0..=255u8).collect();
     let response = app
@@ -157,7 +157,7 @@ async fn a_raw_body_keeps_its_bytes_content_type_and_headers() {
 /// anonymous HTTP publish; and a client cannot claim to be someone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_name_their_publisher_as_authenticated() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     // 1: HTTP with the admin key; 2: anonymous HTTP.
     let (status, _) = app.publish("who", json!("key")).await;

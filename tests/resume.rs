@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{publish_many, seq, RedisServer, TestApp, WsClient};
+use common::{publish_many, seq, TestApp, TestRedis, WsClient};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_messages_across_a_disconnect_arrive_exactly_once_in_order() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let mut ws = WsClient::connect(&app.base).await;
     let subscribed = ws.subscribe("r", None).await;
@@ -51,7 +51,7 @@ async fn ten_thousand_messages_across_a_disconnect_arrive_exactly_once_in_order(
 
 #[tokio::test]
 async fn resume_after_an_epoch_change_says_epoch_changed() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     publish_many(&app, "e", 5, 5).await;
     let (_, topic) = app.get("/v1/topics/e").await;
@@ -74,7 +74,7 @@ async fn resume_after_an_epoch_change_says_epoch_changed() {
 
 #[tokio::test]
 async fn resume_into_trimmed_history_says_trimmed_and_never_hands_a_gap() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| c.retention.max_len = 10).await;
     publish_many(&app, "t", 1000, 100).await;
     let (_, topic) = app.get("/v1/topics/t").await;
@@ -105,7 +105,7 @@ async fn resume_into_trimmed_history_says_trimmed_and_never_hands_a_gap() {
 
 #[tokio::test]
 async fn a_position_beyond_the_top_says_ahead() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     publish_many(&app, "a", 3, 3).await;
     let (_, topic) = app.get("/v1/topics/a").await;
@@ -118,7 +118,7 @@ async fn a_position_beyond_the_top_says_ahead() {
 
 #[tokio::test]
 async fn a_live_subscriber_is_told_when_the_epoch_changes_under_it() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| c.fanout.position_check_ms = 100).await;
     let mut ws = WsClient::connect(&app.base).await;
     ws.subscribe("live", None).await;
@@ -139,7 +139,7 @@ async fn a_live_subscriber_is_told_when_the_epoch_changes_under_it() {
 
 #[tokio::test]
 async fn a_client_that_saw_the_topic_before_its_first_message_misses_nothing() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let mut ws = WsClient::connect(&app.base).await;
     let before = ws.subscribe("fresh", None).await;

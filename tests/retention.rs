@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, pull_group, RedisServer, TestApp, READY_TIMEOUT};
+use common::{eventually, pull_group, TestApp, TestRedis, READY_TIMEOUT};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use streamhub::config::RetentionRule;
@@ -35,7 +35,7 @@ fn stream_key(app: &TestApp, topic: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_entries_are_trimmed_under_load_and_an_idle_stream_expires() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.retention.max_len = 0; // only age counts here
         c.retention.max_age_ms = 400;
@@ -89,7 +89,7 @@ async fn old_entries_are_trimmed_under_load_and_an_idle_stream_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_group_keeps_what_it_needs_until_the_hard_cap() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.retention.max_age_ms = 200;
         c.retention.hard_max_len = 0;
@@ -112,7 +112,7 @@ async fn a_lagging_group_keeps_what_it_needs_until_the_hard_cap() {
     app.stop().await;
 
     // With a hard cap, age retention goes past what the group needs, and says so.
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.retention.max_age_ms = 200;
         c.retention.hard_max_len = 300;
@@ -134,7 +134,7 @@ async fn a_lagging_group_keeps_what_it_needs_until_the_hard_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_pattern_settings_apply_to_the_topics_they_match() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.retention.max_len = 100_000;
         c.retention.topics = vec![

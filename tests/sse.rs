@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{publish_many, RedisServer, TestApp};
+use common::{publish_many, TestApp, TestRedis};
 use serde_json::{json, Value};
 
 /// A minimal SSE reader over a reqwest response.
@@ -71,7 +71,7 @@ impl Events {
 
 #[tokio::test]
 async fn last_event_id_resumes_exactly() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     publish_many(&app, "s", 5, 5).await;
     let mut events = Events::open(&app, "/v1/topics/s/events?since=earliest", None).await;
@@ -108,7 +108,7 @@ async fn last_event_id_resumes_exactly() {
 
 #[tokio::test]
 async fn bad_sse_requests_get_json_errors() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let (status, body) = app.get("/v1/topics/a%7Bb/events").await;
     assert_eq!((status.as_u16(), common::code(&body)), (400, "invalid_topic"));

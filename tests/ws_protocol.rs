@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{seq, RedisServer, TestApp, WsClient};
+use common::{seq, TestApp, TestRedis, WsClient};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn ping_publish_subscribe_unsubscribe_round_trip() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let mut ws = WsClient::connect(&app.base).await;
     assert_eq!(ws.request(json!({ "op": "ping" })).await["type"], json!("pong"));
@@ -52,7 +52,7 @@ async fn ping_publish_subscribe_unsubscribe_round_trip() {
 
 #[tokio::test]
 async fn msgpack_subprotocol_speaks_the_same_frames() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let mut ws = WsClient::connect_with(&app.base, Some("streamhub.v1.msgpack")).await.expect("connect");
     let sub = ws.subscribe("bin", None).await;
@@ -66,7 +66,7 @@ async fn msgpack_subprotocol_speaks_the_same_frames() {
 
 #[tokio::test]
 async fn bad_frames_get_error_codes_and_the_connection_stays_usable() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let mut other = WsClient::connect(&app.base).await;
     other.subscribe("calm", None).await;
@@ -95,7 +95,7 @@ async fn bad_frames_get_error_codes_and_the_connection_stays_usable() {
 
 #[tokio::test]
 async fn limits_have_their_documented_outcomes() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.ws.max_subscriptions = 2;
         c.ws.max_violations = 3;
@@ -148,7 +148,7 @@ async fn limits_have_their_documented_outcomes() {
 
 #[tokio::test]
 async fn a_silent_peer_is_closed_with_4001_and_shutdown_sends_1001() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start_with(&redis, |c| {
         c.ws.ping_interval_ms = 100;
         c.ws.idle_timeout_ms = 400;

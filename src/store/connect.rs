@@ -85,7 +85,18 @@ fn tls_with_ca(ca_file: &std::path::Path) -> Result<fred::types::config::TlsConn
     Ok(ClientConfig::builder().with_root_certificates(roots).with_no_client_auth().into())
 }
 
-fn builder(config: &RedisConfig) -> Result<Builder> {
+/// One connection to the cluster node `server` alone (centralized: fred follows no
+/// redirection and reconnects only to it), configured like the pool; see `shards.rs`.
+pub(super) fn node_client(config: &RedisConfig, server: &fred::types::config::Server) -> Result<Client> {
+    let mut fred_config = fred_config(config)?;
+    fred_config.server = fred::types::config::ServerConfig::Centralized { server: server.clone() };
+    let client = builder_from(config, fred_config)?.build().map_err(|e| StoreError::Redis(e.to_string()))?;
+    count_reconnects(&client, "shard");
+    client.connect();
+    Ok(client)
+}
+
+fn fred_config(config: &RedisConfig) -> Result<FredConfig> {
     let mut fred_config =
         FredConfig::from_url(&config.url).map_err(|e| StoreError::Redis(format!("redis.url: {e}")))?;
     fred_config.fail_fast = false;
@@ -94,6 +105,14 @@ fn builder(config: &RedisConfig) -> Result<Builder> {
             fred_config.tls = Some(tls_with_ca(ca_file)?.into());
         }
     }
+    Ok(fred_config)
+}
+
+fn builder(config: &RedisConfig) -> Result<Builder> {
+    builder_from(config, fred_config(config)?)
+}
+
+fn builder_from(config: &RedisConfig, fred_config: FredConfig) -> Result<Builder> {
     let timeout = Duration::from_millis(config.command_timeout_ms);
     let connection = ConnectionConfig {
         connection_timeout: Duration::from_millis(config.connect_timeout_ms),

@@ -66,19 +66,52 @@ impl From<RedisError> for StoreError {
             return StoreError::Refused { code: Code::GroupNotFound, message: details.to_string() };
         }
         match err.kind() {
-            ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Backpressure => {
-                StoreError::Unavailable(err.to_string())
-            }
-            _ if details.starts_with("LOADING")
-                || details.starts_with("MASTERDOWN")
-                || details.starts_with("CLUSTERDOWN") =>
-            {
-                StoreError::Unavailable(details.to_string())
-            }
+            ErrorKind::Timeout
+            | ErrorKind::IO
+            | ErrorKind::Canceled
+            | ErrorKind::Backpressure
+            | ErrorKind::Routing
+            | ErrorKind::Cluster
+            | ErrorKind::Sentinel => StoreError::Unavailable(err.to_string()),
+            _ if is_transient(details) => StoreError::Unavailable(details.to_string()),
             ErrorKind::Parse | ErrorKind::Protocol => StoreError::Protocol(err.to_string()),
             _ => StoreError::Redis(err.to_string()),
         }
     }
+}
+
+/// Redis error replies that mean "not now, here" — the command did not run and may
+/// succeed later or elsewhere — and the messages of fred's own routing and reconnection
+/// errors that it reports with `ErrorKind::Unknown`. Every one of them is met during a
+/// failover or a resharding, and the client is told `redis_unavailable` (retry), never
+/// `internal`.
+const TRANSIENT: [&str; 16] = [
+    // Redis: loading a dataset, primary link down, cluster state fail, a key whose slot
+    // is migrating (multi-key), a write to a node that was demoted to a replica, fewer
+    // good replicas than min-replicas-to-write, a blocked command unblocked by a role
+    // change, a redirection fred did not follow, a script running past its time limit.
+    "LOADING",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "READONLY",
+    "NOREPLICAS",
+    "UNBLOCKED",
+    "MOVED",
+    "ASK",
+    "BUSY",
+    // fred (10): no connection for the command's node while it reconnects, a closed
+    // connection, redirection loops, and reconnection that gave up.
+    "Failed to route command",
+    "Connection Closed",
+    "Too many redirections",
+    "Unable to route command or reconnect",
+    "Max attempts reached",
+    "Failed connecting to any cluster node",
+];
+
+fn is_transient(details: &str) -> bool {
+    TRANSIENT.iter().any(|prefix| details.starts_with(prefix))
 }
 
 impl From<StoreError> for Error {
@@ -132,6 +165,40 @@ mod tests {
         }
         let loading = RedisError::new(ErrorKind::Unknown, "LOADING Redis is loading the dataset in memory");
         assert!(matches!(StoreError::from(loading), StoreError::Unavailable(_)));
+    }
+
+    #[test]
+    fn failover_and_resharding_errors_are_unavailable_never_internal() {
+        let cases = [
+            (ErrorKind::Unknown, "Failed to route command."),
+            (ErrorKind::Routing, "Failed to route command."),
+            (ErrorKind::Routing, "Too many redirections."),
+            (ErrorKind::Routing, "Unable to route command or reconnect."),
+            (ErrorKind::Routing, "Max attempts reached."),
+            (ErrorKind::Cluster, "Failed connecting to any cluster node."),
+            (ErrorKind::Cluster, "Missing cluster routing state."),
+            (ErrorKind::Cluster, "MOVED 3999 127.0.0.1:7002"),
+            (ErrorKind::Cluster, "ASK 3999 127.0.0.1:7002"),
+            (ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
+            (ErrorKind::Sentinel, "Failed to read sentinel node port."),
+            (ErrorKind::IO, "Connection Closed"),
+            (ErrorKind::Unknown, "Connection Closed"),
+            (ErrorKind::Unknown, "TRYAGAIN Multiple keys request during rehashing of slot"),
+            (ErrorKind::Unknown, "READONLY You can't write against a read only replica."),
+            (ErrorKind::Unknown, "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."),
+            (ErrorKind::Unknown, "NOREPLICAS Not enough good replicas to write."),
+            (ErrorKind::Unknown, "UNBLOCKED force unblock from blocking operation, instance state changed"),
+            (ErrorKind::Unknown, "BUSY Redis is busy running a script."),
+        ];
+        for (kind, text) in cases {
+            let mapped = StoreError::from(RedisError::new(kind.clone(), text));
+            assert!(matches!(mapped, StoreError::Unavailable(_)), "{kind:?} {text} → {mapped:?}");
+            let client = Error::from(mapped);
+            assert_eq!(client.code, Code::RedisUnavailable, "{text}");
+        }
+        // A genuine error stays one.
+        let other = StoreError::from(RedisError::new(ErrorKind::Unknown, "ERR unknown command 'FOO'"));
+        assert!(matches!(other, StoreError::Redis(_)));
     }
 
     #[test]

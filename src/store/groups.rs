@@ -497,7 +497,16 @@ impl Store {
             let f = fields(&g);
             if f.get("name").and_then(|v| v.as_string()).as_deref() == Some(group) {
                 info.exists = true;
-                info.lag = f.get("lag").and_then(|v| v.as_u64());
+                let delivered = f.get("last-delivered-id").and_then(|v| v.as_string());
+                let last: Value = client.xrevrange(k.stream.clone(), "+", "-", Some(1)).await.unwrap_or(Value::Null);
+                let last_id = last.into_array().into_iter().next().and_then(|e| e.into_array().into_iter().next());
+                let length: u64 = client.xlen(k.stream.clone()).await.unwrap_or(0);
+                info.lag = group_lag(
+                    f.get("lag").and_then(|v| v.as_u64()),
+                    delivered.as_deref(),
+                    last_id.and_then(|v| v.as_string()).as_deref(),
+                    length,
+                );
                 info.pending += f.get("pending").and_then(|v| v.as_u64()).unwrap_or(0);
                 info.consumers = f.get("consumers").and_then(|v| v.as_u64()).unwrap_or(0);
             }
@@ -517,6 +526,72 @@ impl Store {
         let exists: u64 = client.exists(k.retry).await?;
         info.exists = info.exists && exists == 1;
         Ok(info)
+    }
+}
+
+/// A group's lag: how many entries of the stream it has not been handed yet.
+///
+/// Redis's own `lag` (entries added − the group's `entries-read`) is used when it is
+/// known, bounded by what the IDs allow: entries after `last-delivered-id` up to the last
+/// entry, at most the stream's length. The bound matters after a failover on Redis 7.0:
+/// XREADGROUP propagates its reads to replicas as XCLAIM, which carries no
+/// `entries-read`, so a replica's count goes stale (fixed by redis/redis#12898, which
+/// propagates `XGROUP SETID … ENTRIESREAD` with every read: Redis 7.2.4 and later), and
+/// on the promoted replica Redis reports a lag above zero for good although the group
+/// has everything. Entry IDs are `<seq>-0`, so the IDs
+/// after the group's position count at most `last seq − delivered seq` entries, and none
+/// when it has the last entry.
+pub(crate) fn group_lag(
+    redis_lag: Option<u64>,
+    last_delivered: Option<&str>,
+    last_entry: Option<&str>,
+    length: u64,
+) -> Option<u64> {
+    let id = |s: &str| -> Option<(u64, u64)> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    };
+    let Some(last) = last_entry.and_then(id) else {
+        return Some(0); // an empty stream: nothing to hand out
+    };
+    let Some(delivered) = last_delivered.and_then(id) else {
+        return redis_lag;
+    };
+    if delivered >= last {
+        return Some(0);
+    }
+    // With IDs `<seq>-0` the entries after `delivered` are at most the seq difference.
+    let by_ids = if delivered.1 == 0 && last.1 == 0 { last.0 - delivered.0 } else { length };
+    let bound = by_ids.min(length);
+    Some(redis_lag.map_or(bound, |lag| lag.min(bound)))
+}
+
+#[cfg(test)]
+mod lag_tests {
+    use super::group_lag;
+
+    #[test]
+    fn lag_is_bounded_by_the_ids_and_zero_when_the_group_has_the_last_entry() {
+        // (redis lag, last delivered, last entry, length) → lag
+        let cases = [
+            (Some(3), Some("7-0"), Some("10-0"), 10, Some(3)),
+            // Redis 7.0 after a promotion: entries-read stale, lag stuck above zero.
+            (Some(5), Some("10-0"), Some("10-0"), 10, Some(0)),
+            (Some(50), Some("8-0"), Some("10-0"), 10, Some(2)),
+            // Unknown to Redis (deleted entries): the bound.
+            (None, Some("8-0"), Some("10-0"), 10, Some(2)),
+            (None, Some("0-0"), Some("1000-0"), 10, Some(10)),
+            (Some(4), None, Some("10-0"), 10, Some(4)),
+            (Some(9), Some("3-0"), None, 0, Some(0)),
+            (Some(2), Some("5-1"), Some("5-3"), 3, Some(2)),
+        ];
+        for (redis, delivered, last, length, expected) in cases {
+            assert_eq!(
+                group_lag(redis, delivered, last, length),
+                expected,
+                "{redis:?} {delivered:?} {last:?} {length}"
+            );
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod groups;
 pub mod hints;
 pub mod library;
 pub mod presence;
+mod shards;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,35 @@ use crate::envelope::Envelope;
 use crate::keys::Keys;
 use crate::message::OutgoingMessage;
 use crate::topic::Topic;
+
+/// One `FCALL` / `FCALL_RO` on `client`; with `asking`, `ASKING` goes first on the same
+/// connection (following an `ASK` redirection to a slot being imported).
+async fn fcall(
+    client: Client,
+    asking: bool,
+    function: &'static str,
+    keys: &[String],
+    args: &[Value],
+    read_only: bool,
+) -> std::result::Result<Value, fred::error::Error> {
+    if !asking {
+        return if read_only {
+            client.fcall_ro::<Value, _, _, _>(function, keys.to_vec(), args.to_vec()).await
+        } else {
+            client.fcall::<Value, _, _, _>(function, keys.to_vec(), args.to_vec()).await
+        };
+    }
+    let pipeline = client.pipeline();
+    let asking_cmd = fred::types::CustomCommand::new_static("ASKING", fred::types::ClusterHash::Random, false);
+    let _: () = pipeline.custom(asking_cmd, Vec::<Value>::new()).await?;
+    let _: () = if read_only {
+        pipeline.fcall_ro(function, keys.to_vec(), args.to_vec()).await?
+    } else {
+        pipeline.fcall(function, keys.to_vec(), args.to_vec()).await?
+    };
+    let mut replies = pipeline.try_all::<Value>().await;
+    replies.pop().unwrap_or_else(|| Ok(Value::Null))
+}
 
 /// The outcome of one stored (or recognised duplicate) publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +147,9 @@ pub struct Store {
     redis_config: crate::config::RedisConfig,
     /// Some((replicas, timeout)) when publishes wait for replica confirmation.
     replication: Option<(u32, Duration)>,
+    /// On Redis Cluster: one connection per primary for the function calls, so a dead
+    /// primary stalls only its own slots (see shards.rs).
+    shards: Option<Arc<shards::Shards>>,
 }
 
 impl Store {
@@ -125,7 +158,9 @@ impl Store {
     /// `redis.command_timeout_ms`, and the pool keeps reconnecting with backoff.
     pub fn connect(config: &Config) -> Result<Store> {
         let pool = connect::pool(&config.redis)?;
+        let shards = pool.next().is_clustered().then(|| shards::Shards::start(&config.redis, pool.next().clone()));
         Ok(Store {
+            shards,
             pool,
             keys: Keys::new(config.redis.prefix.clone()),
             library: Arc::new(library::render(config)),
@@ -213,10 +248,15 @@ impl Store {
         read_only: bool,
     ) -> Result<Value> {
         for attempt in 0..2 {
-            let reply = if read_only {
-                client.fcall_ro::<Value, _, _, _>(function, keys.clone(), args.clone()).await
-            } else {
-                client.fcall::<Value, _, _, _>(function, keys.clone(), args.clone()).await
+            let reply = match (&self.shards, keys.first()) {
+                (Some(shards), Some(key)) => {
+                    let call = |client: Client, asking: bool| fcall(client, asking, function, &keys, &args, read_only);
+                    match shards.run(key, call).await {
+                        Some(reply) => reply,
+                        None => fcall(client.clone(), false, function, &keys, &args, read_only).await,
+                    }
+                }
+                _ => fcall(client.clone(), false, function, &keys, &args, read_only).await,
             };
             match reply {
                 Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
@@ -227,6 +267,11 @@ impl Store {
             }
         }
         Err(StoreError::Redis(format!("{function} still missing after loading the library")))
+    }
+
+    /// The connection that `publish` writes `key` on, for `WAIT` on the same connection.
+    fn writer_for(&self, key: &str) -> Option<Client> {
+        self.shards.as_ref().and_then(|shards| shards.client_for(key))
     }
 
     async fn call(
@@ -327,6 +372,9 @@ impl Store {
         timeout: Duration,
     ) -> Result<(Vec<Value>, i64)> {
         for attempt in 0..2 {
+            // On Cluster, the connection of the primary that owns the slot (shards.rs).
+            let writer = self.writer_for(key);
+            let client = writer.as_ref().unwrap_or(client);
             let pipeline = client.pipeline();
             let _: () = pipeline.fcall(library::PUBLISH, keys.clone(), args.clone()).await?;
             if client.is_clustered() {
@@ -456,6 +504,9 @@ impl Store {
     /// Sends QUIT on every connection; in-flight commands finish first. Bounded by the
     /// command timeout: with Redis unreachable, QUIT is never answered.
     pub async fn close(&self) {
+        if let Some(shards) = &self.shards {
+            shards.close().await;
+        }
         let _ = tokio::time::timeout(self.command_timeout, self.pool.quit()).await;
     }
 

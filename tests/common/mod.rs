@@ -1,6 +1,13 @@
 //! Test harness: a private redis-server per test (killable, restartable), a unique key
-//! prefix per test, and streamhub started in-process on 127.0.0.1:0.
+//! prefix per test, and streamhub started in-process on 127.0.0.1:0. Cluster and
+//! Sentinel topologies live in `topology`.
 #![allow(dead_code)]
+
+pub mod shared;
+pub mod topology;
+
+#[allow(unused_imports)]
+pub use shared::{skip_unless_standalone, topology, RedisTarget, TestRedis, Topology};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -123,6 +130,37 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        let addr = self.addr();
+        wait_until("redis-server to answer PING", READY_TIMEOUT, || redis_answers(addr));
+    }
+
+    /// A server started without waiting for it (callers starting several wait for all
+    /// of them at once with `wait_answering`).
+    pub(crate) fn launch_with_args(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let extra_args = extra.iter().map(|a| a.to_string()).collect();
+        let mut server = RedisServer { child: None, port: free_port(), dir, extra_args };
+        server.launch();
+        server
+    }
+
+    /// Waits until every server of `servers` answers PING.
+    pub(crate) fn wait_answering(servers: &[&RedisServer]) {
+        wait_until("redis-servers to answer PING", READY_TIMEOUT, || servers.iter().all(|s| redis_answers(s.addr())));
+    }
+
+    /// The process id, while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the server process has not been killed by `kill`.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -133,8 +171,6 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        let addr = self.addr();
-        wait_until("redis-server to answer PING", READY_TIMEOUT, || redis_answers(addr));
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -206,9 +242,9 @@ pub fn unique_prefix() -> String {
 }
 
 /// The test configuration: defaults, pointed at `redis`, ephemeral ports, short timeouts.
-pub fn test_config(redis: &RedisServer) -> Config {
+pub fn test_config(redis: &(impl RedisTarget + ?Sized)) -> Config {
     let mut config = Config::defaults();
-    config.redis.url = redis.url();
+    config.redis.url = redis.redis_url();
     config.redis.prefix = unique_prefix();
     config.redis.spawn = SpawnPolicy::Never;
     config.redis.command_timeout_ms = 1000;
@@ -247,23 +283,26 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub config: Config,
+    /// On a shared topology: no app with another function library runs meanwhile.
+    _library: Option<shared::LibraryGuard>,
 }
 
 impl TestApp {
-    pub async fn start(redis: &RedisServer) -> TestApp {
+    pub async fn start(redis: &(impl RedisTarget + ?Sized)) -> TestApp {
         Self::start_with(redis, |_| {}).await
     }
 
-    pub async fn start_with(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    pub async fn start_with(redis: &(impl RedisTarget + ?Sized), tweak: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = test_config(redis);
         tweak(&mut config);
         config.validate().expect("test config is valid");
+        let library = redis.shared().then(|| shared::LibraryGuard::acquire(streamhub::store::library::render(&config)));
         let server = Server::start(config.clone()).await.expect("streamhub starts");
         let base = format!("http://{}", server.http_addr());
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {ADMIN_KEY}").parse().expect("header"));
         let http = reqwest::Client::builder().default_headers(headers).build().expect("http client");
-        TestApp { server, base, http, config }
+        TestApp { server, base, http, config, _library: library }
     }
 
     pub fn prefix(&self) -> &str {

@@ -1,0 +1,240 @@
+//! Redis Cluster without a shared stall: the function calls (publish, reads, group and
+//! presence operations — every one touches one slot) go to one connection per primary,
+//! routed here by slot, so a primary that dies stalls only the topics of its slots.
+//!
+//! Why not fred's cluster client for them: fred 10 reconnects a cluster client as a
+//! whole. When one node's connection drops, the client's single router task runs its
+//! reconnection loop (`router/commands.rs` `process_reconnect` → `router/clustered.rs`
+//! `sync`: `CLUSTER SLOTS`, then a connection to every primary listed, `try_join_all`)
+//! and writes no command meanwhile. Until a replica is promoted the dead primary is still
+//! listed, every attempt fails, and commands to the healthy shards wait behind it (and
+//! time out) — measured from outside at 3–6.5 s of 503s on every shard for one primary's
+//! crash. Here each primary has its own centralized client (its own router task and
+//! reconnection loop); a slot map from `CLUSTER SLOTS` picks the client.
+//!
+//! The map is refreshed every `REFRESH_INTERVAL`, at once after a `MOVED` (the call is
+//! then retried once on the new owner: a `MOVED` means it did not run) and after a call
+//! failed for want of a connection. `ASK` (a slot being migrated) is followed with
+//! `ASKING` pipelined before the call on the target's connection. Clients of nodes that
+//! no longer serve slots are closed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::error::Error as RedisError;
+use fred::interfaces::{ClientLike, ClusterInterface};
+use fred::types::cluster::ClusterRouting;
+use fred::types::config::Server;
+use fred::types::Value;
+
+use super::{connect, Result, StoreError};
+use crate::config::RedisConfig;
+
+/// How often the slot map is read again when nothing asked for it.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest time between two reads of the slot map (a burst of errors asks once).
+const REFRESH_MIN_GAP: Duration = Duration::from_millis(100);
+
+/// The per-primary connections of a Redis Cluster and the slot map that picks one.
+pub(super) struct Shards {
+    config: RedisConfig,
+    /// fred's cluster client, asked for the slot map when no primary answers.
+    seed: Client,
+    routing: RwLock<Routing>,
+    refresh: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Routing {
+    map: Option<ClusterRouting>,
+    clients: HashMap<Server, Client>,
+}
+
+/// What a redirection error asks for.
+enum Redirect {
+    /// The slot moved for good: read the slot map again.
+    Moved,
+    /// The slot is being migrated to this node: ask it with `ASKING`.
+    Ask(Server),
+}
+
+impl Shards {
+    /// Starts the slot-map refresher (it ends when the last `Arc` is dropped).
+    pub(super) fn start(config: &RedisConfig, seed: Client) -> Arc<Shards> {
+        let shards =
+            Arc::new(Shards { config: config.clone(), seed, routing: Default::default(), refresh: Default::default() });
+        let weak = Arc::downgrade(&shards);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(refresher(weak));
+        }
+        shards
+    }
+
+    /// The connection of the primary serving `key`'s slot; None while no slot map is
+    /// known (the caller uses fred's cluster client).
+    pub(super) fn client_for(&self, key: &str) -> Option<Client> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let routing = self.routing.read().ok()?;
+        let server = routing.map.as_ref()?.get_server(slot)?;
+        routing.clients.get(server).cloned()
+    }
+
+    /// Asks for a fresh slot map soon (a call failed for want of a connection).
+    pub(super) fn suspect(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Runs `call` on the primary of `key`'s slot, following one `MOVED` (after reading
+    /// the slot map again) or `ASK` (with `ASKING` first on the target's connection).
+    /// None when no slot map is known yet.
+    pub(super) async fn run<F, Fut>(&self, key: &str, call: F) -> Option<std::result::Result<Value, RedisError>>
+    where
+        F: Fn(Client, bool) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Value, RedisError>>,
+    {
+        let client = self.client_for(key)?;
+        let first = call(client, false).await;
+        let err = match first {
+            Err(err) => err,
+            ok => return Some(ok),
+        };
+        match redirect(&err) {
+            Some(Redirect::Moved) => {
+                let _ = self.refresh_now().await;
+                let client = self.client_for(key)?;
+                Some(call(client, false).await)
+            }
+            Some(Redirect::Ask(server)) => {
+                let client = self.client_of(&server)?;
+                Some(call(client, true).await)
+            }
+            None => {
+                if matches!(StoreError::from(err.clone()), StoreError::Unavailable(_)) {
+                    self.suspect();
+                }
+                Some(Err(err))
+            }
+        }
+    }
+
+    /// The connection of `server` (a primary in the map), opened if needed.
+    fn client_of(&self, server: &Server) -> Option<Client> {
+        if let Some(client) = self.routing.read().ok()?.clients.get(server) {
+            return Some(client.clone());
+        }
+        let client = connect::node_client(&self.config, server).ok()?;
+        self.routing.write().ok()?.clients.insert(server.clone(), client.clone());
+        Some(client)
+    }
+
+    /// Reads the slot map (from the first primary that answers, else fred's cluster
+    /// client), opens connections to new primaries and closes those of former ones.
+    async fn refresh_now(&self) -> Result<()> {
+        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        let candidates: Vec<Client> = {
+            let routing = self.routing.read().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
+            routing.clients.values().filter(|c| c.is_connected()).cloned().collect()
+        };
+        let mut slots = None;
+        for client in candidates.iter().chain(std::iter::once(&self.seed)) {
+            if let Ok(Ok(value)) = tokio::time::timeout(timeout, client.cluster_slots::<Value>()).await {
+                let host = client.active_connections().first().map(|s| s.host.to_string()).unwrap_or_default();
+                if let Ok(map) = ClusterRouting::from_cluster_slots(value, host) {
+                    if map.len() > 0 {
+                        slots = Some(map);
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(map) = slots else {
+            return Err(StoreError::Unavailable("no cluster node answered CLUSTER SLOTS".into()));
+        };
+        let primaries = map.unique_primary_nodes();
+        let mut opened = HashMap::new();
+        {
+            let routing = self.routing.read().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
+            for server in &primaries {
+                if !routing.clients.contains_key(server) {
+                    opened.insert(server.clone(), connect::node_client(&self.config, server)?);
+                }
+            }
+        }
+        let mut closed = Vec::new();
+        {
+            let mut routing = self.routing.write().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
+            routing.clients.extend(opened);
+            let former: Vec<Server> = routing.clients.keys().filter(|s| !primaries.contains(s)).cloned().collect();
+            for server in former {
+                if let Some(client) = routing.clients.remove(&server) {
+                    closed.push(client);
+                }
+            }
+            routing.map = Some(map);
+        }
+        for client in closed {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes every connection.
+    pub(super) async fn close(&self) {
+        let clients: Vec<Client> = match self.routing.write() {
+            Ok(mut routing) => routing.clients.drain().map(|(_, c)| c).collect(),
+            Err(_) => Vec::new(),
+        };
+        for client in clients {
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+        }
+    }
+}
+
+/// Reads the slot map at once, then every `REFRESH_INTERVAL` or when asked.
+async fn refresher(shards: Weak<Shards>) {
+    loop {
+        let Some(strong) = shards.upgrade() else { return };
+        if let Err(e) = strong.refresh_now().await {
+            tracing::debug!(error = %e, "cluster slot map not refreshed");
+        }
+        let wait = async {
+            tokio::time::sleep(REFRESH_MIN_GAP).await;
+            let _ = tokio::time::timeout(REFRESH_INTERVAL, strong.refresh.notified()).await;
+        };
+        wait.await;
+        drop(strong);
+    }
+}
+
+/// `MOVED <slot> <host>:<port>` or `ASK <slot> <host>:<port>`.
+fn redirect(err: &RedisError) -> Option<Redirect> {
+    let mut parts = err.details().split_whitespace();
+    let kind = parts.next()?;
+    let _slot = parts.next()?;
+    let (host, port) = parts.next()?.rsplit_once(':')?;
+    let server = Server::new(host, port.parse::<u16>().ok()?);
+    match kind {
+        "MOVED" => Some(Redirect::Moved),
+        "ASK" => Some(Redirect::Ask(server)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::ErrorKind;
+
+    #[test]
+    fn reads_redirections() {
+        let moved = RedisError::new(ErrorKind::Cluster, "MOVED 3999 127.0.0.1:7002");
+        assert!(matches!(redirect(&moved), Some(Redirect::Moved)));
+        let ask = RedisError::new(ErrorKind::Cluster, "ASK 12 10.0.0.5:6380");
+        assert!(matches!(redirect(&ask), Some(Redirect::Ask(s)) if s.port == 6380 && s.host == "10.0.0.5"));
+        assert!(redirect(&RedisError::new(ErrorKind::Unknown, "ERR nope")).is_none());
+    }
+}
