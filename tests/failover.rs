@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, RedisServer, TestApp, WsClient, READY_TIMEOUT};
+use common::topology::{SentinelOptions, SentinelSet};
+use common::{eventually, wait_until, RedisServer, TestApp, WsClient, READY_TIMEOUT};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use streamhub::config::Durability;
@@ -208,26 +209,105 @@ struct Figures {
     live_notices: Vec<String>,
 }
 
-async fn failover(durability: Durability) -> Figures {
+/// Where the scenario runs.
+enum Topology {
+    /// A primary and a replica (plus, replicated, a replica chained to it); the replica is
+    /// cut off with `REPLICAOF NO ONE` and takes the primary's port after the kill.
+    Pair { primary: RedisServer, replica: RedisServer, _chained: Option<RedisServer> },
+    /// A Sentinel set (primary 0, replicas 1 and 2, three sentinels): replica 1 is cut off
+    /// (its reconnections fail: a wrong `masterauth`), replica 2 may not be promoted
+    /// (`replica-priority 0`), so the sentinels promote the lagging one; streamhub follows
+    /// them by itself.
+    Sentinel(SentinelSet),
+}
+
+impl Topology {
+    fn start(kind: &str, durability: Durability) -> Topology {
+        if kind == "sentinel" {
+            let set = SentinelSet::start_with(SentinelOptions::fast_failover());
+            let out = set.servers[2].cli(&["CONFIG", "SET", "replica-priority", "0"]);
+            assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+            return Topology::Sentinel(set);
+        }
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&primary);
+        // Replicated: the promoted replica needs a replica of its own to confirm publishes
+        // after the failover; a chained one (it does not count for the first primary's WAIT).
+        let chained = (durability == Durability::Replicated).then(|| RedisServer::start_replica_of(&replica));
+        Topology::Pair { primary, replica, _chained: chained }
+    }
+
+    /// Replicas every publish waits for (replicated): on Sentinel both, so that the one
+    /// promoted has everything acknowledged.
+    fn replicas(&self) -> u32 {
+        match self {
+            Topology::Pair { .. } => 1,
+            Topology::Sentinel(_) => 2,
+        }
+    }
+
+    /// The replica to be promoted stops receiving anything from the primary.
+    fn cut(&self) {
+        match self {
+            Topology::Pair { replica, .. } => {
+                let out = replica.cli(&["REPLICAOF", "NO", "ONE"]);
+                assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+            }
+            Topology::Sentinel(set) => {
+                let out = set.servers[1].cli(&["CONFIG", "SET", "masterauth", "not-the-password"]);
+                assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+                set.servers[0].cli(&["CLIENT", "KILL", "TYPE", "replica"]);
+                wait_until("the cut replica's link down", READY_TIMEOUT, || {
+                    set.servers[1].info("replication").contains("master_link_status:down")
+                });
+            }
+        }
+    }
+
+    /// kill -9 of the primary; returns once the lagging replica serves in its place.
+    fn kill_primary(&mut self) {
+        match self {
+            Topology::Pair { primary, replica, .. } => {
+                let primary_port = primary.port;
+                primary.kill();
+                let out = replica.cli(&["CONFIG", "SET", "port", &primary_port.to_string()]);
+                assert!(String::from_utf8_lossy(&out.stdout).contains("OK"), "{out:?}");
+                replica.port = primary_port;
+            }
+            Topology::Sentinel(set) => {
+                set.kill(0);
+                assert_eq!(set.wait_failover(0), 1, "the sentinels promote the lagging replica");
+            }
+        }
+    }
+
+    /// After the failover: on Sentinel the killed server comes back (empty) and the
+    /// sentinels make it a replica of the new primary, so two replicas confirm again.
+    fn heal(&mut self) {
+        if let Topology::Sentinel(set) = self {
+            set.restart(0);
+        }
+    }
+}
+
+async fn failover(kind: &str, durability: Durability) -> Figures {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let t0 = Instant::now();
     let replicated = durability == Durability::Replicated;
-    let mut primary = RedisServer::start();
-    let mut replica = RedisServer::start_replica_of(&primary);
-    // Replicated: the promoted replica needs a replica of its own to confirm publishes
-    // after the failover; a chained one (it does not count for the first primary's WAIT).
-    let _second = replicated.then(|| RedisServer::start_replica_of(&replica));
-    let app = Arc::new(
-        TestApp::start_with(&primary, |c| {
-            c.publish.durability = durability;
-            c.publish.replicas = 1;
-            c.publish.replication_timeout_ms = 300;
-            let mut group = common::pull_group(TOPIC, "w");
-            group.ack_wait_ms = 60_000;
-            c.group.push(group);
-        })
-        .await,
-    );
+    let mut topology = Topology::start(kind, durability);
+    let replicas = topology.replicas();
+    let tweak = |c: &mut streamhub::config::Config| {
+        c.publish.durability = durability;
+        c.publish.replicas = replicas;
+        c.publish.replication_timeout_ms = 300;
+        let mut group = common::pull_group(TOPIC, "w");
+        group.ack_wait_ms = 60_000;
+        c.group.push(group);
+    };
+    let app = Arc::new(match &topology {
+        Topology::Pair { primary, .. } => TestApp::start_with(primary, tweak).await,
+        Topology::Sentinel(set) => TestApp::start_with(set, tweak).await,
+    });
     let ledger = Arc::new(Ledger::default());
     let publisher = Arc::new(Publisher::default());
     let total = Arc::new(AtomicU64::new(u64::MAX));
@@ -261,9 +341,8 @@ async fn failover(durability: Durability) -> Figures {
     early.close().await;
     wait_acks(BEFORE_CUT).await;
 
-    // The replica is cut off: it keeps what it has, and is promoted.
-    let out = replica.cli(&["REPLICAOF", "NO", "ONE"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    // The replica is cut off: it keeps what it has (and on the pair, is promoted).
+    topology.cut();
     let cut_at = publisher.count.load(Ordering::Acquire);
     if replicated {
         // Nothing can be confirmed now: publishes are refused until the failover is over.
@@ -286,14 +365,13 @@ async fn failover(durability: Durability) -> Figures {
     let late_at = (late_last["epoch"].as_str().expect("epoch").to_string(), common::seq(&late_last));
     late.close().await;
 
-    // The primary dies; the promoted replica takes its address.
-    let primary_port = primary.port;
-    primary.kill();
+    // The primary dies; the lagging replica serves in its place.
     let killed_ms = t0.elapsed().as_millis() as u64;
     publisher.mark_ms.store(killed_ms, Ordering::Release);
-    let out = replica.cli(&["CONFIG", "SET", "port", &primary_port.to_string()]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"), "{out:?}");
-    replica.port = primary_port;
+    tokio::task::block_in_place(|| {
+        topology.kill_primary();
+        topology.heal();
+    });
 
     let after = publisher.count.load(Ordering::Acquire);
     wait_acks(after + AFTER_FAILOVER).await;
@@ -403,14 +481,26 @@ async fn failover(durability: Durability) -> Figures {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_durability_failover_never_reuses_a_position() {
-    let figures = failover(Durability::Stored).await;
-    println!("failover figures (stored): {figures:?}");
+    let figures = failover("pair", Durability::Stored).await;
+    println!("failover figures (pair, stored): {figures:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_durability_failover_loses_nothing_and_shows_nothing_unconfirmed() {
-    let figures = failover(Durability::Replicated).await;
-    println!("failover figures (replicated): {figures:?}");
+    let figures = failover("pair", Durability::Replicated).await;
+    println!("failover figures (pair, replicated): {figures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_default_durability_failover_never_reuses_a_position() {
+    let figures = failover("sentinel", Durability::Stored).await;
+    println!("failover figures (sentinel, stored): {figures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_replicated_durability_failover_loses_nothing_and_shows_nothing_unconfirmed() {
+    let figures = failover("sentinel", Durability::Replicated).await;
+    println!("failover figures (sentinel, replicated): {figures:?}");
 }
 
 /// Redis commands of `INFO commandstats` (calls, all commands together; `info` apart).
