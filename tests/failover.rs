@@ -73,8 +73,11 @@ struct Publisher {
     count: AtomicU64,
     refused: AtomicU64,
     internal: AtomicU64,
-    /// Milliseconds since the test started of the first acknowledgement after `mark`.
+    /// Milliseconds since the test started of the first acknowledgement in a new epoch
+    /// (by the promoted primary) after `mark`.
     first_ack_after_mark_ms: AtomicU64,
+    /// The epoch of the first acknowledgement.
+    first_epoch: Mutex<Option<String>>,
     mark_ms: AtomicU64,
 }
 
@@ -97,10 +100,14 @@ async fn publish_loop(app: Arc<TestApp>, p: Arc<Publisher>, ledger: Arc<Ledger>,
                 let seq = reply["seq"].as_u64().expect("seq");
                 let id = reply["id"].as_str().expect("id").to_string();
                 ledger.note(&epoch, seq, &id, "ack");
-                p.acked.lock().expect("acked").push((epoch, seq, id));
+                p.acked.lock().expect("acked").push((epoch.clone(), seq, id));
                 let now = t0.elapsed().as_millis() as u64;
                 let mark = p.mark_ms.load(Ordering::Acquire);
-                if mark > 0 && p.first_ack_after_mark_ms.load(Ordering::Acquire) == 0 {
+                let new_epoch = {
+                    let mut first = p.first_epoch.lock().expect("first epoch");
+                    first.get_or_insert_with(|| epoch.clone()) != &epoch
+                };
+                if mark > 0 && new_epoch && p.first_ack_after_mark_ms.load(Ordering::Acquire) == 0 {
                     p.first_ack_after_mark_ms.store(now.max(mark + 1), Ordering::Release);
                 }
                 p.count.fetch_add(1, Ordering::AcqRel);
