@@ -6,7 +6,8 @@
 //! behind a virtual IP, so the same streamhub node follows it by reconnecting. On a
 //! Sentinel set, one replica is cut off (its reconnections fail) and the sentinels promote
 //! it after the kill (the other replica may not be promoted), and streamhub follows the
-//! sentinels. Under publish load, with a live subscriber, two resuming clients and a
+//! sentinels. On a Redis Cluster, the replica of the topic's primary is cut off the same
+//! way and elected after the kill. Under publish load, with a live subscriber, two resuming clients and a
 //! consumer group:
 //! - no `(epoch, seq)` ever names two different messages (every acknowledged publish, every
 //!   delivery and the final history are checked against each other);
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::topology::{SentinelOptions, SentinelSet};
+use common::topology::{ClusterOptions, RedisCluster, SentinelOptions, SentinelSet};
 use common::{eventually, wait_until, RedisServer, TestApp, WsClient, READY_TIMEOUT};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -230,10 +231,20 @@ enum Topology {
     /// streamhub follows them by itself. Then replica 2 may connect again (to the new
     /// primary, as the sentinels tell it) and confirms the publishes after the failover.
     Sentinel(SentinelSet),
+    /// A Redis Cluster (3 primaries, 1 replica each): the replica of the topic's primary is
+    /// cut off (as on Sentinel) and elected after the kill; then the killed node restarts
+    /// and rejoins as its replica (so that publishes are confirmed again).
+    Cluster { cluster: RedisCluster, primary: usize, replica: usize },
 }
 
 impl Topology {
     fn start(kind: &str, durability: Durability) -> Topology {
+        if kind == "cluster" {
+            let cluster = RedisCluster::start_with(ClusterOptions::fast_failover());
+            let primary = cluster.primary_for_topic(TOPIC);
+            let replica = cluster.replica_of(primary);
+            return Topology::Cluster { cluster, primary, replica };
+        }
         if kind == "sentinel" {
             let set = SentinelSet::start_with(SentinelOptions::fast_failover());
             let out = set.servers[2].cli(&["CONFIG", "SET", "replica-priority", "0"]);
@@ -265,6 +276,14 @@ impl Topology {
                     set.servers[1..].iter().all(|r| r.info("replication").contains("master_link_status:down"))
                 });
             }
+            Topology::Cluster { cluster, primary, replica } => {
+                let out = cluster.nodes[*replica].cli(&["CONFIG", "SET", "masterauth", "not-the-password"]);
+                assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+                cluster.nodes[*primary].cli(&["CLIENT", "KILL", "TYPE", "replica"]);
+                wait_until("the replica's link down", READY_TIMEOUT, || {
+                    cluster.nodes[*replica].info("replication").contains("master_link_status:down")
+                });
+            }
         }
     }
 
@@ -282,15 +301,24 @@ impl Topology {
                 set.kill(0);
                 assert_eq!(set.wait_failover(0), 1, "the sentinels promote the lagging replica");
             }
+            Topology::Cluster { cluster, primary, replica } => {
+                cluster.kill(*primary);
+                let slot = common::topology::topic_slot(TOPIC);
+                assert_eq!(cluster.wait_failover(slot, *primary), *replica, "the lagging replica is elected");
+            }
         }
     }
 
     /// After the failover, on Sentinel: replica 2 may connect again (the sentinels point it
     /// at the new primary), so publishes are confirmed again.
     fn heal(&mut self) {
-        if let Topology::Sentinel(set) = self {
-            let out = set.servers[2].cli(&["CONFIG", "SET", "masterauth", ""]);
-            assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+        match self {
+            Topology::Sentinel(set) => {
+                let out = set.servers[2].cli(&["CONFIG", "SET", "masterauth", ""]);
+                assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+            }
+            Topology::Cluster { cluster, primary, .. } => cluster.restart(*primary),
+            Topology::Pair { .. } => {}
         }
     }
 }
@@ -311,6 +339,7 @@ async fn failover(kind: &str, durability: Durability) -> Figures {
     let app = Arc::new(match &topology {
         Topology::Pair { primary, .. } => TestApp::start_with(primary, tweak).await,
         Topology::Sentinel(set) => TestApp::start_with(set, tweak).await,
+        Topology::Cluster { cluster, .. } => TestApp::start_with(cluster, tweak).await,
     });
     let ledger = Arc::new(Ledger::default());
     let publisher = Arc::new(Publisher::default());
@@ -617,4 +646,16 @@ async fn a_restart_starts_a_linked_epoch_and_resumes_stay_exact() {
     );
     ws.close().await;
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_default_durability_failover_never_reuses_a_position() {
+    let figures = failover("cluster", Durability::Stored).await;
+    println!("failover figures (cluster, stored): {figures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_replicated_durability_failover_loses_nothing_and_shows_nothing_unconfirmed() {
+    let figures = failover("cluster", Durability::Replicated).await;
+    println!("failover figures (cluster, replicated): {figures:?}");
 }
