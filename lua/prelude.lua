@@ -122,36 +122,76 @@ local function uuid_v7(ms)
     .. '-' .. variant .. string.sub(r[2], 2, 4) .. '-' .. r[3] .. r[4] .. r[5]
 end
 
--- The topic's (epoch, top seq). When the meta hash is missing, a fresh epoch is
--- chosen and numbering continues after the stream's last id (0 for a new topic),
--- so an entry id is never reused; nothing is written here (see commit_meta).
-local function load_meta(meta, stream)
-  local m = redis.call('HMGET', meta, 'epoch', 'seq')
-  if m[1] then
-    return m[1], tonumber(m[2]), false
-  end
-  local start = 0
-  if redis.call('EXISTS', stream) == 1 then
-    local info = redis.call('XINFO', 'STREAM', stream)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        start = tonumber(string.match(info[i + 1], '^(%d+)'))
-      end
-    end
-  end
-  local _, t = now_ms()
-  local epoch = string.sub(redis.sha1hex(t[1] .. '.' .. t[2] .. '.' .. math.random() .. meta), 1, 16)
-  return epoch, start, true
+-- The replication id of the primary running this call (INFO replication: master_replid).
+-- Redis gives a primary a new one whenever its history may differ from its predecessor's:
+-- at every start (even from an RDB or AOF file), when a replica is promoted (REPLICAOF NO
+-- ONE, a Sentinel or Cluster failover), and when the first replica attaches to a primary
+-- without a replication backlog. Within one id, a primary's data only moves forward.
+local function replication_id()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
 end
 
--- `base` is the seq before the first one of this epoch (0 for a new topic; the
--- stream's last id when only the meta was lost): readers deliver a new epoch from it.
-local function commit_meta(meta, epoch, seq, created, base)
-  if created then
-    local ms = now_ms()
-    redis.call('HSET', meta, 'epoch', epoch, 'seq', seq, 'created_ms', ms, 'base', base)
+-- The numeric part of a stream's last-generated-id; 0 when the stream does not exist.
+local function last_id(stream)
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return tonumber(string.match(info[i + 1], '^(%d+)'))
+    end
+  end
+  return 0
+end
+
+local function new_epoch(meta)
+  local _, t = now_ms()
+  return string.sub(redis.sha1hex(t[1] .. '.' .. t[2] .. '.' .. math.random() .. meta), 1, 16)
+end
+
+-- The topic's state before a write, as a table:
+--   epoch    the epoch new seqs get
+--   seq      the committed top: the last seq in the stream, what readers see
+--   staged   the last seq assigned (>= seq): seq+1 .. staged wait in the staging stream
+--            for their replicas (durability = "replicated", lua/publish.lua)
+--   rid      this primary's replication id, recorded by commit_meta
+--   created  true when this write starts a new epoch; then base (the seq before the
+--            epoch's first) and prev (the epoch it follows, when known) are set
+-- A new epoch starts when the meta hash is missing (history lost: numbering continues
+-- after the stream's and staging stream's last ids, so an entry id is never reused) and
+-- when the meta was last written under another replication id ("rid"): this primary
+-- cannot know whether its predecessor wrote seqs it never received (an asynchronous
+-- replica promoted, a restart from a file that lacks the last writes), so the seqs after
+-- the ones it holds get a new epoch and never name a second message. The old epoch's
+-- seqs up to base are the same messages as before (a replica or a file holds a prefix of
+-- its primary's history), so readers carry a position (prev, n <= base) over exactly
+-- (src/delivery/resume.rs). Nothing is written here (see commit_meta).
+local function load_meta(meta, stream, staging)
+  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'staged', 'rid')
+  local rid = replication_id()
+  if m[1] then
+    local seq = tonumber(m[2])
+    local t = { epoch = m[1], seq = seq, staged = math.max(seq, tonumber(m[3] or '0')), rid = rid }
+    if m[4] and m[4] ~= rid then
+      t.prev, t.epoch, t.base, t.created = m[1], new_epoch(meta), t.staged, true
+    elseif not m[4] then
+      t.adopt = true -- written before replication ids were recorded: record this one
+    end
+    return t
+  end
+  local start = last_id(stream)
+  local staged = math.max(start, last_id(staging))
+  return { epoch = new_epoch(meta), seq = start, staged = staged, rid = rid, created = true, base = staged }
+end
+
+-- Writes the meta after a write that assigned seqs (or, staging, only touched it).
+local function commit_meta(meta, t)
+  if t.created then
+    redis.call('HSET', meta, 'epoch', t.epoch, 'seq', t.seq, 'staged', t.staged, 'created_ms', now_ms(),
+      'base', t.base, 'rid', t.rid, 'prev', t.prev or '')
+  elseif t.adopt then
+    redis.call('HSET', meta, 'seq', t.seq, 'staged', t.staged, 'rid', t.rid)
   else
-    redis.call('HSET', meta, 'seq', seq)
+    redis.call('HSET', meta, 'seq', t.seq, 'staged', t.staged)
   end
 end
 
@@ -384,6 +424,53 @@ end
 
 local function hint(channel, epoch, seq)
   redis.call('SPUBLISH', channel, epoch .. ' ' .. seq)
+end
+
+-- ---- staging (durability = "replicated") ------------------------------------------
+-- How many seqs may wait in one topic's staging stream (publish.max_staged).
+local MAX_STAGED = {{max_staged}}
+
+-- The staging stream <prefix>:{T}:x of a topic, for the functions whose KEYS were fixed
+-- before it existed (sh_publish_v1, sh_publish_v2, sh_publish_raw_v1): the same hash tag
+-- as the meta key, so the same cluster slot.
+local function staging_of(meta)
+  return string.sub(meta, 1, -2) .. 'x'
+end
+
+-- Moves staged entries into the stream, in seq order: every one up to `upto`, then those
+-- queued behind them by publishes that cannot wait for replicas (field r, see
+-- lua/publish.lua); stops at the first other one. Each is appended as a publish appends
+-- (retention included). Updates t.seq; deletes the staging stream once it is empty.
+-- Returns how many entries retention by age removed.
+local function move_staged(t, meta, stream, staging, upto, max_len, hard_max, max_age)
+  local aged, moved = 0, false
+  local function move(entries)
+    for _, e in ipairs(entries) do
+      local s = entry_seq(e)
+      if s > t.seq then
+        local f = fields_of(e[2])
+        if s ~= t.seq + 1 or (s > upto and not f['r']) then return false end
+        aged = aged + append(stream, meta, s, f['e'] or '', max_len, hard_max, max_age)
+        t.seq, moved = s, true
+      end
+    end
+    return true
+  end
+  if upto > t.seq then
+    move(redis.call('XRANGE', staging, '(' .. t.seq .. '-0', upto .. '-0'))
+  end
+  while t.seq < t.staged and t.seq >= upto do
+    local page = redis.call('XRANGE', staging, '(' .. t.seq .. '-0', '+', 'COUNT', 64)
+    if #page == 0 or not move(page) then break end
+  end
+  if moved then
+    if t.seq >= t.staged then
+      redis.call('DEL', staging)
+    else
+      redis.call('XTRIM', staging, 'MINID', (t.seq + 1) .. '-0')
+    end
+  end
+  return aged
 end
 
 

@@ -18,6 +18,10 @@
   MessagePack layout streamhub writes, then appended like sh_publish_v2 does, with the
   topic's retention (max_len, max_age, default TTL: the first matching rule of
   retention.topics in the loading node's configuration, else its defaults).
+  While the topic has seqs staged by a replicated publish (sh_publish_v3), the message
+  queues behind them in the staging stream <prefix>:{T}:x (derived from KEYS[1]: this
+  call's KEYS predate it) and becomes readable when they are committed; errors then
+  include "SH staging_full …" (publish.max_staged seqs already wait).
 ]]
 local function publish_raw(keys, args)
   if #keys < 3 or #keys > 4 then
@@ -87,8 +91,13 @@ local function publish_raw(keys, args)
   local max_len, max_age, default_ttl = retention_of(topic)
   if ttl == 0 then ttl = default_ttl end
 
-  local epoch, seq, created = load_meta(meta, stream)
-  local base = seq
+  local staging = staging_of(meta)
+  local t = load_meta(meta, stream, staging)
+  local queued = t.staged > t.seq
+  if queued and t.staged - t.seq + 1 > MAX_STAGED then
+    return fail('staging_full', (t.staged - t.seq) .. ' seqs of this topic wait for replicas (publish.max_staged '
+      .. MAX_STAGED .. ')')
+  end
   if idem then
     local dup_epoch, dup_seq, dup_id = idem_lookup(idem)
     if dup_epoch then return { dup_epoch, dup_seq, 1, dup_id } end
@@ -113,14 +122,21 @@ local function publish_raw(keys, args)
   end
   table.insert(parts, mp_str('p')); table.insert(parts, mp_bin(payload))
 
-  seq = seq + 1
-  append(stream, meta, seq, table.concat(parts), max_len, DEFAULT_HARD_MAX_LEN, max_age)
-  if idem then
-    redis.call('SET', idem, epoch .. ' ' .. seq .. ' ' .. id, 'PX', DEFAULT_IDEM_MS)
+  t.staged = t.staged + 1
+  local seq = t.staged
+  if queued then
+    -- Behind seqs waiting for their replicas: committed right after them (sh_commit_v1).
+    redis.call('XADD', staging, seq .. '-0', 'e', table.concat(parts), 'r', '1')
+  else
+    append(stream, meta, seq, table.concat(parts), max_len, DEFAULT_HARD_MAX_LEN, max_age)
+    t.seq = seq
   end
-  commit_meta(meta, epoch, seq, created, base)
-  hint(channel, epoch, seq)
-  return { epoch, seq, 0, id }
+  if idem then
+    redis.call('SET', idem, t.epoch .. ' ' .. seq .. ' ' .. id, 'PX', DEFAULT_IDEM_MS)
+  end
+  commit_meta(meta, t)
+  if not queued then hint(channel, t.epoch, seq) end
+  return { t.epoch, seq, 0, id }
 end
 
 redis.register_function('sh_publish_raw_v1', publish_raw)

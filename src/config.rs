@@ -430,6 +430,9 @@ pub struct PublishConfig {
     pub replicas: u32,
     /// Longest wait for those confirmations.
     pub replication_timeout_ms: u64,
+    /// Most seqs of one topic that may wait in its staging stream for their replicas
+    /// (durability = "replicated"); a publish beyond it answers 503.
+    pub max_staged: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -682,6 +685,9 @@ impl Config {
         }
         if self.redis.reconnect_min_ms == 0 || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms {
             return invalid("redis.reconnect_min_ms", "must be > 0 and <= reconnect_max_ms");
+        }
+        if self.publish.max_staged == 0 {
+            return invalid("publish.max_staged", "must be >= 1");
         }
         if self.publish.replicas == 0 {
             return invalid("publish.replicas", "must be >= 1");

@@ -28,10 +28,14 @@ pub struct Keys {
 /// The keys of one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicKeys {
-    /// Hash: `epoch`, top `seq`, `created_ms`, `base`, `groups`, `forced_trimmed`.
+    /// Hash: `epoch`, top `seq`, `staged`, `created_ms`, `base`, `prev`, `rid`, `groups`,
+    /// `forced_trimmed`.
     pub meta: String,
     /// Stream of envelopes; entry id `<seq>-0`.
     pub stream: String,
+    /// Stream of staged envelopes (durability = "replicated"): seqs waiting for their
+    /// replicas before they move to `stream` (lua/publish.lua).
+    pub staging: String,
     /// Pub/Sub channel (sharded) carrying the "new seq" hint, and the topic's presence
     /// and ephemeral events.
     pub hint: String,
@@ -81,6 +85,7 @@ impl Keys {
         TopicKeys {
             meta: format!("{base}:m"),
             stream: format!("{base}:s"),
+            staging: format!("{base}:x"),
             hint: format!("{base}:h"),
             idem_base: format!("{base}:i:"),
         }

@@ -207,7 +207,7 @@ impl HistoryResponse {
         let truncated = page.truncated(since);
         let epoch = page.position.epoch.clone().unwrap_or_default();
         HistoryResponse {
-            epoch_changed: asked_epoch.map(|asked| asked != epoch),
+            epoch_changed: asked_epoch.map(|asked| asked != epoch && !page.position.carries_over(asked, since)),
             epoch,
             seq: page.position.top,
             first_seq: page.position.first_retained,

@@ -1,6 +1,7 @@
-//! G1 with durability = "replicated": a publish is acknowledged only after a replica
-//! confirmed it (WAIT); without the replica it is refused with `not_replicated` and the
-//! idempotency key makes the retry safe.
+//! G1 and G2 with durability = "replicated": a publish is acknowledged only after a
+//! replica confirmed it (WAIT), and readable only then (it is staged until its replicas
+//! confirm it); without the replica it is refused with `not_replicated`, stays unreadable,
+//! and its retry with the same idempotency key commits it once a replica is back.
 
 mod common;
 
@@ -24,11 +25,13 @@ async fn replicated_publishes_wait_for_the_replica_and_are_refused_without_it() 
     .await;
     let stream = format!("{}:{{d}}:s", app.prefix());
 
+    let staging = format!("{}:{{d}}:x", app.prefix());
     let (status, body) = app.publish("d", json!(1)).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    // WAIT returned: the replica already holds the entry when the client gets its ack.
-    let xlen = replica.cli(&["XLEN", &stream]);
-    assert_eq!(String::from_utf8_lossy(&xlen.stdout).trim(), "1");
+    // WAIT returned: the replica already holds the entry when the client gets its ack
+    // (staged, or already committed there too).
+    let xlen = |key: &str| String::from_utf8_lossy(&replica.cli(&["XLEN", key]).stdout).trim().parse::<u64>();
+    assert_eq!(xlen(&stream).unwrap_or(0) + xlen(&staging).unwrap_or(0), 1);
 
     replica.kill();
     wait_until("the primary to notice the replica is gone", READY_TIMEOUT, || {
@@ -37,11 +40,22 @@ async fn replicated_publishes_wait_for_the_replica_and_are_refused_without_it() 
     let keyed = json!({ "data": 2, "idempotency_key": "pay-1" });
     let (status, body) = app.post_json("/v1/topics/d/messages", &keyed).await;
     assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "not_replicated"), "{body}");
-    // The message is stored on the primary; a retry with the same key adds nothing.
+    // The message is staged on the primary, readable by nobody; a retry with the same key
+    // adds nothing.
     let (status, _) = app.post_json("/v1/topics/d/messages", &keyed).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let history = app.history_all("d", 0).await;
+    assert_eq!(history.len(), 1, "the unconfirmed message is not readable: {history:?}");
+    let (_, topic) = app.get("/v1/topics/d").await;
+    assert_eq!(topic["seq"], json!(1), "{topic}");
+
+    // With a replica back, the retry with the same key is confirmed and commits it.
+    let _replica = RedisServer::start_replica_of(&primary);
+    let (status, body) = app.post_json("/v1/topics/d/messages", &keyed).await;
+    assert_eq!((status, body["seq"].clone()), (StatusCode::OK, json!(2)), "{body}");
+    let history = app.history_all("d", 0).await;
     assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[1]["data"], json!(2));
 
     // durability = "stored" does not wait for replicas.
     let stored = TestApp::start_with(&primary, |c| c.redis.prefix = app.prefix().to_string()).await;

@@ -67,6 +67,14 @@ pub fn start(p: &Position, since: &Since) -> Start {
                 exact(from)
             }
         }
+        Since::After { epoch, seq } if p.carries_over(epoch, *seq) => {
+            // The previous epoch's seqs up to base are this epoch's: nothing was lost.
+            if p.truncated(*seq) {
+                jump(ResetReason::Trimmed)
+            } else {
+                exact(*seq)
+            }
+        }
         Since::After { epoch, .. } if epoch != current => jump(ResetReason::EpochChanged),
         Since::After { seq, .. } if *seq > p.top => jump(ResetReason::Ahead),
         Since::After { seq, .. } if p.truncated(*seq) => jump(ResetReason::Trimmed),
@@ -97,8 +105,9 @@ pub enum Step {
     /// The topic's history was lost and nothing recreated it yet: deliver nothing, keep
     /// the position, read again later (the publish that starts the new epoch is a jump).
     Wait,
-    /// The topic got its first epoch since the reader last looked: continue after `last`
-    /// in `epoch`, silently (nothing was missed).
+    /// The topic got its first epoch since the reader last looked, or a new epoch that
+    /// carries the reader's position over (`Position::carries_over`): continue after
+    /// `last` in `epoch`, silently (nothing was missed).
     Adopt { epoch: String, last: u64 },
     /// The position jumped: tell the subscriber (`recovered: false`, `reason`) and
     /// continue after `last` in `epoch`.
@@ -113,6 +122,8 @@ pub fn step(p: &Position, epoch: &str, last: u64, reader: Reader) -> Step {
     if current != epoch {
         return if epoch.is_empty() {
             Step::Adopt { epoch: current.to_string(), last: last.max(p.base) }
+        } else if p.carries_over(epoch, last) {
+            Step::Adopt { epoch: current.to_string(), last }
         } else {
             Step::Jump { reason: ResetReason::EpochChanged, epoch: current.to_string(), last: p.base }
         };
@@ -137,7 +148,13 @@ mod tests {
 
     /// A topic in epoch "E" with top 20, seqs 11..=20 retained, numbered from `base` 0.
     fn topic() -> Position {
-        Position { epoch: Some("E".into()), top: 20, first_retained: 11, base: 0 }
+        Position { epoch: Some("E".into()), top: 20, first_retained: 11, base: 0, prev: None }
+    }
+
+    /// Epoch "NEW" continuing "E" after seq 15 (another primary wrote the topic; seqs up
+    /// to 15 survived), top 20, seqs 11..=20 retained.
+    fn continued() -> Position {
+        Position { epoch: Some("NEW".into()), top: 20, first_retained: 11, base: 15, prev: Some("E".into()) }
     }
 
     fn after(epoch: &str, seq: u64) -> Since {
@@ -156,7 +173,7 @@ mod tests {
     fn the_subscribe_table() {
         let p = topic();
         let renumbered = Position { base: 15, ..topic() };
-        let untouched = Position { epoch: Some("E".into()), top: 20, first_retained: 1, base: 0 };
+        let untouched = Position { epoch: Some("E".into()), top: 20, first_retained: 1, base: 0, prev: None };
         let rows: Vec<(&str, Position, Since, Start)> = vec![
             ("since absent: new messages only", p.clone(), Since::Now, exact(20)),
             ("earliest: from the oldest retained", p.clone(), Since::Earliest, exact(10)),
@@ -185,6 +202,16 @@ mod tests {
             ("the first retained is n + 1: exact", p.clone(), after("E", 10), exact(10)),
             ("otherwise: exactly after n", p.clone(), after("E", 15), exact(15)),
             ("n = top: exact, nothing to send yet", p.clone(), after("E", 20), exact(20)),
+            ("previous epoch, n <= base: exact", continued(), after("E", 12), exact(12)),
+            ("previous epoch, n = base: exact", continued(), after("E", 15), exact(15)),
+            (
+                "previous epoch, n > base (rolled back): epoch changed",
+                continued(),
+                after("E", 16),
+                reset(20, ResetReason::EpochChanged),
+            ),
+            ("previous epoch, n <= base but trimmed", continued(), after("E", 5), reset(20, ResetReason::Trimmed)),
+            ("an older epoch: epoch changed", continued(), after("OLDER", 12), reset(20, ResetReason::EpochChanged)),
         ];
         for (row, p, since, expected) in rows {
             assert_eq!(start(&p, &since), expected, "{row}");
@@ -193,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_topic_without_an_epoch_follows_the_other_rows() {
-        let none = Position { epoch: None, top: 0, first_retained: 0, base: 0 };
+        let none = Position { epoch: None, top: 0, first_retained: 0, base: 0, prev: None };
         assert_eq!(start(&none, &Since::Now), exact(0));
         assert_eq!(start(&none, &after("", 0)), exact(0));
         assert_eq!(start(&none, &after("", 4)), reset(0, ResetReason::Ahead));
@@ -203,8 +230,8 @@ mod tests {
     #[test]
     fn the_notice_table() {
         let p = topic();
-        let new_epoch = Position { epoch: Some("NEW".into()), top: 3, first_retained: 1, base: 0 };
-        let lost_meta = Position { epoch: None, top: 0, first_retained: 0, base: 0 };
+        let new_epoch = Position { epoch: Some("NEW".into()), top: 3, first_retained: 1, base: 0, prev: None };
+        let lost_meta = Position { epoch: None, top: 0, first_retained: 0, base: 0, prev: None };
         let emptied = Position { first_retained: 0, ..topic() };
         use Reader::{CatchUp, Tail};
         let jump = |reason, epoch: &str, last| Step::Jump { reason, epoch: epoch.into(), last };
@@ -258,6 +285,22 @@ mod tests {
             ("never published: idle", lost_meta.clone(), "", 0, CatchUp, Step::Idle),
             ("in place: deliver", p.clone(), "E", 10, CatchUp, Step::Deliver),
             ("at the top: deliver (nothing)", p.clone(), "E", 20, Tail, Step::Deliver),
+            (
+                "previous epoch, last <= base: carried over silently",
+                continued(),
+                "E",
+                13,
+                Tail,
+                Step::Adopt { epoch: "NEW".into(), last: 13 },
+            ),
+            (
+                "previous epoch, last > base (rolled back): epoch changed, from base",
+                continued(),
+                "E",
+                17,
+                CatchUp,
+                jump(ResetReason::EpochChanged, "NEW", 15),
+            ),
         ];
         for (row, p, epoch, last, reader, expected) in rows {
             assert_eq!(step(&p, epoch, last, reader), expected, "{row}");

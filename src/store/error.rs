@@ -14,8 +14,9 @@ pub enum StoreError {
     /// Redis answered `NOGROUP` (code `group_not_found`).
     #[error("{code}: {message}")]
     Refused { code: Code, message: String },
-    /// Stored on the primary, but fewer replicas than required confirmed it in time.
-    #[error("stored, but only {acked} of {wanted} replicas confirmed it in time")]
+    /// Staged on the primary (readable by nobody yet), but fewer replicas than required
+    /// confirmed it in time.
+    #[error("staged, but only {acked} of {wanted} replicas confirmed it in time")]
     NotReplicated { acked: u64, wanted: u32 },
     /// A reply that does not have the documented shape.
     #[error("unexpected reply from redis: {0}")]
@@ -51,6 +52,11 @@ impl From<RedisError> for StoreError {
         let details = err.details();
         if let Some(rest) = details.strip_prefix("SH ").or_else(|| details.find(" SH ").map(|i| &details[i + 4..])) {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+            // A failover between staging and commit, or staging that cannot keep up:
+            // Redis is not in a state to take the publish now (lua/publish.lua).
+            if matches!(code, "failover" | "rolled_back" | "staging_full") {
+                return StoreError::Unavailable(format!("{code}: {message}"));
+            }
             return match Code::parse(code) {
                 Some(code) => StoreError::Refused { code, message: message.to_string() },
                 None => StoreError::Redis(details.to_string()),

@@ -11,10 +11,11 @@
 use crate::config::Config;
 
 /// Function names, one per atomic operation. A changed meaning gets a new name.
-pub const PUBLISH: &str = "sh_publish_v2";
+pub const PUBLISH: &str = "sh_publish_v3";
+pub const COMMIT: &str = "sh_commit_v1";
 pub const PUBLISH_RAW: &str = "sh_publish_raw_v1";
-pub const READ_SINCE: &str = "sh_read_since_v1";
-pub const TAIL_READ: &str = "sh_tail_read_v1";
+pub const READ_SINCE: &str = "sh_read_since_v2";
+pub const TAIL_READ: &str = "sh_tail_read_v2";
 pub const TOPIC_INFO: &str = "sh_topic_info_v2";
 pub const GROUP_ENSURE: &str = "sh_group_ensure_v1";
 pub const GROUP_ACK: &str = "sh_group_ack_v1";
@@ -57,6 +58,7 @@ pub fn render(config: &Config) -> String {
         .replace("{{retention_max_age_ms}}", &config.retention.max_age_ms.to_string())
         .replace("{{retention_default_ttl_ms}}", &config.retention.default_ttl_ms.to_string())
         .replace("{{retention_rules}}", &retention_rules(config))
+        .replace("{{max_staged}}", &config.publish.max_staged.to_string())
         .replace("{{idempotency_window_ms}}", &config.idempotency.window_ms.to_string())
         .replace("{{max_payload_bytes}}", &l.max_payload_bytes.to_string())
         .replace("{{max_headers}}", &l.max_headers.to_string())
@@ -90,7 +92,11 @@ mod tests {
         assert!(!source.contains("{{"), "unfilled placeholder");
         for name in [
             PUBLISH,
+            COMMIT,
             "sh_publish_v1",
+            "sh_publish_v2",
+            "sh_read_since_v1",
+            "sh_tail_read_v1",
             "sh_topic_info_v1",
             PUBLISH_RAW,
             READ_SINCE,

@@ -88,6 +88,10 @@ pub struct Position {
     pub first_retained: u64,
     /// The seq before the first one of this epoch (0 for a topic numbered from 1).
     pub base: u64,
+    /// The epoch this one continues, when a new epoch started because another primary
+    /// wrote the topic before (lua/prelude.lua, `load_meta`): its seqs up to `base` are
+    /// the same messages in both epochs. None otherwise (and from `topic_info`).
+    pub prev: Option<String>,
 }
 
 /// Messages after a seq, with the topic's position taken in the same snapshot.
@@ -98,6 +102,12 @@ pub struct HistoryPage {
 }
 
 impl Position {
+    /// True when the position `(epoch, seq)` of the previous epoch names a message that
+    /// is also this epoch's `seq` (or before it), so a reader there continues exactly.
+    pub fn carries_over(&self, epoch: &str, seq: u64) -> bool {
+        !epoch.is_empty() && self.prev.as_deref() == Some(epoch) && seq <= self.base
+    }
+
     /// True when some message after `since` (up to the top) is no longer retained: the
     /// reader must be told, never handed a silent gap.
     pub fn truncated(&self, since: u64) -> bool {
@@ -274,33 +284,15 @@ impl Store {
         self.call_on(self.pool.next(), function, keys, args, read_only).await
     }
 
-    /// WAIT on the connection that wrote (the node owning `key`'s slot on Cluster), so
-    /// the replication offset it waits for covers the write.
-    async fn confirm_replicated(&self, client: &Client, key: &str, replicas: u32, timeout: Duration) -> Result<()> {
-        let timeout_ms = timeout.as_millis() as i64;
-        let acked: i64 = if let Some(writer) = self.writer_for(key) {
-            writer.wait(replicas as i64, timeout_ms).await?
-        } else if client.is_clustered() {
-            let slot = fred::util::redis_keyslot(key.as_bytes());
-            let server = client
-                .cached_cluster_state()
-                .and_then(|state| state.get_server(slot).cloned())
-                .ok_or_else(|| StoreError::Unavailable("cluster routing table not known yet".into()))?;
-            client.with_cluster_node(server).wait(replicas as i64, timeout_ms).await?
-        } else {
-            client.wait(replicas as i64, timeout_ms).await?
-        };
-        if acked < replicas as i64 {
-            return Err(StoreError::NotReplicated { acked: acked.max(0) as u64, wanted: replicas });
-        }
-        Ok(())
-    }
-
     /// Stores `messages` on `topic` atomically, with consecutive seqs, in one round trip,
     /// under the topic's retention (`RetentionConfig::for_topic`).
-    /// Acknowledged (Ok) only once every new entry is in the topic's stream (G1), and with
-    /// durability = "replicated" only once the required replicas confirmed it (WAIT on the
-    /// same connection); otherwise `NotReplicated` (the entries are stored on the primary).
+    /// Acknowledged (Ok) only once every new entry is in the topic's stream (G1).
+    /// With durability = "replicated" the entries are first staged (readable by nobody),
+    /// then `WAIT` for the replicas on the same connection, in the same pipeline, then
+    /// committed (`sh_commit_v1`): so no reader sees a message its replicas have not
+    /// confirmed (G2). Unconfirmed in time: `NotReplicated` (staged on the primary; a retry
+    /// with the same idempotency key commits it); the primary changed in between:
+    /// `Unavailable`.
     /// Messages whose idempotency key was seen within the window are not stored again;
     /// their result is the earlier publish, with `duplicate = true`.
     pub async fn publish(&self, topic: &Topic, messages: Vec<OutgoingMessage>) -> Result<Vec<Published>> {
@@ -316,13 +308,14 @@ impl Store {
         let retention = self.retention.for_topic(topic.as_str());
         let tk = self.keys.topic(topic);
         let n = messages.len();
-        let mut keys = vec![tk.meta.clone(), tk.stream.clone(), tk.hint.clone()];
-        let mut args: Vec<Value> = Vec::with_capacity(5 + n * 3);
+        let mut keys = vec![tk.meta.clone(), tk.stream.clone(), tk.hint.clone(), tk.staging.clone()];
+        let mut args: Vec<Value> = Vec::with_capacity(6 + n * 3);
         args.push(Value::from(retention.max_len as i64));
         args.push(Value::from(self.idempotency_window_ms as i64));
         args.push(Value::from(n as i64));
         args.push(Value::from(retention.hard_max_len as i64));
         args.push(Value::from(retention.max_age_ms as i64));
+        args.push(Value::from(if self.replication.is_some() { "stage" } else { "direct" }));
         for m in messages {
             let idem_index = match &m.idempotency_key {
                 Some(k) => {
@@ -336,13 +329,87 @@ impl Store {
             args.push(Value::from(idem_index));
         }
         let client = self.pool.next();
-        let mut reply = self.call_on(client, library::PUBLISH, keys, args, false).await?.into_array();
-        let aged_out = reply.pop().and_then(|v| v.as_u64()).unwrap_or(0);
-        let published = parse_published(reply, n)?;
-        if let Some((replicas, timeout)) = self.replication {
-            self.confirm_replicated(client, &tk.stream, replicas, timeout).await?;
+        let Some((replicas, timeout)) = self.replication else {
+            let reply = self.call_on(client, library::PUBLISH, keys, args, false).await?.into_array();
+            let (published, aged_out, _) = parse_publish_reply(reply, n)?;
+            return Ok((published, aged_out));
+        };
+        let started = std::time::Instant::now();
+        let staged = self.stage_and_wait(client, &tk.stream, keys, args, replicas, timeout).await;
+        crate::metrics::redis_call(library::PUBLISH, started, staged.as_ref().err().map(StoreError::kind));
+        let (reply, acked) = staged?;
+        let (published, mut aged_out, staged) = parse_publish_reply(reply, n)?;
+        if acked < replicas as i64 {
+            return Err(StoreError::NotReplicated { acked: acked.max(0) as u64, wanted: replicas });
         }
+        let upto = published.iter().map(|p| p.seq).max().unwrap_or(0);
+        let args = vec![
+            Value::from(staged.epoch),
+            Value::from(upto as i64),
+            Value::from(staged.replication_id),
+            Value::from(retention.max_len as i64),
+            Value::from(retention.hard_max_len as i64),
+            Value::from(retention.max_age_ms as i64),
+        ];
+        let reply =
+            self.call_on(client, library::COMMIT, vec![tk.meta, tk.stream, tk.hint, tk.staging], args, false).await?;
+        aged_out += reply.into_array().get(1).and_then(|v| v.as_u64()).unwrap_or(0);
         Ok((published, aged_out))
+    }
+
+    /// The staging `FCALL` and the `WAIT` for `replicas`, written back to back on one
+    /// connection (one pipeline; on Cluster, the node owning `key`'s slot), so the `WAIT`
+    /// counts the replicas that have the staged entries: it can never run alone on a
+    /// re-established connection that wrote nothing. Returns the staging reply and how
+    /// many replicas confirmed.
+    async fn stage_and_wait(
+        &self,
+        client: &Client,
+        key: &str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<(Vec<Value>, i64)> {
+        for attempt in 0..2 {
+            // On Cluster, the connection of the primary that owns the slot (shards.rs).
+            let writer = self.writer_for(key);
+            let client = writer.as_ref().unwrap_or(client);
+            let pipeline = client.pipeline();
+            let _: () = pipeline.fcall(library::PUBLISH, keys.clone(), args.clone()).await?;
+            if client.is_clustered() {
+                // WAIT names no key: send it to the node that owns the topic's slot.
+                let slot = fred::util::redis_keyslot(key.as_bytes());
+                let server = client
+                    .cached_cluster_state()
+                    .and_then(|state| state.get_server(slot).cloned())
+                    .ok_or_else(|| StoreError::Unavailable("cluster routing table not known yet".into()))?;
+                let options = fred::types::config::Options { cluster_node: Some(server), ..Default::default() };
+                let _: () = pipeline.with_options(&options).wait(replicas as i64, timeout.as_millis() as i64).await?;
+            } else {
+                let _: () = pipeline.wait(replicas as i64, timeout.as_millis() as i64).await?;
+            }
+            let results = pipeline.try_all::<Value>().await;
+            let mut results = results.into_iter();
+            let (reply, acked) = match (results.next(), results.next()) {
+                (Some(reply), Some(acked)) => (reply, acked),
+                // The pipeline failed as a whole (a timeout, a dropped connection).
+                (Some(Err(e)), None) => return Err(e.into()),
+                _ => return Err(StoreError::Protocol("the staging pipeline answered fewer than 2 replies".into())),
+            };
+            match reply {
+                Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
+                    tracing::info!(function = library::PUBLISH, "function library missing in redis; loading it");
+                    self.load_library().await?;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(reply) => {
+                    let acked = acked?.as_i64().unwrap_or(0);
+                    return Ok((reply.into_array(), acked));
+                }
+            }
+        }
+        Err(StoreError::Redis(format!("{} still missing after loading the library", library::PUBLISH)))
     }
 
     /// The messages with seq > `since`, at most `limit`, and the topic's position, from
@@ -352,7 +419,7 @@ impl Store {
         let args = vec![Value::from(since.to_string()), Value::from(limit as i64)];
         let mut reply =
             self.call(library::READ_SINCE, vec![tk.meta, tk.stream], args, true).await?.into_array().into_iter();
-        let position = parse_position(&mut reply)?;
+        let position = parse_position(&mut reply, true)?;
         Ok(HistoryPage { position, messages: parse_messages(reply)? })
     }
 
@@ -360,7 +427,7 @@ impl Store {
         let tk = self.keys.topic(topic);
         let mut reply =
             self.call(library::TOPIC_INFO, vec![tk.meta, tk.stream], vec![], true).await?.into_array().into_iter();
-        let position = parse_position(&mut reply)?;
+        let position = parse_position(&mut reply, false)?;
         let length = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let created_ms = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let groups = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
@@ -463,14 +530,36 @@ fn parse_messages(mut reply: impl Iterator<Item = Value>) -> Result<Vec<StoredMe
     Ok(messages)
 }
 
-fn parse_position(reply: &mut impl Iterator<Item = Value>) -> Result<Position> {
+/// `epoch, top, first retained, base` (then `prev` when `with_prev`) of a read reply.
+fn parse_position(reply: &mut impl Iterator<Item = Value>, with_prev: bool) -> Result<Position> {
     let epoch = reply.next().and_then(|v| v.as_string()).filter(|e| !e.is_empty());
     let top = reply.next().and_then(|v| v.as_u64());
     let first_retained = reply.next().and_then(|v| v.as_u64());
     let base = reply.next().and_then(|v| v.as_u64());
+    let prev = if with_prev { reply.next().and_then(|v| v.as_string()).filter(|e| !e.is_empty()) } else { None };
     match (top, first_retained, base) {
-        (Some(top), Some(first_retained), Some(base)) => Ok(Position { epoch, top, first_retained, base }),
+        (Some(top), Some(first_retained), Some(base)) => Ok(Position { epoch, top, first_retained, base, prev }),
         _ => Err(StoreError::Protocol("position reply is not (epoch, top, first, base)".into())),
+    }
+}
+
+/// What `sh_publish_v3` answers after the per-message results: for `sh_commit_v1`.
+struct Staged {
+    replication_id: String,
+    epoch: String,
+}
+
+/// The reply of `sh_publish_v3`: the results, the entries retention by age removed, and
+/// what `sh_commit_v1` needs.
+fn parse_publish_reply(mut reply: Vec<Value>, n: usize) -> Result<(Vec<Published>, u64, Staged)> {
+    let epoch = reply.pop().and_then(|v| v.as_string());
+    let replication_id = reply.pop().and_then(|v| v.as_string());
+    let aged_out = reply.pop().and_then(|v| v.as_u64());
+    match (epoch, replication_id, aged_out) {
+        (Some(epoch), Some(replication_id), Some(aged_out)) => {
+            Ok((parse_published(reply, n)?, aged_out, Staged { replication_id, epoch }))
+        }
+        _ => Err(StoreError::Protocol("publish reply does not end with (aged, replication id, epoch)".into())),
     }
 }
 

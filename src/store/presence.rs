@@ -167,7 +167,7 @@ impl Store {
     }
 
     /// The messages after `since` (at most `limit`) and the join/leave events after
-    /// `events_after` that belong within them, from one snapshot (`sh_tail_read_v1`). With
+    /// `events_after` that belong within them, from one snapshot (`sh_tail_read_v2`). With
     /// `events_after` empty, no event, only the id of the newest.
     pub async fn tail_read(&self, topic: &Topic, since: u64, limit: usize, events_after: &str) -> Result<TailPage> {
         let tk = self.keys.topic(topic);
@@ -175,7 +175,7 @@ impl Store {
         let args: Vec<Value> = vec![since.to_string().into(), int(limit as u64), events_after.into()];
         let reply = self.call(library::TAIL_READ, vec![tk.meta, tk.stream, events], args, true).await?;
         let mut reply = reply.into_array().into_iter();
-        let position = super::parse_position(&mut reply)?;
+        let position = super::parse_position(&mut reply, true)?;
         let last_event_id = reply.next().and_then(|v| v.as_string()).unwrap_or_default();
         let n = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let mut records = Vec::with_capacity(n as usize);

@@ -65,7 +65,7 @@ pub async fn history(
     let epoch = head.page.position.epoch.clone().unwrap_or_default();
     let top = head.page.position.top;
     if let Some(s) = &since {
-        if !s.epoch.is_empty() && s.epoch != epoch {
+        if !s.epoch.is_empty() && s.epoch != epoch && !head.page.position.carries_over(&s.epoch, s.offset) {
             return Err(Refused::protocol(codes::UNRECOVERABLE_POSITION, "unrecoverable position: the epoch changed"));
         }
     }
