@@ -226,7 +226,7 @@ function call(method, path, body) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_is_served_over_http2_without_tls_and_keeps_http1_connections_alive() {
-    let redis = RedisServer::start();
+    let redis = TestRedis::start();
     let app = TestApp::start(&redis).await;
     let base = app.base.clone();
     let history = app.url("/v1/topics/h2/messages?since=0");
