@@ -165,14 +165,32 @@ end
 -- seqs up to base are the same messages as before (a replica or a file holds a prefix of
 -- its primary's history), so readers carry a position (prev, n <= base) over exactly
 -- (src/delivery/resume.rs). Nothing is written here (see commit_meta).
+-- The epochs whose positions carry over into an epoch started after `epoch` at `bound`
+-- (the meta's `prev`): "<epoch>:<bound>", then that epoch's own links, each bounded by
+-- the smaller of its bound and this one (a position carries over only if every step
+-- keeps it), at most 4 entries. An entry without ":<bound>" (written before chains) is
+-- bounded by the old meta's base. Chained because several epochs can start before a
+-- reader looks again (a slot moved twice during a resharding, a failover after one).
+local function link_chain(epoch, bound, old_links, old_base)
+  local out = { epoch .. ':' .. bound }
+  for entry in string.gmatch(old_links or '', '[^,]+') do
+    if #out >= 4 then break end
+    local e, b = string.match(entry, '^([^:]+):(%d+)$')
+    if not e then e, b = entry, old_base end
+    table.insert(out, e .. ':' .. math.min(tonumber(b), bound))
+  end
+  return table.concat(out, ',')
+end
+
 local function load_meta(meta, stream, staging)
-  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'staged', 'rid')
+  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'staged', 'rid', 'base', 'prev')
   local rid = replication_id()
   if m[1] then
     local seq = tonumber(m[2])
     local t = { epoch = m[1], seq = seq, staged = math.max(seq, tonumber(m[3] or '0')), rid = rid }
     if m[4] and m[4] ~= rid then
-      t.prev, t.epoch, t.base, t.created = m[1], new_epoch(meta), t.staged, true
+      t.prev = link_chain(m[1], t.staged, m[6], tonumber(m[5] or '0'))
+      t.epoch, t.base, t.created = new_epoch(meta), t.staged, true
     elseif not m[4] then
       t.adopt = true -- written before replication ids were recorded: record this one
     end

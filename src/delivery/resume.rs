@@ -157,6 +157,28 @@ mod tests {
         Position { epoch: Some("NEW".into()), top: 20, first_retained: 11, base: 15, prev: Some("E".into()) }
     }
 
+    /// Two epochs started before a reader looked again: "E" → "MID" after seq 15, then
+    /// "MID" → "NEW" after seq 18 (a slot moved twice). A position of "E" carries over up
+    /// to 15, one of "MID" up to 18.
+    #[test]
+    fn positions_carry_over_a_chain_of_epochs() {
+        let p = Position {
+            epoch: Some("NEW".into()),
+            top: 20,
+            first_retained: 1,
+            base: 18,
+            prev: Some("MID:18,E:15".into()),
+        };
+        assert!(p.carries_over("MID", 18) && !p.carries_over("MID", 19));
+        assert!(p.carries_over("E", 15) && !p.carries_over("E", 16));
+        assert!(!p.carries_over("OTHER", 1) && !p.carries_over("", 0));
+        assert_eq!(step(&p, "E", 12, Reader::Tail), Step::Adopt { epoch: "NEW".into(), last: 12 });
+        assert!(matches!(step(&p, "E", 17, Reader::Tail), Step::Jump { reason: ResetReason::EpochChanged, .. }));
+        // A chain entry written before bounds were recorded is bounded by base.
+        let old = Position { prev: Some("E".into()), ..p };
+        assert!(old.carries_over("E", 18) && !old.carries_over("E", 19));
+    }
+
     fn after(epoch: &str, seq: u64) -> Since {
         Since::After { epoch: epoch.into(), seq }
     }

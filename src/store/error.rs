@@ -85,7 +85,7 @@ impl From<RedisError> for StoreError {
 /// errors that it reports with `ErrorKind::Unknown`. Every one of them is met during a
 /// failover or a resharding, and the client is told `redis_unavailable` (retry), never
 /// `internal`.
-const TRANSIENT: [&str; 16] = [
+const TRANSIENT: [&str; 17] = [
     // Redis: loading a dataset, primary link down, cluster state fail, a key whose slot
     // is migrating (multi-key), a write to a node that was demoted to a replica, fewer
     // good replicas than min-replicas-to-write, a blocked command unblocked by a role
@@ -107,6 +107,7 @@ const TRANSIENT: [&str; 16] = [
     "Too many redirections",
     "Unable to route command or reconnect",
     "Max attempts reached",
+    "Too many failed write attempts",
     "Failed connecting to any cluster node",
 ];
 
@@ -175,6 +176,7 @@ mod tests {
             (ErrorKind::Routing, "Too many redirections."),
             (ErrorKind::Routing, "Unable to route command or reconnect."),
             (ErrorKind::Routing, "Max attempts reached."),
+            (ErrorKind::Unknown, "Too many failed write attempts."),
             (ErrorKind::Cluster, "Failed connecting to any cluster node."),
             (ErrorKind::Cluster, "Missing cluster routing state."),
             (ErrorKind::Cluster, "MOVED 3999 127.0.0.1:7002"),

@@ -102,10 +102,18 @@ pub struct HistoryPage {
 }
 
 impl Position {
-    /// True when the position `(epoch, seq)` of the previous epoch names a message that
-    /// is also this epoch's `seq` (or before it), so a reader there continues exactly.
+    /// True when the position `(epoch, seq)` of an earlier epoch names a message that is
+    /// also this epoch's `seq` (or before it), so a reader there continues exactly. `prev`
+    /// is the meta's chain `<epoch>:<bound>,…` (lua/prelude.lua `link_chain`); an entry
+    /// without a bound is bounded by `base`.
     pub fn carries_over(&self, epoch: &str, seq: u64) -> bool {
-        !epoch.is_empty() && self.prev.as_deref() == Some(epoch) && seq <= self.base
+        !epoch.is_empty()
+            && self.prev.as_deref().is_some_and(|links| {
+                links.split(',').any(|link| match link.split_once(':') {
+                    Some((e, bound)) => e == epoch && bound.parse::<u64>().is_ok_and(|bound| seq <= bound),
+                    None => link == epoch && seq <= self.base,
+                })
+            })
     }
 
     /// True when some message after `since` (up to the top) is no longer retained: the

@@ -109,14 +109,24 @@ pub(crate) async fn redis(url: &str) -> Result<Client> {
 
 async fn delete_prefix(url: &str, pattern: &str) -> Result<()> {
     let client = redis(url).await?;
-    let mut scan = client.scan(pattern, Some(1000), None);
     let mut keys: Vec<Key> = Vec::new();
-    while let Some(page) = scan.next().await {
-        let mut page = page?;
-        keys.extend(page.take_results().unwrap_or_default());
-    }
-    for chunk in keys.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await?;
+    if client.is_clustered() {
+        // Every primary's keys; deleted one by one (a multi-key DEL must stay in one slot).
+        let mut scan = client.scan_cluster(pattern, Some(1000), None);
+        while let Some(page) = scan.next().await {
+            keys.extend(page?.take_results().unwrap_or_default());
+        }
+        for key in keys {
+            let _: i64 = client.del(key).await?;
+        }
+    } else {
+        let mut scan = client.scan(pattern, Some(1000), None);
+        while let Some(page) = scan.next().await {
+            keys.extend(page?.take_results().unwrap_or_default());
+        }
+        for chunk in keys.chunks(500) {
+            let _: i64 = client.del(chunk.to_vec()).await?;
+        }
     }
     client.quit().await?;
     Ok(())
