@@ -28,11 +28,11 @@ use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_session::{admit, is_too_big, limited, Admitted, Link};
+use super::ws_session::{admit, is_too_big, Admitted, Link};
 use super::ws_write::{Native, Outgoing};
 use super::AppState;
 use crate::delivery::session::Session;
-use crate::error::{Code, Error};
+use crate::error::Code;
 use crate::groups::consumer::SessionConsumer;
 use crate::ops::access::{Caller, IpSlot};
 
@@ -43,17 +43,13 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return Error::new(Code::InvalidRequest, rejection.body_text()).into_response(),
-    };
-    let Admitted { caller, ip_slot, permit } = match admit(&state, client, &headers, uri.query()) {
+    let (ws, Admitted { caller, ip_slot, permit }) = match admit(&state, client, &headers, uri.query(), ws) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
     let identified = credential(&headers, None).ok().flatten().is_some() || uri.query().is_some_and(has_token);
     let tasks = state.tasks.clone();
-    limited(ws, &state).protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]).on_upgrade(move |socket| {
+    ws.protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]).on_upgrade(move |socket| {
         // The session's lines carry its upgrade request's id (the connection id).
         let span = tracing::Span::current();
         // Without credentials and without anonymous grants, an `auth` frame must come soon.

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
 use futures::stream::{SplitSink, SplitStream};
@@ -38,14 +39,18 @@ pub(super) struct Admitted {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// Admits a WebSocket session: its `Origin` is allowed, its credentials (header or
-/// `?token=`) verify, its client address (`client_addr`) has a free slot and the node has room (`ws.max_connections`).
+/// Admits a WebSocket session: the request is a WebSocket upgrade, its `Origin` is
+/// allowed, its credentials (header or `?token=`) verify, its client address
+/// (`client_addr`) has a free slot and the node has room (`ws.max_connections`).
+/// Returns the upgrade with the node's limits on frames and buffers (`ws.*`).
 pub(super) fn admit(
     state: &AppState,
     client: std::net::IpAddr,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Admitted, Error> {
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<(WebSocketUpgrade, Admitted), Error> {
+    let ws = ws.map_err(|rejection| Error::new(Code::InvalidRequest, rejection.body_text()))?;
     let access = state.ops.access();
     access.check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))?;
     let mut caller = session_caller(state, headers, query, client)?;
@@ -57,16 +62,13 @@ pub(super) fn admit(
         ));
     };
     caller.budget = access.connection_budget();
-    Ok(Admitted { caller, ip_slot, permit })
-}
-
-/// The upgrade with the node's limits on frames and buffers (`ws.*`).
-pub(super) fn limited(ws: WebSocketUpgrade, state: &AppState) -> WebSocketUpgrade {
     let c = &state.ops.config().ws;
-    ws.max_message_size(c.max_frame_bytes)
+    let ws = ws
+        .max_message_size(c.max_frame_bytes)
         .max_frame_size(c.max_frame_bytes)
         .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(c.write_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes);
+    Ok((ws, Admitted { caller, ip_slot, permit }))
 }
 
 /// A running session: its delivery session, the reader's queue to the writer, and what

@@ -27,7 +27,7 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::delivery::session::{Session, Since};
 use crate::error::{Code, Error};
 use crate::gateway::extract::ClientAddr;
-use crate::gateway::ws_session::{admit, is_too_big, limited, Admitted, Link};
+use crate::gateway::ws_session::{admit, is_too_big, Admitted, Link};
 use crate::gateway::ws_write::Outgoing;
 use crate::gateway::AppState;
 use crate::message::NewMessage;
@@ -45,11 +45,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => return Error::new(Code::InvalidRequest, rejection.body_text()).into_response(),
-    };
-    let Admitted { caller, ip_slot, permit } = match admit(&state, client, &headers, uri.query()) {
+    let (ws, Admitted { caller, ip_slot, permit }) = match admit(&state, client, &headers, uri.query(), ws) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
@@ -61,7 +57,7 @@ pub async fn upgrade(
     let tasks = state.tasks.clone();
     // A subprotocol is echoed only when the client asked for it (strict clients fail on
     // an answer they did not ask for).
-    limited(ws, &state).protocols([SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON]).on_upgrade(move |socket| {
+    ws.protocols([SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON]).on_upgrade(move |socket| {
         let span = tracing::Span::current();
         let format = match socket.protocol().and_then(|p| p.to_str().ok()) {
             Some(SUBPROTOCOL_PROTOBUF) => Format::Protobuf,
