@@ -64,3 +64,29 @@ async fn replicated_publishes_wait_for_the_replica_and_are_refused_without_it() 
     stored.stop().await;
     app.stop().await;
 }
+
+/// `publish.max_staged` at its edge: with no replica to confirm, a topic holds exactly
+/// that many staged seqs; the next publish is refused (503 redis_unavailable) and nothing
+/// staged becomes readable.
+#[tokio::test]
+async fn staging_holds_at_most_max_staged_seqs_per_topic() {
+    let primary = RedisServer::start();
+    let app = TestApp::start_with(&primary, |c| {
+        c.publish.durability = Durability::Replicated;
+        c.publish.replicas = 1;
+        c.publish.replication_timeout_ms = 50;
+        c.publish.max_staged = 2;
+    })
+    .await;
+    for i in 0..2 {
+        let (status, body) = app.publish("s", json!(i)).await;
+        assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "not_replicated"), "{body}");
+    }
+    let (status, body) = app.publish("s", json!(2)).await;
+    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable"), "{body}");
+    let staging = format!("{}:{{s}}:x", app.prefix());
+    let xlen = String::from_utf8_lossy(&primary.cli(&["XLEN", &staging]).stdout).trim().to_string();
+    assert_eq!(xlen, "2", "exactly max_staged seqs wait in the staging stream");
+    assert!(app.history_all("s", 0).await.is_empty(), "nothing staged is readable");
+    app.stop().await;
+}
