@@ -373,12 +373,31 @@ pub fn hint_gaps_repaired(cause: &'static str) {
 /// The kinds of subscriber session: (`transport`, `protocol`) label values.
 pub const SESSION_KINDS: [(&str, &str); 3] = [("ws", "streamhub"), ("ws", "centrifugo"), ("sse", "streamhub")];
 
-/// A message written to a subscriber over `transport` in `protocol`.
-pub fn delivered(transport: &'static str, protocol: &'static str, published_ms: u64) {
-    metrics::counter!(MESSAGES_DELIVERED, "transport" => transport, "protocol" => protocol).increment(1);
-    let lag_ms = crate::clock::now_ms().saturating_sub(published_ms);
-    FIGURES.delivered(transport, lag_ms);
-    metrics::histogram!(DELIVERY_LAG, "transport" => transport, "protocol" => protocol).record(lag_ms as f64 / 1000.0);
+/// Counts the messages one session writes, with handles looked up once when the session
+/// starts (a registry lookup per delivery hashes the name and labels every time).
+pub struct DeliveryMeter {
+    delivered: metrics::Counter,
+    lag: metrics::Histogram,
+    sse: bool,
+}
+
+impl DeliveryMeter {
+    /// The meter of a session over `transport` in `protocol`.
+    pub fn new(transport: &'static str, protocol: &'static str) -> DeliveryMeter {
+        DeliveryMeter {
+            delivered: metrics::counter!(MESSAGES_DELIVERED, "transport" => transport, "protocol" => protocol),
+            lag: metrics::histogram!(DELIVERY_LAG, "transport" => transport, "protocol" => protocol),
+            sse: transport == "sse",
+        }
+    }
+
+    /// A message published at `published_ms` written at `now_ms`.
+    pub fn delivered(&self, published_ms: u64, now_ms: u64) {
+        self.delivered.increment(1);
+        let lag_ms = now_ms.saturating_sub(published_ms);
+        FIGURES.delivered(self.sse, lag_ms);
+        self.lag.record(lag_ms as f64 / 1000.0);
+    }
 }
 
 /// A subscriber session opened (+1) or ended (-1).
@@ -477,8 +496,8 @@ static FIGURES: Figures = Figures {
 };
 
 impl Figures {
-    fn delivered(&self, transport: &str, lag_ms: u64) {
-        let count = if transport == "sse" { &self.delivered_sse } else { &self.delivered_ws };
+    fn delivered(&self, sse: bool, lag_ms: u64) {
+        let count = if sse { &self.delivered_sse } else { &self.delivered_ws };
         count.fetch_add(1, Relaxed);
         let lag = lag_ms as f64 / 1000.0;
         let bucket = LAG_BUCKETS.iter().position(|le| lag <= *le).unwrap_or(LAG_BUCKETS.len());
@@ -605,7 +624,7 @@ mod tests {
     #[test]
     fn a_delivery_lands_in_the_first_bucket_that_holds_it() {
         let before = figures();
-        FIGURES.delivered("sse", 30);
+        DeliveryMeter::new("sse", "streamhub").delivered(1_000, 1_030);
         let after = figures();
         assert_eq!(after.delivered_sse, before.delivered_sse + 1);
         // 0.03 s: above 0.025, at most 0.05 (the sixth bound).

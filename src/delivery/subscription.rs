@@ -6,10 +6,10 @@
 //! successful join the topic's tail task does. The join runs inside the tail task, so
 //! the hand-over is atomic with respect to delivery: no gap, no duplicate.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::event::TopicEvent;
@@ -23,14 +23,15 @@ pub struct Delivered {
     pub topic: Topic,
     pub epoch: Arc<str>,
     pub message: StoredMessage,
-    /// Encoded frames, built once per wire format by the first session that writes it
-    /// (the gateway numbers its formats: `FRAME_SLOTS` of them).
-    pub frames: [OnceLock<Bytes>; FRAME_SLOTS],
+    /// Encoded frames, built once per wire format by the first session that writes it, in
+    /// whatever form that transport writes (the gateway numbers its formats: `FRAME_SLOTS`
+    /// of them). Kept ready to write, so a delivery is a clone of a shared buffer.
+    frames: [OnceLock<Box<dyn Any + Send + Sync>>; FRAME_SLOTS],
 }
 
 /// How many wire formats a message's encoded frame is cached for: the native protocol's
-/// JSON and MessagePack, the Centrifugo protocol's JSON and Protobuf.
-pub const FRAME_SLOTS: usize = 4;
+/// JSON and MessagePack, the Centrifugo protocol's JSON and Protobuf, and SSE.
+pub const FRAME_SLOTS: usize = 5;
 
 impl Delivered {
     pub fn new(topic: Topic, epoch: Arc<str>, message: StoredMessage) -> Delivered {
@@ -39,6 +40,17 @@ impl Delivered {
 
     pub fn seq(&self) -> u64 {
         self.message.seq
+    }
+
+    /// The message's frame in format `slot`, encoded by `encode` for the first session
+    /// that asks and shared by the rest. A slot holds one type of frame: a caller that
+    /// asks for another type (or a slot past `FRAME_SLOTS`) gets a frame of its own.
+    pub fn frame<F: Any + Clone + Send + Sync>(&self, slot: usize, encode: impl Fn() -> F) -> F {
+        let Some(cell) = self.frames.get(slot) else { return encode() };
+        match cell.get_or_init(|| Box::new(encode())).downcast_ref::<F>() {
+            Some(frame) => frame.clone(),
+            None => encode(),
+        }
     }
 
     /// When it was published (0 for an entry whose envelope does not decode).
@@ -224,6 +236,11 @@ impl Subscription {
         self.position.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// The seq of `position()` alone (no copy of the epoch: the tail asks per message).
+    fn last(&self) -> u64 {
+        self.position.lock().map(|p| p.last).unwrap_or_else(|e| e.into_inner().last)
+    }
+
     pub fn set_position(&self, epoch: &str, last: u64) {
         let mut p = self.position.lock().unwrap_or_else(|e| e.into_inner());
         if p.epoch != epoch {
@@ -266,12 +283,18 @@ impl Subscription {
         if self.is_closed() {
             return Offered::Closed;
         }
-        if delivered.seq() <= self.position().last {
+        // One lock for the check and the move (the tail offers every message to every
+        // live subscription; the catch-up reader does not hold it meanwhile).
+        let mut position = self.position.lock().unwrap_or_else(|e| e.into_inner());
+        if delivered.seq() <= position.last {
             return Offered::Skipped;
         }
         match self.outbound.offer(self, Item::Message(delivered.clone())) {
             Ok(()) => {
-                self.set_position(&delivered.epoch, delivered.seq());
+                if position.epoch != *delivered.epoch {
+                    position.epoch = delivered.epoch.to_string();
+                }
+                position.last = delivered.seq();
                 Offered::Queued
             }
             Err(Refused::Full) => {
@@ -288,7 +311,7 @@ impl Subscription {
         if self.is_closed() {
             return Offered::Closed;
         }
-        let last = self.position().last;
+        let last = self.last();
         if run.to <= last {
             return Offered::Skipped;
         }

@@ -82,11 +82,15 @@ impl Drop for Guard {
     }
 }
 
+/// The slot of a message's SSE data in its frame cache (`Delivered::frame`), after the
+/// WebSocket protocols' four.
+const SSE_SLOT: usize = 4;
+
 fn json(frame: &ServerFrame) -> String {
     String::from_utf8(frame.encode(Encoding::Json)).unwrap_or_default()
 }
 
-fn event(queued: Queued) -> Event {
+fn event(queued: Queued, meter: &metrics::DeliveryMeter) -> Event {
     match &queued.item {
         // Expired while it waited in the queue: the notice goes in its place.
         Item::Message(d) if d.has_ttl() && d.is_expired(crate::clock::now_ms()) => {
@@ -112,10 +116,9 @@ fn event(queued: Queued) -> Event {
             .event("expired")
             .data(json(&ServerFrame::expired(run))),
         Item::Message(d) => {
-            metrics::delivered("sse", "streamhub", d.published_ms());
-            let data =
-                d.frames[Encoding::Json.slot()].get_or_init(|| ServerFrame::message(d).encode(Encoding::Json).into());
-            Event::default().id(format!("{}:{}", d.epoch, d.seq())).event("message").data(String::from_utf8_lossy(data))
+            meter.delivered(d.published_ms(), crate::clock::now_ms());
+            let data: Arc<str> = d.frame(SSE_SLOT, || json(&ServerFrame::message(d)).into());
+            Event::default().id(format!("{}:{}", d.epoch, d.seq())).event("message").data(&*data)
         }
         // The notice's id moves Last-Event-ID past the jump, so a reconnect resumes after it.
         Item::Reset(r) => {
@@ -180,7 +183,9 @@ trait ChainDeliveries: Stream<Item = Result<Event, Infallible>> + Sized {
         shutdown: CancellationToken,
     ) -> impl Stream<Item = Result<Event, Infallible>> {
         use futures::StreamExt;
-        let rest = futures::stream::unfold((deliveries, guard, shutdown), |(mut rx, guard, shutdown)| async move {
+        let meter = metrics::DeliveryMeter::new("sse", "streamhub");
+        let state = (deliveries, guard, shutdown, meter);
+        let rest = futures::stream::unfold(state, |(mut rx, guard, shutdown, meter)| async move {
             loop {
                 let queued = tokio::select! {
                     _ = shutdown.cancelled() => return None,
@@ -190,7 +195,7 @@ trait ChainDeliveries: Stream<Item = Result<Event, Infallible>> + Sized {
                 if queued.sub.is_closed() {
                     continue;
                 }
-                return Some((Ok(event(queued)), (rx, guard, shutdown)));
+                return Some((Ok(event(queued, &meter)), (rx, guard, shutdown, meter)));
             }
         });
         self.chain(rest)

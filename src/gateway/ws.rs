@@ -136,19 +136,22 @@ async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut C
     let mut deadline = Instant::now() + idle;
     let mut violations = 0u32;
     loop {
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        // One timer for the earliest of the session's deadlines (a timer per deadline
+        // would be registered and dropped again for every inbound frame).
+        let (at, close) = [
+            (conn.auth_deadline, (CLOSE_UNAUTHORIZED, "authentication required")),
+            (conn.expiry(), (CLOSE_EXPIRED, "token expired")),
+        ]
+        .into_iter()
+        .filter_map(|(at, close)| Some((at?, close)))
+        .fold(
+            (deadline, (CLOSE_IDLE, "idle timeout")),
+            |earliest, next| if next.0 < earliest.0 { next } else { earliest },
+        );
         let inbound = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(deadline) => {
-                let _ = conn.replies.send(Outgoing::Close(CLOSE_IDLE, "idle timeout")).await;
-                return;
-            }
-            _ = tokio::time::sleep_until(conn.auth_deadline.unwrap_or(far)) => {
-                let _ = conn.replies.send(Outgoing::Close(CLOSE_UNAUTHORIZED, "authentication required")).await;
-                return;
-            }
-            _ = tokio::time::sleep_until(conn.expiry().unwrap_or(far)) => {
-                let _ = conn.replies.send(Outgoing::Close(CLOSE_EXPIRED, "token expired")).await;
+            _ = tokio::time::sleep_until(at) => {
+                let _ = conn.replies.send(Outgoing::Close(close.0, close.1)).await;
                 return;
             }
             inbound = stream.next() => inbound,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::extract::session_caller;
-use super::ws_write::{write, Encoder, Outgoing, Pace};
+use super::ws_write::{write, Encoder, Outgoing, Owner, Pace};
 use super::AppState;
 use crate::delivery::session::Session;
 use crate::error::{Code, Error};
@@ -104,9 +104,9 @@ impl<R: Send + 'static> Link<R> {
         let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
         let catchup = tokio::spawn(session.clone().run_catchup(stop.clone()).in_current_span());
         let pace = Pace { ping_every, write_timeout: Duration::from_millis(config.write_timeout_ms) };
-        let writer = tokio::spawn(
-            write(sink, replies_rx, deliveries, encoder, pace, state.shutdown.clone(), stop.clone()).in_current_span(),
-        );
+        let owner =
+            Owner { server_shutdown: state.shutdown.clone(), stop: stop.clone(), span: tracing::Span::current() };
+        let writer = tokio::spawn(write(sink, replies_rx, deliveries, encoder, pace, owner));
         let link = Link {
             session,
             replies,

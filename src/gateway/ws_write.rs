@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{Encoding, ServerFrame, CLOSE_GOING_AWAY};
-use crate::delivery::subscription::{Item, Queued};
+use crate::delivery::subscription::{Delivered, Item, Queued};
 use crate::metrics;
 
 /// What the reader hands the writer: a reply (in the protocol's form) or the end.
@@ -30,8 +30,15 @@ pub(super) trait Encoder: Send + 'static {
     /// The close frame of a node shutting down.
     const SHUTDOWN: (u16, &'static str);
     fn reply(&self, reply: Self::Reply) -> Message;
-    /// The frame of one delivery; None when there is nothing to write for it.
-    fn delivery(&self, queued: &Queued) -> Option<Message>;
+    /// The frame of a message (encoded once per message and format on this node, shared
+    /// by its sessions: `Delivered::frames`).
+    fn message(&self, delivered: &Delivered) -> Message;
+    /// What a message that expired while it waited in the queue becomes; None when the
+    /// protocol says nothing of it.
+    fn expired_message(&self, delivered: &Delivered) -> Option<Message>;
+    /// The frame of any other item (reset, expired run, event); None when there is
+    /// nothing to write for it.
+    fn notice(&self, queued: &Queued) -> Option<Message>;
     fn ping(&self) -> Message;
 }
 
@@ -47,22 +54,21 @@ impl Encoder for Native {
         encoded(self.0, frame.encode(self.0))
     }
 
-    fn delivery(&self, q: &Queued) -> Option<Message> {
+    fn message(&self, d: &Delivered) -> Message {
+        let encoding = self.0;
+        d.frame(encoding.slot(), || encoded(encoding, ServerFrame::message(d).encode(encoding)))
+    }
+
+    fn expired_message(&self, d: &Delivered) -> Option<Message> {
+        Some(encoded(self.0, ServerFrame::expired_message(d).encode(self.0)))
+    }
+
+    fn notice(&self, q: &Queued) -> Option<Message> {
         let encoding = self.0;
         Some(match &q.item {
-            // Expired while it waited in the queue: the notice goes in its place.
-            Item::Message(d) if d.has_ttl() && d.is_expired(crate::clock::now_ms()) => {
-                metrics::expired_skipped("subscription", 1);
-                encoded(encoding, ServerFrame::expired_message(d).encode(encoding))
-            }
+            Item::Message(d) => self.message(d),
             Item::Expired(run) => encoded(encoding, ServerFrame::expired(run).encode(encoding)),
             Item::Event(event) => encoded(encoding, ServerFrame::event(event).encode(encoding)),
-            Item::Message(d) => {
-                metrics::delivered(Self::TRANSPORT, Self::PROTOCOL, d.published_ms());
-                // Encoded once per message and encoding on this node, shared by its sessions.
-                let bytes = d.frames[encoding.slot()].get_or_init(|| ServerFrame::message(d).encode(encoding).into());
-                shared(encoding == Encoding::Json, bytes)
-            }
             Item::Reset(r) => encoded(encoding, ServerFrame::reset(r).encode(encoding)),
         })
     }
@@ -76,6 +82,16 @@ impl Encoder for Native {
 pub(super) struct Pace {
     pub ping_every: Duration,
     pub write_timeout: Duration,
+}
+
+/// What a writer belongs to: the node (its shutdown closes the session with the
+/// protocol's shutdown frame), the session (`stop`, cancelled when the writer ends) and
+/// the session's span (the writer is not instrumented: entering a span on every wake-up
+/// costs more than its own work per delivery; its one log line names the span).
+pub(super) struct Owner {
+    pub server_shutdown: CancellationToken,
+    pub stop: CancellationToken,
+    pub span: tracing::Span,
 }
 
 /// Most frames, and bytes, written with one flush: frames that are ready together go out
@@ -100,16 +116,6 @@ fn encoded(encoding: Encoding, bytes: Vec<u8>) -> Message {
     }
 }
 
-/// A frame encoded once and shared by many sessions: text (valid UTF-8, written by a JSON
-/// encoder) or binary.
-pub(super) fn shared(text: bool, bytes: &bytes::Bytes) -> Message {
-    if text {
-        Message::Text(axum::extract::ws::Utf8Bytes::try_from(bytes.clone()).unwrap_or_default())
-    } else {
-        Message::Binary(bytes.clone())
-    }
-}
-
 fn reply_step<E: Encoder>(encoder: &E, reply: Option<Outgoing<E::Reply>>) -> Step {
     match reply {
         Some(Outgoing::Frame(f)) => Step::Send(encoder.reply(f)),
@@ -118,12 +124,22 @@ fn reply_step<E: Encoder>(encoder: &E, reply: Option<Outgoing<E::Reply>>) -> Ste
     }
 }
 
-fn delivery_step<E: Encoder>(encoder: &E, queued: Option<Queued>) -> Step {
+/// One queued item: a message is counted and checked for expiry here, for every
+/// protocol; what is written is the protocol's.
+fn delivery_step<E: Encoder>(encoder: &E, meter: &metrics::DeliveryMeter, queued: Option<Queued>) -> Step {
     let Some(q) = queued else { return Step::End };
     if q.sub.is_closed() {
         return Step::Skip;
     }
-    encoder.delivery(&q).map_or(Step::Skip, Step::Send)
+    let Item::Message(d) = &q.item else { return encoder.notice(&q).map_or(Step::Skip, Step::Send) };
+    let now = crate::clock::now_ms();
+    if d.has_ttl() && d.is_expired(now) {
+        // Expired while it waited in the queue: the protocol's notice goes in its place.
+        metrics::expired_skipped("subscription", 1);
+        return encoder.expired_message(d).map_or(Step::Skip, Step::Send);
+    }
+    meter.delivered(d.published_ms(), now);
+    Step::Send(encoder.message(d))
 }
 
 fn size(message: &Message) -> usize {
@@ -140,24 +156,30 @@ pub(super) async fn write<E: Encoder>(
     mut deliveries: mpsc::Receiver<Queued>,
     encoder: E,
     Pace { ping_every, write_timeout }: Pace,
-    server_shutdown: CancellationToken,
-    stop: CancellationToken,
+    Owner { server_shutdown, stop, span }: Owner,
 ) {
     use tokio::sync::mpsc::error::TryRecvError;
     let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let meter = metrics::DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    // Made once, and polled last: a fresh `cancelled()` per wake-up would register with
+    // the token again every time (a lock each), once per delivery. (The writer does not
+    // watch `stop`: only the writer itself cancels it while the writer runs.)
+    let shutting_down = server_shutdown.cancelled();
+    tokio::pin!(shutting_down);
+    let mut batch = Vec::new();
     loop {
+        // Replies first, then deliveries: a queued shutdown closes after what is queued.
         let mut step = tokio::select! {
             biased;
-            _ = server_shutdown.cancelled() => Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1),
-            _ = stop.cancelled() => break,
             reply = replies.recv() => reply_step(&encoder, reply),
-            queued = deliveries.recv() => delivery_step(&encoder, queued),
+            queued = deliveries.recv() => delivery_step(&encoder, &meter, queued),
+            _ = &mut shutting_down => Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1),
             _ = ping.tick() => Step::Send(encoder.ping()),
         };
         // Whatever else is ready goes with it (replies first, as in the select above),
         // then one flush.
-        let (mut batch, mut bytes, mut last) = (Vec::new(), 0, false);
+        let (mut bytes, mut last) = (0, false);
         loop {
             match step {
                 Step::Send(m) => {
@@ -178,26 +200,37 @@ pub(super) async fn write<E: Encoder>(
                 }
             }
             if batch.len() >= WRITE_BATCH_FRAMES || bytes >= WRITE_BATCH_BYTES {
+                // A queue that never runs empty still notices a shutdown, once per full batch.
+                if server_shutdown.is_cancelled() {
+                    step = Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1);
+                    continue;
+                }
                 break;
             }
             step = match replies.try_recv() {
                 Ok(reply) => reply_step(&encoder, Some(reply)),
                 Err(TryRecvError::Disconnected) => Step::End,
                 Err(TryRecvError::Empty) => match deliveries.try_recv() {
-                    Ok(queued) => delivery_step(&encoder, Some(queued)),
+                    Ok(queued) => delivery_step(&encoder, &meter, Some(queued)),
                     Err(TryRecvError::Disconnected) => Step::End,
                     Err(TryRecvError::Empty) => break,
                 },
             };
         }
         if !batch.is_empty() {
-            let sent = tokio::time::timeout(write_timeout, async {
-                for message in batch {
+            let send = async {
+                for message in batch.drain(..) {
                     sink.feed(message).await?;
                 }
                 sink.flush().await
-            })
-            .await;
+            };
+            tokio::pin!(send);
+            // Most writes finish at once (the socket has room): only one that has to wait
+            // gets a timer (`ws.write_timeout_ms` counts from here).
+            let sent = match futures::poll!(&mut send) {
+                std::task::Poll::Ready(result) => Ok(result),
+                std::task::Poll::Pending => tokio::time::timeout(write_timeout, send).await,
+            };
             match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break,
@@ -205,6 +238,7 @@ pub(super) async fn write<E: Encoder>(
                     // The peer stopped reading: its buffers are full, so a close frame
                     // could not be sent either. Drop the connection.
                     tracing::info!(
+                        parent: &span,
                         timeout_ms = write_timeout.as_millis() as u64,
                         "peer stopped reading; closing the session"
                     );

@@ -121,6 +121,12 @@ enum Flow {
     Close((u16, &'static str)),
 }
 
+/// What the reader does when its earliest deadline passes.
+enum Due {
+    Close((u16, &'static str)),
+    SubscriptionExpiry,
+}
+
 /// Seconds from now until `exp` (Unix seconds), at least 1.
 fn ttl(exp: u64) -> u32 {
     exp.saturating_sub(crate::clock::now_ms() / 1000).clamp(1, u64::from(u32::MAX)) as u32
@@ -136,21 +142,32 @@ impl Conn {
         let max_violations = c.ws.max_violations;
         let mut quiet_until = Instant::now() + silence;
         loop {
-            let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+            // One timer for the earliest of the connection's deadlines (a timer per
+            // deadline would be registered and dropped again for every inbound frame).
             let next_sub_expiry = self.sub_expiry.values().min().copied();
+            let (at, due) = [
+                ((!self.connected).then_some(stale_at), Due::Close(codes::STALE)),
+                (self.expires, Due::Close(codes::CONNECTION_EXPIRED)),
+                (next_sub_expiry, Due::SubscriptionExpiry),
+            ]
+            .into_iter()
+            .filter_map(|(at, due)| Some((at?, due)))
+            .fold((quiet_until, Due::Close(codes::NO_PONG)), |earliest, next| {
+                if next.0 < earliest.0 {
+                    next
+                } else {
+                    earliest
+                }
+            });
             let inbound = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep_until(quiet_until) => return self.close(codes::NO_PONG).await,
-                _ = tokio::time::sleep_until(if self.connected { far } else { stale_at }) => {
-                    return self.close(codes::STALE).await;
-                }
-                _ = tokio::time::sleep_until(self.expires.unwrap_or(far)) => {
-                    return self.close(codes::CONNECTION_EXPIRED).await;
-                }
-                _ = tokio::time::sleep_until(next_sub_expiry.unwrap_or(far)) => {
-                    self.expire_subscriptions().await;
-                    continue;
-                }
+                _ = tokio::time::sleep_until(at) => match due {
+                    Due::Close(code) => return self.close(code).await,
+                    Due::SubscriptionExpiry => {
+                        self.expire_subscriptions().await;
+                        continue;
+                    }
+                },
                 inbound = stream.next() => inbound,
             };
             let bytes = match inbound {

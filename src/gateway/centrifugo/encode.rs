@@ -11,8 +11,7 @@ use super::proto::{ClientInfo, JoinLeave, Publication, Push, Reply, Unsubscribe}
 use crate::delivery::event::{EventKind, Member, TopicEvent};
 use crate::delivery::subscription::{Delivered, Item, Queued};
 use crate::envelope::Envelope;
-use crate::gateway::ws_write::{shared, Encoder};
-use crate::metrics;
+use crate::gateway::ws_write::Encoder;
 
 /// Tags that say how a JSON session got a payload that is not JSON (docs/CENTRIFUGO.md).
 pub const TAG_CONTENT_TYPE: &str = "content-type";
@@ -29,7 +28,7 @@ impl Centrifugo {
         }
     }
 
-    fn message(&self, body: Vec<u8>) -> Message {
+    fn frame(&self, body: Vec<u8>) -> Message {
         match self.0 {
             Format::Json => Message::Text(String::from_utf8(body).unwrap_or_default().into()),
             Format::Protobuf => Message::Binary(body.into()),
@@ -37,7 +36,7 @@ impl Centrifugo {
     }
 
     fn push(&self, push: Push) -> Message {
-        self.message(self.0.encode(&Reply { push: Some(push), ..Default::default() }))
+        self.frame(self.0.encode(&Reply { push: Some(push), ..Default::default() }))
     }
 }
 
@@ -47,31 +46,31 @@ impl Encoder for Centrifugo {
     const SHUTDOWN: (u16, &'static str) = codes::SHUTDOWN;
 
     fn reply(&self, reply: Box<Reply>) -> Message {
-        self.message(self.0.encode(&reply))
+        self.frame(self.0.encode(&reply))
     }
 
-    fn delivery(&self, q: &Queued) -> Option<Message> {
+    fn message(&self, d: &Delivered) -> Message {
+        let format = self.0;
+        d.frame(self.slot(), || {
+            let push = Push {
+                channel: d.topic.as_str().to_string(),
+                publication: Some(publication(format, d)),
+                ..Default::default()
+            };
+            self.push(push)
+        })
+    }
+
+    /// The protocol has no notice for it: the client's position moves on with the next
+    /// publication.
+    fn expired_message(&self, _: &Delivered) -> Option<Message> {
+        None
+    }
+
+    fn notice(&self, q: &Queued) -> Option<Message> {
         match &q.item {
-            Item::Message(d) => {
-                if d.has_ttl() && d.is_expired(crate::clock::now_ms()) {
-                    // The protocol has no notice for it: the client's position moves on
-                    // with the next publication.
-                    metrics::expired_skipped("subscription", 1);
-                    return None;
-                }
-                metrics::delivered(Self::TRANSPORT, Self::PROTOCOL, d.published_ms());
-                let format = self.0;
-                let bytes = d.frames[self.slot()].get_or_init(|| {
-                    let push = Push {
-                        channel: d.topic.as_str().to_string(),
-                        publication: Some(publication(format, d)),
-                        ..Default::default()
-                    };
-                    format.encode(&Reply { push: Some(push), ..Default::default() }).into()
-                });
-                Some(shared(format == Format::Json, bytes))
-            }
-            // Not told in this protocol (see above).
+            Item::Message(d) => Some(self.message(d)),
+            // Not told in this protocol (see `expired_message`).
             Item::Expired(_) => None,
             Item::Event(event) => Some(self.push(event_push(self.0, event))),
             Item::Reset(r) => {
@@ -90,7 +89,7 @@ impl Encoder for Centrifugo {
     }
 
     fn ping(&self) -> Message {
-        self.message(codec::ping(self.0))
+        self.frame(codec::ping(self.0))
     }
 }
 
