@@ -10,7 +10,7 @@ use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::event::TopicEvent;
 pub use super::resume::ResetReason;
@@ -116,11 +116,20 @@ pub enum Item {
     Event(Arc<TopicEvent>),
 }
 
-/// An item in a session's outbound queue. Holding it holds its share of the byte bound.
+/// An item in a session's outbound queue. Holding it holds its share of the byte bound
+/// (given back when it is dropped: written, skipped or never queued).
 pub struct Queued {
     pub sub: Arc<Subscription>,
     pub item: Item,
-    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        // The share was taken from this subscription's queue (`Outbound::offer`/`push`),
+        // and the same item counts the same.
+        let outbound = &self.sub.outbound;
+        outbound.bytes.add_permits(outbound.permits(&self.item) as usize);
+    }
 }
 
 /// Why an item could not be queued without waiting.
@@ -155,25 +164,26 @@ impl Outbound {
         }
     }
 
-    /// Queues without waiting, or says why it cannot.
-    pub fn offer(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        let n = self.permits(&item);
-        let permit = match self.bytes.clone().try_acquire_many_owned(n) {
-            Ok(p) => Some(p),
+    /// Queues without waiting, or says why it cannot. `sub` is the subscription this
+    /// queue belongs to (its `Queued` gives the bytes back to it).
+    fn offer(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
+        match self.bytes.try_acquire_many(self.permits(&item)) {
+            // Held by the `Queued` from here on (its drop gives them back).
+            Ok(permit) => permit.forget(),
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(Refused::Full),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Refused::Closed),
-        };
-        self.tx.try_send(Queued { sub: sub.clone(), item, _bytes: permit }).map_err(|e| match e {
+        }
+        self.tx.try_send(Queued { sub: sub.clone(), item }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Refused::Full,
             mpsc::error::TrySendError::Closed(_) => Refused::Closed,
         })
     }
 
     /// Queues, waiting for room (the catch-up reader's pace is the client's pace).
-    pub async fn push(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        let n = self.permits(&item);
-        let permit = self.bytes.clone().acquire_many_owned(n).await.map_err(|_| Refused::Closed)?;
-        self.tx.send(Queued { sub: sub.clone(), item, _bytes: Some(permit) }).await.map_err(|_| Refused::Closed)
+    async fn push(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
+        let permit = self.bytes.acquire_many(self.permits(&item)).await.map_err(|_| Refused::Closed)?;
+        permit.forget();
+        self.tx.send(Queued { sub: sub.clone(), item }).await.map_err(|_| Refused::Closed)
     }
 }
 
@@ -375,6 +385,6 @@ mod tests {
     #[test]
     fn a_queued_item_stays_small() {
         assert_eq!(std::mem::size_of::<Item>(), 16);
-        assert!(std::mem::size_of::<Queued>() <= 40, "Queued is {} bytes", std::mem::size_of::<Queued>());
+        assert!(std::mem::size_of::<Queued>() <= 24, "Queued is {} bytes", std::mem::size_of::<Queued>());
     }
 }

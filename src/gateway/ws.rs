@@ -151,7 +151,7 @@ async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut C
         let inbound = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(at) => {
-                let _ = conn.replies.send(Outgoing::Close(close.0, close.1)).await;
+                let _ = conn.replies.send(Outgoing::close(close.0, close.1)).await;
                 return;
             }
             inbound = stream.next() => inbound,
@@ -160,7 +160,7 @@ async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut C
             None | Some(Ok(Message::Close(_))) => return,
             Some(Err(e)) => {
                 if is_too_big(e) {
-                    let _ = conn.replies.send(Outgoing::Close(CLOSE_TOO_BIG, "message over ws.max_frame_bytes")).await;
+                    let _ = conn.replies.send(Outgoing::close(CLOSE_TOO_BIG, "message over ws.max_frame_bytes")).await;
                 }
                 return;
             }
@@ -186,7 +186,7 @@ async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut C
                 if is_auth && error.code != Code::SubjectChanged {
                     // Bad credentials end the session; a refresh for another subject only fails.
                     let _ = conn.replies.send(Outgoing::Frame(Box::new(ServerFrame::error(id, error)))).await;
-                    let _ = conn.replies.send(Outgoing::Close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
+                    let _ = conn.replies.send(Outgoing::close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
                     return;
                 }
                 if error.code.is_client_fault() {
@@ -203,7 +203,7 @@ async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut C
             conn.session.start(&topic);
         }
         if violations >= config.max_violations {
-            let _ = conn.replies.send(Outgoing::Close(CLOSE_VIOLATIONS, "too many protocol violations")).await;
+            let _ = conn.replies.send(Outgoing::close(CLOSE_VIOLATIONS, "too many protocol violations")).await;
             return;
         }
     }

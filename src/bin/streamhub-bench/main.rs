@@ -44,6 +44,10 @@ enum Scenario {
     PublishHttp {
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Run streamhub as a child process (`streamhub serve`, next to this binary): the
+        /// rows then tell the server's own CPU per message, apart from this client's.
+        #[arg(long)]
+        child: bool,
     },
     /// WebSocket publishes, each awaiting its ack.
     PublishWs,
@@ -60,7 +64,8 @@ enum Scenario {
         seconds: u64,
         /// Run streamhub as a child process (`streamhub serve`, next to this binary) rather
         /// than in this process: needed beyond ~9,000 subscribers under a 20,000 open-files
-        /// limit, since in-process both ends of every connection count against it.
+        /// limit, since in-process both ends of every connection count against it. The row
+        /// then tells the server's own CPU per delivery.
         #[arg(long)]
         child: bool,
         /// Subscribe over Centrifugo's client protocol (JSON, /connection/websocket)
@@ -109,7 +114,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.scenario {
-            Scenario::PublishHttp { batch } => scenarios::publish_http(&limits, batch.max(1)).await,
+            Scenario::PublishHttp { batch, child } => scenarios::publish_http(&limits, batch.max(1), child).await,
             Scenario::PublishWs => scenarios::publish_ws(&limits).await,
             Scenario::Fanout { subscribers, topics, rate, seconds, child, centrifugo } => {
                 let (s, t, r, d) = (subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1));

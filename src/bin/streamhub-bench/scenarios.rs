@@ -188,8 +188,8 @@ fn exact(mut seqs: Vec<u64>, n: u64) -> bool {
     seqs.len() as u64 == n && seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1)
 }
 
-pub async fn publish_http(limits: &Limits, batch: usize) -> Result<Vec<Row>> {
-    let node = Node::start(limits).await?;
+pub async fn publish_http(limits: &Limits, batch: usize, child: bool) -> Result<Vec<Row>> {
+    let node = FanoutNode::start(limits, child, "\"publish\"").await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(limits.concurrency).build()?;
     let data = payload(limits.payload);
     let mut rows = Vec::new();
@@ -198,9 +198,10 @@ pub async fn publish_http(limits: &Limits, batch: usize) -> Result<Vec<Row>> {
         let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
         let bar = bar(limits.count, name);
         let (url_one, url_batch) = (
-            format!("{}/v1/topics/{topic}/messages", node.base),
-            format!("{}/v1/topics/{topic}/messages:batch", node.base),
+            format!("{}/v1/topics/{topic}/messages", node.base()),
+            format!("{}/v1/topics/{topic}/messages:batch", node.base()),
         );
+        let cpu_before = node.cpu();
         let (h, elapsed) = {
             let (http, data, acked) = (http.clone(), data.clone(), acked.clone());
             drive(limits, limits.count, per_request, &bar, move |_, n| {
@@ -237,11 +238,12 @@ pub async fn publish_http(limits: &Limits, batch: usize) -> Result<Vec<Row>> {
             })
             .await?
         };
+        let cpu = cpu_note(cpu_before, node.cpu(), acked.lock().map_err(|_| "poisoned")?.len() as u64, "message");
         bar.finish_and_clear();
         let acked = acked.lock().map_err(|_| "poisoned")?.clone();
         let n = acked.len() as u64;
         let note = format!(
-            "C={} payload={}B per request={per_request}; latency per request",
+            "C={} payload={}B per request={per_request}; latency per request{cpu}",
             limits.concurrency, limits.payload
         );
         rows.push(Row::new(name, n, elapsed.as_secs_f64(), Some(&h), exact(acked, n), note));
@@ -348,6 +350,22 @@ enum FanoutNode {
 }
 
 impl FanoutNode {
+    async fn start(limits: &Limits, child: bool, scopes: &str) -> Result<FanoutNode> {
+        Ok(if child {
+            FanoutNode::Child(ChildNode::start(limits, scopes).await?)
+        } else {
+            FanoutNode::InProcess(Box::new(Node::start(limits).await?))
+        })
+    }
+
+    /// The server's CPU time so far, when it runs as its own process.
+    fn cpu(&self) -> Option<(Duration, Duration)> {
+        match self {
+            FanoutNode::InProcess(_) => None,
+            FanoutNode::Child(n) => cpu_time(n.pid),
+        }
+    }
+
     fn base(&self) -> &str {
         match self {
             FanoutNode::InProcess(n) => &n.base,
@@ -448,11 +466,7 @@ pub async fn fanout(
     child: bool,
     centrifugo: bool,
 ) -> Result<Vec<Row>> {
-    let node = if child {
-        FanoutNode::Child(ChildNode::start(limits, "\"subscribe\", \"publish\"").await?)
-    } else {
-        FanoutNode::InProcess(Box::new(Node::start(limits).await?))
-    };
+    let node = FanoutNode::start(limits, child, "\"subscribe\", \"publish\"").await?;
     let total = rate * seconds;
     let per_topic: Vec<u64> = (0..topics).map(|t| (total + (topics - 1 - t) as u64) / topics as u64).collect();
     let expected: u64 = (0..subscribers).map(|i| per_topic[i % topics]).sum();
@@ -503,6 +517,7 @@ pub async fn fanout(
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let _ = go.send(true);
     let per_tick = rate as f64 / 100.0;
+    let cpu_before = node.cpu();
     let mut sent = 0u64;
     let mut owed = 0.0;
     while sent < total && Instant::now() < deadline {
@@ -524,12 +539,14 @@ pub async fn fanout(
         let _ = r.await;
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_note(cpu_before, node.cpu(), delivered.load(Ordering::Relaxed), "delivery");
     bar.finish_and_clear();
     let h = latency.lock().map_err(|_| "poisoned")?.clone();
     let n = delivered.load(Ordering::Relaxed);
     let correct = problems.load(Ordering::Relaxed) == 0 && n == expected;
-    let note =
-        format!("S={subscribers} T={topics} R={rate}/s for {seconds}s; latency publish→receive; {expected} expected");
+    let note = format!(
+        "S={subscribers} T={topics} R={rate}/s for {seconds}s; latency publish→receive; {expected} expected{cpu}"
+    );
     let name = if centrifugo { "fanout deliveries (Centrifugo protocol)" } else { "fanout deliveries" };
     let rows = vec![Row::new(name, n, elapsed.as_secs_f64(), Some(&h), correct, note)];
     node.finish().await?;
@@ -657,6 +674,28 @@ fn rss_bytes(pid: u32) -> Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .ok_or("no VmRSS")?;
     Ok(kb * 1024)
+}
+
+/// CPU time a process has used so far: (user, system), from `/proc/<pid>/stat` (fields
+/// 14 and 15, in USER_HZ ticks: 100 per second on Linux, whatever the kernel's HZ).
+fn cpu_time(pid: u32) -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after its closing paren.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let tick = |t: &str| t.parse::<u64>().ok().map(|t| Duration::from_millis(t * 10));
+    Some((tick(fields.next()?)?, tick(fields.next()?)?))
+}
+
+/// The server's CPU per operation between two `cpu_time` readings, for a row's note.
+fn cpu_note(before: Option<(Duration, Duration)>, after: Option<(Duration, Duration)>, ops: u64, what: &str) -> String {
+    match (before, after) {
+        (Some((u0, s0)), Some((u1, s1))) if ops > 0 => {
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / ops as f64;
+            let (user, sys) = (per(u1.saturating_sub(u0)), per(s1.saturating_sub(s0)));
+            format!("; server CPU {:.1} µs per {what} (user {user:.1}, sys {sys:.1})", user + sys)
+        }
+        _ => String::new(),
+    }
 }
 
 /// `streamhub serve` as a child process (its memory and file descriptors are its own),

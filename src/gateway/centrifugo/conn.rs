@@ -217,7 +217,7 @@ impl Conn {
     }
 
     async fn close(&self, (code, reason): (u16, &'static str)) {
-        let _ = self.replies.send(Outgoing::Close(code, reason)).await;
+        let _ = self.replies.send(Outgoing::close(code, reason)).await;
     }
 
     /// Answers one command.
