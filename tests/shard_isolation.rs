@@ -1,8 +1,12 @@
 //! Shard isolation on Redis Cluster: kill -9 of one primary under publish load to topics
 //! on all three shards. The healthy shards keep acknowledging publishes while the dead
 //! one fails over; nothing acknowledged is lost anywhere; every failure a client sees is
-//! a documented 503, never a 500. The stall of each shard is measured and printed (never
-//! asserted: tests do not assert speed).
+//! a documented 503, never a 500. Consumer groups on topics of healthy shards — a webhook
+//! group (the worker's blocking reads on a connection of its own) and a pull group (HTTP
+//! fetches and acks) — keep delivering meanwhile and get every message. The stall of
+//! each shard is measured and printed; the groups' longest pause between deliveries is
+//! asserted to stay far below the failover time (a stall behind the dead primary would
+//! last until its replica is promoted, seconds).
 
 mod common;
 
@@ -11,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::topology::{topic_slot, ClusterOptions, RedisCluster};
-use common::{code, TestApp};
+use common::{code, Receiver, TestApp};
 use serde_json::json;
 use streamhub::config::Durability;
 
@@ -46,11 +50,67 @@ async fn publisher(app: Arc<TestApp>, topic: String, stop: Arc<AtomicBool>, log:
     i
 }
 
+/// When each seq was delivered to a group (every delivery, redeliveries included).
+type Deliveries = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+/// A pull consumer: fetches (long poll) and acks until `stop`, recording every delivery
+/// and every failed fetch or ack (status, code).
+async fn puller(
+    app: Arc<TestApp>,
+    topic: String,
+    group: String,
+    stop: Arc<AtomicBool>,
+    got: Deliveries,
+    failures: Arc<Mutex<Vec<(Instant, u16, String)>>>,
+) {
+    let fetch = format!("/v1/topics/{topic}/groups/{group}:fetch");
+    let ack = format!("/v1/topics/{topic}/groups/{group}:ack");
+    while !stop.load(Ordering::Relaxed) {
+        let (status, body) = app.post_json(&fetch, &json!({ "max": 100, "wait_ms": 200 })).await;
+        if !status.is_success() {
+            failures.lock().expect("failures").push((Instant::now(), status.as_u16(), code(&body).into()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let now = Instant::now();
+        let deliveries = body["deliveries"].as_array().cloned().unwrap_or_default();
+        let mut tokens = Vec::new();
+        for d in &deliveries {
+            got.lock().expect("got").push((d["message"]["seq"].as_u64().expect("seq"), now));
+            tokens.push(d["token"].clone());
+        }
+        if tokens.is_empty() {
+            continue;
+        }
+        let (status, body) = app.post_json(&ack, &json!({ "tokens": tokens })).await;
+        if !status.is_success() {
+            failures.lock().expect("failures").push((Instant::now(), status.as_u16(), code(&body).into()));
+        }
+    }
+}
+
+/// The longest time between two consecutive deliveries among those around `from..to`.
+fn longest_gap(deliveries: &Deliveries, from: Instant, to: Instant) -> Duration {
+    let mut times: Vec<Instant> = deliveries.lock().expect("deliveries").iter().map(|(_, t)| *t).collect();
+    times.sort();
+    times.windows(2).filter(|w| w[1] > from && w[0] < to).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledged() {
     // The cause of any error answered with a 500 is logged (and would fail the test).
     let _ = tracing_subscriber::fmt().with_env_filter("streamhub=error").with_test_writer().try_init();
     let mut cluster = RedisCluster::start_with(ClusterOptions::fast_failover());
+    let shards = cluster.topics_on_every_shard("iso", 2);
+    // Consumer groups on topics of the two shards that stay healthy.
+    let (hook_topic, pull_topic) = (shards[1][0].clone(), shards[2][0].clone());
+    let hooked: Deliveries = Default::default();
+    let record = hooked.clone();
+    let receiver = Receiver::start(move |hook| {
+        record.lock().expect("hooked").push((hook.seq, Instant::now()));
+        200
+    })
+    .await;
     let app = Arc::new(
         TestApp::start_with(&cluster, |c| {
             // Acknowledged only once a replica has it: a kill -9 then loses nothing.
@@ -58,10 +118,22 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
             c.publish.replicas = 1;
             c.publish.replication_timeout_ms = 500;
             c.redis.command_timeout_ms = 2000;
+            c.group.push(common::webhook_group(&hook_topic, "hook", &receiver.url));
+            c.group.push(common::pull_group(&pull_topic, "pull"));
         })
         .await,
     );
-    let shards = cluster.topics_on_every_shard("iso", 2);
+    let pulled: Deliveries = Default::default();
+    let pull_failures: Arc<Mutex<Vec<(Instant, u16, String)>>> = Default::default();
+    let stop_pulling = Arc::new(AtomicBool::new(false));
+    let pulling = tokio::spawn(puller(
+        app.clone(),
+        pull_topic.clone(),
+        "pull".into(),
+        stop_pulling.clone(),
+        pulled.clone(),
+        pull_failures.clone(),
+    ));
     let primaries = cluster.primaries();
     let stop = Arc::new(AtomicBool::new(false));
     let mut runs = Vec::new();
@@ -75,6 +147,10 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
     let acked = |log: &Arc<Mutex<Vec<Attempt>>>| log.lock().expect("log").iter().filter(|a| a.status < 300).count();
     common::eventually("publishes flowing on every topic", Duration::from_secs(30), async || {
         runs.iter().all(|(_, _, log, _)| acked(log) >= 20)
+    })
+    .await;
+    common::eventually("both groups delivering", Duration::from_secs(30), async || {
+        hooked.lock().expect("hooked").len() >= 20 && pulled.lock().expect("pulled").len() >= 20
     })
     .await;
 
@@ -108,6 +184,7 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
     stop.store(true, Ordering::Relaxed);
 
     println!("cluster promoted a replica {promoted:?} after the kill; the killed node rejoined as its replica after {rejoined:?}");
+    let mut acknowledged = std::collections::HashMap::new();
     for (shard, topic, log, task) in runs {
         let sent = task.await.expect("publisher");
         let log = log.lock().expect("log").clone();
@@ -152,6 +229,45 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
         assert_eq!(data, (0..sent).collect::<Vec<_>>(), "{topic}: history is exactly what was acknowledged");
         let seqs: Vec<u64> = history.iter().map(common::seq).collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{topic}: consecutive seqs");
+        acknowledged.insert(topic, seqs);
+    }
+
+    // The groups on the healthy shards: every acknowledged message delivered (and acked)…
+    let seqs_of = |d: &Deliveries| d.lock().expect("deliveries").iter().map(|(s, _)| *s).collect::<Vec<u64>>();
+    for (name, topic, got) in [("webhook", &hook_topic, &hooked), ("pull", &pull_topic, &pulled)] {
+        let want: std::collections::BTreeSet<u64> = acknowledged[topic].iter().copied().collect();
+        common::eventually(&format!("the {name} group to get every message"), Duration::from_secs(60), async || {
+            let got: std::collections::BTreeSet<u64> = seqs_of(got).into_iter().collect();
+            want.is_subset(&got)
+        })
+        .await;
+        // …and never paused for long while the other shard failed over: a read waiting
+        // behind the dead primary would stall until the promotion (seconds).
+        let gap = longest_gap(got, killed, killed + promoted + Duration::from_secs(5));
+        let during =
+            got.lock().expect("deliveries").iter().filter(|(_, t)| *t > killed && *t < killed + promoted).count();
+        let redelivered = seqs_of(got).len() - want.len();
+        println!(
+            "{name} group on healthy {topic}: {} messages, longest gap between deliveries {gap:?}, {during} \
+             delivered during the failover, {redelivered} redelivered",
+            want.len()
+        );
+        assert!(during > 0, "the {name} group on {topic} must keep delivering while shard 0 fails over");
+        assert!(gap < Duration::from_secs(2), "the {name} group on {topic} paused {gap:?} while shard 0 failed over");
+    }
+    stop_pulling.store(true, Ordering::Relaxed);
+    pulling.await.expect("puller");
+    let failures = pull_failures.lock().expect("failures").clone();
+    println!(
+        "pull group: {} failed fetches or acks {:?}",
+        failures.len(),
+        failures.iter().map(|f| (f.1, &f.2)).collect::<Vec<_>>()
+    );
+    for (_, status, code) in &failures {
+        assert!(
+            *status == 503 && (code == "redis_unavailable" || code == "group_not_ready"),
+            "a pull fetch or ack answered {status} {code}"
+        );
     }
     drop(cluster);
 }
