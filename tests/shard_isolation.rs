@@ -10,12 +10,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::topology::{topic_slot, ClusterOptions, RedisCluster};
-use common::{code, Receiver, TestApp};
+use common::{code, Receiver, TestApp, WsClient};
 use serde_json::json;
 use streamhub::config::Durability;
 
@@ -89,6 +89,31 @@ async fn puller(
     }
 }
 
+/// A WebSocket subscriber of `topic` from now on, recording every message until it got
+/// the seq that the returned cell is set to.
+async fn subscribe(app: &TestApp, topic: &str) -> (Deliveries, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let got: Deliveries = Default::default();
+    let last_seq = Arc::new(AtomicU64::new(u64::MAX));
+    let mut ws = WsClient::connect(&app.base).await;
+    ws.subscribe(topic, None).await;
+    let (record, last) = (got.clone(), last_seq.clone());
+    let task = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let seen = record.lock().expect("got").last().map(|(s, _)| *s);
+            if seen.is_some_and(|s| s >= last.load(Ordering::Relaxed)) || Instant::now() > deadline {
+                return;
+            }
+            let Ok(frame) = tokio::time::timeout(Duration::from_millis(100), ws.next_frame()).await else {
+                continue;
+            };
+            assert_eq!(frame["type"], "message", "{frame}");
+            record.lock().expect("got").push((common::seq(&frame), Instant::now()));
+        }
+    });
+    (got, last_seq, task)
+}
+
 /// The longest time between two consecutive deliveries among those around `from..to`.
 fn longest_gap(deliveries: &Deliveries, from: Instant, to: Instant) -> Duration {
     let mut times: Vec<Instant> = deliveries.lock().expect("deliveries").iter().map(|(_, t)| *t).collect();
@@ -120,9 +145,19 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
             c.redis.command_timeout_ms = 2000;
             c.group.push(common::webhook_group(&hook_topic, "hook", &receiver.url));
             c.group.push(common::pull_group(&pull_topic, "pull"));
+            // Subscribers must be woken by hints: the periodic position check, which
+            // would mask a stalled hint listener, comes too late to matter here.
+            c.fanout.position_check_ms = 30_000;
         })
         .await,
     );
+    // WebSocket subscribers, reading all along: on a topic of a healthy shard, and on one
+    // of the shard whose primary dies (its hints must follow the slot to the promoted
+    // replica).
+    let watched_topic = shards[2][1].clone();
+    let (watched, last_seq, subscriber) = subscribe(&app, &watched_topic).await;
+    let dead_topic = shards[0][1].clone();
+    let (dead_watched, dead_last_seq, dead_subscriber) = subscribe(&app, &dead_topic).await;
     let pulled: Deliveries = Default::default();
     let pull_failures: Arc<Mutex<Vec<(Instant, u16, String)>>> = Default::default();
     let stop_pulling = Arc::new(AtomicBool::new(false));
@@ -149,8 +184,11 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
         runs.iter().all(|(_, _, log, _)| acked(log) >= 20)
     })
     .await;
-    common::eventually("both groups delivering", Duration::from_secs(30), async || {
-        hooked.lock().expect("hooked").len() >= 20 && pulled.lock().expect("pulled").len() >= 20
+    common::eventually("both groups and the subscriber delivering", Duration::from_secs(30), async || {
+        hooked.lock().expect("hooked").len() >= 20
+            && pulled.lock().expect("pulled").len() >= 20
+            && watched.lock().expect("watched").len() >= 20
+            && dead_watched.lock().expect("watched").len() >= 20
     })
     .await;
 
@@ -159,6 +197,22 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
     let slot = topic_slot(&shards[0][0]);
     let killed = Instant::now();
     cluster.kill(dead);
+    // A new subscriber, during the failover, to a topic of a healthy shard that this node
+    // did not watch yet: how long until it is subscribed and gets a message.
+    let late_topic = shards[1][1].clone();
+    let late = {
+        let base = app.base.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let asked = Instant::now();
+            let mut ws = WsClient::connect(&base).await;
+            ws.subscribe(&late_topic, None).await;
+            let subscribed = asked.elapsed();
+            let frame = ws.next_frame().await;
+            assert_eq!(frame["type"], "message", "{frame}");
+            (subscribed, asked.elapsed())
+        })
+    };
     let (cluster, promoted) = tokio::task::spawn_blocking(move || {
         cluster.wait_failover(slot, dead);
         let promoted = killed.elapsed();
@@ -184,7 +238,10 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
     stop.store(true, Ordering::Relaxed);
 
     println!("cluster promoted a replica {promoted:?} after the kill; the killed node rejoined as its replica after {rejoined:?}");
+    let (subscribed, first) = late.await.expect("late subscriber");
+    println!("a subscriber to healthy {} 300 ms after the kill: subscribed after {subscribed:?}, first message after {first:?}", shards[1][1]);
     let mut acknowledged = std::collections::HashMap::new();
+    let mut stalls = std::collections::HashMap::new();
     for (shard, topic, log, task) in runs {
         let sent = task.await.expect("publisher");
         let log = log.lock().expect("log").clone();
@@ -229,8 +286,36 @@ async fn one_dead_primary_stalls_only_its_own_shard_and_loses_nothing_acknowledg
         assert_eq!(data, (0..sent).collect::<Vec<_>>(), "{topic}: history is exactly what was acknowledged");
         let seqs: Vec<u64> = history.iter().map(common::seq).collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{topic}: consecutive seqs");
-        acknowledged.insert(topic, seqs);
+        acknowledged.insert(topic.clone(), seqs);
+        stalls.insert(topic, stall);
     }
+
+    // The subscriber on a healthy shard: every seq in order, never paused for long (a
+    // stalled hint listener would leave it waiting for the promotion).
+    last_seq.store(acknowledged[&watched_topic].last().copied().unwrap_or(0), Ordering::Relaxed);
+    subscriber.await.expect("subscriber");
+    let seqs: Vec<u64> = watched.lock().expect("watched").iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, acknowledged[&watched_topic], "{watched_topic}: the subscriber got every seq in order");
+    let gap = longest_gap(&watched, killed, killed + promoted + Duration::from_secs(5));
+    println!("subscriber on healthy {watched_topic}: longest gap between messages {gap:?}");
+    assert!(gap < Duration::from_secs(1), "the subscriber of {watched_topic} paused {gap:?} while shard 0 failed over");
+    // The subscriber on the failed-over shard: every seq in order, and no longer paused
+    // than the publishes (its hints moved to the promoted replica; the position check
+    // alone would take 30 s).
+    dead_last_seq.store(acknowledged[&dead_topic].last().copied().unwrap_or(0), Ordering::Relaxed);
+    dead_subscriber.await.expect("subscriber");
+    let seqs: Vec<u64> = dead_watched.lock().expect("watched").iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, acknowledged[&dead_topic], "{dead_topic}: the subscriber got every seq in order");
+    let gap = longest_gap(&dead_watched, killed, killed + promoted + Duration::from_secs(5));
+    println!(
+        "subscriber on failed-over {dead_topic}: longest gap between messages {gap:?} (publishes: {:?})",
+        stalls[&dead_topic]
+    );
+    assert!(
+        gap < stalls[&dead_topic] + Duration::from_secs(1),
+        "the subscriber of {dead_topic} paused {gap:?}, its publishes {:?}",
+        stalls[&dead_topic]
+    );
 
     // The groups on the healthy shards: every acknowledged message delivered (and acked)…
     let seqs_of = |d: &Deliveries| d.lock().expect("deliveries").iter().map(|(s, _)| *s).collect::<Vec<u64>>();

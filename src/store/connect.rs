@@ -93,11 +93,21 @@ pub(super) fn node_client(
     server: &fred::types::config::Server,
     connection: &'static str,
 ) -> Result<Client> {
+    let client = node_unconnected(config, server, connection)?;
+    client.connect();
+    Ok(client)
+}
+
+/// `node_client`, not yet connected (see `unconnected`).
+pub(super) fn node_unconnected(
+    config: &RedisConfig,
+    server: &fred::types::config::Server,
+    connection: &'static str,
+) -> Result<Client> {
     let mut fred_config = fred_config(config)?;
     fred_config.server = fred::types::config::ServerConfig::Centralized { server: server.clone() };
     let client = builder_from(config, fred_config)?.build().map_err(|e| StoreError::Redis(e.to_string()))?;
     count_reconnects(&client, connection);
-    client.connect();
     Ok(client)
 }
 

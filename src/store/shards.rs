@@ -24,6 +24,7 @@
 //! again elsewhere when the map names another primary (a failover, a `MOVED`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ pub(super) struct Shards {
     seed: Client,
     routing: RwLock<Routing>,
     refresh: tokio::sync::Notify,
+    /// Counts the slot maps read; a reader that routes by itself (the hint listener)
+    /// looks again when it changed.
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -73,8 +77,13 @@ enum Redirect {
 impl Shards {
     /// Starts the slot-map refresher (it ends when the last `Arc` is dropped).
     pub(super) fn start(config: &RedisConfig, seed: Client) -> Arc<Shards> {
-        let shards =
-            Arc::new(Shards { config: config.clone(), seed, routing: Default::default(), refresh: Default::default() });
+        let shards = Arc::new(Shards {
+            config: config.clone(),
+            seed,
+            routing: Default::default(),
+            refresh: Default::default(),
+            generation: AtomicU64::new(0),
+        });
         let weak = Arc::downgrade(&shards);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(refresher(weak));
@@ -91,8 +100,18 @@ impl Shards {
         routing.clients.get(server).cloned()
     }
 
+    /// The configuration the per-primary connections are made with.
+    pub(super) fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Changes with every slot map read (see `generation`).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     /// The primary serving `key`'s slot in the current map; None while no map is known.
-    fn server_for(&self, key: &str) -> Option<Server> {
+    pub(super) fn server_for(&self, key: &str) -> Option<Server> {
         let slot = fred::util::redis_keyslot(key.as_bytes());
         let routing = self.routing.read().ok()?;
         routing.map.as_ref()?.get_server(slot).cloned()
@@ -207,6 +226,7 @@ impl Shards {
             }
             routing.map = Some(map);
         }
+        self.generation.fetch_add(1, Ordering::Relaxed);
         for client in closed {
             quit_soon(client);
         }
