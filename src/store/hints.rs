@@ -214,8 +214,12 @@ enum NodeEvent {
     Message(fred::types::Message),
     /// The notices overflowed: some hints may be lost.
     Lagged(u64),
-    /// The connection to this primary was (re-)established: its subscriptions are gone.
-    Connected(Server),
+    /// The connection to this primary was established (`first`) or re-established: its
+    /// subscriptions are gone (or were asked before it was up).
+    Connected {
+        server: Server,
+        first: bool,
+    },
 }
 
 /// What the Cluster listener asks a primary's connection task, in order.
@@ -257,6 +261,7 @@ async fn node_task(
     events: mpsc::Sender<NodeEvent>,
     stop: CancellationToken,
 ) {
+    let mut first = true;
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => break,
@@ -286,7 +291,7 @@ async fn node_task(
             },
             reconnect = reconnects.recv() => match reconnect {
                 Err(RecvError::Closed) => break,
-                _ => NodeEvent::Connected(server.clone()),
+                _ => NodeEvent::Connected { server: server.clone(), first: std::mem::take(&mut first) },
             },
         };
         if events.send(event).await.is_err() {
@@ -304,7 +309,8 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
     // The primary each watched channel is subscribed on.
     let mut assigned: HashMap<String, Server> = HashMap::new();
     let mut nodes: HashMap<Server, Node> = HashMap::new();
-    let mut generation = shards.generation();
+    // Not yet seen: the first check opens the connections.
+    let mut generation = u64::MAX;
     let mut check = tokio::time::interval(REROUTE_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The connection of `server`, opened if needed.
@@ -371,9 +377,10 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
                     crate::metrics::hint_gaps_repaired("overflow");
                     wake_all(&watched);
                 }
-                Some(NodeEvent::Connected(server)) => {
-                    // Subscriptions do not survive a new connection: subscribe again, then
-                    // wake the tails to repair whatever was published meanwhile.
+                Some(NodeEvent::Connected { server, first }) => {
+                    // Subscriptions do not survive a new connection (and one asked before
+                    // the first was up may be lost): subscribe again, then wake the tails
+                    // to repair whatever was published meanwhile.
                     let Some(node) = nodes.get(&server) else { continue };
                     let mut repaired = 0;
                     for (channel, _) in assigned.iter().filter(|(_, s)| **s == server) {
@@ -383,7 +390,7 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
                         }
                         repaired += 1;
                     }
-                    if repaired > 0 {
+                    if repaired > 0 && !first {
                         tracing::info!(topics = repaired, %server, "hint connection re-established; repairing its tails");
                         crate::metrics::hint_gaps_repaired("reconnect");
                     }
@@ -418,8 +425,15 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
                 if moved > 0 {
                     tracing::info!(topics = moved, "hint subscriptions moved with the cluster's slot map");
                 }
-                // Close the connections of primaries no watched channel needs any more.
-                let used: HashSet<&Server> = assigned.values().collect();
+                // A connection to every primary, open before a topic of its slots is
+                // watched (a first subscription need not wait for it); those of former
+                // primaries are closed once no watched channel is on them.
+                let primaries = shards.primaries();
+                for server in &primaries {
+                    node(&mut nodes, server);
+                }
+                let mut used: HashSet<&Server> = assigned.values().collect();
+                used.extend(primaries.iter());
                 let idle: Vec<Server> = nodes.keys().filter(|s| !used.contains(s)).cloned().collect();
                 for server in idle {
                     if let Some(node) = nodes.remove(&server) {

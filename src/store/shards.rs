@@ -110,6 +110,14 @@ impl Shards {
         self.generation.load(Ordering::Relaxed)
     }
 
+    /// The primaries of the current map (none while no map is known).
+    pub(super) fn primaries(&self) -> Vec<Server> {
+        match self.routing.read() {
+            Ok(routing) => routing.map.as_ref().map(|map| map.unique_primary_nodes()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The primary serving `key`'s slot in the current map; None while no map is known.
     pub(super) fn server_for(&self, key: &str) -> Option<Server> {
         let slot = fred::util::redis_keyslot(key.as_bytes());
