@@ -7,9 +7,9 @@
 //! never loses it. One dedicated connection per node; SSUBSCRIBE/SUNSUBSCRIBE are issued
 //! by one task in command order, so watch/unwatch races cannot leave a topic unwatched.
 //!
-//! On Redis Cluster, one dedicated connection per primary instead (fred's cluster client
-//! reconnects as a whole, see shards.rs: while one primary is down, the hints of every
-//! shard would stall). Each channel is subscribed on the primary that the slot map names
+//! On Redis Cluster, one dedicated connection per primary instead, opened as soon as the
+//! slot map is known (fred's cluster client reconnects as a whole, see shards.rs: while
+//! one primary is down, the hints of every shard could stall). Each channel is subscribed on the primary that the slot map names
 //! for it, and moved (subscribed there, its tail woken) when the map names another one;
 //! each primary's connection has a task that issues its commands in order and forwards
 //! its notices. A primary's connection re-established re-subscribes its channels and
@@ -224,7 +224,14 @@ enum NodeEvent {
 
 /// What the Cluster listener asks a primary's connection task, in order.
 enum NodeCommand {
-    Subscribe(String, Option<oneshot::Sender<()>>),
+    /// SSUBSCRIBE; then answer `done` (at once when the connection is not up: its
+    /// connection notice subscribes the channel again) and wake `wake` (a tail that may
+    /// have missed hints until then).
+    Subscribe {
+        channel: String,
+        done: Option<oneshot::Sender<()>>,
+        wake: Option<Arc<Notify>>,
+    },
     Unsubscribe(String),
 }
 
@@ -268,12 +275,21 @@ async fn node_task(
             command = commands.recv() => {
                 match command {
                     None => break,
-                    Some(NodeCommand::Subscribe(channel, done)) => {
+                    Some(NodeCommand::Subscribe { channel, mut done, wake }) => {
+                        if !client.is_connected() {
+                            // Not up (yet): the watch need not wait for the connection.
+                            if let Some(done) = done.take() {
+                                let _ = done.send(());
+                            }
+                        }
                         if let Err(e) = client.ssubscribe(channel.clone()).await {
                             tracing::warn!(%channel, %server, error = %e, "SSUBSCRIBE failed; relying on position checks until reconnection");
                         }
                         if let Some(done) = done {
                             let _ = done.send(());
+                        }
+                        if let Some(wake) = wake {
+                            wake.notify_one();
                         }
                     }
                     Some(NodeCommand::Unsubscribe(channel)) => {
@@ -352,7 +368,7 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
                     match node(&mut nodes, &server) {
                         Some(commands) => {
                             // `done` answers once SSUBSCRIBE was (dropped: the watch returns).
-                            let _ = commands.send(NodeCommand::Subscribe(channel, Some(done)));
+                            let _ = commands.send(NodeCommand::Subscribe { channel, done: Some(done), wake: None });
                         }
                         None => {
                             assigned.remove(&channel);
@@ -384,10 +400,11 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
                     let Some(node) = nodes.get(&server) else { continue };
                     let mut repaired = 0;
                     for (channel, _) in assigned.iter().filter(|(_, s)| **s == server) {
-                        let _ = node.commands.send(NodeCommand::Subscribe(channel.clone(), None));
-                        if let Some(w) = watched.get(channel) {
-                            w.wake.notify_one();
+                        let wake = watched.get(channel).map(|w| w.wake.clone());
+                        if let Some(wake) = &wake {
+                            wake.notify_one();
                         }
+                        let _ = node.commands.send(NodeCommand::Subscribe { channel: channel.clone(), done: None, wake });
                         repaired += 1;
                     }
                     if repaired > 0 && !first {
@@ -414,7 +431,8 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
                         let _ = node.commands.send(NodeCommand::Unsubscribe(channel.clone()));
                     }
                     if let Some(commands) = node(&mut nodes, &server) {
-                        let _ = commands.send(NodeCommand::Subscribe(channel.clone(), None));
+                        let wake = Some(watcher.wake.clone());
+                        let _ = commands.send(NodeCommand::Subscribe { channel: channel.clone(), done: None, wake });
                         assigned.insert(channel.clone(), server);
                     } else {
                         assigned.remove(channel);
