@@ -352,6 +352,7 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
             command = commands.recv() => match command {
                 None => break,
                 Some(Command::Watch { channel, watcher, done }) => {
+                    let wake = watcher.wake.clone();
                     watched.insert(channel.clone(), watcher);
                     // No slot map yet: the next check subscribes it (position checks meanwhile).
                     let Some(server) = shards.server_for(&channel) else {
@@ -368,7 +369,8 @@ async fn run_sharded(shards: Arc<Shards>, mut commands: mpsc::UnboundedReceiver<
                     match node(&mut nodes, &server) {
                         Some(commands) => {
                             // `done` answers once SSUBSCRIBE was (dropped: the watch returns).
-                            let _ = commands.send(NodeCommand::Subscribe { channel, done: Some(done), wake: None });
+                            // And the tail is woken then: the watch may have returned first.
+                            let _ = commands.send(NodeCommand::Subscribe { channel, done: Some(done), wake: Some(wake) });
                         }
                         None => {
                             assigned.remove(&channel);
