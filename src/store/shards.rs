@@ -21,7 +21,9 @@
 //! Commands that block (a group worker's `XREADGROUP … BLOCK`) must not hold a primary's
 //! shared connection: each such reader has a [`Dedicated`] connection of its own to the
 //! primary of its key's slot, picked from the same slot map before every call and opened
-//! again elsewhere when the map names another primary (a failover, a `MOVED`).
+//! again elsewhere when the map names another primary (a failover, a `MOVED`). The hint
+//! listener (hints.rs) routes its `SSUBSCRIBE`s by the same map (`server_for`,
+//! `primaries`, `generation`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
