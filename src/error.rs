@@ -45,6 +45,8 @@ pub enum Code {
     RequestTimeout,
     GroupNotReady,
     NotReplicated,
+    /// `publish.max_staged` seqs of the topic already wait for replica confirmation (503).
+    StagingFull,
     RedisUnavailable,
     Internal,
     // ---- WebSocket only (error frames; never an HTTP status) ----
@@ -62,7 +64,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of PROTOCOL.md §4.
-    pub const ALL: [Code; 41] = [
+    pub const ALL: [Code; 42] = [
         Code::InvalidTopic,
         Code::InvalidJson,
         Code::InvalidRequest,
@@ -93,6 +95,7 @@ impl Code {
         Code::RequestTimeout,
         Code::GroupNotReady,
         Code::NotReplicated,
+        Code::StagingFull,
         Code::RedisUnavailable,
         Code::Internal,
         Code::InvalidFrame,
@@ -138,6 +141,7 @@ impl Code {
             Code::RequestTimeout => "request_timeout",
             Code::GroupNotReady => "group_not_ready",
             Code::NotReplicated => "not_replicated",
+            Code::StagingFull => "staging_full",
             Code::RedisUnavailable => "redis_unavailable",
             Code::Internal => "internal",
             Code::InvalidFrame => "invalid_frame",
@@ -181,6 +185,7 @@ impl Code {
             | Code::RequestTimeout
             | Code::GroupNotReady
             | Code::NotReplicated
+            | Code::StagingFull
             | Code::RedisUnavailable => 503,
             Code::Internal => 500,
             Code::InvalidFrame
@@ -206,7 +211,10 @@ impl Code {
     /// True when the client caused the error (it counts towards `ws.max_violations`);
     /// false for the server's own trouble, which the client cannot help.
     pub const fn is_client_fault(self) -> bool {
-        !matches!(self, Code::RedisUnavailable | Code::NotReplicated | Code::Internal | Code::GroupNotReady)
+        !matches!(
+            self,
+            Code::RedisUnavailable | Code::NotReplicated | Code::StagingFull | Code::Internal | Code::GroupNotReady
+        )
     }
 
     /// The code named by a string (the refusals of the Redis functions). Where two codes
@@ -230,7 +238,7 @@ pub struct Error {
     pub message: String,
     /// For a batch: the position of the refused message.
     pub index: Option<usize>,
-    /// Seconds the client should wait before retrying (429 answers).
+    /// Seconds the client should wait before retrying (429 answers, `503 staging_full`).
     pub retry_after: Option<u64>,
 }
 
@@ -291,5 +299,7 @@ mod tests {
         assert_eq!(Code::TooManyConnections.status(), Some(503));
         assert_eq!(Code::InvalidFrame.status(), None);
         assert!(!Code::RedisUnavailable.is_client_fault() && Code::InvalidTopic.is_client_fault());
+        assert_eq!(Code::StagingFull.status(), Some(503));
+        assert!(!Code::StagingFull.is_client_fault());
     }
 }

@@ -66,8 +66,8 @@ async fn replicated_publishes_wait_for_the_replica_and_are_refused_without_it() 
 }
 
 /// `publish.max_staged` at its edge: with no replica to confirm, a topic holds exactly
-/// that many staged seqs; the next publish is refused (503 redis_unavailable) and nothing
-/// staged becomes readable.
+/// that many staged seqs; the next publish is refused (503 staging_full, with Retry-After,
+/// naming `publish.max_staged`) and nothing staged becomes readable.
 #[tokio::test]
 async fn staging_holds_at_most_max_staged_seqs_per_topic() {
     let primary = RedisServer::start();
@@ -82,8 +82,14 @@ async fn staging_holds_at_most_max_staged_seqs_per_topic() {
         let (status, body) = app.publish("s", json!(i)).await;
         assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "not_replicated"), "{body}");
     }
-    let (status, body) = app.publish("s", json!(2)).await;
-    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable"), "{body}");
+    let refused =
+        app.http.post(app.url("/v1/topics/s/messages")).json(&json!({ "data": 2 })).send().await.expect("POST");
+    let retry_after = refused.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (status, body) = common::decode(refused).await;
+    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "staging_full"), "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"), "a staging_full answer says when to retry");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("publish.max_staged"), "the message names the limit: {message}");
     let staging = format!("{}:{{s}}:x", app.prefix());
     let xlen = String::from_utf8_lossy(&primary.cli(&["XLEN", &staging]).stdout).trim().to_string();
     assert_eq!(xlen, "2", "exactly max_staged seqs wait in the staging stream");

@@ -6,11 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::clients::Client;
-
 use super::Group;
 use crate::clock::now_ms;
-use crate::store::groups::{Failure, GroupDelivery};
+use crate::store::groups::{Failure, GroupDelivery, GroupReader};
 use crate::store::{Store, StoreError};
 
 /// Whose clock decides when a member reclaims expired leases.
@@ -29,8 +27,9 @@ pub struct Fetcher {
     store: Store,
     /// The Redis consumer name this member reads as.
     consumer: String,
-    /// A pooled connection (non-blocking reads) or a dedicated one (blocking reads).
-    client: Client,
+    /// A pooled connection (non-blocking reads) or one of its own (blocking reads; on
+    /// Redis Cluster, to the primary of the group's slot).
+    reader: GroupReader,
     reclaim: ReclaimClock,
     /// The reclaim interval (`groups.sweep_interval_ms`).
     every: Duration,
@@ -41,11 +40,16 @@ impl Fetcher {
         group: Arc<Group>,
         store: Store,
         consumer: String,
-        client: Client,
+        reader: impl Into<GroupReader>,
         reclaim: ReclaimClock,
         every: Duration,
     ) -> Fetcher {
-        Fetcher { group, store, consumer, client, reclaim, every }
+        Fetcher { group, store, consumer, reader: reader.into(), reclaim, every }
+    }
+
+    /// Closes the member's own connection, if it has one.
+    pub async fn close(self) {
+        self.reader.close().await;
     }
 
     pub fn consumer(&self) -> &str {
@@ -85,7 +89,7 @@ impl Fetcher {
             let block = if batch.is_empty() { block } else { None };
             let more = want - batch.len() as u64;
             batch.extend(
-                self.store.group_read(&self.client, &g.topic, &g.spec.name, &self.consumer, more, block).await?,
+                self.store.group_read(&mut self.reader, &g.topic, &g.spec.name, &self.consumer, more, block).await?,
             );
         }
         screen(&self.store, &g, batch).await

@@ -1,12 +1,12 @@
 //! The delivery worker of a push (webhook or Rust handler) group on one node: reads with XREADGROUP on its
-//! own connection, keeps at most `concurrency` deliveries in flight, and settles each one
+//! own connection (on Redis Cluster, one to the primary of the group's slot, so another
+//! primary's failure does not stall it: store/shards.rs), keeps at most `concurrency` deliveries in flight, and settles each one
 //! with one atomic call (ack, or retry schedule / dead letter). It never sleeps to retry:
 //! a failure is scheduled in Redis and comes back through the group's retry stream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::interfaces::ClientLike;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,8 +121,8 @@ impl Worker {
         let _ = self.acks.set(Acks::start(self.store.clone(), self.group.clone(), self.group.spec.concurrency));
         let worker = Arc::new(self);
         let g = worker.group.clone();
-        let client = match worker.store.blocking_client() {
-            Ok(c) => c,
+        let reader = match worker.store.blocking_reader() {
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!(group = %g.label, error = %e, "worker cannot open its connection");
                 return;
@@ -132,7 +132,7 @@ impl Worker {
             g.clone(),
             worker.store.clone(),
             worker.consumer.clone(),
-            client.clone(),
+            reader,
             ReclaimClock::Own(None),
             worker.sweep,
         );
@@ -202,7 +202,7 @@ impl Worker {
         if tokio::time::timeout(worker.grace, in_flight.wait()).await.is_err() {
             tracing::warn!(group = %g.label, "in-flight deliveries left pending at shutdown");
         }
-        let _ = client.quit().await;
+        fetcher.close().await;
     }
 
     async fn ack(&self, lease: Lease) -> Result<AckStatus, crate::store::StoreError> {

@@ -87,12 +87,27 @@ fn tls_with_ca(ca_file: &std::path::Path) -> Result<fred::types::config::TlsConn
 
 /// One connection to the cluster node `server` alone (centralized: fred follows no
 /// redirection and reconnects only to it), configured like the pool; see `shards.rs`.
-pub(super) fn node_client(config: &RedisConfig, server: &fred::types::config::Server) -> Result<Client> {
+/// `connection` labels its reconnects.
+pub(super) fn node_client(
+    config: &RedisConfig,
+    server: &fred::types::config::Server,
+    connection: &'static str,
+) -> Result<Client> {
+    let client = node_unconnected(config, server, connection)?;
+    client.connect();
+    Ok(client)
+}
+
+/// `node_client`, not yet connected (see `unconnected`).
+pub(super) fn node_unconnected(
+    config: &RedisConfig,
+    server: &fred::types::config::Server,
+    connection: &'static str,
+) -> Result<Client> {
     let mut fred_config = fred_config(config)?;
     fred_config.server = fred::types::config::ServerConfig::Centralized { server: server.clone() };
     let client = builder_from(config, fred_config)?.build().map_err(|e| StoreError::Redis(e.to_string()))?;
-    count_reconnects(&client, "shard");
-    client.connect();
+    count_reconnects(&client, connection);
     Ok(client)
 }
 

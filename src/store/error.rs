@@ -52,9 +52,10 @@ impl From<RedisError> for StoreError {
         let details = err.details();
         if let Some(rest) = details.strip_prefix("SH ").or_else(|| details.find(" SH ").map(|i| &details[i + 4..])) {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            // A failover between staging and commit, or staging that cannot keep up:
-            // Redis is not in a state to take the publish now (lua/publish.lua).
-            if matches!(code, "failover" | "rolled_back" | "staging_full") {
+            // A failover between staging and commit: Redis is not in a state to take the
+            // publish now (lua/publish.lua). (`staging_full`, staging that cannot keep
+            // up, is a code of its own: `503 staging_full`.)
+            if matches!(code, "failover" | "rolled_back") {
                 return StoreError::Unavailable(format!("{code}: {message}"));
             }
             return match Code::parse(code) {
@@ -130,6 +131,15 @@ impl From<StoreError> for Error {
                     format!("{e}; retry with the same idempotency key to avoid a duplicate"),
                 )
             }
+            StoreError::Refused { code: Code::StagingFull, message } => {
+                tracing::warn!(%message, "publish refused: the topic's staging stream is full");
+                Error::new(
+                    Code::StagingFull,
+                    "publish.max_staged seqs of this topic already wait for replica confirmation (the replicas \
+                     are not keeping up); nothing was stored, retry later",
+                )
+                .retry_after(1)
+            }
             StoreError::Refused { code: Code::GroupNotFound, .. } => Error::new(
                 Code::GroupNotReady,
                 "the group does not exist in Redis yet (it is being created); retry shortly",
@@ -157,6 +167,19 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_full_staging_stream_is_its_own_retryable_503() {
+        let err = RedisError::new(
+            ErrorKind::Unknown,
+            "SH staging_full 2 seqs of this topic wait for replicas (publish.max_staged 2)",
+        );
+        let mapped = StoreError::from(err);
+        assert!(matches!(mapped, StoreError::Refused { code: Code::StagingFull, .. }), "{mapped:?}");
+        let client = Error::from(mapped);
+        assert_eq!((client.code, client.code.status(), client.retry_after), (Code::StagingFull, Some(503), Some(1)));
+        assert!(client.message.contains("publish.max_staged"), "{}", client.message);
     }
 
     #[test]

@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use fred::clients::Client;
+use fred::error::{Error as RedisError, ErrorKind as RedisErrorKind};
 use fred::interfaces::{
     ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
 };
 use fred::types::config::Options;
 use fred::types::Value;
 
-use super::{connect, library, Result, Store, StoreError};
+use super::{connect, library, shards, Result, Store, StoreError};
 use crate::config::GroupStart;
 use crate::envelope::Envelope;
 use crate::keys::{group_registry_bucket, GroupKeys};
@@ -221,6 +222,75 @@ fn seq_of(id: &str) -> u64 {
     id.split('-').next().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// Where a group member's reads go: see [`Store::group_read`]. A pooled connection's
+/// (`From<Client>`) are for reads that do not block; [`Store::blocking_reader`]'s have a
+/// connection of their own.
+pub struct GroupReader(Reader);
+
+enum Reader {
+    /// A pooled connection, for reads that do not block. On Cluster they go to the
+    /// per-primary connections instead (shards.rs); this one serves while no slot map is
+    /// known.
+    Pooled(Client),
+    /// A connection of its own (standalone, Sentinel).
+    Own(Client),
+    /// On Cluster: a connection of its own to the primary of the group's slot.
+    Shard(shards::Dedicated),
+}
+
+impl From<Client> for GroupReader {
+    fn from(client: Client) -> GroupReader {
+        GroupReader(Reader::Pooled(client))
+    }
+}
+
+impl GroupReader {
+    /// Closes the reader's own connection, if it has one (bounded).
+    pub async fn close(self) {
+        match self.0 {
+            Reader::Pooled(_) => {}
+            Reader::Own(client) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+            }
+            Reader::Shard(dedicated) => dedicated.close().await,
+        }
+    }
+}
+
+/// How long a blocking read that had to read without blocking (the slot is migrating)
+/// waits when it found nothing, so that its caller does not ask again at once.
+const MIGRATING_PAUSE: Duration = Duration::from_millis(50);
+
+/// One `XREADGROUP … STREAMS <retry> <stream> > >` on `client`, bounded by `timeout`;
+/// with `asking`, `ASKING` goes first on the same connection (an `ASK` redirection).
+#[allow(clippy::too_many_arguments)]
+async fn xreadgroup(
+    client: Client,
+    asking: bool,
+    timeout: Duration,
+    group: &str,
+    consumer: &str,
+    count: u64,
+    block: Option<Duration>,
+    keys: &[String; 2],
+) -> std::result::Result<Value, RedisError> {
+    let block_ms = block.map(|b| b.as_millis() as u64);
+    let keys = keys.to_vec();
+    if !asking {
+        let options = Options { timeout: Some(timeout), ..Options::default() };
+        return client
+            .with_options(&options)
+            .xreadgroup(group, consumer, Some(count), block_ms, false, keys, vec![">", ">"])
+            .await;
+    }
+    let pipeline = client.pipeline();
+    let asking_cmd = fred::types::CustomCommand::new_static("ASKING", fred::types::ClusterHash::Random, false);
+    let _: () = pipeline.custom(asking_cmd, Vec::<Value>::new()).await?;
+    let _: () = pipeline.xreadgroup(group, consumer, Some(count), block_ms, false, keys, vec![">", ">"]).await?;
+    let mut replies = pipeline.try_all::<Value>().await;
+    replies.pop().unwrap_or(Ok(Value::Null))
+}
+
 /// Builds a delivery from an entry of the main or retry stream.
 fn delivery(source: Source, id: String, count: u64, entry_fields: &Value) -> GroupDelivery {
     let f = fields(entry_fields);
@@ -258,9 +328,71 @@ impl Store {
         self.keys.topic(topic).group(group)
     }
 
-    /// A dedicated connection for blocking reads, so they never hold the shared pool.
-    pub fn blocking_client(&self) -> Result<Client> {
-        connect::client(&self.redis_config, "blocking")
+    /// A reader with a connection of its own, for blocking reads, so they never hold
+    /// the shared pool: on Redis Cluster a connection to the primary of the group's slot
+    /// (opened at the first read, moved when the slot map names another primary:
+    /// shards.rs), so a dead primary stalls only the groups of its own slots.
+    pub fn blocking_reader(&self) -> Result<GroupReader> {
+        Ok(GroupReader(match &self.shards {
+            Some(shards) => Reader::Shard(shards::Dedicated::new(shards.clone(), "blocking")),
+            None => Reader::Own(connect::client(&self.redis_config, "blocking")?),
+        }))
+    }
+
+    /// `XREADGROUP` of the group's retry stream and topic stream (`keys`) on `reader`'s
+    /// connection. On Cluster: a non-blocking read goes to the shared connection of the
+    /// slot's primary (`Shards::run`, which follows `MOVED`, `ASK` and `TRYAGAIN`); a
+    /// blocking one to the reader's own connection to that primary, and while the slot is
+    /// migrating (`ASK`, `TRYAGAIN`, which a blocking read cannot follow there) it reads
+    /// without blocking through `Shards::run` instead.
+    #[allow(clippy::too_many_arguments)]
+    async fn xreadgroup_routed(
+        &self,
+        reader: &mut GroupReader,
+        keys: &[String; 2],
+        group: &str,
+        consumer: &str,
+        count: u64,
+        block: Option<Duration>,
+    ) -> std::result::Result<Value, RedisError> {
+        let timeout = block.unwrap_or_default() + self.command_timeout;
+        let read = |client: Client, asking: bool, block: Option<Duration>| {
+            xreadgroup(client, asking, timeout, group, consumer, count, block, keys)
+        };
+        // Every key of a topic carries its hash tag: both keys are in one slot.
+        let key = &keys[1];
+        match (&mut reader.0, &self.shards) {
+            (Reader::Shard(dedicated), Some(shards)) => {
+                if block.is_some() {
+                    match dedicated.run(key, |client| read(client, false, block)).await {
+                        Some(Err(e)) if shards::migrating(&e) => {}
+                        Some(reply) => return reply,
+                        None => {}
+                    }
+                }
+                // No slot map yet, or the slot is migrating: one read without blocking.
+                let reply = shards
+                    .run(key, |client, asking| read(client, asking, None))
+                    .await
+                    .unwrap_or_else(|| Err(RedisError::new(RedisErrorKind::Routing, "cluster slot map not known yet")));
+                if let (Some(block), Ok(Value::Null)) = (block, &reply) {
+                    // Nothing there: wait a little as a blocking read would have, rather
+                    // than ask again at once.
+                    tokio::time::sleep(block.min(MIGRATING_PAUSE)).await;
+                }
+                reply
+            }
+            (Reader::Pooled(client), Some(shards)) if block.is_none() => {
+                match shards.run(key, |client, asking| read(client, asking, None)).await {
+                    Some(reply) => reply,
+                    None => read(client.clone(), false, None).await,
+                }
+            }
+            (Reader::Pooled(client) | Reader::Own(client), _) => read(client.clone(), false, block).await,
+            (Reader::Shard(_), None) => {
+                Err(RedisError::new(RedisErrorKind::Routing, "a cluster reader without a cluster connection"))
+            }
+        }
     }
 
     /// Creates the group (idempotent); true when it was created now.
@@ -281,7 +413,7 @@ impl Store {
     /// With `block`, waits up to that long on `client` (use a dedicated connection).
     pub async fn group_read(
         &self,
-        client: &Client,
+        reader: &mut GroupReader,
         topic: &Topic,
         group: &str,
         consumer: &str,
@@ -289,22 +421,10 @@ impl Store {
         block: Option<Duration>,
     ) -> Result<Vec<GroupDelivery>> {
         let k = self.group_keys(topic, group);
-        let options = Options { timeout: Some(block.unwrap_or_default() + self.command_timeout), ..Options::default() };
-        let block_ms = block.map(|b| b.as_millis() as u64);
+        let keys = [k.retry.clone(), k.stream.clone()];
         let started = std::time::Instant::now();
-        let reply: Result<Value> = client
-            .with_options(&options)
-            .xreadgroup(
-                group,
-                consumer,
-                Some(count),
-                block_ms,
-                false,
-                vec![k.retry.clone(), k.stream.clone()],
-                vec![">", ">"],
-            )
-            .await
-            .map_err(|e| {
+        let reply: Result<Value> =
+            self.xreadgroup_routed(reader, &keys, group, consumer, count, block).await.map_err(|e| {
                 if e.details().contains("NOGROUP") {
                     StoreError::Refused {
                         code: crate::error::Code::GroupNotFound,

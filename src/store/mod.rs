@@ -209,7 +209,7 @@ impl Store {
         config: &crate::config::RedisConfig,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(hints::Hints, tokio::task::JoinHandle<()>)> {
-        hints::Hints::start(config, self.keys.clone(), shutdown)
+        hints::Hints::start_routed(config, self.keys.clone(), self.shards.clone(), shutdown)
     }
 
     /// A connection of the shared pool (for non-blocking stream reads).

@@ -17,8 +17,16 @@
 //! `MOVED`, `ASK` (with `ASKING` pipelined before the call on the importing node's
 //! connection) and `TRYAGAIN` are retried, because each of them means the call did not
 //! run. Clients of nodes that no longer serve slots are closed.
+//!
+//! Commands that block (a group worker's `XREADGROUP … BLOCK`) must not hold a primary's
+//! shared connection: each such reader has a [`Dedicated`] connection of its own to the
+//! primary of its key's slot, picked from the same slot map before every call and opened
+//! again elsewhere when the map names another primary (a failover, a `MOVED`). The hint
+//! listener (hints.rs) routes its `SSUBSCRIBE`s by the same map (`server_for`,
+//! `primaries`, `generation`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -49,6 +57,9 @@ pub(super) struct Shards {
     seed: Client,
     routing: RwLock<Routing>,
     refresh: tokio::sync::Notify,
+    /// Counts the slot maps read; a reader that routes by itself (the hint listener)
+    /// looks again when it changed.
+    generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -68,8 +79,13 @@ enum Redirect {
 impl Shards {
     /// Starts the slot-map refresher (it ends when the last `Arc` is dropped).
     pub(super) fn start(config: &RedisConfig, seed: Client) -> Arc<Shards> {
-        let shards =
-            Arc::new(Shards { config: config.clone(), seed, routing: Default::default(), refresh: Default::default() });
+        let shards = Arc::new(Shards {
+            config: config.clone(),
+            seed,
+            routing: Default::default(),
+            refresh: Default::default(),
+            generation: AtomicU64::new(0),
+        });
         let weak = Arc::downgrade(&shards);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(refresher(weak));
@@ -84,6 +100,31 @@ impl Shards {
         let routing = self.routing.read().ok()?;
         let server = routing.map.as_ref()?.get_server(slot)?;
         routing.clients.get(server).cloned()
+    }
+
+    /// The configuration the per-primary connections are made with.
+    pub(super) fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Changes with every slot map read (see `generation`).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The primaries of the current map (none while no map is known).
+    pub(super) fn primaries(&self) -> Vec<Server> {
+        match self.routing.read() {
+            Ok(routing) => routing.map.as_ref().map(|map| map.unique_primary_nodes()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The primary serving `key`'s slot in the current map; None while no map is known.
+    pub(super) fn server_for(&self, key: &str) -> Option<Server> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let routing = self.routing.read().ok()?;
+        routing.map.as_ref()?.get_server(slot).cloned()
     }
 
     /// Asks for a fresh slot map soon (a call failed for want of a connection).
@@ -145,7 +186,7 @@ impl Shards {
         if let Some(client) = self.routing.read().ok()?.clients.get(server) {
             return Some(client.clone());
         }
-        let client = connect::node_client(&self.config, server).ok()?;
+        let client = connect::node_client(&self.config, server, "shard").ok()?;
         self.routing.write().ok()?.clients.insert(server.clone(), client.clone());
         Some(client)
     }
@@ -179,7 +220,7 @@ impl Shards {
             let routing = self.routing.read().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
             for server in &primaries {
                 if !routing.clients.contains_key(server) {
-                    opened.insert(server.clone(), connect::node_client(&self.config, server)?);
+                    opened.insert(server.clone(), connect::node_client(&self.config, server, "shard")?);
                 }
             }
         }
@@ -195,10 +236,9 @@ impl Shards {
             }
             routing.map = Some(map);
         }
+        self.generation.fetch_add(1, Ordering::Relaxed);
         for client in closed {
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
-            });
+            quit_soon(client);
         }
         Ok(())
     }
@@ -213,6 +253,90 @@ impl Shards {
             let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
         }
     }
+}
+
+/// Closes `client` in the background (QUIT to a dead node is never answered: bounded).
+fn quit_soon(client: Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+        });
+    }
+}
+
+/// A connection of its own to the primary of one key's slot, for a command that blocks
+/// (it must not hold the primary's shared connection, nor wait behind fred's cluster
+/// client while another primary is down). Before every call the slot map names the
+/// primary; when that is another node than the one connected to (a failover, a `MOVED`),
+/// the connection is closed and one to the new primary opened.
+pub(super) struct Dedicated {
+    shards: Arc<Shards>,
+    /// Labels the connection's reconnects (`streamhub_redis_reconnects_total`).
+    label: &'static str,
+    held: Option<(Server, Client)>,
+}
+
+impl Dedicated {
+    pub(super) fn new(shards: Arc<Shards>, label: &'static str) -> Dedicated {
+        Dedicated { shards, label, held: None }
+    }
+
+    /// The connection to the primary of `key`'s slot, opened (or moved) if needed; None
+    /// while no slot map is known.
+    fn client_for(&mut self, key: &str) -> Option<Client> {
+        let server = self.shards.server_for(key)?;
+        match &self.held {
+            Some((held, client)) if *held == server => return Some(client.clone()),
+            _ => {}
+        }
+        let client = connect::node_client(&self.shards.config, &server, self.label).ok()?;
+        if let Some((_, former)) = self.held.replace((server, client.clone())) {
+            quit_soon(former);
+        }
+        Some(client)
+    }
+
+    /// Runs `call` on the connection to the primary of `key`'s slot. None while no slot
+    /// map is known. A `MOVED` (the slot changed owner: the map is read again) is retried
+    /// on the new owner; every other error is returned — `ASK` and `TRYAGAIN` too (the
+    /// slot is migrating, see [`migrating`]), since a blocking command cannot follow
+    /// them on this connection. A failed connection makes the map be read again soon.
+    pub(super) async fn run<F, Fut>(&mut self, key: &str, call: F) -> Option<std::result::Result<Value, RedisError>>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Value, RedisError>>,
+    {
+        let mut redirections = 0;
+        loop {
+            let client = self.client_for(key)?;
+            let err = match call(client).await {
+                Err(err) => err,
+                ok => return Some(ok),
+            };
+            if matches!(redirect(&err), Some(Redirect::Moved)) && redirections < 2 {
+                let _ = self.shards.refresh_now().await;
+                redirections += 1;
+                continue;
+            }
+            if matches!(StoreError::from(err.clone()), StoreError::Unavailable(_)) && !migrating(&err) {
+                self.shards.suspect();
+            }
+            return Some(Err(err));
+        }
+    }
+
+    /// Closes the connection (bounded).
+    pub(super) async fn close(mut self) {
+        if let Some((_, client)) = self.held.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+        }
+    }
+}
+
+/// True for the replies of a slot being migrated (`ASK`, `TRYAGAIN`): the command did not
+/// run, and [`Shards::run`] can follow them where a [`Dedicated`] connection cannot.
+pub(super) fn migrating(err: &RedisError) -> bool {
+    matches!(redirect(err), Some(Redirect::Ask(_))) || err.details().starts_with("TRYAGAIN")
 }
 
 /// Reads the slot map at once, then every `REFRESH_INTERVAL` or when asked.
@@ -257,5 +381,9 @@ mod tests {
         let ask = RedisError::new(ErrorKind::Cluster, "ASK 12 10.0.0.5:6380");
         assert!(matches!(redirect(&ask), Some(Redirect::Ask(s)) if s.port == 6380 && s.host == "10.0.0.5"));
         assert!(redirect(&RedisError::new(ErrorKind::Unknown, "ERR nope")).is_none());
+        assert!(migrating(&ask));
+        assert!(migrating(&RedisError::new(ErrorKind::Unknown, "TRYAGAIN Multiple keys request during rehashing")));
+        assert!(!migrating(&moved));
+        assert!(!migrating(&RedisError::new(ErrorKind::IO, "Connection Closed")));
     }
 }

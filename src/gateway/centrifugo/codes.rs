@@ -8,9 +8,12 @@ use crate::error::{Code, Error};
 /// A reply error: the protocol's code and message, and whether retrying may succeed.
 pub fn reply_error(e: &Error) -> proto::Error {
     let (code, temporary) = match e.code {
-        Code::Internal | Code::RedisUnavailable | Code::RequestTimeout | Code::NotReplicated | Code::GroupNotReady => {
-            (100, true)
-        }
+        Code::Internal
+        | Code::RedisUnavailable
+        | Code::RequestTimeout
+        | Code::NotReplicated
+        | Code::StagingFull
+        | Code::GroupNotReady => (100, true),
         Code::Unauthorized => (101, false),
         Code::InvalidTopic => (102, false),
         Code::Forbidden | Code::OriginNotAllowed | Code::SubjectChanged => (103, false),
