@@ -48,6 +48,10 @@ enum Scenario {
         /// rows then tell the server's own CPU per message, apart from this client's.
         #[arg(long)]
         child: bool,
+        /// Child nodes serving the same topics (with --child); client worker w publishes
+        /// through node w mod N.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
     },
     /// WebSocket publishes, each awaiting its ack.
     PublishWs,
@@ -68,6 +72,10 @@ enum Scenario {
         /// then tells the server's own CPU per delivery.
         #[arg(long)]
         child: bool,
+        /// Child nodes serving the same topics (with --child): subscriber i connects to
+        /// node i mod N, publishes go round robin; CPU is all nodes' together.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
         /// Subscribe over Centrifugo's client protocol (JSON, /connection/websocket)
         /// instead of the native one (docs/CENTRIFUGO.md).
         #[arg(long)]
@@ -114,11 +122,18 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.scenario {
-            Scenario::PublishHttp { batch, child } => scenarios::publish_http(&limits, batch.max(1), child).await,
+            Scenario::PublishHttp { batch, child, nodes } => {
+                scenarios::publish_http(&limits, batch.max(1), child, nodes.max(1)).await
+            }
             Scenario::PublishWs => scenarios::publish_ws(&limits).await,
-            Scenario::Fanout { subscribers, topics, rate, seconds, child, centrifugo } => {
-                let (s, t, r, d) = (subscribers.max(1), topics.max(1), rate.max(1), seconds.max(1));
-                scenarios::fanout(&limits, s, t, r, d, child, centrifugo).await
+            Scenario::Fanout { subscribers, topics, rate, seconds, child, nodes, centrifugo } => {
+                let shape = scenarios::Shape {
+                    subscribers: subscribers.max(1),
+                    topics: topics.max(1),
+                    rate: rate.max(1),
+                    seconds: seconds.max(1),
+                };
+                scenarios::fanout(&limits, shape, child, nodes.max(1), centrifugo).await
             }
             Scenario::Resume => scenarios::resume(&limits).await,
             Scenario::Consume => scenarios::consume(&limits).await,

@@ -188,8 +188,8 @@ fn exact(mut seqs: Vec<u64>, n: u64) -> bool {
     seqs.len() as u64 == n && seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1)
 }
 
-pub async fn publish_http(limits: &Limits, batch: usize, child: bool) -> Result<Vec<Row>> {
-    let node = FanoutNode::start(limits, child, "\"publish\"").await?;
+pub async fn publish_http(limits: &Limits, batch: usize, child: bool, nodes: usize) -> Result<Vec<Row>> {
+    let node = FanoutNode::start(limits, child, nodes, "\"publish\"").await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(limits.concurrency).build()?;
     let data = payload(limits.payload);
     let mut rows = Vec::new();
@@ -197,16 +197,19 @@ pub async fn publish_http(limits: &Limits, batch: usize, child: bool) -> Result<
         let topic = format!("http-{per_request}");
         let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
         let bar = bar(limits.count, name);
-        let (url_one, url_batch) = (
-            format!("{}/v1/topics/{topic}/messages", node.base()),
-            format!("{}/v1/topics/{topic}/messages:batch", node.base()),
-        );
+        // Worker w publishes through node w (round robin).
+        let urls: Vec<(String, String)> = (0..node.count())
+            .map(|i| {
+                let base = node.base_of(i);
+                (format!("{base}/v1/topics/{topic}/messages"), format!("{base}/v1/topics/{topic}/messages:batch"))
+            })
+            .collect();
         let cpu_before = node.cpu();
         let (h, elapsed) = {
             let (http, data, acked) = (http.clone(), data.clone(), acked.clone());
-            drive(limits, limits.count, per_request, &bar, move |_, n| {
-                let (http, data, acked, url_one, url_batch) =
-                    (http.clone(), data.clone(), acked.clone(), url_one.clone(), url_batch.clone());
+            drive(limits, limits.count, per_request, &bar, move |worker, n| {
+                let (url_one, url_batch) = urls[worker % urls.len()].clone();
+                let (http, data, acked) = (http.clone(), data.clone(), acked.clone());
                 async move {
                     if per_request == 1 {
                         let r: Value = http
@@ -243,8 +246,10 @@ pub async fn publish_http(limits: &Limits, batch: usize, child: bool) -> Result<
         let acked = acked.lock().map_err(|_| "poisoned")?.clone();
         let n = acked.len() as u64;
         let note = format!(
-            "C={} payload={}B per request={per_request}; latency per request{cpu}",
-            limits.concurrency, limits.payload
+            "C={} payload={}B per request={per_request}{}; latency per request{cpu}",
+            limits.concurrency,
+            limits.payload,
+            if node.count() > 1 { format!(", {} nodes", node.count()) } else { String::new() },
         );
         rows.push(Row::new(name, n, elapsed.as_secs_f64(), Some(&h), exact(acked, n), note));
     }
@@ -342,41 +347,65 @@ pub async fn publish_ws(limits: &Limits) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Where the fanout's server runs: in this process, or as a child process (so that the
-/// clients' and the server's file descriptors count against separate limits).
+/// Where the server runs: in this process, or as `nodes` child processes sharing one key
+/// prefix (so that the clients' and the servers' file descriptors count against separate
+/// limits, and each server's CPU is its own).
 enum FanoutNode {
     InProcess(Box<Node>),
-    Child(ChildNode),
+    Children(Vec<ChildNode>),
 }
 
 impl FanoutNode {
-    async fn start(limits: &Limits, child: bool, scopes: &str) -> Result<FanoutNode> {
-        Ok(if child {
-            FanoutNode::Child(ChildNode::start(limits, scopes).await?)
-        } else {
-            FanoutNode::InProcess(Box::new(Node::start(limits).await?))
-        })
+    async fn start(limits: &Limits, child: bool, nodes: usize, scopes: &str) -> Result<FanoutNode> {
+        if !child {
+            if nodes > 1 {
+                return Err("--nodes above 1 needs --child (each node is a `streamhub serve` process)".into());
+            }
+            return Ok(FanoutNode::InProcess(Box::new(Node::start(limits).await?)));
+        }
+        let first = ChildNode::start(limits, scopes).await?;
+        let prefix = first.prefix.clone();
+        let mut children = vec![first];
+        for _ in 1..nodes.max(1) {
+            children.push(ChildNode::start_in(limits, scopes, "", Some(&prefix)).await?);
+        }
+        Ok(FanoutNode::Children(children))
     }
 
-    /// The server's CPU time so far, when it runs as its own process.
+    /// The servers' CPU time so far (all nodes together), when they run as processes.
     fn cpu(&self) -> Option<(Duration, Duration)> {
         match self {
             FanoutNode::InProcess(_) => None,
-            FanoutNode::Child(n) => cpu_time(n.pid),
+            FanoutNode::Children(nodes) => nodes.iter().try_fold((Duration::ZERO, Duration::ZERO), |(u, s), n| {
+                cpu_time(n.pid).map(|(nu, ns)| (u + nu, s + ns))
+            }),
         }
     }
 
-    fn base(&self) -> &str {
+    /// The base URL of node `i` (round robin over the nodes).
+    fn base_of(&self, i: usize) -> &str {
         match self {
             FanoutNode::InProcess(n) => &n.base,
-            FanoutNode::Child(n) => &n.base,
+            FanoutNode::Children(nodes) => &nodes[i % nodes.len()].base,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            FanoutNode::InProcess(_) => 1,
+            FanoutNode::Children(nodes) => nodes.len(),
         }
     }
 
     async fn finish(self) -> Result<()> {
         match self {
             FanoutNode::InProcess(n) => n.finish().await,
-            FanoutNode::Child(n) => n.finish().await,
+            FanoutNode::Children(nodes) => {
+                for n in nodes {
+                    n.finish().await?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -457,16 +486,22 @@ async fn next_delivery(ws: &mut Ws, centrifugo: bool) -> Result<(u64, u64)> {
     }
 }
 
+/// The shape of a fan-out run: S subscribers over T topics, R messages/s for D seconds.
+pub struct Shape {
+    pub subscribers: usize,
+    pub topics: usize,
+    pub rate: u64,
+    pub seconds: u64,
+}
+
 pub async fn fanout(
     limits: &Limits,
-    subscribers: usize,
-    topics: usize,
-    rate: u64,
-    seconds: u64,
+    Shape { subscribers, topics, rate, seconds }: Shape,
     child: bool,
+    nodes: usize,
     centrifugo: bool,
 ) -> Result<Vec<Row>> {
-    let node = FanoutNode::start(limits, child, "\"subscribe\", \"publish\"").await?;
+    let node = FanoutNode::start(limits, child, nodes, "\"subscribe\", \"publish\"").await?;
     let total = rate * seconds;
     let per_topic: Vec<u64> = (0..topics).map(|t| (total + (topics - 1 - t) as u64) / topics as u64).collect();
     let expected: u64 = (0..subscribers).map(|i| per_topic[i % topics]).sum();
@@ -481,7 +516,7 @@ pub async fn fanout(
     // thousands of subscribers takes longer than that).
     let (go, started_rx) = tokio::sync::watch::channel(false);
     for i in 0..subscribers {
-        let mut ws = subscriber(node.base(), &format!("fan-{}", i % topics), centrifugo).await?;
+        let mut ws = subscriber(node.base_of(i), &format!("fan-{}", i % topics), centrifugo).await?;
         let want = per_topic[i % topics];
         let (latency, problems, delivered, bar) = (latency.clone(), problems.clone(), delivered.clone(), bar.clone());
         let mut started_rx = started_rx.clone();
@@ -525,7 +560,10 @@ pub async fn fanout(
         owed += per_tick;
         let mut posts = Vec::new();
         while owed >= 1.0 && sent < total {
-            let url = format!("{}/v1/topics/fan-{}/messages", node.base(), sent as usize % topics);
+            // Round robin over the nodes, offset from the topics' so that every node
+            // publishes to every topic.
+            let url =
+                format!("{}/v1/topics/fan-{}/messages", node.base_of(sent as usize / topics), sent as usize % topics);
             let body = json!({ "data": { "t": micros_since_epoch(), "pad": payload(limits.payload) } });
             posts.push(http.post(url).json(&body).send());
             owed -= 1.0;
@@ -545,7 +583,8 @@ pub async fn fanout(
     let n = delivered.load(Ordering::Relaxed);
     let correct = problems.load(Ordering::Relaxed) == 0 && n == expected;
     let note = format!(
-        "S={subscribers} T={topics} R={rate}/s for {seconds}s; latency publish→receive; {expected} expected{cpu}"
+        "S={subscribers} T={topics} R={rate}/s for {seconds}s{}; latency publish→receive; {expected} expected{cpu}",
+        if node.count() > 1 { format!(", {} nodes", node.count()) } else { String::new() }
     );
     let name = if centrifugo { "fanout deliveries (Centrifugo protocol)" } else { "fanout deliveries" };
     let rows = vec![Row::new(name, n, elapsed.as_secs_f64(), Some(&h), correct, note)];
@@ -717,6 +756,12 @@ impl ChildNode {
 
     /// As `start`, with more configuration (TOML tables) appended.
     pub async fn start_with(limits: &Limits, scopes: &str, extra: &str) -> Result<ChildNode> {
+        Self::start_in(limits, scopes, extra, None).await
+    }
+
+    /// As `start_with`, on the key prefix of another node (None: a fresh one), so that
+    /// several nodes serve the same topics.
+    pub async fn start_in(limits: &Limits, scopes: &str, extra: &str, prefix: Option<&str>) -> Result<ChildNode> {
         let binary = std::env::current_exe()?.with_file_name("streamhub");
         if !binary.exists() {
             return Err(format!("{} not found: build it (cargo build --release)", binary.display()).into());
@@ -725,7 +770,7 @@ impl ChildNode {
         let dir = std::env::temp_dir().join(format!("streamhub-bench-{port}"));
         std::fs::create_dir_all(&dir)?;
         let random = uuid::Uuid::now_v7().simple().to_string();
-        let prefix = format!("bench-{}", &random[random.len() - 8..]);
+        let prefix = prefix.map_or_else(|| format!("bench-{}", &random[random.len() - 8..]), str::to_string);
         let config = dir.join("bench.toml");
         std::fs::write(
             &config,
