@@ -60,7 +60,7 @@ pub fn start(p: &Position, since: &Since) -> Start {
         Since::After { epoch, seq } if epoch.is_empty() && !current.is_empty() => {
             // A position seen before the topic had an epoch: nothing the client saw was
             // lost, so it gets the epoch from its start.
-            let from = (*seq).max(p.base);
+            let from = (*seq).max(first_epoch_start(p));
             if p.truncated(from) {
                 jump(ResetReason::Trimmed)
             } else {
@@ -79,6 +79,24 @@ pub fn start(p: &Position, since: &Since) -> Start {
         Since::After { seq, .. } if *seq > p.top => jump(ResetReason::Ahead),
         Since::After { seq, .. } if p.truncated(*seq) => jump(ResetReason::Trimmed),
         Since::After { seq, .. } => exact(*seq),
+    }
+}
+
+/// Where a reader that saw the topic without any epoch starts in its current one: after
+/// `base` when the epoch began the topic's numbering (the entries up to `base` are an
+/// orphaned stream's, there before the meta was recreated), but from the start when the
+/// epoch **continues** earlier ones (`prev`): the entries up to `base` are then the messages
+/// of those epochs — all published after the reader found no epoch at all — renamed, not
+/// older history. (Taking `base` there skipped them silently: a subscriber of a new topic
+/// whose tail had not read yet when a failover or a slot migration started a continuing
+/// epoch lost everything before it.) Retention that removed part of them is the usual
+/// `trimmed` notice of the next read. The one case this over-delivers: an epoch chain whose
+/// first epoch itself began on an orphaned stream also hands out that stream's entries.
+fn first_epoch_start(p: &Position) -> u64 {
+    if p.prev.is_some() {
+        0
+    } else {
+        p.base
     }
 }
 
@@ -121,7 +139,7 @@ pub fn step(p: &Position, epoch: &str, last: u64, reader: Reader) -> Step {
     };
     if current != epoch {
         return if epoch.is_empty() {
-            Step::Adopt { epoch: current.to_string(), last: last.max(p.base) }
+            Step::Adopt { epoch: current.to_string(), last: last.max(first_epoch_start(p)) }
         } else if p.carries_over(epoch, last) {
             Step::Adopt { epoch: current.to_string(), last }
         } else {
@@ -233,6 +251,18 @@ mod tests {
                 reset(20, ResetReason::EpochChanged),
             ),
             ("previous epoch, n <= base but trimmed", continued(), after("E", 5), reset(20, ResetReason::Trimmed)),
+            (
+                "epoch \"\" facing a continuing epoch: its earlier epochs' messages are not skipped",
+                Position { first_retained: 1, ..continued() },
+                after("", 0),
+                exact(0),
+            ),
+            (
+                "epoch \"\" facing a continuing epoch, partly trimmed: trimmed",
+                continued(),
+                after("", 0),
+                reset(20, ResetReason::Trimmed),
+            ),
             ("an older epoch: epoch changed", continued(), after("OLDER", 12), reset(20, ResetReason::EpochChanged)),
         ];
         for (row, p, since, expected) in rows {
@@ -301,6 +331,14 @@ mod tests {
                 4,
                 CatchUp,
                 Step::Adopt { epoch: "E".into(), last: 9 },
+            ),
+            (
+                "no epoch yet, then a continuing epoch (failover, slot move) before the first read: from the start",
+                continued(),
+                "",
+                0,
+                Tail,
+                Step::Adopt { epoch: "NEW".into(), last: 0 },
             ),
             ("meta lost, nothing published since: wait", lost_meta.clone(), "E", 12, CatchUp, Step::Wait),
             ("meta lost: the tail waits too", lost_meta.clone(), "E", 12, Tail, Step::Wait),
