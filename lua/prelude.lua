@@ -183,11 +183,12 @@ local function link_chain(epoch, bound, old_links, old_base)
 end
 
 local function load_meta(meta, stream, staging)
-  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'staged', 'rid', 'base', 'prev')
+  -- `groups` too, for append (read once per call here rather than once per message there).
+  local m = redis.call('HMGET', meta, 'epoch', 'seq', 'staged', 'rid', 'base', 'prev', 'groups')
   local rid = replication_id()
   if m[1] then
     local seq = tonumber(m[2])
-    local t = { epoch = m[1], seq = seq, staged = math.max(seq, tonumber(m[3] or '0')), rid = rid }
+    local t = { epoch = m[1], seq = seq, staged = math.max(seq, tonumber(m[3] or '0')), rid = rid, groups = m[7] }
     if m[4] and m[4] ~= rid then
       t.prev = link_chain(m[1], t.staged, m[6], tonumber(m[5] or '0'))
       t.epoch, t.base, t.created = new_epoch(meta), t.staged, true
@@ -198,7 +199,8 @@ local function load_meta(meta, stream, staging)
   end
   local start = last_id(stream)
   local staged = math.max(start, last_id(staging))
-  return { epoch = new_epoch(meta), seq = start, staged = staged, rid = rid, created = true, base = staged }
+  return { epoch = new_epoch(meta), seq = start, staged = staged, rid = rid, created = true, base = staged,
+    groups = m[7] }
 end
 
 -- Writes the meta after a write that assigned seqs (or, staging, only touched it).
@@ -404,8 +406,9 @@ end
 -- meta field "forced_trimmed" and logged in Redis's log. With an age limit and no
 -- groups, the stream also expires max_age after its newest entry (PEXPIRE, renewed
 -- here), so an idle topic's old entries go too.
-local function append(stream, meta, seq, envelope, max_len, hard_max, max_age)
-  local groups = redis.call('HGET', meta, 'groups')
+local function append(stream, meta, seq, envelope, max_len, hard_max, max_age, groups)
+  -- The meta's `groups` field as the caller read it (false: none); nil: read it here.
+  if groups == nil then groups = redis.call('HGET', meta, 'groups') end
   local has_groups = groups and groups ~= ''
   if max_len > 0 and not has_groups then
     redis.call('XADD', stream, 'MAXLEN', '~', max_len, seq .. '-0', 'e', envelope)
@@ -468,7 +471,7 @@ local function move_staged(t, meta, stream, staging, upto, max_len, hard_max, ma
       if s > t.seq then
         local f = fields_of(e[2])
         if s ~= t.seq + 1 or (s > upto and not f['r']) then return false end
-        aged = aged + append(stream, meta, s, f['e'] or '', max_len, hard_max, max_age)
+        aged = aged + append(stream, meta, s, f['e'] or '', max_len, hard_max, max_age, t.groups)
         t.seq, moved = s, true
       end
     end

@@ -77,7 +77,7 @@ local function publish_messages(keys, args, max_age, first, mode, staging)
       elseif mode == 'queued' then
         redis.call('XADD', staging, seq .. '-0', 'e', envelope, 'r', '1')
       else
-        aged = aged + append(stream, meta, seq, envelope, max_len, hard_max, max_age)
+        aged = aged + append(stream, meta, seq, envelope, max_len, hard_max, max_age, t.groups)
         t.seq = seq
       end
       wrote = true

@@ -128,7 +128,7 @@ local function publish_raw(keys, args)
     -- Behind seqs waiting for their replicas: committed right after them (sh_commit_v1).
     redis.call('XADD', staging, seq .. '-0', 'e', table.concat(parts), 'r', '1')
   else
-    append(stream, meta, seq, table.concat(parts), max_len, DEFAULT_HARD_MAX_LEN, max_age)
+    append(stream, meta, seq, table.concat(parts), max_len, DEFAULT_HARD_MAX_LEN, max_age, t.groups)
     t.seq = seq
   end
   if idem then

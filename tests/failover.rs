@@ -259,6 +259,31 @@ impl Topology {
         Topology::Pair { primary, replica, _chained: chained }
     }
 
+    /// The primary's replication offset now (`master_repl_offset`).
+    fn primary_offset(&self) -> u64 {
+        let info = match self {
+            Topology::Pair { primary, .. } => primary.info("replication"),
+            Topology::Sentinel(set) => set.servers[0].info("replication"),
+            Topology::Cluster { cluster, primary, .. } => cluster.nodes[*primary].info("replication"),
+        };
+        info_field(&info, "master_repl_offset")
+    }
+
+    /// Waits until the replicas to be cut off have received the primary's writes up to
+    /// `offset`. A replica that is cut while still in its first sync (a busy machine, a
+    /// fresh topology) has none of the topic: then no position can carry over — rightly,
+    /// but that is not the failover this test is about.
+    fn wait_replicated(&self, offset: u64) {
+        let replicas: Vec<&RedisServer> = match self {
+            Topology::Pair { replica, .. } => vec![replica],
+            Topology::Sentinel(set) => set.servers[1..].iter().collect(),
+            Topology::Cluster { cluster, replica, .. } => vec![&cluster.nodes[*replica]],
+        };
+        wait_until("the replicas to have the early writes", READY_TIMEOUT, || {
+            replicas.iter().all(|r| info_field(&r.info("replication"), "slave_repl_offset") >= offset)
+        });
+    }
+
     /// The replica to be promoted stops receiving anything from the primary.
     fn cut(&self) {
         match self {
@@ -323,6 +348,14 @@ impl Topology {
     }
 }
 
+/// A numeric field of an `INFO` section (0 when absent).
+fn info_field(info: &str, field: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn failover(kind: &str, durability: Durability) -> Figures {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     let t0 = Instant::now();
@@ -372,6 +405,8 @@ async fn failover(kind: &str, durability: Durability) -> Figures {
     let early_frames = early.messages(20).await;
     let early_at = (early_frames[19]["epoch"].as_str().expect("epoch").to_string(), common::seq(&early_frames[19]));
     early.close().await;
+    let early_offset = topology.primary_offset();
+    tokio::task::block_in_place(|| topology.wait_replicated(early_offset));
     wait_acks(BEFORE_CUT).await;
 
     // The replica is cut off: it keeps what it has (and on the pair, is promoted).
