@@ -112,6 +112,15 @@ async fn limits_have_their_documented_outcomes() {
     let reply = ws.request(json!({ "op": "subscribe", "topic": "s1" })).await;
     assert_eq!(reply["code"], json!("already_subscribed"));
 
+    // A frame far larger than the read buffer (ws.read_buffer_bytes, 1 KiB by default) and
+    // just under ws.max_frame_bytes is read in several calls and handled whole.
+    assert_eq!(app.config.ws.read_buffer_bytes, 1024);
+    let data = "z".repeat(3900);
+    let reply = ws.request(json!({ "op": "publish", "topic": "s1", "data": data })).await;
+    assert_eq!(reply["type"], json!("published"), "{reply}");
+    let delivered = ws.messages(1).await;
+    assert_eq!(delivered[0]["data"], json!(data));
+
     // Oversized inbound message: close 1009.
     let mut big = WsClient::connect(&app.base).await;
     big.send_raw(Message::Text(json!({ "op": "publish", "topic": "x", "data": "y".repeat(5000) }).to_string().into()))

@@ -189,7 +189,7 @@ fn exact(mut seqs: Vec<u64>, n: u64) -> bool {
 }
 
 pub async fn publish_http(limits: &Limits, batch: usize, child: bool, nodes: usize) -> Result<Vec<Row>> {
-    let node = FanoutNode::start(limits, child, nodes, "\"publish\"").await?;
+    let node = BenchNode::start(limits, child, nodes, "\"publish\"").await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(limits.concurrency).build()?;
     let data = payload(limits.payload);
     let mut rows = Vec::new();
@@ -350,18 +350,18 @@ pub async fn publish_ws(limits: &Limits) -> Result<Vec<Row>> {
 /// Where the server runs: in this process, or as `nodes` child processes sharing one key
 /// prefix (so that the clients' and the servers' file descriptors count against separate
 /// limits, and each server's CPU is its own).
-enum FanoutNode {
+enum BenchNode {
     InProcess(Box<Node>),
     Children(Vec<ChildNode>),
 }
 
-impl FanoutNode {
-    async fn start(limits: &Limits, child: bool, nodes: usize, scopes: &str) -> Result<FanoutNode> {
+impl BenchNode {
+    async fn start(limits: &Limits, child: bool, nodes: usize, scopes: &str) -> Result<BenchNode> {
         if !child {
             if nodes > 1 {
                 return Err("--nodes above 1 needs --child (each node is a `streamhub serve` process)".into());
             }
-            return Ok(FanoutNode::InProcess(Box::new(Node::start(limits).await?)));
+            return Ok(BenchNode::InProcess(Box::new(Node::start(limits).await?)));
         }
         let first = ChildNode::start(limits, scopes).await?;
         let prefix = first.prefix.clone();
@@ -369,14 +369,14 @@ impl FanoutNode {
         for _ in 1..nodes.max(1) {
             children.push(ChildNode::start_in(limits, scopes, "", Some(&prefix)).await?);
         }
-        Ok(FanoutNode::Children(children))
+        Ok(BenchNode::Children(children))
     }
 
     /// The servers' CPU time so far (all nodes together), when they run as processes.
     fn cpu(&self) -> Option<(Duration, Duration)> {
         match self {
-            FanoutNode::InProcess(_) => None,
-            FanoutNode::Children(nodes) => nodes.iter().try_fold((Duration::ZERO, Duration::ZERO), |(u, s), n| {
+            BenchNode::InProcess(_) => None,
+            BenchNode::Children(nodes) => nodes.iter().try_fold((Duration::ZERO, Duration::ZERO), |(u, s), n| {
                 cpu_time(n.pid).map(|(nu, ns)| (u + nu, s + ns))
             }),
         }
@@ -385,22 +385,22 @@ impl FanoutNode {
     /// The base URL of node `i` (round robin over the nodes).
     fn base_of(&self, i: usize) -> &str {
         match self {
-            FanoutNode::InProcess(n) => &n.base,
-            FanoutNode::Children(nodes) => &nodes[i % nodes.len()].base,
+            BenchNode::InProcess(n) => &n.base,
+            BenchNode::Children(nodes) => &nodes[i % nodes.len()].base,
         }
     }
 
     fn count(&self) -> usize {
         match self {
-            FanoutNode::InProcess(_) => 1,
-            FanoutNode::Children(nodes) => nodes.len(),
+            BenchNode::InProcess(_) => 1,
+            BenchNode::Children(nodes) => nodes.len(),
         }
     }
 
     async fn finish(self) -> Result<()> {
         match self {
-            FanoutNode::InProcess(n) => n.finish().await,
-            FanoutNode::Children(nodes) => {
+            BenchNode::InProcess(n) => n.finish().await,
+            BenchNode::Children(nodes) => {
                 for n in nodes {
                     n.finish().await?;
                 }
@@ -501,7 +501,7 @@ pub async fn fanout(
     nodes: usize,
     centrifugo: bool,
 ) -> Result<Vec<Row>> {
-    let node = FanoutNode::start(limits, child, nodes, "\"subscribe\", \"publish\"").await?;
+    let node = BenchNode::start(limits, child, nodes, "\"subscribe\", \"publish\"").await?;
     let total = rate * seconds;
     let per_topic: Vec<u64> = (0..topics).map(|t| (total + (topics - 1 - t) as u64) / topics as u64).collect();
     let expected: u64 = (0..subscribers).map(|i| per_topic[i % topics]).sum();
