@@ -87,3 +87,159 @@ async fn a_handler_group_retries_dead_letters_and_survives_panics() {
     assert!(dlq["dead_letters"][0]["error"].as_str().is_some_and(|e| e.contains("panicked")), "{dlq}");
     server.stop().await;
 }
+
+/// `Store::group_settle_read`, the round trip a busy worker makes: it acknowledges by
+/// lease (a stale or repeated lease changes nothing), records failures, and then reads into
+/// the freed slots, due retries first, at most `count` from each of the group's streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_and_read_in_one_round_trip_checks_leases_and_reads_retries_first() {
+    use streamhub::config::GroupStart;
+    use streamhub::store::groups::{AckStatus, FailStatus, Failure, Lease, RetryPolicy, Source};
+
+    let redis = TestRedis::start();
+    let config = common::test_config(&redis);
+    let store = streamhub::Store::connect(&config).expect("store");
+    store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
+    let topic = streamhub::Topic::parse("ar", 200).expect("topic");
+    for n in 1..=6 {
+        let message = streamhub::message::NewMessage {
+            payload: format!("{n}").into_bytes(),
+            content_type: "application/json".into(),
+            ..Default::default()
+        }
+        .check(&config.limits)
+        .expect("valid");
+        store.publish(&topic, vec![message]).await.expect("publish");
+    }
+    assert!(store.group_ensure(&topic, "g", &GroupStart::Earliest).await.expect("ensure"));
+    let policy = RetryPolicy {
+        max_attempts: 5,
+        base_ms: 60_000,
+        max_ms: 60_000,
+        multiplier: 2.0,
+        jitter: 0.0,
+        dlq_max_len: 100,
+    };
+
+    // Nothing to settle: a plain read of 3.
+    let settled = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, 3).await.expect("read");
+    assert!(settled.acks.is_empty() && settled.fails.is_empty());
+    let seqs: Vec<u64> = settled.read.iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let leases: Vec<Lease> = settled.read.iter().map(|d| d.lease.clone()).collect();
+
+    // A due retry waits in the retry stream (as the sweeper leaves it).
+    let p = &config.redis.prefix;
+    let (stream, retry, schedule) = (format!("{p}:{{ar}}:s"), format!("{p}:{{ar}}:g:g:r"), format!("{p}:{{ar}}:g:g:z"));
+    let out = redis.cli(&["XADD", &retry, "*", "seq", "9", "a", "2", "err", "boom"]);
+    assert!(out.status.success());
+
+    // seq 1 acknowledged once (the repeat is unknown); seq 2 with a stale delivery count is
+    // not acknowledged; seq 3 failed: scheduled for its second attempt. A count of 2: the
+    // retry first, then seqs 4 and 5 — not 6.
+    let stale = Lease { count: leases[1].count + 1, ..leases[1].clone() };
+    let fails = vec![(leases[2].clone(), Failure::Retry(None), "no".to_string())];
+    let acks = [leases[0].clone(), leases[0].clone(), stale];
+    let settled = store.group_settle_read(&topic, "g", "c1", &acks, &fails, &policy, 2).await.expect("settle+read");
+    assert_eq!(settled.acks, vec![AckStatus::Acked, AckStatus::Unknown, AckStatus::LeaseExpired]);
+    assert_eq!(settled.fails.len(), 1);
+    assert_eq!((settled.fails[0].status, settled.fails[0].attempt), (FailStatus::Scheduled, 1));
+    let got: Vec<(Source, u64, u32)> = settled.read.iter().map(|d| (d.lease.source, d.seq, d.attempt)).collect();
+    assert_eq!(got, vec![(Source::Retry, 9, 2), (Source::Main, 4, 1), (Source::Main, 5, 1)]);
+    assert_eq!(settled.read[0].last_error.as_deref(), Some("boom"));
+    let out = redis.cli(&["ZCARD", &schedule]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "seq 3's retry is scheduled");
+
+    // Pending on the topic stream: 2 (still leased), 4 and 5 — not 1, 3 or 6.
+    let out = redis.cli(&["XPENDING", &stream, "g"]);
+    let summary = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
+    assert_eq!(summary, "3", "pending count");
+
+    // Count 0: only settle; a retry entry is acknowledged and deleted.
+    let acks = [leases[1].clone(), settled.read[0].lease.clone()];
+    let last = store.group_settle_read(&topic, "g", "c1", &acks, &[], &policy, 0).await.expect("ack");
+    assert_eq!(last.acks, vec![AckStatus::Acked, AckStatus::Acked]);
+    assert!(last.read.is_empty());
+    let out = redis.cli(&["XLEN", &retry]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+}
+
+/// A busy handler group keeps its in-flight bound while its ack batcher reads into the
+/// slots it frees: never more than `concurrency` handler calls at once, never more than
+/// `concurrency` entries pending, every message handled once and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_keeps_its_in_flight_bound_and_handles_each_message_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const N: u64 = 300;
+    const CONCURRENCY: usize = 4;
+    let redis = TestRedis::start();
+    let mut config = common::test_config(&redis);
+    let mut spec = pull_group("busy", "rust");
+    spec.target = TargetKind::Handler;
+    spec.concurrency = CONCURRENCY;
+    config.group.push(spec);
+    // Published before the node starts: the worker finds a backlog at once.
+    {
+        let store = streamhub::Store::connect(&config).expect("store");
+        store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
+        let topic = streamhub::Topic::parse("busy", 200).expect("topic");
+        let messages: Vec<_> = (0..N)
+            .map(|n| {
+                streamhub::message::NewMessage {
+                    payload: format!("{n}").into_bytes(),
+                    content_type: "application/json".into(),
+                    ..Default::default()
+                }
+                .check(&config.limits)
+                .expect("valid")
+            })
+            .collect();
+        store.publish(&topic, messages).await.expect("publish");
+    }
+
+    let seen: Arc<Mutex<Vec<u64>>> = Default::default();
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut handlers = Handlers::new();
+    let (record, current, peak) = (seen.clone(), now.clone(), most.clone());
+    handlers.insert(
+        "busy",
+        "rust",
+        handler_fn(move |d| {
+            let (record, current, peak) = (record.clone(), current.clone(), peak.clone());
+            async move {
+                let inside = current.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(inside, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                record.lock().expect("lock").push(d.seq);
+                current.fetch_sub(1, Ordering::SeqCst);
+                Outcome::Ack
+            }
+        }),
+    );
+    let server = streamhub::Server::start_with_handlers(config.clone(), handlers).await.expect("start");
+    // Sample the group's pending count while it works.
+    let stream = format!("{}:{{busy}}:s", config.redis.prefix);
+    let mut most_pending = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (seen.lock().expect("lock").len() as u64) < N {
+        assert!(std::time::Instant::now() < deadline, "timed out: {} handled", seen.lock().expect("lock").len());
+        let out = redis.cli(&["XPENDING", &stream, "rust"]);
+        let pending = String::from_utf8_lossy(&out.stdout).lines().next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        most_pending = most_pending.max(pending);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually("all acknowledged", Duration::from_secs(10), async || {
+        let out = redis.cli(&["XPENDING", &stream, "rust"]);
+        String::from_utf8_lossy(&out.stdout).lines().next() == Some("0")
+    })
+    .await;
+    server.stop().await;
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort();
+    assert_eq!(seen, (1..=N).collect::<Vec<_>>(), "each message handled once");
+    let peak = most.load(Ordering::SeqCst);
+    assert!((1..=CONCURRENCY).contains(&peak), "handler calls at once: {peak}");
+    assert!(most_pending <= CONCURRENCY as u64, "pending entries at once: {most_pending}");
+    assert!(most_pending >= 1, "the sampler saw the group at work");
+}

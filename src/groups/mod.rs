@@ -246,15 +246,8 @@ impl Groups {
                 }
             },
         };
-        let worker = worker::Worker {
-            group: group.clone(),
-            store: rt.store.clone(),
-            target,
-            consumer: self.consumer("worker"),
-            sweep: rt.sweep,
-            grace: rt.grace,
-            acks: std::sync::OnceLock::new(),
-        };
+        let worker =
+            worker::Worker::new(group.clone(), rt.store.clone(), target, self.consumer("worker"), rt.sweep, rt.grace);
         let span = tracing::info_span!("group", group = %group.label);
         rt.tasks.spawn(tracing::Instrument::instrument(worker.run(group.stop.clone()), span));
     }

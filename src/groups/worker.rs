@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use super::fetch::{Fetcher, ReclaimClock};
@@ -28,14 +29,14 @@ pub(super) enum Target {
 }
 
 impl Target {
-    async fn deliver(&self, topic: &str, group: &str, epoch: &str, d: &GroupDelivery, timeout: Duration) -> Outcome {
+    async fn deliver(&self, topic: &str, group: &str, epoch: &str, d: GroupDelivery, timeout: Duration) -> Outcome {
         match self {
-            Target::Webhook(w) => w.deliver(topic, group, epoch, d).await,
+            Target::Webhook(w) => w.deliver(topic, group, epoch, &d).await,
             Target::Handler(h) => {
                 // A panicking or hanging handler is a failed attempt, not a dead worker: the
                 // panic is caught, and a call past its timeout is dropped (cancelled).
                 use futures::FutureExt;
-                let call = std::panic::AssertUnwindSafe(h.handle(d.clone())).catch_unwind();
+                let call = std::panic::AssertUnwindSafe(h.handle(d)).catch_unwind();
                 match tokio::time::timeout(timeout, call).await {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(panic)) => {
@@ -54,33 +55,68 @@ impl Target {
 }
 
 pub(super) struct Worker {
-    pub group: Arc<Group>,
-    pub store: Store,
-    pub target: Target,
-    pub consumer: String,
-    pub sweep: Duration,
-    pub grace: Duration,
+    group: Arc<Group>,
+    store: Store,
+    target: Target,
+    consumer: String,
+    sweep: Duration,
+    grace: Duration,
+    /// One permit per delivery in flight (`concurrency`).
+    permits: Arc<Semaphore>,
+    /// The deliveries being handled, and acknowledgements on their way (tokens).
+    in_flight: TaskTracker,
     /// Set by `run`: the batcher that acknowledges settled deliveries together.
-    pub acks: std::sync::OnceLock<Acks>,
+    acks: std::sync::OnceLock<Acks>,
+    /// The topic's epoch, for the X-Streamhub-Epoch header (read every sweep interval).
+    epoch: std::sync::Mutex<Arc<str>>,
+    /// When the read loop last read (and reclaimed, when due); see [`Worker::may_refill`].
+    last_round: std::sync::Mutex<Instant>,
+    target_duration: metrics::Histogram,
 }
 
 /// Most acknowledgements sent in one call.
 const ACK_BATCH: usize = 256;
 
-type AckReply = tokio::sync::oneshot::Sender<Result<AckStatus, crate::store::StoreError>>;
-
-/// Acknowledges the deliveries that finished at about the same time in one function call.
-/// Each settle waits for its own answer before releasing its in-flight slot, so the
-/// in-flight bound (and with it the duplicates a crash can cause) is unchanged.
-pub(super) struct Acks {
-    tx: tokio::sync::mpsc::Sender<(Lease, AckReply)>,
+/// A delivery its target answered, on its way to be settled (acknowledged, or failed:
+/// `failure` with its error text): its in-flight slot is held until the settle is stored —
+/// then passed on to a delivery read in the same round trip, or freed — and the token
+/// keeps a shutdown waiting for it.
+struct Finished {
+    lease: Lease,
+    failure: Option<(Failure, String)>,
+    permit: OwnedSemaphorePermit,
+    _token: TaskTrackerToken,
 }
 
+/// Settles the deliveries that finished at about the same time in one round trip — one
+/// ack call for all the acknowledged, a fail call per failure — which also reads as many
+/// new deliveries (`Store::group_settle_read`): each new one takes over the slot of a
+/// settled one, so a busy worker's slots cost one round trip per cycle, not a settle's
+/// and then a read's. The in-flight bound (and
+/// with it the duplicates a crash can cause) is unchanged: a slot is released or passed
+/// on only once its ack is stored.
+struct Acks {
+    tx: tokio::sync::mpsc::UnboundedSender<Finished>,
+}
+
+/// Ack round trips a worker keeps in flight at once: while one is on its way, the
+/// deliveries that finish gather for the next, so Redis and the worker work at the same
+/// time instead of taking turns.
+const ACK_DEPTH: usize = 2;
+
 impl Acks {
-    fn start(store: Store, group: Arc<Group>, capacity: usize) -> Acks {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Lease, AckReply)>(capacity.max(1));
+    fn start(worker: &Arc<Worker>, shutdown: CancellationToken) -> Acks {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+        // The batcher holds the worker weakly: it ends when the worker is gone (its
+        // sender with it), and needs the worker only to hand out what it read.
+        let weak = Arc::downgrade(worker);
+        let depth = Arc::new(Semaphore::new(ACK_DEPTH));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                // Deliveries handed out together tend to finish together: let the other
+                // settles that are ready run first, so that one call takes them all.
+                tokio::task::yield_now().await;
+                let Ok(turn) = depth.clone().acquire_owned().await else { break };
                 let mut batch = vec![first];
                 while batch.len() < ACK_BATCH {
                     match rx.try_recv() {
@@ -88,38 +124,139 @@ impl Acks {
                         Err(_) => break,
                     }
                 }
-                let leases: Vec<Lease> = batch.iter().map(|(l, _)| l.clone()).collect();
-                match store.group_ack(&group.topic, &group.spec.name, &leases).await {
-                    Ok(statuses) => {
-                        for ((_, reply), status) in batch.into_iter().zip(statuses) {
-                            let _ = reply.send(Ok(status));
-                        }
-                    }
-                    Err(e) => {
-                        for (_, reply) in batch {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
+                let (weak, shutdown) = (weak.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    acknowledge(weak, &shutdown, batch).await;
+                    drop(turn);
+                });
             }
         });
         Acks { tx }
     }
+}
 
-    async fn ack(&self, lease: Lease) -> Result<AckStatus, crate::store::StoreError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((lease, reply))
-            .await
-            .map_err(|_| crate::store::StoreError::Unavailable("ack batcher stopped".into()))?;
-        answer.await.map_err(|_| crate::store::StoreError::Unavailable("ack batcher stopped".into()))?
+/// One round trip for `batch`: its settles, and as many new deliveries read after them
+/// when the worker may refill (`Worker::may_refill`), handed out with the slots.
+async fn acknowledge(weak: std::sync::Weak<Worker>, shutdown: &CancellationToken, batch: Vec<Finished>) {
+    let Some(worker) = weak.upgrade() else {
+        // Gone: only at the very end of a shutdown; the leases stay pending and are
+        // reclaimed after ack_wait.
+        return;
+    };
+    let (store, group) = (&worker.store, &worker.group);
+    let count = if worker.may_refill(shutdown) { batch.len() as u64 } else { 0 };
+    let mut acks = Vec::new();
+    let mut fails = Vec::new();
+    for f in &batch {
+        match &f.failure {
+            None => acks.push(f.lease.clone()),
+            Some((failure, error)) => fails.push((f.lease.clone(), *failure, error.clone())),
+        }
+    }
+    let (topic, name) = (&group.topic, group.spec.name.as_str());
+    let read = match store.group_settle_read(topic, name, &worker.consumer, &acks, &fails, &group.policy, count).await {
+        Ok(settled) => {
+            count_acks(&group.label, &settled.acks);
+            for failed in &settled.fails {
+                crate::metrics::group_outcome(&group.label, failed.status.as_str(), 1);
+            }
+            settled.read
+        }
+        Err(e) => {
+            tracing::warn!(group = %group.label, error = %e, settles = batch.len(), "settling failed; the messages will be redelivered");
+            if !acks.is_empty() {
+                crate::metrics::group_outcome(&group.label, "ack_failed", acks.len() as u64);
+            }
+            if !fails.is_empty() {
+                crate::metrics::group_outcome(&group.label, "fail_failed", fails.len() as u64);
+            }
+            Vec::new()
+        }
+    };
+    if read.is_empty() {
+        return;
+    }
+    // Screened like every read (past TTL, attempts used up); what the screen cannot
+    // settle stays pending and is reclaimed after ack_wait.
+    let read = match super::fetch::screen(store, group, read).await {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::warn!(group = %group.label, error = %e, "screening a read failed");
+            Vec::new()
+        }
+    };
+    let epoch = worker.epoch();
+    let mut slots = batch.into_iter().map(|f| f.permit);
+    for delivery in read {
+        let (w, epoch, slot) = (worker.clone(), epoch.clone(), slots.next());
+        worker.in_flight.spawn(async move {
+            // A read of both streams may return more than it acknowledged (up to as many
+            // again of due retries): those wait for a slot.
+            let permit = match slot {
+                Some(p) => p,
+                None => match w.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            w.settle(delivery, &epoch, permit).await
+        });
+    }
+}
+
+/// Counts an ack call's outcomes, one counter update per status.
+fn count_acks(label: &str, statuses: &[AckStatus]) {
+    for status in [AckStatus::Acked, AckStatus::LeaseExpired, AckStatus::Unknown] {
+        let n = statuses.iter().filter(|s| **s == status).count() as u64;
+        if n > 0 {
+            crate::metrics::group_outcome(label, status.as_str(), n);
+        }
     }
 }
 
 impl Worker {
+    pub fn new(
+        group: Arc<Group>,
+        store: Store,
+        target: Target,
+        consumer: String,
+        sweep: Duration,
+        grace: Duration,
+    ) -> Worker {
+        let target_duration =
+            metrics::histogram!(crate::metrics::GROUP_TARGET_DURATION, "group" => group.label.clone());
+        Worker {
+            permits: Arc::new(Semaphore::new(group.spec.concurrency)),
+            group,
+            store,
+            target,
+            consumer,
+            sweep,
+            grace,
+            in_flight: TaskTracker::new(),
+            acks: std::sync::OnceLock::new(),
+            epoch: std::sync::Mutex::new(Arc::from("")),
+            last_round: std::sync::Mutex::new(Instant::now()),
+            target_duration,
+        }
+    }
+
+    fn epoch(&self) -> Arc<str> {
+        self.epoch.lock().map(|e| e.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Whether the ack batcher may read new deliveries into the slots it frees. Not when
+    /// stopping or paused, and not when the read loop has not read for a sweep interval:
+    /// a worker whose batcher refilled every slot would otherwise never reclaim expired
+    /// leases or refresh the epoch; the slots freed then wake the read loop instead.
+    fn may_refill(&self, shutdown: &CancellationToken) -> bool {
+        let fresh = self.last_round.lock().map(|t| t.elapsed() < self.sweep).unwrap_or(false);
+        fresh && !shutdown.is_cancelled() && !self.group.is_paused()
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
-        let _ = self.acks.set(Acks::start(self.store.clone(), self.group.clone(), self.group.spec.concurrency));
         let worker = Arc::new(self);
+        let _ = worker.acks.set(Acks::start(&worker, shutdown.clone()));
         let g = worker.group.clone();
         let reader = match worker.store.blocking_reader() {
             Ok(r) => r,
@@ -136,10 +273,8 @@ impl Worker {
             ReclaimClock::Own(None),
             worker.sweep,
         );
-        let permits = Arc::new(Semaphore::new(g.spec.concurrency));
-        let in_flight = TaskTracker::new();
+        let permits = worker.permits.clone();
         let mut epoch_read: Option<Instant> = None;
-        let mut epoch = String::new();
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             if g.is_paused() {
@@ -157,11 +292,16 @@ impl Worker {
             tokio::task::yield_now().await;
             let free = 1 + permits.available_permits() as u64;
             if epoch_read.is_none_or(|t| t.elapsed() >= worker.sweep) {
-                // The topic's epoch, for the X-Streamhub-Epoch header.
                 epoch_read = Some(Instant::now());
                 if let Ok(info) = worker.store.topic_info(&g.topic).await {
-                    epoch = info.position.epoch.unwrap_or_default();
+                    let epoch: Arc<str> = Arc::from(info.position.epoch.unwrap_or_default());
+                    if let Ok(mut e) = worker.epoch.lock() {
+                        *e = epoch;
+                    }
                 }
+            }
+            if let Ok(mut t) = worker.last_round.lock() {
+                *t = Instant::now();
             }
             let round = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -184,6 +324,7 @@ impl Worker {
                 }
             };
             let mut first = Some(first);
+            let epoch = worker.epoch();
             for delivery in batch {
                 let permit = match first.take() {
                     Some(p) => p,
@@ -192,66 +333,63 @@ impl Worker {
                         Err(_) => break,
                     },
                 };
-                let (worker, epoch) = (worker.clone(), epoch.clone());
-                in_flight.spawn(async move { worker.settle(delivery, &epoch, permit).await });
+                let (w, epoch) = (worker.clone(), epoch.clone());
+                worker.in_flight.spawn(async move { w.settle(delivery, &epoch, permit).await });
             }
         }
-        // Shutdown: fetch nothing more; in-flight deliveries get the grace period. What is
-        // not settled stays pending and is reclaimed by another consumer after ack_wait.
-        in_flight.close();
-        if tokio::time::timeout(worker.grace, in_flight.wait()).await.is_err() {
+        // Shutdown: fetch nothing more; in-flight deliveries (and acks on their way) get
+        // the grace period. What is not settled stays pending and is reclaimed by another
+        // consumer after ack_wait.
+        worker.in_flight.close();
+        if tokio::time::timeout(worker.grace, worker.in_flight.wait()).await.is_err() {
             tracing::warn!(group = %g.label, "in-flight deliveries left pending at shutdown");
         }
         fetcher.close().await;
     }
 
-    async fn ack(&self, lease: Lease) -> Result<AckStatus, crate::store::StoreError> {
-        match self.acks.get() {
-            Some(acks) => acks.ack(lease).await,
-            None => Ok(self
-                .store
-                .group_ack(&self.group.topic, &self.group.spec.name, &[lease])
-                .await?
-                .into_iter()
-                .next()
-                .unwrap_or(AckStatus::Unknown)),
-        }
-    }
-
     /// One call of the target, timed.
-    async fn call_target(&self, d: &GroupDelivery, epoch: &str) -> Outcome {
+    async fn call_target(&self, d: GroupDelivery, epoch: &str) -> Outcome {
         let g = &self.group;
         let started = Instant::now();
         let timeout = Duration::from_millis(g.spec.timeout_ms);
         let outcome = self.target.deliver(g.topic.as_str(), &g.spec.name, epoch, d, timeout).await;
-        metrics::histogram!(crate::metrics::GROUP_TARGET_DURATION, "group" => g.label.clone())
-            .record(started.elapsed().as_secs_f64());
+        self.target_duration.record(started.elapsed().as_secs_f64());
         outcome
     }
 
-    /// Delivers one (screened) message and records the outcome in one atomic call.
-    async fn settle(&self, d: GroupDelivery, epoch: &str, _permit: OwnedSemaphorePermit) {
-        let g = &self.group;
-        let (failure, error) = match self.call_target(&d, epoch).await {
-            Outcome::Ack => (None, String::new()),
-            Outcome::Retry { error, after } => (Some(Failure::Retry(after)), error),
-            Outcome::Permanent { error } => (Some(Failure::Permanent), error),
+    /// Delivers one (screened) message and hands the outcome, with the delivery's slot, to
+    /// the batcher that settles it.
+    async fn settle(&self, d: GroupDelivery, epoch: &str, permit: OwnedSemaphorePermit) {
+        let lease = d.lease.clone();
+        let failure = match self.call_target(d, epoch).await {
+            Outcome::Ack => None,
+            Outcome::Retry { error, after } => Some((Failure::Retry(after), error)),
+            Outcome::Permanent { error } => Some((Failure::Permanent, error)),
         };
-        let outcome = match failure {
-            None => match self.ack(d.lease.clone()).await {
-                Ok(status) => status.as_str(),
-                Err(e) => {
-                    tracing::warn!(group = %g.label, seq = d.seq, error = %e, "ack failed; the message will be redelivered");
-                    "ack_failed"
-                }
+        let finished = Finished { lease, failure, permit, _token: self.in_flight.token() };
+        let unsent = match self.acks.get() {
+            Some(acks) => acks.tx.send(finished).err().map(|e| e.0),
+            None => Some(finished),
+        };
+        if let Some(finished) = unsent {
+            // No batcher (only while stopping): settle alone.
+            self.settle_alone(finished).await;
+        }
+    }
+
+    /// Settles one delivery with its own call.
+    async fn settle_alone(&self, finished: Finished) {
+        let g = &self.group;
+        let (topic, name) = (&g.topic, g.spec.name.as_str());
+        let outcome = match &finished.failure {
+            None => match self.store.group_ack(topic, name, std::slice::from_ref(&finished.lease)).await.as_deref() {
+                Ok([status]) => status.as_str(),
+                _ => "ack_failed",
             },
-            Some(failure) => {
-                match self.store.group_fail(&g.topic, &g.spec.name, &d.lease, failure, &g.policy, &error).await {
+            Some((failure, error)) => {
+                match self.store.group_fail(topic, name, &finished.lease, *failure, &g.policy, error).await {
                     Ok(failed) => failed.status.as_str(),
-                    Err(e) => {
-                        tracing::warn!(group = %g.label, seq = d.seq, error = %e, "recording a failure failed; it will be redelivered");
-                        "fail_failed"
-                    }
+                    Err(_) => "fail_failed",
                 }
             }
         };

@@ -14,7 +14,7 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::error::{Error as RedisError, ErrorKind as RedisErrorKind};
 use fred::interfaces::{
-    ClientLike, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
+    ClientLike, FunctionInterface, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
 };
 use fred::types::config::Options;
 use fred::types::Value;
@@ -174,6 +174,17 @@ pub struct Failed {
     pub due_ms: u64,
 }
 
+/// What [`Store::group_settle_read`] answers.
+#[derive(Debug, Default)]
+pub struct Settles {
+    /// One status per acknowledged lease, in order.
+    pub acks: Vec<AckStatus>,
+    /// One outcome per failure, in order.
+    pub fails: Vec<Failed>,
+    /// The deliveries read after the settles.
+    pub read: Vec<GroupDelivery>,
+}
+
 /// One entry of a group's dead-letter stream.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -323,6 +334,98 @@ fn entries(reply: &Value) -> Vec<(String, Value)> {
     out
 }
 
+/// The deliveries of an `XREADGROUP … STREAMS <retry> <stream> > >` reply (RESP2 or 3).
+fn deliveries(reply: Value, retry_key: &str) -> Vec<GroupDelivery> {
+    let mut out = Vec::new();
+    let streams: Vec<(String, Value)> = match reply {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    let body = pair.pop()?;
+                    Some((pair.pop()?.as_string()?, body))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => {
+            map.inner().into_iter().filter_map(|(key, body)| Some((key.as_str()?.to_string(), body))).collect()
+        }
+        _ => Vec::new(),
+    };
+    for (key, body) in streams {
+        let source = if key == retry_key { Source::Retry } else { Source::Main };
+        for (id, f) in entries(&body) {
+            out.push(delivery(source, id, 1, &f));
+        }
+    }
+    out
+}
+
+/// The keys of `sh_group_fail_v1`.
+fn fail_keys(k: &GroupKeys) -> Vec<String> {
+    vec![k.stream.clone(), k.retry.clone(), k.schedule.clone(), k.payloads.clone(), k.dlq.clone(), k.counters.clone()]
+}
+
+/// The arguments of `sh_group_fail_v1`.
+fn fail_args(group: &str, lease: &Lease, failure: Failure, policy: &RetryPolicy, error: &str) -> Vec<Value> {
+    let (outcome, delay) = match failure {
+        Failure::Retry(delay) => ("retry", delay.map(|d| d.as_millis() as i64).unwrap_or(-1)),
+        Failure::Permanent => ("permanent", -1),
+        Failure::Expired { to_dlq: true } => ("expired-dlq", -1),
+        Failure::Expired { to_dlq: false } => ("expired-drop", -1),
+    };
+    vec![
+        group.into(),
+        lease.source_arg().into(),
+        lease.id.clone().into(),
+        (lease.count as i64).into(),
+        (policy.max_attempts as i64).into(),
+        outcome.into(),
+        delay.into(),
+        (policy.base_ms as i64).into(),
+        (policy.max_ms as i64).into(),
+        policy.multiplier.to_string().into(),
+        policy.jitter.to_string().into(),
+        error.into(),
+        (crate::message::now_ms() as i64).into(),
+        (policy.dlq_max_len as i64).into(),
+    ]
+}
+
+/// What `sh_group_fail_v1` answers.
+fn failed(reply: Value) -> Result<Failed> {
+    let reply = reply.into_array();
+    Ok(Failed {
+        status: FailStatus::parse(&reply.first().and_then(|v| v.as_string()).unwrap_or_default())?,
+        attempt: reply.get(1).and_then(|v| v.as_u64()).unwrap_or(0) as u32,
+        due_ms: reply.get(2).and_then(|v| v.as_u64()).unwrap_or(0),
+    })
+}
+
+/// A function call's per-lease arguments: source, entry id, delivery count.
+fn push_leases(args: &mut Vec<Value>, leases: &[Lease]) {
+    for l in leases {
+        args.push(l.source_arg().into());
+        args.push(l.id.clone().into());
+        args.push((l.count as i64).into());
+    }
+}
+
+/// The statuses an acknowledgement answers, one per lease.
+fn ack_statuses(reply: Value) -> Result<Vec<AckStatus>> {
+    reply
+        .into_array()
+        .into_iter()
+        .map(|v| match v.as_string().as_deref() {
+            Some("acked") => Ok(AckStatus::Acked),
+            Some("lease_expired") => Ok(AckStatus::LeaseExpired),
+            Some("unknown") => Ok(AckStatus::Unknown),
+            _ => Err(StoreError::Protocol("ack answered something else".into())),
+        })
+        .collect()
+}
+
 impl Store {
     fn group_keys(&self, topic: &Topic, group: &str) -> GroupKeys {
         self.keys.topic(topic).group(group)
@@ -438,52 +541,79 @@ impl Store {
             // A blocking read's time is mostly waiting; only immediate reads are timed.
             crate::metrics::redis_call("xreadgroup", started, reply.as_ref().err().map(StoreError::kind));
         }
-        let reply = reply?;
-        let mut out = Vec::new();
-        let streams: Vec<(String, Value)> = match reply {
-            Value::Array(items) => items
-                .into_iter()
-                .filter_map(|s| match s {
-                    Value::Array(mut pair) if pair.len() == 2 => {
-                        let body = pair.pop()?;
-                        Some((pair.pop()?.as_string()?, body))
-                    }
-                    _ => None,
-                })
-                .collect(),
-            Value::Map(map) => {
-                map.inner().into_iter().filter_map(|(key, body)| Some((key.as_str()?.to_string(), body))).collect()
-            }
-            _ => Vec::new(),
-        };
-        for (key, body) in streams {
-            let source = if key == k.retry { Source::Retry } else { Source::Main };
-            for (id, f) in entries(&body) {
-                out.push(delivery(source, id, 1, &f));
-            }
-        }
-        Ok(out)
+        Ok(deliveries(reply?, &k.retry))
     }
 
     pub async fn group_ack(&self, topic: &Topic, group: &str, leases: &[Lease]) -> Result<Vec<AckStatus>> {
         let k = self.group_keys(topic, group);
-        let mut args: Vec<Value> = vec![group.into()];
-        for l in leases {
-            args.push(l.source_arg().into());
-            args.push(l.id.clone().into());
-            args.push((l.count as i64).into());
-        }
+        let mut args: Vec<Value> = Vec::with_capacity(1 + 3 * leases.len());
+        args.push(group.into());
+        push_leases(&mut args, leases);
         let reply = self.call(library::GROUP_ACK, vec![k.stream, k.retry, k.counters], args, false).await?;
-        reply
-            .into_array()
-            .into_iter()
-            .map(|v| match v.as_string().as_deref() {
-                Some("acked") => Ok(AckStatus::Acked),
-                Some("lease_expired") => Ok(AckStatus::LeaseExpired),
-                Some("unknown") => Ok(AckStatus::Unknown),
-                _ => Err(StoreError::Protocol("ack answered something else".into())),
-            })
-            .collect()
+        ack_statuses(reply)
+    }
+
+    /// Settles a worker's finished deliveries and then reads up to `count` new ones for
+    /// `consumer` from each of the group's streams (due retries first, then new messages of
+    /// the topic): one `sh_group_ack_v1` call for `acks`, one `sh_group_fail_v1` call per
+    /// failure, and a non-blocking `XREADGROUP`, written back to back on one connection
+    /// (one pipeline; on Cluster, to the primary owning the topic's slot). One round trip
+    /// does it all, and the read comes after the settles: what a worker does with the
+    /// in-flight slots the settled deliveries held. A call the pipeline could not make
+    /// (library not loaded, slot moved, connection lost) is made again on its own; a
+    /// failed read only reads nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn group_settle_read(
+        &self,
+        topic: &Topic,
+        group: &str,
+        consumer: &str,
+        acks: &[Lease],
+        fails: &[(Lease, Failure, String)],
+        policy: &RetryPolicy,
+        count: u64,
+    ) -> Result<Settles> {
+        let k = self.group_keys(topic, group);
+        let ack_keys = vec![k.stream.clone(), k.retry.clone(), k.counters.clone()];
+        let mut ack_args: Vec<Value> = Vec::with_capacity(1 + 3 * acks.len());
+        ack_args.push(group.into());
+        push_leases(&mut ack_args, acks);
+        let fail_calls: Vec<Vec<Value>> =
+            fails.iter().map(|(lease, failure, error)| fail_args(group, lease, *failure, policy, error)).collect();
+        let writer = self.writer_for(&k.stream);
+        let client = writer.as_ref().unwrap_or_else(|| self.pool.next());
+        let started = std::time::Instant::now();
+        let pipeline = client.pipeline();
+        if !acks.is_empty() {
+            let _: () = pipeline.fcall(library::GROUP_ACK, ack_keys.clone(), ack_args.clone()).await?;
+        }
+        for args in &fail_calls {
+            let _: () = pipeline.fcall(library::GROUP_FAIL, fail_keys(&k), args.clone()).await?;
+        }
+        if count > 0 {
+            let streams = vec![k.retry.clone(), k.stream.clone()];
+            let _: () = pipeline.xreadgroup(group, consumer, Some(count), None, false, streams, vec![">", ">"]).await?;
+        }
+        let mut replies = pipeline.try_all::<Value>().await.into_iter();
+        crate::metrics::redis_call("settle_read", started, None);
+        let mut out = Settles::default();
+        if !acks.is_empty() {
+            out.acks = match replies.next() {
+                Some(Ok(reply)) => ack_statuses(reply)?,
+                _ => ack_statuses(self.call(library::GROUP_ACK, ack_keys, ack_args, false).await?)?,
+            };
+        }
+        for args in fail_calls {
+            out.fails.push(match replies.next() {
+                Some(Ok(reply)) => failed(reply)?,
+                _ => failed(self.call(library::GROUP_FAIL, fail_keys(&k), args, false).await?)?,
+            });
+        }
+        // What the pipeline read is this consumer's now, whatever became of the rest.
+        if let Some(Ok(reply)) = replies.next() {
+            out.read = deliveries(reply, &k.retry);
+        }
+        Ok(out)
     }
 
     /// Records a failed (or expired) delivery: schedules its retry, or dead-letters it
@@ -497,37 +627,10 @@ impl Store {
         policy: &RetryPolicy,
         error: &str,
     ) -> Result<Failed> {
-        let now_ms = crate::message::now_ms();
         let k = self.group_keys(topic, group);
-        let (outcome, delay) = match failure {
-            Failure::Retry(delay) => ("retry", delay.map(|d| d.as_millis() as i64).unwrap_or(-1)),
-            Failure::Permanent => ("permanent", -1),
-            Failure::Expired { to_dlq: true } => ("expired-dlq", -1),
-            Failure::Expired { to_dlq: false } => ("expired-drop", -1),
-        };
-        let args: Vec<Value> = vec![
-            group.into(),
-            lease.source_arg().into(),
-            lease.id.clone().into(),
-            (lease.count as i64).into(),
-            (policy.max_attempts as i64).into(),
-            outcome.into(),
-            delay.into(),
-            (policy.base_ms as i64).into(),
-            (policy.max_ms as i64).into(),
-            policy.multiplier.to_string().into(),
-            policy.jitter.to_string().into(),
-            error.into(),
-            (now_ms as i64).into(),
-            (policy.dlq_max_len as i64).into(),
-        ];
-        let keys = vec![k.stream, k.retry, k.schedule, k.payloads, k.dlq, k.counters];
-        let reply = self.call(library::GROUP_FAIL, keys, args, false).await?.into_array();
-        Ok(Failed {
-            status: FailStatus::parse(&reply.first().and_then(|v| v.as_string()).unwrap_or_default())?,
-            attempt: reply.get(1).and_then(|v| v.as_u64()).unwrap_or(0) as u32,
-            due_ms: reply.get(2).and_then(|v| v.as_u64()).unwrap_or(0),
-        })
+        let reply =
+            self.call(library::GROUP_FAIL, fail_keys(&k), fail_args(group, lease, failure, policy, error), false);
+        failed(reply.await?)
     }
 
     /// Moves retries due by `now_ms` (at most `limit`) to the retry stream; returns how
