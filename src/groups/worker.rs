@@ -65,7 +65,7 @@ pub(super) struct Worker {
     permits: Arc<Semaphore>,
     /// The deliveries being handled, and acknowledgements on their way (tokens).
     in_flight: TaskTracker,
-    /// Set by `run`: the batcher that acknowledges settled deliveries together.
+    /// Set by `run`: the batcher that settles finished deliveries together.
     acks: std::sync::OnceLock<Acks>,
     /// The topic's epoch, for the X-Streamhub-Epoch header (read every sweep interval).
     epoch: std::sync::Mutex<Arc<str>>,
@@ -92,9 +92,8 @@ struct Finished {
 /// ack call for all the acknowledged, a fail call per failure — which also reads as many
 /// new deliveries (`Store::group_settle_read`): each new one takes over the slot of a
 /// settled one, so a busy worker's slots cost one round trip per cycle, not a settle's
-/// and then a read's. The in-flight bound (and
-/// with it the duplicates a crash can cause) is unchanged: a slot is released or passed
-/// on only once its ack is stored.
+/// and then a read's. The in-flight bound (and with it the duplicates a crash can cause)
+/// is unchanged: a slot is released or passed on only once its settle is stored.
 struct Acks {
     tx: tokio::sync::mpsc::UnboundedSender<Finished>,
 }
