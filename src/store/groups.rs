@@ -594,8 +594,11 @@ impl Store {
             let streams = vec![k.retry.clone(), k.stream.clone()];
             let _: () = pipeline.xreadgroup(group, consumer, Some(count), None, false, streams, vec![">", ">"]).await?;
         }
-        let mut replies = pipeline.try_all::<Value>().await.into_iter();
-        crate::metrics::redis_call("settle_read", started, None);
+        let replies = pipeline.try_all::<Value>().await;
+        // Timed as one call; failed when any of its commands failed.
+        let error = replies.iter().find_map(|r| r.as_ref().err()).map(|e| StoreError::from(e.clone()).kind());
+        crate::metrics::redis_call("settle_read", started, error);
+        let mut replies = replies.into_iter();
         let mut out = Settles::default();
         if !acks.is_empty() {
             out.acks = match replies.next() {
