@@ -124,6 +124,8 @@ pub const RESIDENT_MEMORY: &str = "streamhub_process_resident_memory_bytes";
 pub const OPEN_FDS: &str = "streamhub_process_open_fds";
 /// The process's soft limit of open file descriptors (RLIMIT_NOFILE).
 pub const MAX_FDS: &str = "streamhub_process_max_fds";
+/// Tasks alive in the process's runtime (a connection's tasks, tails, workers, …).
+pub const RUNTIME_TASKS: &str = "streamhub_runtime_tasks";
 /// CPU time used by the process (user and system), seconds.
 pub const CPU_SECONDS: &str = "streamhub_process_cpu_seconds_total";
 
@@ -257,6 +259,9 @@ fn refresh_process() -> Option<f64> {
     }
     if let Some(soft) = figures.max_fds {
         metrics::gauge!(MAX_FDS).set(soft as f64);
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(RUNTIME_TASKS).set(runtime.metrics().num_alive_tasks() as f64);
     }
     figures.cpu_seconds
 }

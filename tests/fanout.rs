@@ -99,8 +99,8 @@ async fn the_position_check_alone_delivers_when_no_hint_ever_arrives() {
         streamhub::delivery::presence::Presence::start(store.clone(), config.presence.clone(), shutdown.clone());
     let tasks = tokio_util::task::TaskTracker::new();
     let hub = Hub::new(store.clone(), hints, presence, config.fanout.clone(), shutdown.clone(), tasks);
-    let (session, mut queue) = Session::new(hub, &config.ws);
-    tokio::spawn(session.clone().run_catchup(shutdown.clone()));
+    // The session's catch-up reader starts with `start` and ends with `shutdown`.
+    let (session, mut queue) = Session::new(hub, &config.ws, shutdown.clone());
     let topic = streamhub::Topic::parse("silent", 200).expect("topic");
     session.subscribe(topic.clone(), Since::Now, Default::default()).await.expect("subscribe");
     session.start(&topic);
@@ -170,4 +170,52 @@ async fn a_client_that_stops_reading_does_not_stop_the_others_and_catches_up_exa
     assert_eq!(seq(&stalled.messages(1).await[0]), total + 1);
     assert_eq!(seq(&reader.messages(1).await[0]), total + 1);
     app.stop().await;
+}
+
+/// An idle subscribed WebSocket session keeps two tasks, its reader and its writer: the
+/// catch-up reader runs only while a subscription lags (here: each session starts from
+/// the topic's first message) and ends once the subscription is live.
+#[tokio::test]
+async fn an_idle_subscribed_session_keeps_two_tasks() {
+    const SESSIONS: usize = 20;
+    let redis = TestRedis::start();
+    let app = TestApp::start(&redis).await;
+    app.publish("idle", json!("first")).await;
+    let tasks = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("streamhub_runtime_tasks "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("streamhub_runtime_tasks")
+    };
+    // The topic's tail and the scrape's connection exist before the measured sessions.
+    let mut warm = WsClient::connect(&app.url("")).await;
+    warm.request(json!({ "op": "subscribe", "topic": "idle" })).await;
+    let before = tasks(app.metrics().await);
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        let mut ws = WsClient::connect(&app.url("")).await;
+        let reply = ws.request(json!({ "op": "subscribe", "topic": "idle", "since": "earliest" })).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        let caught_up = ws.next_frame().await;
+        assert_eq!(caught_up["data"], "first", "{caught_up}");
+        sessions.push(ws);
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut added = f64::MAX;
+    while tokio::time::Instant::now() < deadline {
+        added = tasks(app.metrics().await) - before;
+        if added <= (2 * SESSIONS) as f64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Two per session (three before the catch-up reader ended when idle); a background
+    // task of the node may come or go meanwhile.
+    let expected = (2 * SESSIONS) as f64;
+    assert!((expected - 2.0..=expected + 1.0).contains(&added), "{added} tasks added by {SESSIONS} idle sessions");
+    // Live delivery still reaches every one of them.
+    app.publish("idle", json!("second")).await;
+    for ws in &mut sessions {
+        assert_eq!(ws.next_frame().await["data"], "second");
+    }
 }

@@ -267,7 +267,7 @@ async fn five_thousand_sessions_join_and_leave_and_leave_nothing_behind() {
     const N: usize = 5000;
     let mut sessions = Vec::with_capacity(N);
     for i in 0..N {
-        let (session, _queue) = Session::new(hub.clone(), &config.ws);
+        let (session, _queue) = Session::new(hub.clone(), &config.ws, shutdown.clone());
         sessions.push((session, _queue));
         let member =
             Member { client: sessions[i].0.client().to_string(), user: format!("user{}", i % 2500), info: None };

@@ -95,6 +95,11 @@ impl Hub {
         &self.inner.store
     }
 
+    /// The node's tracker of delivery tasks (the node's shutdown waits for them).
+    fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
     pub fn config(&self) -> &FanoutConfig {
         &self.inner.config
     }

@@ -3,16 +3,20 @@
 //! reader that brings lagging or resuming subscriptions up to live.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use backon::BackoffBuilder;
-use tokio::sync::{mpsc, Notify};
+use futures::FutureExt;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::event::Member;
 pub use super::resume::Since;
 use super::resume::{self, Reader, ResetReason, Step};
-use super::subscription::{Delivered, Expired, Item, Outbound, Position, Queued, Reset, Subscription};
+use super::subscription::{CatchUpWake, Delivered, Deliveries, Expired, Item, Outbound, Position, Reset, Subscription};
 use super::{Hub, TailHandle};
 use crate::config::WsConfig;
 use crate::metrics;
@@ -63,7 +67,7 @@ pub struct Session {
     hub: Hub,
     outbound: Outbound,
     subs: Mutex<HashMap<Topic, Entry>>,
-    wake: Arc<Notify>,
+    catchup: CatchUp,
     max_subscriptions: usize,
     /// This session's client id: in presence entries, and the id a transport reports.
     client: String,
@@ -71,20 +75,69 @@ pub struct Session {
     user: Mutex<Option<String>>,
 }
 
+/// The session's catch-up reader: a task that runs only while some started subscription
+/// lags, started by the wake-up that finds none running and ended when a pass finds
+/// nothing more to do. An idle session keeps no task for it (ARCHITECTURE §6).
+struct CatchUp {
+    /// The session, for the task a wake-up starts (weak: the session owns this).
+    session: Weak<Session>,
+    /// Asks a running task for another pass.
+    again: Notify,
+    /// A task runs, or is being started.
+    running: AtomicBool,
+    /// The session ended: the task stops, and no other starts.
+    stop: CancellationToken,
+    /// Its task, awaited when the session ends (a tracker rather than a `JoinHandle`: a
+    /// handle would keep each finished task's memory until the session ends).
+    task: TaskTracker,
+    /// The session's span, which the task's lines carry.
+    span: tracing::Span,
+}
+
+impl CatchUpWake for Session {
+    fn wake_catchup(&self) {
+        let catchup = &self.catchup;
+        catchup.again.notify_one();
+        if catchup.stop.is_cancelled() || catchup.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (Some(session), Ok(runtime)) = (catchup.session.upgrade(), tokio::runtime::Handle::try_current()) else {
+            catchup.running.store(false, Ordering::Release);
+            return;
+        };
+        let run = catchup.task.track_future(session.run_catchup().instrument(catchup.span.clone()));
+        runtime.spawn(self.hub.tasks().track_future(run));
+    }
+}
+
 impl Session {
     /// A session and the receiving end of its outbound queue (for the transport's writer).
-    pub fn new(hub: Hub, config: &WsConfig) -> (Arc<Session>, mpsc::Receiver<Queued>) {
+    /// `stop` ends its catch-up reader (the transport cancels it when the session ends).
+    pub fn new(hub: Hub, config: &WsConfig, stop: CancellationToken) -> (Arc<Session>, Deliveries) {
         let (outbound, rx) = Outbound::new(config.outbound_queue_messages, config.outbound_queue_bytes);
-        let session = Session {
+        let session = Arc::new_cyclic(|me| Session {
             hub,
             outbound,
             subs: Mutex::new(HashMap::new()),
-            wake: Arc::new(Notify::new()),
+            catchup: CatchUp {
+                session: me.clone(),
+                again: Notify::new(),
+                running: AtomicBool::new(false),
+                stop,
+                task: TaskTracker::new(),
+                span: tracing::Span::current(),
+            },
             max_subscriptions: config.max_subscriptions,
             client: uuid::Uuid::now_v7().simple().to_string(),
             user: Mutex::new(None),
-        };
-        (Arc::new(session), rx)
+        });
+        (session, rx)
+    }
+
+    /// Stops the catch-up reader (`stop` must be cancelled) and waits for it to end.
+    pub async fn catchup_ended(&self) {
+        self.catchup.task.close();
+        self.catchup.task.wait().await;
     }
 
     fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Entry>> {
@@ -165,7 +218,7 @@ impl Session {
                 topic.clone(),
                 self.outbound.clone(),
                 Position { epoch: epoch.clone(), last },
-                self.wake.clone(),
+                self.catchup.session.clone(),
                 options.join_leave,
             );
             let tail = self.hub.acquire(&topic);
@@ -185,7 +238,7 @@ impl Session {
         if let Some(entry) = self.subs().get(topic) {
             entry.sub.mark_started();
         }
-        self.wake.notify_one();
+        self.wake_catchup();
     }
 
     /// Ends a subscription (the client asked: its presence entry goes, and its user's
@@ -225,9 +278,14 @@ impl Session {
         }
     }
 
-    /// Runs until `shutdown`: whenever woken, brings every lagging subscription up to
-    /// its tail by reading the stream at the client's pace, then joins it to live.
-    pub async fn run_catchup(self: Arc<Self>, shutdown: CancellationToken) {
+    /// The catch-up reader's task: passes over the lagging subscriptions, bringing each
+    /// up to its tail by reading the stream at the client's pace, until a pass ends with
+    /// no wake-up since (then the task ends; the next wake-up starts another) or the
+    /// session's `stop`.
+    async fn run_catchup(self: Arc<Self>) {
+        let shutdown = self.catchup.stop.clone();
+        // The wake-up that started this task asked for the first pass, which follows.
+        let _ = self.catchup.again.notified().now_or_never();
         loop {
             let lagging: Vec<(Arc<Subscription>, TailHandle)> = self
                 .subs()
@@ -242,9 +300,18 @@ impl Session {
                     _ = Box::pin(self.catch_up(&sub, &tail, &shutdown)) => {}
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
+            if shutdown.is_cancelled() {
+                return;
+            }
+            // Another pass if woken meanwhile; else end. A wake-up between the check and
+            // `running` cleared saw the task still running and started none: look again.
+            if self.catchup.again.notified().now_or_never().is_some() {
+                continue;
+            }
+            self.catchup.running.store(false, Ordering::Release);
+            let woken = self.catchup.again.notified().now_or_never().is_some();
+            if !woken || self.catchup.running.swap(true, Ordering::AcqRel) {
+                return;
             }
         }
     }

@@ -8,9 +8,10 @@
 
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use futures::channel::mpsc;
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use super::event::TopicEvent;
 pub use super::resume::ResetReason;
@@ -107,8 +108,8 @@ impl Expired {
 #[derive(Debug)]
 pub enum Item {
     Message(Arc<Delivered>),
-    // Boxed: a session's queue reserves its slots in blocks (32 at a time, even for an
-    // idle session), so the item is kept two words wide.
+    // Boxed: rare, and every queued item is allocated at the size of the largest, so the
+    // item is kept two words wide.
     Reset(Box<Reset>),
     Expired(Box<Expired>),
     /// A presence change or an ephemeral event (at most once; never makes a
@@ -116,8 +117,8 @@ pub enum Item {
     Event(Arc<TopicEvent>),
 }
 
-/// An item in a session's outbound queue. Holding it holds its share of the byte bound
-/// (given back when it is dropped: written, skipped or never queued).
+/// An item in a session's outbound queue. Holding it holds its slot and its share of the
+/// byte bound (given back when it is dropped: written, skipped or never queued).
 pub struct Queued {
     pub sub: Arc<Subscription>,
     pub item: Item,
@@ -125,10 +126,11 @@ pub struct Queued {
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        // The share was taken from this subscription's queue (`Outbound::offer`/`push`),
-        // and the same item counts the same.
+        // Taken from this subscription's queue (`Outbound::offer`/`push`), and the same
+        // item counts the same.
         let outbound = &self.sub.outbound;
-        outbound.bytes.add_permits(outbound.permits(&self.item) as usize);
+        outbound.bounds.slots.add_permits(1);
+        outbound.bounds.bytes.add_permits(outbound.permits(&self.item) as usize);
     }
 }
 
@@ -141,49 +143,77 @@ pub enum Refused {
     Closed,
 }
 
+/// The receiving end of a session's outbound queue (its transport's writer reads it).
+pub type Deliveries = mpsc::UnboundedReceiver<Queued>;
+
 /// A session's outbound queue: at most `max_messages` items and `max_bytes` payload bytes.
+///
+/// The bounds are two semaphores (a slot per item, a permit per payload byte) in front of
+/// an unbounded list: a tokio bounded channel would reserve a block of 32 slots and two
+/// cache-line-padded halves, ≈ 1 KiB, in every session, idle or not (ARCHITECTURE §6).
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Queued>,
-    bytes: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Queued>,
+    bounds: Arc<Bounds>,
+}
+
+struct Bounds {
+    slots: Semaphore,
+    bytes: Semaphore,
     max_bytes: u32,
 }
 
 impl Outbound {
-    pub fn new(max_messages: usize, max_bytes: usize) -> (Outbound, mpsc::Receiver<Queued>) {
-        let (tx, rx) = mpsc::channel(max_messages);
+    pub fn new(max_messages: usize, max_bytes: usize) -> (Outbound, Deliveries) {
+        let (tx, rx) = mpsc::unbounded();
         let max_bytes = max_bytes.min(u32::MAX as usize) as u32;
-        (Outbound { tx, bytes: Arc::new(Semaphore::new(max_bytes as usize)), max_bytes }, rx)
+        let bounds = Bounds {
+            slots: Semaphore::new(max_messages.min(Semaphore::MAX_PERMITS)),
+            bytes: Semaphore::new(max_bytes as usize),
+            max_bytes,
+        };
+        (Outbound { tx, bounds: Arc::new(bounds) }, rx)
     }
 
     fn permits(&self, item: &Item) -> u32 {
         match item {
-            Item::Message(m) => (m.size().min(self.max_bytes as usize)) as u32,
+            Item::Message(m) => (m.size().min(self.bounds.max_bytes as usize)) as u32,
             Item::Reset(_) | Item::Expired(_) => 0,
             Item::Event(_) => 0,
         }
     }
 
     /// Queues without waiting, or says why it cannot. `sub` is the subscription this
-    /// queue belongs to (its `Queued` gives the bytes back to it).
+    /// queue belongs to (its `Queued` gives the slot and bytes back to it).
     fn offer(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        match self.bytes.try_acquire_many(self.permits(&item)) {
-            // Held by the `Queued` from here on (its drop gives them back).
+        let refused = |e| match e {
+            TryAcquireError::NoPermits => Refused::Full,
+            TryAcquireError::Closed => Refused::Closed,
+        };
+        // Held by the `Queued` from here on (its drop gives them back).
+        self.bounds.slots.try_acquire().map_err(refused)?.forget();
+        match self.bounds.bytes.try_acquire_many(self.permits(&item)) {
             Ok(permit) => permit.forget(),
-            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(Refused::Full),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Refused::Closed),
+            Err(e) => {
+                self.bounds.slots.add_permits(1);
+                return Err(refused(e));
+            }
         }
-        self.tx.try_send(Queued { sub: sub.clone(), item }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Refused::Full,
-            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
-        })
+        // Refused only when the session is gone (the item's drop gives its share back).
+        self.tx.unbounded_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
     }
 
     /// Queues, waiting for room (the catch-up reader's pace is the client's pace).
     async fn push(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        let permit = self.bytes.acquire_many(self.permits(&item)).await.map_err(|_| Refused::Closed)?;
-        permit.forget();
-        self.tx.send(Queued { sub: sub.clone(), item }).await.map_err(|_| Refused::Closed)
+        self.bounds.slots.acquire().await.map_err(|_| Refused::Closed)?.forget();
+        match self.bounds.bytes.acquire_many(self.permits(&item)).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                self.bounds.slots.add_permits(1);
+                return Err(Refused::Closed);
+            }
+        }
+        self.tx.unbounded_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
     }
 }
 
@@ -205,10 +235,15 @@ pub struct Subscription {
     closed: AtomicBool,
     /// Set once the transport queued its reply: only then may delivery begin.
     started: AtomicBool,
-    /// Wakes the session's catch-up reader.
-    wake: Arc<Notify>,
+    /// The session's catch-up reader, woken when this subscription falls behind.
+    wake: Weak<dyn CatchUpWake>,
     /// The subscriber asked for join and leave events.
     join_leave: bool,
+}
+
+/// What a subscription that falls behind wakes: its session's catch-up reader.
+pub trait CatchUpWake: Send + Sync {
+    fn wake_catchup(&self);
 }
 
 /// What happened to a live offer.
@@ -227,7 +262,7 @@ impl Subscription {
         topic: Topic,
         outbound: Outbound,
         start: Position,
-        wake: Arc<Notify>,
+        wake: Weak<dyn CatchUpWake>,
         join_leave: bool,
     ) -> Arc<Subscription> {
         Arc::new(Subscription {
@@ -285,7 +320,9 @@ impl Subscription {
 
     fn fall_behind(&self) {
         self.lagging.store(true, Ordering::Release);
-        self.wake.notify_one();
+        if let Some(session) = self.wake.upgrade() {
+            session.wake_catchup();
+        }
     }
 
     /// Called by the tail for each message it reads, in seq order.
@@ -380,8 +417,7 @@ impl Subscription {
 mod tests {
     use super::*;
 
-    /// Every session's queue reserves a block of 32 slots up front, idle or not; a wider
-    /// `Item` costs every connection 32 times the difference.
+    /// Every queued item is one allocation of the largest item's size.
     #[test]
     fn a_queued_item_stays_small() {
         assert_eq!(std::mem::size_of::<Item>(), 16);

@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{query_error, ApiResult};
@@ -25,7 +25,7 @@ use super::extract::{session_caller, ClientAddr};
 use super::frames::{Encoding, ServerFrame};
 use super::AppState;
 use crate::delivery::session::{Session, Since};
-use crate::delivery::subscription::{Item, Queued};
+use crate::delivery::subscription::{Deliveries, Item, Queued};
 use crate::error::{Code, Error};
 use crate::metrics;
 use crate::ops::access::{IpSlot, Subscribe};
@@ -156,12 +156,11 @@ pub(super) async fn events(
         String::new()
     };
     let since = since(&headers, &query, || current)?;
-    let (session, deliveries) = Session::new(state.hub.clone(), &ops.config().ws);
+    let stop = CancellationToken::new();
+    let (session, deliveries) = Session::new(state.hub.clone(), &ops.config().ws, stop.clone());
     let request = SubscribeRequest { join_leave: query.join_leave, info: None };
     let subscribed = ops.subscribe(&caller, &session, &grant, since, request).await?;
     metrics::session("sse", "streamhub", 1.0);
-    let stop = CancellationToken::new();
-    state.tasks.spawn(tracing::Instrument::in_current_span(session.clone().run_catchup(stop.clone())));
     session.start(grant.topic());
     let first = Event::default().event("subscribed").data(json(&ServerFrame::subscribed(None, &name, &subscribed)));
     let guard = Guard { session, stop: stop.clone(), _permit: permit, _ip_slot: ip_slot };
@@ -178,7 +177,7 @@ pub(super) async fn events(
 trait ChainDeliveries: Stream<Item = Result<Event, Infallible>> + Sized {
     fn chain_with(
         self,
-        deliveries: mpsc::Receiver<Queued>,
+        deliveries: Deliveries,
         guard: Guard,
         shutdown: CancellationToken,
     ) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -190,7 +189,7 @@ trait ChainDeliveries: Stream<Item = Result<Event, Infallible>> + Sized {
                 let queued = tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = guard.stop.cancelled() => return None,
-                    queued = rx.recv() => queued?,
+                    queued = rx.next() => queued?,
                 };
                 if queued.sub.is_closed() {
                     continue;

@@ -17,8 +17,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use futures::stream::SplitStream;
+use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -29,12 +29,12 @@ use super::frames::{
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
 use super::ws_session::{admit, is_too_big, Admitted, Link};
-use super::ws_write::{Native, Outgoing};
+use super::ws_write::{Native, Outgoing, Replies};
 use super::AppState;
 use crate::delivery::session::Session;
 use crate::error::Code;
 use crate::groups::consumer::SessionConsumer;
-use crate::ops::access::{Caller, IpSlot};
+use crate::ops::access::Caller;
 
 pub(super) async fn upgrade(
     State(state): State<Arc<AppState>>,
@@ -43,19 +43,23 @@ pub(super) async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let (ws, Admitted { caller, ip_slot, permit }) = match admit(&state, client, &headers, uri.query(), ws) {
+    let (ws, admitted) = match admit(&state, client, &headers, uri.query(), ws) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
     let identified = credential(&headers, None).ok().flatten().is_some() || uri.query().is_some_and(has_token);
-    let tasks = state.tasks.clone();
+    // Boxed until the upgrade completes: the upgrade's task keeps what its callback
+    // captures for the session's whole life (ARCHITECTURE §6).
+    let admitted = Box::new((state, admitted));
     ws.protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]).on_upgrade(move |socket| {
+        let (state, admitted) = *admitted;
         // The session's lines carry its upgrade request's id (the connection id).
         let span = tracing::Span::current();
         // Without credentials and without anonymous grants, an `auth` frame must come soon.
         let auth_deadline = (!identified && !state.ops.access().auth().anonymous_allowed())
             .then(|| Instant::now() + Duration::from_millis(state.ops.config().auth.auth_timeout_ms));
-        tasks.track_future(run(socket, state, permit, caller, auth_deadline, ip_slot).instrument(span))
+        let tasks = state.tasks.clone();
+        tasks.track_future(run(socket, state, admitted, auth_deadline).instrument(span))
     })
 }
 
@@ -75,7 +79,7 @@ pub(super) struct Conn {
     /// The session's group consumers (the `consume` op), by (topic, group).
     pub consumers: HashMap<(String, String), Arc<SessionConsumer>>,
     /// The reader's queue to the writer (deliveries of consumers are forwarded into it).
-    pub replies: mpsc::Sender<Outgoing<Box<ServerFrame>>>,
+    pub replies: Replies<Box<ServerFrame>>,
 }
 
 /// A point in time `secs` from now, or None when it is too far to be represented (a
@@ -93,46 +97,48 @@ impl Conn {
     }
 }
 
-async fn run(
+/// Opens the session on its socket and returns its life: its user online, frames read
+/// and answered until it ends, then its consumers closed and the link finished. The setup
+/// is not itself async, and the life is an `async` block rather than an `async fn`: what
+/// only the setup needs (the socket, the admission) is not kept in the session's future,
+/// nor are the parameters copied into it twice (ARCHITECTURE §6).
+fn run(
     socket: WebSocket,
     state: Arc<AppState>,
-    permit: OwnedSemaphorePermit,
-    caller: Caller,
+    Admitted { caller, ip_slot, permit }: Admitted,
     auth_deadline: Option<Instant>,
-    ip_slot: IpSlot,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let encoding = match socket.protocol().and_then(|p| p.to_str().ok()) {
         Some(SUBPROTOCOL_MSGPACK) => Encoding::Msgpack,
         _ => Encoding::Json,
     };
     let ping_every = Duration::from_millis(state.ops.config().ws.ping_interval_ms);
     let (link, mut stream) = Link::open(socket, &state, Native(encoding), ping_every, permit, ip_slot);
+    let user =
+        (caller.principal.kind != crate::auth::PrincipalKind::Anonymous).then(|| caller.principal.subject.clone());
     let session = link.session.clone();
-    if caller.principal.kind != crate::auth::PrincipalKind::Anonymous {
-        session.set_user(&caller.principal.subject).await;
-    }
     let caller = Caller { client: Some(session.client().into()), ..caller };
-    let mut conn = Conn {
-        state: state.clone(),
-        caller,
-        auth_deadline,
-        session,
-        consumers: HashMap::new(),
-        replies: link.replies.clone(),
-    };
-    read(&mut stream, &mut conn, link.stop.clone()).await;
-    // In-flight group deliveries go back at once; their forwarders end with them.
-    for consumer in std::mem::take(&mut conn.consumers).into_values() {
-        Box::pin(consumer.close()).await;
+    let mut conn =
+        Conn { state, caller, auth_deadline, session, consumers: HashMap::new(), replies: link.replies.clone() };
+    async move {
+        if let Some(user) = user {
+            Box::pin(conn.session.set_user(&user)).await;
+        }
+        read(&mut stream, &mut conn, link.stop.clone()).await;
+        // In-flight group deliveries go back at once; their forwarders end with them.
+        for consumer in std::mem::take(&mut conn.consumers).into_values() {
+            Box::pin(consumer.close()).await;
+        }
+        drop(conn);
+        Box::pin(link.finish(stream)).await;
     }
-    drop(conn);
-    link.finish(stream).await;
 }
 
-/// Reads frames until the session ends, answering each.
-async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut Conn, stop: CancellationToken) {
-    let config = conn.state.ops.config().ws.clone();
-    let idle = Duration::from_millis(config.idle_timeout_ms);
+/// Reads frames until the session ends, answering each. Only the wait for the next
+/// frame is kept in the session's future; a frame's handling is boxed (it lives only
+/// while it runs).
+async fn read(stream: &mut SplitStream<WebSocket>, conn: &mut Conn, stop: CancellationToken) {
+    let idle = Duration::from_millis(conn.state.ops.config().ws.idle_timeout_ms);
     let mut deadline = Instant::now() + idle;
     let mut violations = 0u32;
     loop {
@@ -150,34 +156,51 @@ async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut C
         );
         let inbound = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(at) => {
-                let _ = conn.replies.send(Outgoing::close(close.0, close.1)).await;
-                return;
-            }
-            inbound = stream.next() => inbound,
+            _ = tokio::time::sleep_until(at) => Inbound::Deadline(close),
+            inbound = stream.next() => Inbound::Frame(inbound),
         };
+        match Box::pin(conn.inbound(inbound, &mut violations)).await {
+            Flow::Continue => deadline = Instant::now() + idle,
+            Flow::End => return,
+        }
+    }
+}
+
+/// What the reader's wait returned.
+enum Inbound {
+    /// A deadline passed: the session closes with this code and reason.
+    Deadline((u16, &'static str)),
+    /// The socket's next message (None: it closed).
+    Frame(Option<Result<Message, axum::Error>>),
+}
+
+/// Whether the session reads on.
+enum Flow {
+    Continue,
+    End,
+}
+
+impl Conn {
+    /// Handles what the reader's wait returned: a frame is answered (its reply queued to
+    /// the writer), anything else ends the session, with a close frame where it says why.
+    async fn inbound(&mut self, inbound: Inbound, violations: &mut u32) -> Flow {
         let (bytes, encoding) = match inbound {
-            None | Some(Ok(Message::Close(_))) => return,
-            Some(Err(e)) => {
+            Inbound::Deadline((code, reason)) => return self.close(code, reason).await,
+            Inbound::Frame(None | Some(Ok(Message::Close(_)))) => return Flow::End,
+            Inbound::Frame(Some(Err(e))) => {
                 if is_too_big(e) {
-                    let _ = conn.replies.send(Outgoing::close(CLOSE_TOO_BIG, "message over ws.max_frame_bytes")).await;
+                    return self.close(CLOSE_TOO_BIG, "message over ws.max_frame_bytes").await;
                 }
-                return;
+                return Flow::End;
             }
-            Some(Ok(Message::Text(text))) => (text.as_str().as_bytes().to_vec(), Encoding::Json),
-            Some(Ok(Message::Binary(bytes))) => (bytes.to_vec(), Encoding::Msgpack),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                deadline = Instant::now() + idle;
-                continue;
-            }
+            Inbound::Frame(Some(Ok(Message::Text(text)))) => (text.as_str().as_bytes().to_vec(), Encoding::Json),
+            Inbound::Frame(Some(Ok(Message::Binary(bytes)))) => (bytes.to_vec(), Encoding::Msgpack),
+            Inbound::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => return Flow::Continue,
         };
-        deadline = Instant::now() + idle;
         let decoded = decode_client(&bytes, encoding);
         let is_auth = matches!(decoded, Ok(ClientFrame::Auth { .. }));
         let reply = match decoded {
-            // Boxed: a frame's handling is a large future that lives only while it runs;
-            // inline, it would sit in every idle session's reader (ARCHITECTURE §6).
-            Ok(frame) => Box::pin(conn.apply(frame)).await,
+            Ok(frame) => self.apply(frame).await,
             Err(e) => Err(e),
         };
         let (frame, starts) = match reply {
@@ -185,26 +208,54 @@ async fn read(stream: &mut futures::stream::SplitStream<WebSocket>, conn: &mut C
             Err(FrameError { id, error }) => {
                 if is_auth && error.code != Code::SubjectChanged {
                     // Bad credentials end the session; a refresh for another subject only fails.
-                    let _ = conn.replies.send(Outgoing::Frame(Box::new(ServerFrame::error(id, error)))).await;
-                    let _ = conn.replies.send(Outgoing::close(CLOSE_UNAUTHORIZED, "unauthorized")).await;
-                    return;
+                    let _ = self.replies.send(Outgoing::Frame(Box::new(ServerFrame::error(id, error)))).await;
+                    return self.close(CLOSE_UNAUTHORIZED, "unauthorized").await;
                 }
                 if error.code.is_client_fault() {
-                    violations += 1;
+                    *violations += 1;
                 }
                 (ServerFrame::error(id, error), None)
             }
         };
-        if conn.replies.send(Outgoing::Frame(Box::new(frame))).await.is_err() {
-            return;
+        if self.replies.send(Outgoing::Frame(Box::new(frame))).await.is_err() {
+            return Flow::End;
         }
         if let Some(topic) = starts {
             // Only now, with the reply queued ahead of them, may its messages flow.
-            conn.session.start(&topic);
+            self.session.start(&topic);
         }
-        if violations >= config.max_violations {
-            let _ = conn.replies.send(Outgoing::close(CLOSE_VIOLATIONS, "too many protocol violations")).await;
-            return;
+        if *violations >= self.state.ops.config().ws.max_violations {
+            return self.close(CLOSE_VIOLATIONS, "too many protocol violations").await;
         }
+        Flow::Continue
+    }
+
+    /// Queues the close frame; the session ends.
+    async fn close(&mut self, code: u16, reason: &'static str) -> Flow {
+        let _ = self.replies.send(Outgoing::close(code, reason)).await;
+        Flow::End
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size<F>(_: &Option<F>) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle session keeps in its task: the wait for the next frame, the
+    /// connection's state and its link. A frame's handling and the end of the session
+    /// are boxed; were they inline, every idle session would reserve their size.
+    #[test]
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+    fn an_idle_sessions_future_stays_small() {
+        let never = std::hint::black_box(false);
+        let session = if never { Some(run(unreachable!(), unreachable!(), unreachable!(), None)) } else { None };
+        let read = if never { Some(read(unreachable!(), unreachable!(), unreachable!())) } else { None };
+        let (session, read) = (size(&session), size(&read));
+        assert!(read <= 512, "the reader's future is {read} bytes");
+        assert!(session <= 1024, "the session's future is {session} bytes");
     }
 }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::frames::{ClientFrame, FrameError, ServerFrame, SinceFrame, TokenStatus};
 use super::ws::Conn;
-use super::ws_write::Outgoing;
+use super::ws_write::{Outgoing, Replies};
 use crate::delivery::session::Since;
 use crate::error::{Code, Error};
 use crate::groups::consumer::SessionConsumer;
@@ -19,6 +19,7 @@ use crate::ops::SubscribeRequest;
 use crate::store::groups::GroupDelivery;
 use crate::topic::Topic;
 use crate::wire::MessageOut;
+use futures::SinkExt;
 
 /// A reply, and the topic whose delivery may start once the reply is queued.
 type Reply = (ServerFrame, Option<Topic>);
@@ -198,7 +199,7 @@ impl Conn {
 /// Forwards a consumer's deliveries to the session's writer, as `delivery` frames.
 async fn forward(
     mut rx: mpsc::Receiver<GroupDelivery>,
-    replies: mpsc::Sender<Outgoing<Box<ServerFrame>>>,
+    mut replies: Replies<Box<ServerFrame>>,
     topic: String,
     group: String,
 ) {

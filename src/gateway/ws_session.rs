@@ -10,15 +10,15 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
+use futures::channel::mpsc;
 use futures::stream::{SplitSink, SplitStream};
 use futures::StreamExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::extract::session_caller;
-use super::ws_write::{write, Encoder, Outgoing, Owner, Pace};
+use super::ws_write::{write, Encoder, Owner, Pace, Replies};
 use super::AppState;
 use crate::delivery::session::Session;
 use crate::error::{Code, Error};
@@ -75,18 +75,17 @@ pub(super) fn admit(
 /// `finish` waits for.
 pub(super) struct Link<R> {
     pub session: Arc<Session>,
-    pub replies: mpsc::Sender<Outgoing<R>>,
+    pub replies: Replies<R>,
     /// Cancelled when the session ends, by either side.
     pub stop: CancellationToken,
     writer: JoinHandle<()>,
-    catchup: JoinHandle<()>,
     /// (`transport`, `protocol`) of the session metrics.
     kind: (&'static str, &'static str),
     _admitted: (OwnedSemaphorePermit, IpSlot),
 }
 
 impl<R: Send + 'static> Link<R> {
-    /// Starts the session's catch-up reader and writer on `socket`; returns the link and
+    /// Starts the session's writer on `socket`; returns the link and
     /// the socket's reading half.
     pub fn open<E: Encoder<Reply = R>>(
         socket: WebSocket,
@@ -99,23 +98,15 @@ impl<R: Send + 'static> Link<R> {
         metrics::session(E::TRANSPORT, E::PROTOCOL, 1.0);
         let (sink, stream): (SplitSink<WebSocket, Message>, _) = socket.split();
         let config = &state.ops.config().ws;
-        let (session, deliveries) = Session::new(state.hub.clone(), config);
         let stop = CancellationToken::new();
+        let (session, deliveries) = Session::new(state.hub.clone(), config, stop.clone());
         let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
-        let catchup = tokio::spawn(session.clone().run_catchup(stop.clone()).in_current_span());
         let pace = Pace { ping_every, write_timeout: Duration::from_millis(config.write_timeout_ms) };
         let owner =
             Owner { server_shutdown: state.shutdown.clone(), stop: stop.clone(), span: tracing::Span::current() };
         let writer = tokio::spawn(write(sink, replies_rx, deliveries, encoder, pace, owner));
-        let link = Link {
-            session,
-            replies,
-            stop,
-            writer,
-            catchup,
-            kind: (E::TRANSPORT, E::PROTOCOL),
-            _admitted: (permit, ip_slot),
-        };
+        let link =
+            Link { session, replies, stop, writer, kind: (E::TRANSPORT, E::PROTOCOL), _admitted: (permit, ip_slot) };
         (link, stream)
     }
 
@@ -123,7 +114,7 @@ impl<R: Send + 'static> Link<R> {
     /// gone): the writer drains and closes, the peer gets a moment to answer the close
     /// frame, then subscriptions and presence end.
     pub async fn finish(self, mut stream: SplitStream<WebSocket>) {
-        let Link { session, replies, stop, writer, catchup, kind, _admitted } = self;
+        let Link { session, replies, stop, writer, kind, _admitted } = self;
         drop(replies);
         let _ = writer.await;
         // Closing handshake: the peer reads the close code instead of a reset connection.
@@ -136,7 +127,7 @@ impl<R: Send + 'static> Link<R> {
         })
         .await;
         stop.cancel();
-        let _ = catchup.await;
+        session.catchup_ended().await;
         Box::pin(session.close()).await;
         metrics::session(kind.0, kind.1, -1.0);
     }

@@ -12,8 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitStream;
-use futures::StreamExt;
-use tokio::sync::mpsc;
+use futures::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -28,7 +27,7 @@ use crate::delivery::session::{Session, Since};
 use crate::error::{Code, Error};
 use crate::gateway::extract::ClientAddr;
 use crate::gateway::ws_session::{admit, is_too_big, Admitted, Link};
-use crate::gateway::ws_write::Outgoing;
+use crate::gateway::ws_write::{Outgoing, Replies};
 use crate::gateway::AppState;
 use crate::message::NewMessage;
 use crate::ops::access::{Caller, PresenceRead, Publish, Subscribe};
@@ -45,7 +44,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let (ws, Admitted { caller, ip_slot, permit }) = match admit(&state, client, &headers, uri.query(), ws) {
+    let (ws, admitted) = match admit(&state, client, &headers, uri.query(), ws) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
@@ -54,10 +53,13 @@ pub async fn upgrade(
     let query_protobuf = uri.query().is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| (k == "format" || k == "cf_protocol") && v == "protobuf")
     });
-    let tasks = state.tasks.clone();
+    // Boxed until the upgrade completes: the upgrade's task keeps what its callback
+    // captures for the session's whole life (ARCHITECTURE §6).
+    let admitted = Box::new((state, admitted));
     // A subprotocol is echoed only when the client asked for it (strict clients fail on
     // an answer they did not ask for).
     ws.protocols([SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON]).on_upgrade(move |socket| {
+        let (state, admitted) = *admitted;
         let span = tracing::Span::current();
         let format = match socket.protocol().and_then(|p| p.to_str().ok()) {
             Some(SUBPROTOCOL_PROTOBUF) => Format::Protobuf,
@@ -65,19 +67,26 @@ pub async fn upgrade(
             None if query_protobuf => Format::Protobuf,
             None => Format::Json,
         };
-        tasks.track_future(run(socket, state, format, Admitted { caller, ip_slot, permit }).instrument(span))
+        let tasks = state.tasks.clone();
+        tasks.track_future(run(socket, state, format, admitted).instrument(span))
     })
 }
 
-async fn run(socket: WebSocket, state: Arc<AppState>, format: Format, admitted: Admitted) {
-    let c = &state.ops.config().centrifugo;
-    let ping_every = Duration::from_millis(c.ping_interval_ms);
-    let Admitted { caller, ip_slot, permit } = admitted;
+/// Opens the session on its socket and returns its life (frames read and answered until
+/// it ends, then the link finished): set up outside the session's future, which keeps
+/// only what the reader needs (as the native protocol's `run`, ARCHITECTURE §6).
+fn run(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    format: Format,
+    Admitted { caller, ip_slot, permit }: Admitted,
+) -> impl std::future::Future<Output = ()> + Send {
+    let ping_every = Duration::from_millis(state.ops.config().centrifugo.ping_interval_ms);
     let (link, mut stream) = Link::open(socket, &state, Centrifugo(format), ping_every, permit, ip_slot);
     let session = link.session.clone();
     let caller = Caller { client: Some(session.client().into()), ..caller };
     let mut conn = Conn {
-        state: state.clone(),
+        state,
         caller,
         session,
         replies: link.replies.clone(),
@@ -88,9 +97,11 @@ async fn run(socket: WebSocket, state: Arc<AppState>, format: Format, admitted: 
         sub_expiry: HashMap::new(),
         violations: 0,
     };
-    conn.read(&mut stream, link.stop.clone()).await;
-    drop(conn);
-    link.finish(stream).await;
+    async move {
+        conn.read(&mut stream, link.stop.clone()).await;
+        drop(conn);
+        Box::pin(link.finish(stream)).await;
+    }
 }
 
 struct Conn {
@@ -99,7 +110,7 @@ struct Conn {
     /// names one with its token; replaced by `refresh`.
     caller: Caller,
     session: Arc<Session>,
-    replies: mpsc::Sender<Outgoing<Box<Reply>>>,
+    replies: Replies<Box<Reply>>,
     format: Format,
     connected: bool,
     /// The `data` of `connect`: shown as this client's info in presence.
@@ -119,6 +130,19 @@ enum Flow {
     Nothing,
     /// The connection ends with this close code.
     Close((u16, &'static str)),
+}
+
+/// What the reader's wait returned.
+enum Inbound {
+    Due(Due),
+    /// The socket's next message (None: it closed).
+    Frame(Option<Result<Message, axum::Error>>),
+}
+
+/// Whether the reader reads on.
+enum ReadOn {
+    Yes { heard: bool },
+    No,
 }
 
 /// What the reader does when its earliest deadline passes.
@@ -161,63 +185,76 @@ impl Conn {
             });
             let inbound = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep_until(at) => match due {
-                    Due::Close(code) => return self.close(code).await,
-                    Due::SubscriptionExpiry => {
-                        self.expire_subscriptions().await;
-                        continue;
-                    }
-                },
-                inbound = stream.next() => inbound,
+                _ = tokio::time::sleep_until(at) => Inbound::Due(due),
+                inbound = stream.next() => Inbound::Frame(inbound),
             };
-            let bytes = match inbound {
-                None | Some(Ok(Message::Close(_))) => return,
-                Some(Err(e)) => {
-                    if is_too_big(e) {
-                        self.close(codes::TOO_BIG).await;
-                    }
-                    return;
-                }
-                Some(Ok(Message::Text(text))) => text.as_str().as_bytes().to_vec(),
-                Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                    quiet_until = Instant::now() + silence;
-                    continue;
-                }
-            };
-            quiet_until = Instant::now() + silence;
-            let commands = match self.format.decode(&bytes) {
-                Ok(commands) => commands,
-                Err(e) => {
-                    tracing::debug!(error = %e, "undecodable Centrifugo frame");
-                    return self.close(codes::BAD_REQUEST).await;
-                }
-            };
-            // In order: a client sends `connect` and its subscribes in one frame.
-            for command in commands {
-                match Box::pin(self.command(command)).await {
-                    Flow::Nothing => {}
-                    Flow::Close(code) => return self.close(code).await,
-                    Flow::Reply(reply, starts) => {
-                        if self.replies.send(Outgoing::Frame(reply)).await.is_err() {
-                            return;
-                        }
-                        if let Some(topic) = starts {
-                            // Only now, with the reply queued ahead of them, may its
-                            // publications flow.
-                            self.session.start(&topic);
-                        }
-                        if self.violations >= max_violations {
-                            return self.close(codes::TOO_MANY_ERRORS).await;
-                        }
+            // Boxed: handling lives only while it runs; only the wait above is kept in
+            // every idle session's future.
+            match Box::pin(self.inbound(inbound, max_violations)).await {
+                ReadOn::Yes { heard } => {
+                    if heard {
+                        quiet_until = Instant::now() + silence;
                     }
                 }
+                ReadOn::No => return,
             }
         }
     }
 
-    async fn close(&self, (code, reason): (u16, &'static str)) {
+    /// Handles what the reader's wait returned; says whether to read on, and whether the
+    /// client was heard from (which restarts its silence timer).
+    async fn inbound(&mut self, inbound: Inbound, max_violations: u32) -> ReadOn {
+        let bytes = match inbound {
+            Inbound::Due(Due::Close(code)) => return self.close(code).await,
+            Inbound::Due(Due::SubscriptionExpiry) => {
+                self.expire_subscriptions().await;
+                return ReadOn::Yes { heard: false };
+            }
+            Inbound::Frame(None | Some(Ok(Message::Close(_)))) => return ReadOn::No,
+            Inbound::Frame(Some(Err(e))) => {
+                if is_too_big(e) {
+                    return self.close(codes::TOO_BIG).await;
+                }
+                return ReadOn::No;
+            }
+            Inbound::Frame(Some(Ok(Message::Text(text)))) => text.as_str().as_bytes().to_vec(),
+            Inbound::Frame(Some(Ok(Message::Binary(bytes)))) => bytes.to_vec(),
+            Inbound::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => return ReadOn::Yes { heard: true },
+        };
+        let commands = match self.format.decode(&bytes) {
+            Ok(commands) => commands,
+            Err(e) => {
+                tracing::debug!(error = %e, "undecodable Centrifugo frame");
+                return self.close(codes::BAD_REQUEST).await;
+            }
+        };
+        // In order: a client sends `connect` and its subscribes in one frame.
+        for command in commands {
+            match Box::pin(self.command(command)).await {
+                Flow::Nothing => {}
+                Flow::Close(code) => return self.close(code).await,
+                Flow::Reply(reply, starts) => {
+                    if self.replies.send(Outgoing::Frame(reply)).await.is_err() {
+                        return ReadOn::No;
+                    }
+                    if let Some(topic) = starts {
+                        // Only now, with the reply queued ahead of them, may its
+                        // publications flow.
+                        self.session.start(&topic);
+                    }
+                    if self.violations >= max_violations {
+                        return self.close(codes::TOO_MANY_ERRORS).await;
+                    }
+                }
+            }
+        }
+        ReadOn::Yes { heard: true }
+    }
+
+    /// Queues the close frame; the session ends.
+    async fn close(&mut self, (code, reason): (u16, &'static str)) -> ReadOn {
         let _ = self.replies.send(Outgoing::close(code, reason)).await;
+        ReadOn::No
     }
 
     /// Answers one command.
@@ -522,5 +559,33 @@ impl Conn {
             num_users: users.min(u64::from(u32::MAX)) as u32,
         };
         Ok(Reply { id, presence_stats: Some(stats), ..Default::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size<F>(_: &Option<F>) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle session keeps in its task: the wait for the next frame, the
+    /// connection's state and its link (as the native protocol's, `ws::tests`).
+    #[test]
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+    fn an_idle_sessions_future_stays_small() {
+        let never = std::hint::black_box(false);
+        let session =
+            if never { Some(run(unreachable!(), unreachable!(), Format::Json, unreachable!())) } else { None };
+        let read = if never {
+            let conn: &mut Conn = unreachable!();
+            Some(conn.read(unreachable!(), unreachable!()))
+        } else {
+            None
+        };
+        let (session, read) = (size(&session), size(&read));
+        assert!(read <= 512, "the reader's future is {read} bytes");
+        assert!(session <= 1024, "the session's future is {session} bytes");
     }
 }
