@@ -164,6 +164,94 @@ async fn settle_and_read_in_one_round_trip_checks_leases_and_reads_retries_first
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 }
 
+/// A worker's failures are settled in one call: each lease checked (a stale one and a
+/// repeat change nothing), retries scheduled with their whole data in the schedule (an
+/// error with colons, an empty one), a permanent failure dead-lettered; the promote then
+/// restores each retry intact, and still promotes one scheduled by an earlier release
+/// (its envelope and error in the payload hash).
+#[tokio::test]
+async fn failures_of_one_batch_are_scheduled_in_one_call_and_promoted_whole() {
+    use streamhub::config::GroupStart;
+    use streamhub::store::groups::{FailStatus, Failure, Lease, RetryPolicy, Source};
+
+    let redis = TestRedis::start();
+    let config = common::test_config(&redis);
+    let store = streamhub::Store::connect(&config).expect("store");
+    store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
+    let topic = streamhub::Topic::parse("fb", 200).expect("topic");
+    for n in 1..=5 {
+        let message = streamhub::message::NewMessage {
+            payload: format!("{{\"n\":{n}}}").into_bytes(),
+            content_type: "application/json".into(),
+            ..Default::default()
+        }
+        .check(&config.limits)
+        .expect("valid");
+        store.publish(&topic, vec![message]).await.expect("publish");
+    }
+    assert!(store.group_ensure(&topic, "g", &GroupStart::Earliest).await.expect("ensure"));
+    let policy = RetryPolicy { max_attempts: 5, base_ms: 0, max_ms: 0, multiplier: 2.0, jitter: 0.0, dlq_max_len: 100 };
+    let read = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, 5).await.expect("read").read;
+    let leases: Vec<Lease> = read.iter().map(|d| d.lease.clone()).collect();
+    assert_eq!(leases.len(), 5);
+
+    let stale = Lease { count: leases[3].count + 1, ..leases[3].clone() };
+    let fails = vec![
+        (leases[0].clone(), Failure::Retry(None), "timeout: upstream: 504".to_string()),
+        (leases[1].clone(), Failure::Permanent, "bad".to_string()),
+        (leases[2].clone(), Failure::Retry(None), String::new()),
+        (leases[2].clone(), Failure::Retry(None), "again".to_string()),
+        (stale, Failure::Retry(None), "stale".to_string()),
+    ];
+    let settled = store.group_settle_read(&topic, "g", "c1", &[], &fails, &policy, 0).await.expect("fail");
+    let got: Vec<(FailStatus, u32)> = settled.fails.iter().map(|f| (f.status, f.attempt)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (FailStatus::Scheduled, 1),
+            (FailStatus::Dead, 1),
+            (FailStatus::Scheduled, 1),
+            (FailStatus::Unknown, 0),
+            (FailStatus::LeaseExpired, 0)
+        ]
+    );
+    let p = &config.redis.prefix;
+    let key = |suffix: &str| format!("{p}:{{fb}}:{suffix}");
+    let cli = |args: &[&str]| String::from_utf8_lossy(&redis.cli(args).stdout).trim().to_string();
+    assert_eq!(cli(&["ZCARD", &key("g:g:z")]), "2", "two retries scheduled");
+    assert_eq!(cli(&["EXISTS", &key("g:g:p")]), "0", "nothing written beside the schedule");
+    assert_eq!(cli(&["XLEN", &key("g:g:d")]), "1", "one dead letter");
+    assert_eq!(cli(&["HGET", &key("g:g:m"), "retried"]), "2");
+    assert_eq!(cli(&["HGET", &key("g:g:m"), "dead"]), "1");
+    // Still pending: seq 4 (its lease was not the stale one) and seq 5 (not settled).
+    assert_eq!(cli(&["XPENDING", &key("s"), "g"]).lines().next(), Some("2"));
+
+    // A retry scheduled by an earlier release: "<seq>:<attempt>" in the zset, its data in
+    // the hash (seq 5's envelope, copied inside Redis: it is binary).
+    let legacy = "local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1][2] \
+        redis.call('HSET', KEYS[2], '7:2|e', e[2], '7:2|err', 'old') \
+        return redis.call('ZADD', KEYS[3], 0, '7:2')";
+    assert_eq!(cli(&["EVAL", legacy, "3", &key("s"), &key("g:g:p"), &key("g:g:z"), "5-0"]), "1");
+
+    let (moved, next) = store.group_promote(&topic, "g", streamhub::clock::now_ms() + 1, 1000).await.expect("promote");
+    assert_eq!((moved, next), (3, 0));
+    assert_eq!(cli(&["ZCARD", &key("g:g:z")]), "0");
+    assert_eq!(cli(&["EXISTS", &key("g:g:p")]), "0", "the legacy retry's data left the hash");
+    let retries = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, 10).await.expect("read").read;
+    let mut got: Vec<(Source, u64, u32, Option<String>, Vec<u8>)> = retries
+        .iter()
+        .map(|d| {
+            let payload = d.envelope.as_ref().map(|e| e.payload.to_vec()).unwrap_or_default();
+            (d.lease.source, d.seq, d.attempt, d.last_error.clone(), payload)
+        })
+        .collect();
+    got.sort_by_key(|g| g.1);
+    let retry = |seq: u64, error: Option<&str>, n: u64| {
+        (Source::Retry, seq, 2, error.map(str::to_string), format!("{{\"n\":{n}}}").into_bytes())
+    };
+    assert_eq!(got, vec![retry(1, Some("timeout: upstream: 504"), 1), retry(3, None, 3), retry(7, Some("old"), 5)]);
+}
+
 /// A busy handler group keeps its in-flight bound while its ack batcher reads into the
 /// slots it frees: never more than `concurrency` handler calls at once, never more than
 /// `concurrency` entries pending, every message handled once and acknowledged.

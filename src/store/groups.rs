@@ -367,40 +367,60 @@ fn fail_keys(k: &GroupKeys) -> Vec<String> {
     vec![k.stream.clone(), k.retry.clone(), k.schedule.clone(), k.payloads.clone(), k.dlq.clone(), k.counters.clone()]
 }
 
-/// The arguments of `sh_group_fail_v1`.
-fn fail_args(group: &str, lease: &Lease, failure: Failure, policy: &RetryPolicy, error: &str) -> Vec<Value> {
-    let (outcome, delay) = match failure {
-        Failure::Retry(delay) => ("retry", delay.map(|d| d.as_millis() as i64).unwrap_or(-1)),
-        Failure::Permanent => ("permanent", -1),
-        Failure::Expired { to_dlq: true } => ("expired-dlq", -1),
-        Failure::Expired { to_dlq: false } => ("expired-drop", -1),
-    };
-    vec![
+/// The arguments of `sh_group_fail_v2`: the group's policy, then each failure.
+fn fail_args<'a>(
+    group: &str,
+    policy: &RetryPolicy,
+    failures: impl ExactSizeIterator<Item = (&'a Lease, Failure, &'a str)>,
+) -> Vec<Value> {
+    let mut args: Vec<Value> = Vec::with_capacity(8 + 6 * failures.len());
+    args.extend([
         group.into(),
-        lease.source_arg().into(),
-        lease.id.clone().into(),
-        (lease.count as i64).into(),
         (policy.max_attempts as i64).into(),
-        outcome.into(),
-        delay.into(),
         (policy.base_ms as i64).into(),
         (policy.max_ms as i64).into(),
         policy.multiplier.to_string().into(),
         policy.jitter.to_string().into(),
-        error.into(),
         (crate::message::now_ms() as i64).into(),
         (policy.dlq_max_len as i64).into(),
-    ]
+    ]);
+    for (lease, failure, error) in failures {
+        let (outcome, delay) = match failure {
+            Failure::Retry(delay) => ("retry", delay.map(|d| d.as_millis() as i64).unwrap_or(-1)),
+            Failure::Permanent => ("permanent", -1),
+            Failure::Expired { to_dlq: true } => ("expired-dlq", -1),
+            Failure::Expired { to_dlq: false } => ("expired-drop", -1),
+        };
+        args.extend([
+            lease.source_arg().into(),
+            lease.id.clone().into(),
+            (lease.count as i64).into(),
+            outcome.into(),
+            delay.into(),
+            error.into(),
+        ]);
+    }
+    args
 }
 
-/// What `sh_group_fail_v1` answers.
-fn failed(reply: Value) -> Result<Failed> {
-    let reply = reply.into_array();
-    Ok(Failed {
-        status: FailStatus::parse(&reply.first().and_then(|v| v.as_string()).unwrap_or_default())?,
-        attempt: reply.get(1).and_then(|v| v.as_u64()).unwrap_or(0) as u32,
-        due_ms: reply.get(2).and_then(|v| v.as_u64()).unwrap_or(0),
-    })
+/// What `sh_group_fail_v2` answers: one outcome per failure, in order.
+fn failed(reply: Value, expected: usize) -> Result<Vec<Failed>> {
+    let outcomes: Vec<Failed> = reply
+        .into_array()
+        .into_iter()
+        .map(|one| {
+            let one = one.into_array();
+            Ok(Failed {
+                status: FailStatus::parse(&one.first().and_then(|v| v.as_string()).unwrap_or_default())?,
+                attempt: one.get(1).and_then(|v| v.as_u64()).unwrap_or(0) as u32,
+                due_ms: one.get(2).and_then(|v| v.as_u64()).unwrap_or(0),
+            })
+        })
+        .collect::<Result<_>>()?;
+    if outcomes.len() != expected {
+        return Err(StoreError::Protocol(format!("fail answered {} outcomes for {expected}", outcomes.len())));
+    }
+    Ok(outcomes)
 }
 
 /// A function call's per-lease arguments: source, entry id, delivery count.
@@ -578,8 +598,10 @@ impl Store {
         let mut ack_args: Vec<Value> = Vec::with_capacity(1 + 3 * acks.len());
         ack_args.push(group.into());
         push_leases(&mut ack_args, acks);
-        let fail_calls: Vec<Vec<Value>> =
-            fails.iter().map(|(lease, failure, error)| fail_args(group, lease, *failure, policy, error)).collect();
+        // All failures in one call (one schedule write, one release and one counter
+        // update per call, whatever their number).
+        let fail_args =
+            fail_args(group, policy, fails.iter().map(|(lease, failure, error)| (lease, *failure, error.as_str())));
         let writer = self.writer_for(&k.stream);
         let client = writer.as_ref().unwrap_or_else(|| self.pool.next());
         let started = std::time::Instant::now();
@@ -587,8 +609,8 @@ impl Store {
         if !acks.is_empty() {
             let _: () = pipeline.fcall(library::GROUP_ACK, ack_keys.clone(), ack_args.clone()).await?;
         }
-        for args in &fail_calls {
-            let _: () = pipeline.fcall(library::GROUP_FAIL, fail_keys(&k), args.clone()).await?;
+        if !fails.is_empty() {
+            let _: () = pipeline.fcall(library::GROUP_FAIL, fail_keys(&k), fail_args.clone()).await?;
         }
         if count > 0 {
             let streams = vec![k.retry.clone(), k.stream.clone()];
@@ -606,11 +628,11 @@ impl Store {
                 _ => ack_statuses(self.call(library::GROUP_ACK, ack_keys, ack_args, false).await?)?,
             };
         }
-        for args in fail_calls {
-            out.fails.push(match replies.next() {
-                Some(Ok(reply)) => failed(reply)?,
-                _ => failed(self.call(library::GROUP_FAIL, fail_keys(&k), args, false).await?)?,
-            });
+        if !fails.is_empty() {
+            out.fails = match replies.next() {
+                Some(Ok(reply)) => failed(reply, fails.len())?,
+                _ => failed(self.call(library::GROUP_FAIL, fail_keys(&k), fail_args, false).await?, fails.len())?,
+            };
         }
         // What the pipeline read is this consumer's now, whatever became of the rest.
         if let Some(Ok(reply)) = replies.next() {
@@ -631,9 +653,9 @@ impl Store {
         error: &str,
     ) -> Result<Failed> {
         let k = self.group_keys(topic, group);
-        let reply =
-            self.call(library::GROUP_FAIL, fail_keys(&k), fail_args(group, lease, failure, policy, error), false);
-        failed(reply.await?)
+        let args = fail_args(group, policy, std::iter::once((lease, failure, error)));
+        let reply = self.call(library::GROUP_FAIL, fail_keys(&k), args, false).await?;
+        failed(reply, 1)?.pop().ok_or_else(|| StoreError::Protocol("fail answered nothing".into()))
     }
 
     /// Moves retries due by `now_ms` (at most `limit`) to the retry stream; returns how

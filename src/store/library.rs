@@ -19,7 +19,7 @@ pub const TAIL_READ: &str = "sh_tail_read_v2";
 pub const TOPIC_INFO: &str = "sh_topic_info_v2";
 pub const GROUP_ENSURE: &str = "sh_group_ensure_v1";
 pub const GROUP_ACK: &str = "sh_group_ack_v1";
-pub const GROUP_FAIL: &str = "sh_group_fail_v1";
+pub const GROUP_FAIL: &str = "sh_group_fail_v2";
 pub const GROUP_PROMOTE: &str = "sh_group_promote_v1";
 pub const GROUP_RECLAIM: &str = "sh_group_reclaim_v1";
 pub const GROUP_REPLAY: &str = "sh_group_replay_v1";
@@ -105,6 +105,7 @@ mod tests {
             GROUP_ENSURE,
             GROUP_ACK,
             GROUP_FAIL,
+            "sh_group_fail_v1",
             GROUP_PROMOTE,
             GROUP_RECLAIM,
             GROUP_REPLAY,
