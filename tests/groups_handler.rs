@@ -238,7 +238,9 @@ async fn failures_of_one_batch_are_scheduled_in_one_call_and_promoted_whole() {
     assert_eq!(cli(&["ZCARD", &key("g:g:z")]), "0");
     assert_eq!(cli(&["EXISTS", &key("g:g:p")]), "0", "the legacy retry's data left the hash");
     let retries = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, 10).await.expect("read").read;
-    let mut got: Vec<(Source, u64, u32, Option<String>, Vec<u8>)> = retries
+    // (source, seq, attempt, last error, payload) of each delivery.
+    type Got = (Source, u64, u32, Option<String>, Vec<u8>);
+    let mut got: Vec<Got> = retries
         .iter()
         .map(|d| {
             let payload = d.envelope.as_ref().map(|e| e.payload.to_vec()).unwrap_or_default();
