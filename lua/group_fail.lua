@@ -6,7 +6,7 @@
   KEYS[3]  retry schedule  <prefix>:{T}:g:<G>:z (zset scored by due ms; a member is the whole
            retry: "<seq>:<attempt>:<error length>:<error><envelope>")
   KEYS[4]  retry payloads  <prefix>:{T}:g:<G>:p (hash of retries scheduled by earlier versions:
-           "<seq>:<attempt>|e" envelope, "…|err"; read by the promote, no longer written)
+           "<seq>:<attempt>|e" envelope, "…|err"; read by sh_group_promote_v2, no longer written)
   KEYS[5]  dead letters    <prefix>:{T}:g:<G>:d (stream)
   KEYS[6]  group meta      <prefix>:{T}:g:<G>:m (counters)
   ARGV[1]  group name
@@ -29,6 +29,17 @@
   checked and entries read one by one; the schedule, the releases and the counters are
   written once per call, whatever the number of failures.
 ]]
+-- Calls `prefix` followed by the values of `list`, at most `step` of them per call (Lua's
+-- unpack is bounded by its stack, so a long list cannot go in one call).
+local function call_in_chunks(prefix, list, step)
+  for i = 1, #list, step do
+    local cmd = {}
+    for _, v in ipairs(prefix) do table.insert(cmd, v) end
+    for j = i, math.min(i + step - 1, #list) do table.insert(cmd, list[j]) end
+    redis.call(unpack(cmd))
+  end
+end
+
 local function group_fail_batch(keys, group, policy, failures)
   local stream, retry, schedule, dlq, meta = keys[1], keys[2], keys[3], keys[5], keys[6]
   local out, seen, scheduled = {}, {}, {}
@@ -96,13 +107,10 @@ local function group_fail_batch(keys, group, policy, failures)
     end
     table.insert(out, result)
   end
-  if #scheduled > 0 then redis.call('ZADD', schedule, unpack(scheduled)) end
-  local main, retried = released[stream], released[retry]
-  if #main > 0 then redis.call('XACK', stream, group, unpack(main)) end
-  if #retried > 0 then
-    redis.call('XACK', retry, group, unpack(retried))
-    redis.call('XDEL', retry, unpack(retried))
-  end
+  call_in_chunks({ 'ZADD', schedule }, scheduled, 1000) -- score and member pairs
+  call_in_chunks({ 'XACK', stream, group }, released[stream], 1000)
+  call_in_chunks({ 'XACK', retry, group }, released[retry], 1000)
+  call_in_chunks({ 'XDEL', retry }, released[retry], 1000)
   for name, n in pairs(counts) do redis.call('HINCRBY', meta, name, n) end
   return out
 end

@@ -1,13 +1,16 @@
 
---[[ sh_group_promote_v1 — move due retries onto the group's retry stream.
+--[[ sh_group_promote_v2 — move due retries onto the group's retry stream.
   KEYS[1]  retry schedule  <prefix>:{T}:g:<G>:z
   KEYS[2]  retry payloads  <prefix>:{T}:g:<G>:p
   KEYS[3]  retry stream    <prefix>:{T}:g:<G>:r
   ARGV[1]  now ms, ARGV[2] at most this many
   Returns  the number promoted, and the earliest due time still scheduled (0 when none).
   Cost O(due): only members with score <= now are touched, however many are scheduled.
-  A member carries the whole retry (sh_group_fail_v1); one scheduled by an earlier version
-  ("<seq>:<attempt>") has its envelope and error in the payloads hash.
+  A member carries the whole retry (sh_group_fail_v2); one scheduled by an earlier version
+  ("<seq>:<attempt>") has its envelope and error in the payloads hash. The name changed
+  with the member's form: a node calling it finds it missing while an earlier library is
+  loaded, and loads its own (whose promote reads both forms). sh_group_promote_v1, kept
+  for nodes of earlier releases, is the same function.
 ]]
 local function group_promote(keys, args)
   local schedule, payloads, retry = keys[1], keys[2], keys[3]
@@ -36,4 +39,5 @@ local function group_promote(keys, args)
   return { #due, tonumber(next_due[2] or '0') }
 end
 
+redis.register_function('sh_group_promote_v2', group_promote)
 redis.register_function('sh_group_promote_v1', group_promote)

@@ -149,9 +149,11 @@ pub struct GroupKeys {
     pub meta: String,
     /// Stream of due retries, read by the same group.
     pub retry: String,
-    /// Zset of scheduled retries ("<seq>:<attempt>" scored by due ms).
+    /// Zset of scheduled retries scored by due ms; a member is the whole retry:
+    /// "<seq>:<attempt>:<error length>:<error><envelope>".
     pub schedule: String,
-    /// Hash of scheduled retries' envelopes and last errors.
+    /// Hash of the envelopes and last errors of retries scheduled by earlier releases
+    /// (members "<seq>:<attempt>"): read and emptied by the promote, no longer written.
     pub payloads: String,
     /// Dead-letter stream.
     pub dlq: String,

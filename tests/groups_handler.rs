@@ -252,6 +252,22 @@ async fn failures_of_one_batch_are_scheduled_in_one_call_and_promoted_whole() {
         (Source::Retry, seq, 2, error.map(str::to_string), format!("{{\"n\":{n}}}").into_bytes())
     };
     assert_eq!(got, vec![retry(1, Some("timeout: upstream: 504"), 1), retry(3, None, 3), retry(7, Some("old"), 5)]);
+
+    // A node of an earlier release loads its library (the last loader wins): it lacks the
+    // v2 functions, so this node's next calls find them missing and load its own again.
+    // (Only on a private Redis: other tests share a Cluster or Sentinel set's library.)
+    if redis.is_shared() {
+        return;
+    }
+    let earlier =
+        "#!lua name=streamhub\nredis.register_function('sh_group_promote_v1', function() return { 0, 0 } end)";
+    assert_eq!(cli(&["FUNCTION", "LOAD", "REPLACE", earlier]), "streamhub");
+    let again = retries.iter().find(|d| d.seq == 1).expect("seq 1's retry").lease.clone();
+    let fails = [(again, Failure::Retry(None), "once more".to_string())];
+    let settled = store.group_settle_read(&topic, "g", "c1", &[], &fails, &policy, 0).await.expect("fail again");
+    assert_eq!((settled.fails[0].status, settled.fails[0].attempt), (FailStatus::Scheduled, 2));
+    let (moved, _) = store.group_promote(&topic, "g", streamhub::clock::now_ms() + 1, 1000).await.expect("promote");
+    assert_eq!(moved, 1);
 }
 
 /// A busy handler group keeps its in-flight bound while its ack batcher reads into the

@@ -287,6 +287,10 @@ impl Session {
         // The wake-up that started this task asked for the first pass, which follows.
         let _ = self.catchup.again.notified().now_or_never();
         loop {
+            // A wake-up may have started this task just as the session ended.
+            if shutdown.is_cancelled() {
+                return;
+            }
             let lagging: Vec<(Arc<Subscription>, TailHandle)> = self
                 .subs()
                 .values()
@@ -295,13 +299,11 @@ impl Session {
                 .collect();
             for (sub, tail) in lagging {
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     // Boxed: the catch-up future is large and only alive while it reads.
                     _ = Box::pin(self.catch_up(&sub, &tail, &shutdown)) => {}
                 }
-            }
-            if shutdown.is_cancelled() {
-                return;
             }
             // Another pass if woken meanwhile; else end. A wake-up between the check and
             // `running` cleared saw the task still running and started none: look again.

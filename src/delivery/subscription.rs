@@ -203,16 +203,15 @@ impl Outbound {
         self.tx.unbounded_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
     }
 
-    /// Queues, waiting for room (the catch-up reader's pace is the client's pace).
+    /// Queues, waiting for room (the catch-up reader's pace is the client's pace). The
+    /// permits are held, not yet given to the item, while it waits: a cancelled push
+    /// gives them back.
     async fn push(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        self.bounds.slots.acquire().await.map_err(|_| Refused::Closed)?.forget();
-        match self.bounds.bytes.acquire_many(self.permits(&item)).await {
-            Ok(permit) => permit.forget(),
-            Err(_) => {
-                self.bounds.slots.add_permits(1);
-                return Err(Refused::Closed);
-            }
-        }
+        let slot = self.bounds.slots.acquire().await.map_err(|_| Refused::Closed)?;
+        let bytes = self.bounds.bytes.acquire_many(self.permits(&item)).await.map_err(|_| Refused::Closed)?;
+        // Held by the `Queued` from here on (its drop gives them back).
+        slot.forget();
+        bytes.forget();
         self.tx.unbounded_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
     }
 }

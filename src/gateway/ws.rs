@@ -159,8 +159,10 @@ async fn read(stream: &mut SplitStream<WebSocket>, conn: &mut Conn, stop: Cancel
             _ = tokio::time::sleep_until(at) => Inbound::Deadline(close),
             inbound = stream.next() => Inbound::Frame(inbound),
         };
+        // The idle timeout counts from the frame's arrival, not from the end of its handling.
+        let arrived = Instant::now();
         match Box::pin(conn.inbound(inbound, &mut violations)).await {
-            Flow::Continue => deadline = Instant::now() + idle,
+            Flow::Continue => deadline = arrived + idle,
             Flow::End => return,
         }
     }

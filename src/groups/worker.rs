@@ -89,7 +89,7 @@ struct Finished {
 }
 
 /// Settles the deliveries that finished at about the same time in one round trip — one
-/// ack call for all the acknowledged, a fail call per failure — which also reads as many
+/// ack call for all the acknowledged, one fail call for all the failed — which also reads as many
 /// new deliveries (`Store::group_settle_read`): each new one takes over the slot of a
 /// settled one, so a busy worker's slots cost one round trip per cycle, not a settle's
 /// and then a read's. The in-flight bound (and with it the duplicates a crash can cause)

@@ -575,8 +575,8 @@ impl Store {
 
     /// Settles a worker's finished deliveries and then reads up to `count` new ones for
     /// `consumer` from each of the group's streams (due retries first, then new messages of
-    /// the topic): one `sh_group_ack_v1` call for `acks`, one `sh_group_fail_v1` call per
-    /// failure, and a non-blocking `XREADGROUP`, written back to back on one connection
+    /// the topic): one `sh_group_ack_v1` call for `acks`, one `sh_group_fail_v2` call for
+    /// `fails`, and a non-blocking `XREADGROUP`, written back to back on one connection
     /// (one pipeline; on Cluster, to the primary owning the topic's slot). One round trip
     /// does it all, and the read comes after the settles: what a worker does with the
     /// in-flight slots the settled deliveries held. A call the pipeline could not make

@@ -20,7 +20,7 @@ pub const TOPIC_INFO: &str = "sh_topic_info_v2";
 pub const GROUP_ENSURE: &str = "sh_group_ensure_v1";
 pub const GROUP_ACK: &str = "sh_group_ack_v1";
 pub const GROUP_FAIL: &str = "sh_group_fail_v2";
-pub const GROUP_PROMOTE: &str = "sh_group_promote_v1";
+pub const GROUP_PROMOTE: &str = "sh_group_promote_v2";
 pub const GROUP_RECLAIM: &str = "sh_group_reclaim_v1";
 pub const GROUP_REPLAY: &str = "sh_group_replay_v1";
 pub const GROUP_DELETE: &str = "sh_group_delete_v1";
@@ -107,6 +107,7 @@ mod tests {
             GROUP_FAIL,
             "sh_group_fail_v1",
             GROUP_PROMOTE,
+            "sh_group_promote_v1",
             GROUP_RECLAIM,
             GROUP_REPLAY,
             GROUP_DELETE,

@@ -190,10 +190,12 @@ impl Conn {
             };
             // Boxed: handling lives only while it runs; only the wait above is kept in
             // every idle session's future.
+            // Silence counts from the frame's arrival, not from the end of its handling.
+            let arrived = Instant::now();
             match Box::pin(self.inbound(inbound, max_violations)).await {
                 ReadOn::Yes { heard } => {
                     if heard {
-                        quiet_until = Instant::now() + silence;
+                        quiet_until = arrived + silence;
                     }
                 }
                 ReadOn::No => return,
