@@ -35,11 +35,9 @@ local function group_ack(keys, args)
     table.insert(out, status)
   end
   local main, retry = acked[keys[1]], acked[keys[2]]
-  if #main > 0 then redis.call('XACK', keys[1], group, unpack(main)) end
-  if #retry > 0 then
-    redis.call('XACK', keys[2], group, unpack(retry))
-    redis.call('XDEL', keys[2], unpack(retry))
-  end
+  call_chunked({ 'XACK', keys[1], group }, main)
+  call_chunked({ 'XACK', keys[2], group }, retry)
+  call_chunked({ 'XDEL', keys[2] }, retry)
   if #main + #retry > 0 then redis.call('HINCRBY', keys[3], 'acked', #main + #retry) end
   return out
 end

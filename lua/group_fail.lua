@@ -29,17 +29,6 @@
   checked and entries read one by one; the schedule, the releases and the counters are
   written once per call, whatever the number of failures.
 ]]
--- Calls `prefix` followed by the values of `list`, at most `step` of them per call (Lua's
--- unpack is bounded by its stack, so a long list cannot go in one call).
-local function call_in_chunks(prefix, list, step)
-  for i = 1, #list, step do
-    local cmd = {}
-    for _, v in ipairs(prefix) do table.insert(cmd, v) end
-    for j = i, math.min(i + step - 1, #list) do table.insert(cmd, list[j]) end
-    redis.call(unpack(cmd))
-  end
-end
-
 local function group_fail_batch(keys, group, policy, failures)
   local stream, retry, schedule, dlq, meta = keys[1], keys[2], keys[3], keys[5], keys[6]
   local out, seen, scheduled = {}, {}, {}
@@ -107,10 +96,10 @@ local function group_fail_batch(keys, group, policy, failures)
     end
     table.insert(out, result)
   end
-  call_in_chunks({ 'ZADD', schedule }, scheduled, 1000) -- score and member pairs
-  call_in_chunks({ 'XACK', stream, group }, released[stream], 1000)
-  call_in_chunks({ 'XACK', retry, group }, released[retry], 1000)
-  call_in_chunks({ 'XDEL', retry }, released[retry], 1000)
+  call_chunked({ 'ZADD', schedule }, scheduled) -- score and member pairs
+  call_chunked({ 'XACK', stream, group }, released[stream])
+  call_chunked({ 'XACK', retry, group }, released[retry])
+  call_chunked({ 'XDEL', retry }, released[retry])
   for name, n in pairs(counts) do redis.call('HINCRBY', meta, name, n) end
   return out
 end

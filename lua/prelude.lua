@@ -258,6 +258,27 @@ end
 
 -- ---- consumer groups ------------------------------------------------------------
 -- A stream entry's field list as a table.
+-- Calls `prefix` followed by the values of `list`, at most UNPACK_CHUNK of them per call:
+-- Lua's unpack is bounded by its stack (about 8,000 values), so a list of thousands
+-- (acks of `groups.max_fetch` tokens, a presence list of `presence.max_list` entries)
+-- cannot go in one call. Returns the replies' values, concatenated (for commands that
+-- answer one value per item, like HMGET). UNPACK_CHUNK is even: ZADD's score and member
+-- pairs stay whole.
+local UNPACK_CHUNK = 1000
+local function call_chunked(prefix, list)
+  local out = {}
+  for i = 1, #list, UNPACK_CHUNK do
+    local cmd = {}
+    for _, v in ipairs(prefix) do cmd[#cmd + 1] = v end
+    for j = i, math.min(i + UNPACK_CHUNK - 1, #list) do cmd[#cmd + 1] = list[j] end
+    local reply = redis.call(unpack(cmd))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
 local function fields_of(list)
   local t = {}
   for i = 1, #list, 2 do t[list[i]] = list[i + 1] end

@@ -146,7 +146,7 @@ local function presence_list(keys, args)
   if limit > 0 then
     local clients = redis.call('ZRANGE', pk.expiry, 0, limit - 1)
     if #clients > 0 then
-      for _, value in ipairs(redis.call('HMGET', pk.clients, unpack(clients))) do
+      for _, value in ipairs(call_chunked({ 'HMGET', pk.clients }, clients)) do
         if value then
           local _, entry = presence_split(value)
           table.insert(out, entry)
@@ -157,7 +157,7 @@ local function presence_list(keys, args)
     if room > 0 then
       local leaving = redis.call('ZRANGE', pk.leaving, 0, room - 1)
       if #leaving > 0 then
-        for _, entry in ipairs(redis.call('HMGET', pk.leaving_entries, unpack(leaving))) do
+        for _, entry in ipairs(call_chunked({ 'HMGET', pk.leaving_entries }, leaving)) do
           if entry then table.insert(out, entry) end
         end
       end

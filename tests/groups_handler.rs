@@ -270,6 +270,48 @@ async fn failures_of_one_batch_are_scheduled_in_one_call_and_promoted_whole() {
     assert_eq!(moved, 1);
 }
 
+/// Settling thousands of deliveries in one call (an ack of `groups.max_fetch` tokens may
+/// name 10,000): the functions write them in chunks, since Lua cannot pass that many
+/// values to one command.
+#[tokio::test]
+async fn thousands_of_acks_and_failures_settle_in_one_call() {
+    use streamhub::config::GroupStart;
+    use streamhub::store::groups::{AckStatus, FailStatus, Failure, Lease, RetryPolicy};
+
+    const ACKS: usize = 8_500;
+    const FAILS: usize = 1_500;
+    let redis = TestRedis::start();
+    let config = common::test_config(&redis);
+    let store = streamhub::Store::connect(&config).expect("store");
+    store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
+    let topic = streamhub::Topic::parse("many", 200).expect("topic");
+    let message = streamhub::message::NewMessage {
+        payload: b"1".to_vec(),
+        content_type: "application/json".into(),
+        ..Default::default()
+    }
+    .check(&config.limits)
+    .expect("valid");
+    for _ in 0..(ACKS + FAILS) / 1000 {
+        store.publish(&topic, vec![message.clone(); 1000]).await.expect("publish");
+    }
+    assert!(store.group_ensure(&topic, "g", &GroupStart::Earliest).await.expect("ensure"));
+    let policy =
+        RetryPolicy { max_attempts: 5, base_ms: 60_000, max_ms: 60_000, multiplier: 2.0, jitter: 0.0, dlq_max_len: 0 };
+    let read = store.group_settle_read(&topic, "g", "c", &[], &[], &policy, (ACKS + FAILS) as u64).await;
+    let leases: Vec<Lease> = read.expect("read").read.into_iter().map(|d| d.lease).collect();
+    assert_eq!(leases.len(), ACKS + FAILS);
+    let (acks, failed) = leases.split_at(ACKS);
+    let fails: Vec<_> = failed.iter().map(|l| (l.clone(), Failure::Retry(None), "later".to_string())).collect();
+    let settled = store.group_settle_read(&topic, "g", "c", acks, &fails, &policy, 0).await.expect("settle");
+    assert!(settled.acks.iter().all(|a| *a == AckStatus::Acked) && settled.acks.len() == ACKS);
+    assert!(settled.fails.iter().all(|f| f.status == FailStatus::Scheduled) && settled.fails.len() == FAILS);
+    let p = &config.redis.prefix;
+    let cli = |args: &[&str]| String::from_utf8_lossy(&redis.cli(args).stdout).trim().to_string();
+    assert_eq!(cli(&["XPENDING", &format!("{p}:{{many}}:s"), "g"]).lines().next(), Some("0"));
+    assert_eq!(cli(&["ZCARD", &format!("{p}:{{many}}:g:g:z")]), FAILS.to_string());
+}
+
 /// A busy handler group keeps its in-flight bound while its ack batcher reads into the
 /// slots it frees: never more than `concurrency` handler calls at once, never more than
 /// `concurrency` entries pending, every message handled once and acknowledged.
