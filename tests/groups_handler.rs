@@ -88,30 +88,45 @@ async fn a_handler_group_retries_dead_letters_and_survives_panics() {
     server.stop().await;
 }
 
+/// A store on `redis` whose topic `name` holds `payloads` (seqs 1, 2, …), read by group
+/// "g" from the earliest.
+async fn store_with_group(
+    redis: &TestRedis,
+    name: &str,
+    payloads: impl IntoIterator<Item = Vec<u8>>,
+) -> (streamhub::config::Config, streamhub::Store, streamhub::Topic) {
+    let config = common::test_config(redis);
+    let store = streamhub::Store::connect(&config).expect("store");
+    store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
+    let topic = streamhub::Topic::parse(name, 200).expect("topic");
+    let messages: Vec<_> = payloads
+        .into_iter()
+        .map(|payload| {
+            let message = streamhub::message::NewMessage {
+                payload,
+                content_type: "application/json".into(),
+                ..Default::default()
+            };
+            message.check(&config.limits).expect("valid")
+        })
+        .collect();
+    for batch in messages.chunks(1000) {
+        store.publish(&topic, batch.to_vec()).await.expect("publish");
+    }
+    let start = streamhub::config::GroupStart::Earliest;
+    assert!(store.group_ensure(&topic, "g", &start).await.expect("ensure"));
+    (config, store, topic)
+}
+
 /// `Store::group_settle_read`, the round trip a busy worker makes: it acknowledges by
 /// lease (a stale or repeated lease changes nothing), records failures, and then reads into
 /// the freed slots, due retries first, at most `count` from each of the group's streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settle_and_read_in_one_round_trip_checks_leases_and_reads_retries_first() {
-    use streamhub::config::GroupStart;
     use streamhub::store::groups::{AckStatus, FailStatus, Failure, Lease, RetryPolicy, Source};
 
     let redis = TestRedis::start();
-    let config = common::test_config(&redis);
-    let store = streamhub::Store::connect(&config).expect("store");
-    store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
-    let topic = streamhub::Topic::parse("ar", 200).expect("topic");
-    for n in 1..=6 {
-        let message = streamhub::message::NewMessage {
-            payload: format!("{n}").into_bytes(),
-            content_type: "application/json".into(),
-            ..Default::default()
-        }
-        .check(&config.limits)
-        .expect("valid");
-        store.publish(&topic, vec![message]).await.expect("publish");
-    }
-    assert!(store.group_ensure(&topic, "g", &GroupStart::Earliest).await.expect("ensure"));
+    let (config, store, topic) = store_with_group(&redis, "ar", (1..=6).map(|n| format!("{n}").into_bytes())).await;
     let policy = RetryPolicy {
         max_attempts: 5,
         base_ms: 60_000,
@@ -171,25 +186,11 @@ async fn settle_and_read_in_one_round_trip_checks_leases_and_reads_retries_first
 /// (its envelope and error in the payload hash).
 #[tokio::test]
 async fn failures_of_one_batch_are_scheduled_in_one_call_and_promoted_whole() {
-    use streamhub::config::GroupStart;
     use streamhub::store::groups::{FailStatus, Failure, Lease, RetryPolicy, Source};
 
     let redis = TestRedis::start();
-    let config = common::test_config(&redis);
-    let store = streamhub::Store::connect(&config).expect("store");
-    store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
-    let topic = streamhub::Topic::parse("fb", 200).expect("topic");
-    for n in 1..=5 {
-        let message = streamhub::message::NewMessage {
-            payload: format!("{{\"n\":{n}}}").into_bytes(),
-            content_type: "application/json".into(),
-            ..Default::default()
-        }
-        .check(&config.limits)
-        .expect("valid");
-        store.publish(&topic, vec![message]).await.expect("publish");
-    }
-    assert!(store.group_ensure(&topic, "g", &GroupStart::Earliest).await.expect("ensure"));
+    let payloads = (1..=5).map(|n| format!("{{\"n\":{n}}}").into_bytes());
+    let (config, store, topic) = store_with_group(&redis, "fb", payloads).await;
     let policy = RetryPolicy { max_attempts: 5, base_ms: 0, max_ms: 0, multiplier: 2.0, jitter: 0.0, dlq_max_len: 100 };
     let read = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, 5).await.expect("read").read;
     let leases: Vec<Lease> = read.iter().map(|d| d.lease.clone()).collect();
@@ -275,27 +276,13 @@ async fn failures_of_one_batch_are_scheduled_in_one_call_and_promoted_whole() {
 /// values to one command.
 #[tokio::test]
 async fn thousands_of_acks_and_failures_settle_in_one_call() {
-    use streamhub::config::GroupStart;
     use streamhub::store::groups::{AckStatus, FailStatus, Failure, Lease, RetryPolicy};
 
     const ACKS: usize = 8_500;
     const FAILS: usize = 1_500;
     let redis = TestRedis::start();
-    let config = common::test_config(&redis);
-    let store = streamhub::Store::connect(&config).expect("store");
-    store.wait_ready(common::READY_TIMEOUT).await.expect("redis ready");
-    let topic = streamhub::Topic::parse("many", 200).expect("topic");
-    let message = streamhub::message::NewMessage {
-        payload: b"1".to_vec(),
-        content_type: "application/json".into(),
-        ..Default::default()
-    }
-    .check(&config.limits)
-    .expect("valid");
-    for _ in 0..(ACKS + FAILS) / 1000 {
-        store.publish(&topic, vec![message.clone(); 1000]).await.expect("publish");
-    }
-    assert!(store.group_ensure(&topic, "g", &GroupStart::Earliest).await.expect("ensure"));
+    let payloads = std::iter::repeat_n(b"1".to_vec(), ACKS + FAILS);
+    let (config, store, topic) = store_with_group(&redis, "many", payloads).await;
     let policy =
         RetryPolicy { max_attempts: 5, base_ms: 60_000, max_ms: 60_000, multiplier: 2.0, jitter: 0.0, dlq_max_len: 0 };
     let read = store.group_settle_read(&topic, "g", "c", &[], &[], &policy, (ACKS + FAILS) as u64).await;

@@ -241,11 +241,8 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ws_session::future_size as size;
     use super::*;
-
-    fn size<F>(_: &Option<F>) -> usize {
-        std::mem::size_of::<F>()
-    }
 
     /// What an idle session keeps in its task: the wait for the next frame, the
     /// connection's state and its link. A frame's handling and the end of the session

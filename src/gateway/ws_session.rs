@@ -140,3 +140,10 @@ pub(super) fn is_too_big(error: axum::Error) -> bool {
         .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }
+
+/// The size of the future in `never` (a value never made: only its type is used), for the
+/// tests that bound what an idle session keeps.
+#[cfg(test)]
+pub(super) fn future_size<F>(_never: &Option<F>) -> usize {
+    std::mem::size_of::<F>()
+}

@@ -567,10 +567,7 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn size<F>(_: &Option<F>) -> usize {
-        std::mem::size_of::<F>()
-    }
+    use crate::gateway::ws_session::future_size as size;
 
     /// What an idle session keeps in its task: the wait for the next frame, the
     /// connection's state and its link (as the native protocol's, `ws::tests`).
