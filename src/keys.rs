@@ -80,14 +80,15 @@ impl Keys {
         &self.prefix
     }
 
+    /// Built on every publish and read: plain concatenation, no formatting machinery.
     pub fn topic(&self, topic: &Topic) -> TopicKeys {
-        let base = format!("{}:{{{}}}", self.prefix, topic.as_str());
+        let base = [self.prefix.as_str(), ":{", topic.as_str(), "}"].concat();
         TopicKeys {
-            meta: format!("{base}:m"),
-            stream: format!("{base}:s"),
-            staging: format!("{base}:x"),
-            hint: format!("{base}:h"),
-            idem_base: format!("{base}:i:"),
+            meta: [base.as_str(), ":m"].concat(),
+            stream: [base.as_str(), ":s"].concat(),
+            staging: [base.as_str(), ":x"].concat(),
+            hint: [base.as_str(), ":h"].concat(),
+            idem_base: base + ":i:",
         }
     }
 
@@ -180,7 +181,7 @@ impl TopicKeys {
 
     /// String holding `epoch seq id` of the publish that used this idempotency key.
     pub fn idempotency(&self, key: &str) -> String {
-        format!("{}{key}", self.idem_base)
+        [self.idem_base.as_str(), key].concat()
     }
 }
 

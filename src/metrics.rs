@@ -296,6 +296,9 @@ pub fn publish_rejected(code: &'static str) {
 
 /// Messages handled by publish, by `outcome` (`stored` or `duplicate`), and their bytes.
 pub fn published(outcome: &'static str, count: u64, bytes: u64) {
+    if count == 0 {
+        return;
+    }
     let total = if outcome == "duplicate" { &FIGURES.duplicates } else { &FIGURES.stored };
     total.fetch_add(count, Relaxed);
     metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome).increment(count);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
-use axum::Router;
+use axum::{Router, ServiceExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -139,7 +139,7 @@ impl Server {
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
-        let app = gateway::router(Arc::new(state));
+        let app = gateway::app(Arc::new(state));
         let token = shutdown.clone();
         // TCP_NODELAY on every accepted connection: WebSocket frames and small responses
         // must not wait for the peer's delayed ACK (Nagle's algorithm), which stalls a

@@ -8,7 +8,8 @@ use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
+
+use super::request::Routes;
 
 use crate::error::{Code, Error};
 
@@ -42,13 +43,13 @@ const CONSOLE_FILES: &[(&str, &str, &[u8])] = &[
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// A site's routes (none when it is not `enabled`: its paths are then 404).
-pub(super) fn routes<S: Clone + Send + Sync + 'static>(site: &'static Site, enabled: bool) -> Router<S> {
+/// `routes` with a site's routes (none when it is not `enabled`: its paths are then 404).
+pub(super) fn routes(routes: Routes, site: &'static Site, enabled: bool) -> Routes {
     if !enabled {
-        return Router::new();
+        return routes;
     }
     let prefix = site.prefix;
-    Router::new()
+    routes
         .route(prefix, get(move || async move { Redirect::permanent(&format!("{prefix}/")) }))
         .route(
             &format!("{prefix}/"),

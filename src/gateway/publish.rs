@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::{body_error, ApiResult};
@@ -137,16 +138,16 @@ pub(super) async fn publish_one(
     Granted { caller, grant }: Granted<Publish>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<Response> {
     match decode_one(&headers, body).map_err(refused)? {
         Publish1::Message(message) => {
             let published = state.ops.publish(&caller, &grant, message).await?;
             let status = if published.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-            Ok((status, Json(serde_json::to_value(PublishResult::from(published)).unwrap_or_default())))
+            Ok((status, Json(PublishResult::from(published))).into_response())
         }
         Publish1::Ephemeral(data, headers) => {
             state.ops.publish_ephemeral(&caller, &grant, data, headers).await?;
-            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "ephemeral": true }))))
+            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "ephemeral": true }))).into_response())
         }
     }
 }

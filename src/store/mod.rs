@@ -314,9 +314,10 @@ impl Store {
         messages: Vec<OutgoingMessage>,
     ) -> Result<(Vec<Published>, u64)> {
         let retention = self.retention.for_topic(topic.as_str());
-        let tk = self.keys.topic(topic);
+        let mut tk = self.keys.topic(topic);
         let n = messages.len();
-        let mut keys = vec![tk.meta.clone(), tk.stream.clone(), tk.hint.clone(), tk.staging.clone()];
+        let take = std::mem::take::<String>;
+        let mut keys = vec![take(&mut tk.meta), take(&mut tk.stream), take(&mut tk.hint), take(&mut tk.staging)];
         let mut args: Vec<Value> = Vec::with_capacity(6 + n * 3);
         args.push(Value::from(retention.max_len as i64));
         args.push(Value::from(self.idempotency_window_ms as i64));
@@ -343,7 +344,8 @@ impl Store {
             return Ok((published, aged_out));
         };
         let started = std::time::Instant::now();
-        let staged = self.stage_and_wait(client, &tk.stream, keys, args, replicas, timeout).await;
+        let commit_keys = keys[..4].to_vec();
+        let staged = self.stage_and_wait(client, &commit_keys[1], keys, args, replicas, timeout).await;
         crate::metrics::redis_call(library::PUBLISH, started, staged.as_ref().err().map(StoreError::kind));
         let (reply, acked) = staged?;
         let (published, mut aged_out, staged) = parse_publish_reply(reply, n)?;
@@ -359,8 +361,7 @@ impl Store {
             Value::from(retention.hard_max_len as i64),
             Value::from(retention.max_age_ms as i64),
         ];
-        let reply =
-            self.call_on(client, library::COMMIT, vec![tk.meta, tk.stream, tk.hint, tk.staging], args, false).await?;
+        let reply = self.call_on(client, library::COMMIT, commit_keys, args, false).await?;
         aged_out += reply.into_array().get(1).and_then(|v| v.as_u64()).unwrap_or(0);
         Ok((published, aged_out))
     }

@@ -12,23 +12,19 @@ mod encode;
 mod history;
 pub mod proto;
 
-use std::sync::Arc;
-
 use axum::routing::{get, post};
-use axum::Router;
 
-use super::AppState;
+use super::request::{Lifetime, Routes};
 use crate::config::CentrifugoConfig;
 
-/// The client endpoint (`centrifugo.path`) and the server API (`centrifugo.api_prefix`),
-/// each absent when its setting is "".
-pub(super) fn routes(c: &CentrifugoConfig) -> Router<Arc<AppState>> {
-    let mut router = Router::new();
+/// `routes` with the client endpoint (`centrifugo.path`, long-lived) and the server API
+/// (`centrifugo.api_prefix`), each absent when its setting is "".
+pub(super) fn routes(mut routes: Routes, c: &CentrifugoConfig) -> Routes {
     if !c.path.is_empty() {
-        router = router.route(&c.path, get(conn::upgrade));
+        routes = routes.route_with(&c.path, get(conn::upgrade), Lifetime::LongLived);
     }
     if !c.api_prefix.is_empty() {
-        router = router.route(&format!("{}/{{method}}", c.api_prefix), post(api::api));
+        routes = routes.route(&format!("{}/{{method}}", c.api_prefix), post(api::api));
     }
-    router
+    routes
 }
