@@ -32,31 +32,36 @@ use crate::topic::Topic;
 
 /// One `FCALL` / `FCALL_RO` on `client`; with `asking`, `ASKING` goes first on the same
 /// connection (following an `ASK` redirection to a slot being imported).
-async fn fcall(
+fn fcall<'a>(
     client: Client,
     asking: bool,
     function: &'static str,
-    keys: &[String],
-    args: &[Value],
+    keys: &'a [String],
+    args: &'a [Value],
     read_only: bool,
-) -> std::result::Result<Value, fred::error::Error> {
-    if !asking {
-        return if read_only {
-            client.fcall_ro::<Value, _, _, _>(function, keys.to_vec(), args.to_vec()).await
+) -> futures::future::BoxFuture<'a, std::result::Result<Value, fred::error::Error>> {
+    // Boxed: fred's command futures (and the ASKING pipeline's) take several KiB, which
+    // every future awaiting them inline would carry and move (the publish handler's
+    // future was ~9 KiB, copied twice per request).
+    Box::pin(async move {
+        if !asking {
+            return if read_only {
+                client.fcall_ro::<Value, _, _, _>(function, keys.to_vec(), args.to_vec()).await
+            } else {
+                client.fcall::<Value, _, _, _>(function, keys.to_vec(), args.to_vec()).await
+            };
+        }
+        let pipeline = client.pipeline();
+        let asking_cmd = fred::types::CustomCommand::new_static("ASKING", fred::types::ClusterHash::Random, false);
+        let _: () = pipeline.custom(asking_cmd, Vec::<Value>::new()).await?;
+        let _: () = if read_only {
+            pipeline.fcall_ro(function, keys.to_vec(), args.to_vec()).await?
         } else {
-            client.fcall::<Value, _, _, _>(function, keys.to_vec(), args.to_vec()).await
+            pipeline.fcall(function, keys.to_vec(), args.to_vec()).await?
         };
-    }
-    let pipeline = client.pipeline();
-    let asking_cmd = fred::types::CustomCommand::new_static("ASKING", fred::types::ClusterHash::Random, false);
-    let _: () = pipeline.custom(asking_cmd, Vec::<Value>::new()).await?;
-    let _: () = if read_only {
-        pipeline.fcall_ro(function, keys.to_vec(), args.to_vec()).await?
-    } else {
-        pipeline.fcall(function, keys.to_vec(), args.to_vec()).await?
-    };
-    let mut replies = pipeline.try_all::<Value>().await;
-    replies.pop().unwrap_or_else(|| Ok(Value::Null))
+        let mut replies = pipeline.try_all::<Value>().await;
+        replies.pop().unwrap_or_else(|| Ok(Value::Null))
+    })
 }
 
 /// The outcome of one stored (or recognised duplicate) publish.
@@ -269,7 +274,7 @@ impl Store {
             match reply {
                 Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
                     tracing::info!(function, "function library missing in redis; loading it");
-                    self.load_library().await?;
+                    Box::pin(self.load_library()).await?; // boxed: rare, and several KiB
                 }
                 other => return Ok(other?),
             }
@@ -345,7 +350,8 @@ impl Store {
         };
         let started = std::time::Instant::now();
         let commit_keys = keys[..4].to_vec();
-        let staged = self.stage_and_wait(client, &commit_keys[1], keys, args, replicas, timeout).await;
+        // Boxed: its pipeline future is several KiB, which the direct path need not carry.
+        let staged = Box::pin(self.stage_and_wait(client, &commit_keys[1], keys, args, replicas, timeout)).await;
         crate::metrics::redis_call(library::PUBLISH, started, staged.as_ref().err().map(StoreError::kind));
         let (reply, acked) = staged?;
         let (published, mut aged_out, staged) = parse_publish_reply(reply, n)?;
@@ -409,7 +415,7 @@ impl Store {
             match reply {
                 Err(e) if attempt == 0 && StoreError::is_function_missing(&e) => {
                     tracing::info!(function = library::PUBLISH, "function library missing in redis; loading it");
-                    self.load_library().await?;
+                    Box::pin(self.load_library()).await?;
                 }
                 Err(e) => return Err(e.into()),
                 Ok(reply) => {

@@ -197,8 +197,10 @@ impl Store {
     pub async fn publish_event(&self, topic: &Topic, body: &str) -> Result<()> {
         let started = std::time::Instant::now();
         let channel = self.keys.topic(topic).hint;
-        let result: Result<Value> =
-            self.pool.next().spublish(channel, format!("E {body}")).await.map_err(StoreError::from);
+        // Boxed: fred's command future is several KiB, which the publish handler's future
+        // would otherwise carry for every publish (see `fcall`).
+        let call = Box::pin(self.pool.next().spublish::<Value, _, _>(channel, format!("E {body}")));
+        let result: Result<Value> = call.await.map_err(StoreError::from);
         crate::metrics::redis_call("spublish", started, result.as_ref().err().map(StoreError::kind));
         result.map(drop)
     }

@@ -193,54 +193,59 @@ impl Shards {
 
     /// Reads the slot map (from the first primary that answers, else fred's cluster
     /// client), opens connections to new primaries and closes those of former ones.
-    async fn refresh_now(&self) -> Result<()> {
-        let timeout = Duration::from_millis(self.config.command_timeout_ms);
-        let candidates: Vec<Client> = {
-            let routing = self.routing.read().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
-            routing.clients.values().filter(|c| c.is_connected()).cloned().collect()
-        };
-        let mut slots = None;
-        for client in candidates.iter().chain(std::iter::once(&self.seed)) {
-            if let Ok(Ok(value)) = tokio::time::timeout(timeout, client.cluster_slots::<Value>()).await {
-                let host = client.active_connections().first().map(|s| s.host.to_string()).unwrap_or_default();
-                if let Ok(map) = ClusterRouting::from_cluster_slots(value, host) {
-                    if map.len() > 0 {
-                        slots = Some(map);
-                        break;
+    fn refresh_now(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        // Boxed: a rare path whose future (several KiB) would otherwise be part of every
+        // routed call's.
+        Box::pin(async move {
+            let timeout = Duration::from_millis(self.config.command_timeout_ms);
+            let candidates: Vec<Client> = {
+                let routing = self.routing.read().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
+                routing.clients.values().filter(|c| c.is_connected()).cloned().collect()
+            };
+            let mut slots = None;
+            for client in candidates.iter().chain(std::iter::once(&self.seed)) {
+                if let Ok(Ok(value)) = tokio::time::timeout(timeout, client.cluster_slots::<Value>()).await {
+                    let host = client.active_connections().first().map(|s| s.host.to_string()).unwrap_or_default();
+                    if let Ok(map) = ClusterRouting::from_cluster_slots(value, host) {
+                        if map.len() > 0 {
+                            slots = Some(map);
+                            break;
+                        }
                     }
                 }
             }
-        }
-        let Some(map) = slots else {
-            return Err(StoreError::Unavailable("no cluster node answered CLUSTER SLOTS".into()));
-        };
-        let primaries = map.unique_primary_nodes();
-        let mut opened = HashMap::new();
-        {
-            let routing = self.routing.read().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
-            for server in &primaries {
-                if !routing.clients.contains_key(server) {
-                    opened.insert(server.clone(), connect::node_client(&self.config, server, "shard")?);
+            let Some(map) = slots else {
+                return Err(StoreError::Unavailable("no cluster node answered CLUSTER SLOTS".into()));
+            };
+            let primaries = map.unique_primary_nodes();
+            let mut opened = HashMap::new();
+            {
+                let routing = self.routing.read().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
+                for server in &primaries {
+                    if !routing.clients.contains_key(server) {
+                        opened.insert(server.clone(), connect::node_client(&self.config, server, "shard")?);
+                    }
                 }
             }
-        }
-        let mut closed = Vec::new();
-        {
-            let mut routing = self.routing.write().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
-            routing.clients.extend(opened);
-            let former: Vec<Server> = routing.clients.keys().filter(|s| !primaries.contains(s)).cloned().collect();
-            for server in former {
-                if let Some(client) = routing.clients.remove(&server) {
-                    closed.push(client);
+            let mut closed = Vec::new();
+            {
+                let mut routing =
+                    self.routing.write().map_err(|_| StoreError::Redis("slot map lock poisoned".into()))?;
+                routing.clients.extend(opened);
+                let former: Vec<Server> = routing.clients.keys().filter(|s| !primaries.contains(s)).cloned().collect();
+                for server in former {
+                    if let Some(client) = routing.clients.remove(&server) {
+                        closed.push(client);
+                    }
                 }
+                routing.map = Some(map);
             }
-            routing.map = Some(map);
-        }
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        for client in closed {
-            quit_soon(client);
-        }
-        Ok(())
+            self.generation.fetch_add(1, Ordering::Relaxed);
+            for client in closed {
+                quit_soon(client);
+            }
+            Ok(())
+        })
     }
 
     /// Closes every connection.
