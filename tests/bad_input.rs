@@ -91,6 +91,12 @@ async fn malformed_and_oversized_requests_get_their_codes_and_store_nothing() {
     // The payload edge itself is accepted.
     let (status, _) = post_raw(&app, path, Some("text/plain"), vec![b'x'; 1000]).await;
     assert_eq!(status, StatusCode::CREATED);
+    // JSON data counts as compact text: the whitespace sent between its tokens is not stored.
+    let spaced = |n: usize| format!("{{\"data\": [ \"{}\" ] }}", "x".repeat(n)).into_bytes();
+    let (status, _) = post_raw(&app, path, Some("application/json"), spaced(996)).await;
+    assert_eq!(status, StatusCode::CREATED, "[\"x…\"] is 1,000 bytes");
+    let (status, reply) = post_raw(&app, path, Some("application/json"), spaced(997)).await;
+    assert_eq!((status, code(&reply)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
 
     let batch = |n: usize| json!({ "messages": (0..n).map(|i| json!({ "data": i })).collect::<Vec<_>>() });
     let (status, _) = app.post_json("/v1/topics/bad/messages:batch", &batch(3)).await;
@@ -111,9 +117,9 @@ async fn malformed_and_oversized_requests_get_their_codes_and_store_nothing() {
     let (status, body) = app.post_json(path, &json!({ "data": 1, "headers": { "h": big } })).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "headers_too_large"));
 
-    // Only the two good publishes and the good batch were stored.
+    // Only the three good publishes and the good batch were stored.
     let (_, topic) = app.get("/v1/topics/bad").await;
-    assert_eq!(topic["seq"], json!(4), "{topic}");
+    assert_eq!(topic["seq"], json!(5), "{topic}");
     let metrics = app.metrics().await;
     assert!(metrics.contains("streamhub_publish_rejected_total{code=\"invalid_json\"} 2"), "{metrics}");
     app.stop().await;

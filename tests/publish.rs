@@ -256,3 +256,26 @@ async fn the_api_is_served_over_http2_without_tls_and_keeps_http1_connections_al
     );
     assert_eq!(h1.lines().collect::<Vec<_>>(), vec!["1.1 200 1", "1.1 200 0"], "HTTP/1.1 keeps the connection alive");
 }
+
+/// JSON data is stored as the compact text of what was sent: whitespace between tokens
+/// dropped, key order, number forms and escapes kept (no parse into a tree and back).
+#[tokio::test]
+async fn json_data_is_stored_as_the_compact_text_sent() {
+    let redis = common::RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    let body = "{ \"data\" : { \"b\" : 1 , \"a\" : [ 1e2 , \"two  words\", \"\\u00e9\", 12345678901234567890123 ] } }";
+    let response = app
+        .http
+        .post(app.url("/v1/topics/compact/messages"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    // The stored envelope holds the payload's bytes verbatim (history re-encodes `data`).
+    let entries = redis.cli(&["XRANGE", &format!("{}:{{compact}}:s", app.prefix()), "-", "+"]).stdout;
+    let stored = r#"{"b":1,"a":[1e2,"two  words","\u00e9",12345678901234567890123]}"#;
+    assert!(entries.windows(stored.len()).any(|w| w == stored.as_bytes()), "{}", String::from_utf8_lossy(&entries));
+    app.stop().await;
+}

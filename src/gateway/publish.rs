@@ -109,7 +109,8 @@ fn decode_one(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiRe
                         "an ephemeral event has no ttl_ms or idempotency_key (it is never stored)",
                     ));
                 }
-                return Ok(Publish1::Ephemeral(parsed.data, parsed.headers));
+                let data = serde_json::from_str(parsed.data.get()).map_err(json_error)?;
+                return Ok(Publish1::Ephemeral(data, parsed.headers));
             }
             from_json(parsed, header_str(headers, IDEMPOTENCY_KEY)?).map(Publish1::Message)
         }
