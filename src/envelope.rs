@@ -63,8 +63,16 @@ pub struct DecodeError(String);
 
 impl Envelope {
     pub fn encode(&self) -> Vec<u8> {
+        // Sized once: field names and markers take < 64 bytes beyond the variable parts.
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        let from = self.from.as_ref().map_or(0, |p| p.user.len() + p.client.len() + 16);
+        let mut out =
+            Vec::with_capacity(64 + self.id.len() + self.content_type.len() + self.payload.len() + headers + from);
         // Serializing plain strings, integers, a map and bytes into a Vec cannot fail.
-        rmp_serde::to_vec_named(self).unwrap_or_default()
+        match rmp_serde::encode::write_named(&mut out, self) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {

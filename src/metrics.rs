@@ -305,6 +305,52 @@ pub fn published(outcome: &'static str, count: u64, bytes: u64) {
     metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome).increment(bytes);
 }
 
+/// The handles of the publish path's series, looked up once (by `Ops`) rather than per
+/// publish: `published` for stored and duplicate messages, and `PUBLISH_DURATION`.
+#[derive(Clone)]
+pub struct PublishMeter {
+    stored: (metrics::Counter, metrics::Counter),
+    duplicate: (metrics::Counter, metrics::Counter),
+    duration: metrics::Histogram,
+}
+
+impl PublishMeter {
+    pub fn new() -> PublishMeter {
+        let pair = |outcome: &'static str| {
+            (
+                metrics::counter!(MESSAGES_PUBLISHED, "outcome" => outcome),
+                metrics::counter!(PUBLISHED_BYTES, "outcome" => outcome),
+            )
+        };
+        PublishMeter {
+            stored: pair("stored"),
+            duplicate: pair("duplicate"),
+            duration: metrics::histogram!(PUBLISH_DURATION),
+        }
+    }
+
+    /// One publish call answered after `seconds`: `stored` and `duplicate` are
+    /// (messages, payload bytes).
+    pub fn published(&self, seconds: f64, stored: (u64, u64), duplicate: (u64, u64)) {
+        self.duration.record(seconds);
+        for (counters, (count, bytes), total) in
+            [(&self.stored, stored, &FIGURES.stored), (&self.duplicate, duplicate, &FIGURES.duplicates)]
+        {
+            if count > 0 {
+                total.fetch_add(count, Relaxed);
+                counters.0.increment(count);
+                counters.1.increment(bytes);
+            }
+        }
+    }
+}
+
+impl Default for PublishMeter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Messages skipped because they had expired, on `path` (`history`, `subscription`).
 pub fn expired_skipped(path: &'static str, count: u64) {
     if count > 0 {

@@ -47,6 +47,9 @@ pub struct Ops {
     pub(crate) groups: Arc<Groups>,
     /// Cancelled on shutdown: waiting operations (long polls) answer at once.
     pub(crate) shutdown: CancellationToken,
+    /// The publish path's metric handles (taken when the node starts, after the
+    /// process's recorder is installed).
+    pub(crate) publish_meter: crate::metrics::PublishMeter,
 }
 
 impl Ops {
@@ -57,7 +60,7 @@ impl Ops {
         groups: Arc<Groups>,
         shutdown: CancellationToken,
     ) -> Ops {
-        Ops { store, config, access, groups, shutdown }
+        Ops { store, config, access, groups, shutdown, publish_meter: crate::metrics::PublishMeter::new() }
     }
 
     pub fn access(&self) -> &Access {

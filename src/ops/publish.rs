@@ -78,16 +78,15 @@ impl Ops {
         let started = Instant::now();
         let (results, aged_out) =
             counted(self.store.publish_counted(grant.topic(), messages).await.map_err(Error::from))?;
+        let seconds = started.elapsed().as_secs_f64();
         metrics::retention_trimmed("age", aged_out);
-        ::metrics::histogram!(metrics::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
         let (mut stored, mut duplicate) = ((0u64, 0u64), (0u64, 0u64));
         for (result, size) in results.iter().zip(sizes) {
             let slot = if result.duplicate { &mut duplicate } else { &mut stored };
             slot.0 += 1;
             slot.1 += size as u64;
         }
-        metrics::published("stored", stored.0, stored.1);
-        metrics::published("duplicate", duplicate.0, duplicate.1);
+        self.publish_meter.published(seconds, stored, duplicate);
         Ok(results)
     }
 }
