@@ -396,3 +396,39 @@ async fn user_status_is_online_while_a_session_lives_and_remembers_when_it_was_l
     assert_eq!(after["status"], json!("away"), "the status text stays");
     app.stop().await;
 }
+
+/// A list longer than Lua can unpack at once (~8,000 values) is read in chunks: with
+/// `presence.max_list` at 9,000, all 8,500 present clients are listed. The entries are
+/// written straight into Redis (as the upsert function writes them), not by 8,500 sessions.
+#[tokio::test]
+async fn a_list_of_more_than_eight_thousand_members_is_read_whole() {
+    const N: usize = 8_500;
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        presence(c);
+        c.presence.max_list = 9_000;
+    })
+    .await;
+    let key = |suffix: &str| format!("{}:{{room.big}}:{suffix}", app.prefix());
+    let fill = "local exp = tonumber(ARGV[2]) \
+        for i = 1, tonumber(ARGV[1]) do \
+          local c = 'c' .. i; local ukey = 'c:' .. c \
+          redis.call('ZADD', KEYS[1], exp, c) \
+          redis.call('HSET', KEYS[2], c, #ukey .. ':' .. ukey .. '{\"client\":\"' .. c .. '\",\"user\":\"\"}') \
+          redis.call('HSET', KEYS[3], ukey, 1) \
+        end return 1";
+    let expires = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis()
+        + 3_600_000)
+        .to_string();
+    let (pz, pc, pu) = (key("pz"), key("pc"), key("pu"));
+    let out = redis.cli(&["EVAL", fill, "3", &pz, &pc, &pu, &N.to_string(), &expires]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", String::from_utf8_lossy(&out.stderr));
+
+    let list = members(&app, "room.big").await;
+    assert_eq!(list["clients"], json!(N), "{}", list["clients"]);
+    let listed: BTreeSet<&str> =
+        list["members"].as_array().expect("members").iter().filter_map(|m| m["client"].as_str()).collect();
+    assert_eq!(listed.len(), N);
+    assert!(listed.contains("c1") && listed.contains("c8500"));
+    app.stop().await;
+}
