@@ -483,3 +483,57 @@ async fn a_configured_issuer_is_required_and_slow_requests_time_out() {
     assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"));
     app.stop().await;
 }
+
+/// The request layer wraps the whole router once: it must still know each route (here, not
+/// in tests/observability.rs: that binary asserts exact session gauges, and the metrics
+/// recorder is shared by the tests of one process). With
+/// `http.request_timeout_ms` at 300 ms, the long-lived routes (SSE, WebSocket, a `:fetch`
+/// long poll) outlive it while ordinary requests are bounded by it, and the request
+/// metrics name the route template (`unmatched` for a 404).
+#[tokio::test]
+async fn long_lived_routes_outlive_the_request_timeout_and_metrics_name_each_route() {
+    let redis = RedisServer::start();
+    let app = TestApp::start_with(&redis, |c| {
+        c.http.request_timeout_ms = 300;
+        c.group.push(common::pull_group("ll", "g"));
+    })
+    .await;
+    common::eventually("the group", common::READY_TIMEOUT, async || {
+        app.get("/v1/topics/ll/groups").await.1["groups"][0]["exists"] == json!(true)
+    })
+    .await;
+    let mut sse = app.http.get(app.url("/v1/topics/ll/events")).send().await.expect("sse");
+    assert_eq!(sse.status(), reqwest::StatusCode::OK);
+    let mut ws = WsClient::connect(&app.base).await;
+    ws.subscribe("ll", None).await;
+
+    // A long poll of 800 ms on an empty group answers 200 with nothing, not 503.
+    let started = std::time::Instant::now();
+    let (status, fetched) = app.post_json("/v1/topics/ll/groups/g:fetch", &json!({ "max": 1, "wait_ms": 800 })).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{fetched}");
+    assert!(started.elapsed() >= Duration::from_millis(700), "the fetch waited: {:?}", started.elapsed());
+    assert_eq!(fetched["deliveries"], json!([]));
+
+    // The SSE stream and the WebSocket session are still open after it: both get the message.
+    assert_eq!(app.publish("ll", json!("after")).await.0, reqwest::StatusCode::CREATED);
+    assert_eq!(ws.messages(1).await[0]["data"], json!("after"));
+    let mut text = String::new();
+    while !text.contains("\"after\"") {
+        let chunk = tokio::time::timeout(common::READY_TIMEOUT, sse.chunk()).await.expect("an SSE chunk in time");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream is open").expect("not ended")));
+    }
+
+    assert_eq!(app.get("/v1/no/such/route").await.0, reqwest::StatusCode::NOT_FOUND);
+    let text = app.metrics().await;
+    let count = |labels: &str| {
+        let series = format!("streamhub_http_requests_total{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    };
+    assert!(count(r#"route="/v1/topics/{topic}/groups/{action}",method="POST",status="200""#) >= 1.0, "{text}");
+    assert!(count(r#"route="/v1/topics/{topic}/events",method="GET",status="200""#) >= 1.0, "{text}");
+    assert!(count(r#"route="/v1/ws",method="GET",status="101""#) >= 1.0, "{text}");
+    assert!(count(r#"route="unmatched",method="GET",status="404""#) >= 1.0, "{text}");
+    app.stop().await;
+}

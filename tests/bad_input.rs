@@ -70,6 +70,9 @@ async fn malformed_and_oversized_requests_get_their_codes_and_store_nothing() {
             StatusCode::BAD_REQUEST,
             "invalid_idempotency_key",
         ),
+        // Well-formed text that no reader could parse back into a value.
+        (Some("application/json"), br#"{"data": "\ud800"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (Some("application/json"), br#"{"data": [1e400]}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
         (None, b"raw".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         // data over max_payload_bytes once JSON-encoded ("x"*999 plus quotes = 1001 bytes)
         (
@@ -121,7 +124,7 @@ async fn malformed_and_oversized_requests_get_their_codes_and_store_nothing() {
     let (_, topic) = app.get("/v1/topics/bad").await;
     assert_eq!(topic["seq"], json!(5), "{topic}");
     let metrics = app.metrics().await;
-    assert!(metrics.contains("streamhub_publish_rejected_total{code=\"invalid_json\"} 2"), "{metrics}");
+    assert!(metrics.contains("streamhub_publish_rejected_total{code=\"invalid_json\"} 4"), "{metrics}");
     app.stop().await;
 }
 

@@ -23,6 +23,14 @@ pub struct PublishBody {
 }
 
 impl PublishBody {
+    /// Checks `data` as a parse into a `serde_json::Value` would: a raw value is only
+    /// checked for syntax, and would let through what the readers cannot parse back (a
+    /// lone surrogate escape, a number out of range, nesting deeper than 128). Builds
+    /// nothing.
+    pub fn check_data(&self) -> Result<(), serde_json::Error> {
+        serde_json::from_str::<AnyJson>(self.data.get()).map(drop)
+    }
+
     /// The message this body asks to publish: its `data` as JSON text.
     pub fn into_message(self) -> crate::message::NewMessage {
         crate::message::NewMessage {
@@ -32,6 +40,49 @@ impl PublishBody {
             ttl_ms: self.ttl_ms,
             idempotency_key: self.idempotency_key,
         }
+    }
+}
+
+/// Any JSON value, visited and dropped (see `PublishBody::check_data`).
+struct AnyJson;
+
+impl<'de> Deserialize<'de> for AnyJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AnyJson, D::Error> {
+        d.deserialize_any(AnyJson)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AnyJson {
+    type Value = AnyJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_unit<E>(self) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AnyJson, A::Error> {
+        while seq.next_element::<AnyJson>()?.is_some() {}
+        Ok(AnyJson)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyJson, A::Error> {
+        while map.next_entry::<AnyJson, AnyJson>()?.is_some() {}
+        Ok(AnyJson)
     }
 }
 
@@ -105,5 +156,21 @@ mod tests {
             assert_eq!(std::str::from_utf8(&again).expect("utf8"), serde_json::to_string(&original).expect("json"));
         }
         assert_eq!(compact_json(br#"{ "k" : "a b" }"#.to_vec()), br#"{"k":"a b"}"#.to_vec());
+    }
+
+    #[test]
+    fn data_is_checked_as_strictly_as_a_parse_into_a_value() {
+        let body = |data: &str| -> PublishBody {
+            serde_json::from_str(&format!("{{\"data\": {data}}}")).expect("syntactically valid")
+        };
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [r#""\ud800""#, "1e400", "-1e400", deep.as_str()] {
+            assert!(serde_json::from_str::<serde_json::Value>(bad).is_err(), "a Value refuses {bad:.20}");
+            let error = body(bad).check_data().expect_err(bad);
+            assert_eq!(error.classify(), serde_json::error::Category::Syntax, "{bad:.20}: {error}");
+        }
+        for good in [r#""\ud83d\ude00""#, "1e300", "12345678901234567890123", r#"{"a":[null,true,{"b":"c"}]}"#] {
+            body(good).check_data().expect(good);
+        }
     }
 }

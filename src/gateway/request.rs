@@ -90,10 +90,15 @@ pub(super) struct RouteTable {
 
 impl RouteTable {
     fn insert(&mut self, path: &str, lifetime: Lifetime) {
-        // A path registered again (more methods on it) keeps its first entry; axum itself
-        // refuses a template it cannot match, before this.
+        // A path registered again (more methods on it) keeps its entry, and must not change
+        // its lifetime; axum itself refuses a template it cannot match, before this.
         if self.matcher.insert(path, self.routes.len()).is_ok() {
             self.routes.push((Arc::from(path), lifetime));
+        } else {
+            debug_assert!(
+                self.find(path).is_some_and(|i| &*self.routes[i].0 == path && self.routes[i].1 == lifetime),
+                "{path} registered twice with different lifetimes"
+            );
         }
     }
 
@@ -162,10 +167,10 @@ impl Shared {
         let long_lived = match lifetime {
             Lifetime::Bounded => false,
             Lifetime::LongLived => true,
-            Lifetime::LongLivedWhen(suffix) => request.uri().path().ends_with(suffix),
+            Lifetime::LongLivedWhen(suffix) => ends_with_decoded(request.uri().path(), suffix),
         };
         let method = method_label(request.method());
-        let span = tracing::info_span!("request", request_id = id.as_str(), client = %client, method, route = label);
+        let span = tracing::info_span!("request", request_id = %id.as_str(), client = %client, method, route = %label);
         let answer = async {
             let response = router.call(request);
             if long_lived {
@@ -200,6 +205,16 @@ impl Meter {
             duration: ::metrics::histogram!(metrics::HTTP_REQUEST_DURATION, "route" => route, "method" => method),
         }
     }
+}
+
+/// Whether `path` ends with `suffix` once percent-decoded (`g%3Afetch` is the route's
+/// `g:fetch`: the path extractor decodes it).
+fn ends_with_decoded(path: &str, suffix: &str) -> bool {
+    let tail = &path[path.rfind('/').map_or(0, |i| i + 1)..];
+    if !tail.contains('%') {
+        return tail.ends_with(suffix);
+    }
+    percent_encoding::percent_decode_str(tail).decode_utf8().is_ok_and(|t| t.ends_with(suffix))
 }
 
 /// The method as a metric label (a bounded set).
@@ -254,7 +269,7 @@ mod tests {
         table.insert("/v1/topics/{topic}/messages:batch", Lifetime::Bounded);
         table.insert("/v1/topics/{topic}/events", Lifetime::LongLived);
         table.insert("/v1/topics/{topic}/groups/{action}", Lifetime::LongLivedWhen(":fetch"));
-        table.insert("/v1/topics/{topic}/messages", Lifetime::LongLived);
+        table.insert("/v1/topics/{topic}/messages", Lifetime::Bounded);
         table
     }
 
@@ -269,6 +284,15 @@ mod tests {
         assert_eq!(name("/v1/topics/a/b/messages"), None);
         assert_eq!(name("/v1/topics/a/messages/"), None);
         assert_eq!(table.routes.len(), 4, "a path registered twice keeps one entry");
+    }
+
+    #[test]
+    fn a_suffix_is_matched_after_percent_decoding() {
+        assert!(ends_with_decoded("/v1/topics/t/groups/g:fetch", ":fetch"));
+        assert!(ends_with_decoded("/v1/topics/t/groups/g%3Afetch", ":fetch"));
+        assert!(ends_with_decoded("/v1/topics/t/groups/g%3afetch", ":fetch"));
+        assert!(!ends_with_decoded("/v1/topics/t/groups/g:ack", ":fetch"));
+        assert!(!ends_with_decoded("/v1/topics/t/groups/g%3Aack%ZZ", ":fetch"));
     }
 
     #[test]

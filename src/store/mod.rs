@@ -321,6 +321,8 @@ impl Store {
         let retention = self.retention.for_topic(topic.as_str());
         let mut tk = self.keys.topic(topic);
         let n = messages.len();
+        // The four keys move into the call (`tk`'s fields are empty from here on; only
+        // `tk.idempotency` is used below, and `keys[..4]` are those keys).
         let take = std::mem::take::<String>;
         let mut keys = vec![take(&mut tk.meta), take(&mut tk.stream), take(&mut tk.hint), take(&mut tk.staging)];
         let mut args: Vec<Value> = Vec::with_capacity(6 + n * 3);
