@@ -14,7 +14,14 @@ fn limits() -> &'static Limits {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(body) = serde_json::from_slice::<PublishBody>(data) {
-        let _ = body.into_message().check(limits());
+        if body.check_data().is_ok() {
+            // The stored (compacted) text means what was sent.
+            let sent: serde_json::Value = serde_json::from_str(body.data.get()).expect("checked data parses");
+            let message = body.into_message();
+            let stored: serde_json::Value = serde_json::from_slice(&message.payload).expect("compacted data parses");
+            assert_eq!(sent, stored);
+            let _ = message.check(limits());
+        }
     }
     if let Ok(batch) = serde_json::from_slice::<BatchBody>(data) {
         for body in batch.messages {
