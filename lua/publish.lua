@@ -1,6 +1,8 @@
 
---[[ sh_publish_v3 — publish envelopes built by streamhub (single or batch), atomically:
+--[[ sh_publish_v4 — publish envelopes built by streamhub (single or batch), atomically:
   straight into the stream, or staged until the replicas confirmed them.
+  (sh_publish_v3, below the header, is the same call with three values per message and
+  four per result.)
   KEYS[1]  meta hash       <prefix>:{T}:m
   KEYS[2]  stream          <prefix>:{T}:s
   KEYS[3]  hint channel    <prefix>:{T}:h
@@ -12,12 +14,13 @@
   ARGV[4]  retention hard cap with consumer groups (0 = none)
   ARGV[5]  retention max_age in ms (0 = none)
   ARGV[6]  mode: "direct" or "stage"
-  ARGV[7…] per message, 3 values: envelope (MessagePack), message id,
-           index into KEYS of its idempotency key (0 = none)
-  Returns  flat array, 4 values per message in order: epoch, seq, duplicate (0|1), id;
-           then how many entries retention by age removed in this call; then the
-           replication id of this primary and the topic's current epoch (both for
-           sh_commit_v1).
+  ARGV[7…] per message, 2 values: envelope (MessagePack), and "" when it has no
+           idempotency key, else "<index into KEYS of its key> <message id>"
+  Returns  flat array, 1 value per message in order: its seq (integer) when it was
+           stored, or the idempotency record "<epoch> <seq> <id>" (string) of the
+           message it repeats; then how many entries retention by age removed in this
+           call; then the replication id of this primary and the topic's current epoch
+           (the stored messages' epoch, and both for sh_commit_v1).
   Errors   "SH staging_full …" (stage: more than publish.max_staged seqs would wait);
            nothing is written when it is returned.
   direct:  durability "stored". Seqs still staged (left by a replicated publish) are
@@ -32,13 +35,30 @@
   A new epoch starts when the meta was last written under another replication id
   (load_meta in lua/prelude.lua).
 
+  sh_publish_v3 takes 3 values per message (envelope, message id, index into KEYS of its
+  idempotency key or 0) and answers 4 per message (epoch, seq, duplicate 0|1, id); it
+  stays registered for nodes of the previous release during a rolling upgrade.
   sh_publish_v2 is sh_publish_v3 without KEYS[4] and ARGV[6]; sh_publish_v1 is v2 without
   ARGV[5] (no age limit) and without the last value (per message from ARGV[5]). Both
   stay registered for callers of earlier releases; they publish "direct", except while
   the topic has staged seqs: then their messages queue behind those in the staging
   stream (marked r) and are committed right after them, to keep the seqs in order.
 ]]
-local function publish_messages(keys, args, max_age, first, mode, staging)
+-- A message's arguments: its envelope, message id (or nil) and index into KEYS of its
+-- idempotency key (0 = none), in the layout of sh_publish_v4 (`compact`) or of v1–v3.
+local function message_args(args, first, i, compact)
+  if not compact then
+    local at = first + i * 3
+    return args[at], args[at + 1], tonumber(args[at + 2])
+  end
+  local at = first + i * 2
+  local spec = args[at + 1]
+  if spec == '' then return args[at], nil, 0 end
+  local idem, id = string.match(spec, '^(%d+) (.+)$')
+  return args[at], id, tonumber(idem)
+end
+
+local function publish_messages(keys, args, max_age, first, mode, staging, compact)
   local meta, stream, channel = keys[1], keys[2], keys[3]
   local max_len = tonumber(args[1])
   local window = tonumber(args[2])
@@ -61,12 +81,14 @@ local function publish_messages(keys, args, max_age, first, mode, staging)
   local out = {}
   local wrote = t.seq > committed or mode == 'stage'
   for i = 0, n - 1 do
-    local envelope, id, idem = args[first + i * 3], args[first + 1 + i * 3], tonumber(args[first + 2 + i * 3])
+    local envelope, id, idem = message_args(args, first, i, compact)
     local dup_epoch, dup_seq, dup_id
     if idem > 0 then
       dup_epoch, dup_seq, dup_id = idem_lookup(keys[idem])
     end
-    if dup_epoch then
+    if dup_epoch and compact then
+      table.insert(out, dup_epoch .. ' ' .. dup_seq .. ' ' .. dup_id)
+    elseif dup_epoch then
       table.insert(out, dup_epoch); table.insert(out, dup_seq)
       table.insert(out, 1); table.insert(out, dup_id)
     else
@@ -84,8 +106,12 @@ local function publish_messages(keys, args, max_age, first, mode, staging)
       if idem > 0 then
         redis.call('SET', keys[idem], t.epoch .. ' ' .. seq .. ' ' .. id, 'PX', window)
       end
-      table.insert(out, t.epoch); table.insert(out, seq)
-      table.insert(out, 0); table.insert(out, id)
+      if compact then
+        table.insert(out, seq)
+      else
+        table.insert(out, t.epoch); table.insert(out, seq)
+        table.insert(out, 0); table.insert(out, id)
+      end
     end
   end
   if wrote then
@@ -109,13 +135,13 @@ local function publish_v2(keys, args)
   return out
 end
 
-local function publish_v3(keys, args)
+local function publish_staged_or_direct(keys, args, compact)
   local mode = args[6]
   if mode ~= 'direct' and mode ~= 'stage' then
     return fail('invalid_request', 'ARGV[6] (mode) must be direct or stage')
   end
   -- KEYS[4] is the staging stream; idempotency indexes point into KEYS as they are.
-  local out, aged, err, t = publish_messages(keys, args, tonumber(args[5]), 7, mode, keys[4])
+  local out, aged, err, t = publish_messages(keys, args, tonumber(args[5]), 7, mode, keys[4], compact)
   if err then return err end
   table.insert(out, aged)
   table.insert(out, t.rid)
@@ -123,19 +149,28 @@ local function publish_v3(keys, args)
   return out
 end
 
+local function publish_v3(keys, args)
+  return publish_staged_or_direct(keys, args, false)
+end
+
+local function publish_v4(keys, args)
+  return publish_staged_or_direct(keys, args, true)
+end
+
 redis.register_function('sh_publish_v1', publish_v1)
 redis.register_function('sh_publish_v2', publish_v2)
 redis.register_function('sh_publish_v3', publish_v3)
+redis.register_function('sh_publish_v4', publish_v4)
 
 --[[ sh_commit_v1 — make staged seqs readable once their replicas confirmed them.
   KEYS[1]  meta hash       <prefix>:{T}:m
   KEYS[2]  stream          <prefix>:{T}:s
   KEYS[3]  hint channel    <prefix>:{T}:h
   KEYS[4]  staging stream  <prefix>:{T}:x
-  ARGV[1]  epoch, as returned by sh_publish_v3
+  ARGV[1]  epoch, as returned by sh_publish_v4 (or v3)
   ARGV[2]  upto: commit every staged seq up to this one
-  ARGV[3]  replication id, as returned by sh_publish_v3
-  ARGV[4]  retention max_len, ARGV[5] hard cap, ARGV[6] max_age in ms (as sh_publish_v3)
+  ARGV[3]  replication id, as returned by sh_publish_v4 (or v3)
+  ARGV[4]  retention max_len, ARGV[5] hard cap, ARGV[6] max_age in ms (as sh_publish_v4)
   Returns  { committed top seq, entries retention by age removed }
   Errors   "SH failover …" when this primary is not the one that staged (another
            replication id: its replicas' confirmation says nothing about this one);

@@ -18,7 +18,7 @@
   MessagePack layout streamhub writes, then appended like sh_publish_v2 does, with the
   topic's retention (max_len, max_age, default TTL: the first matching rule of
   retention.topics in the loading node's configuration, else its defaults).
-  While the topic has seqs staged by a replicated publish (sh_publish_v3), the message
+  While the topic has seqs staged by a replicated publish (sh_publish_v4), the message
   queues behind them in the staging stream <prefix>:{T}:x (derived from KEYS[1]: this
   call's KEYS predate it) and becomes readable when they are committed; errors then
   include "SH staging_full …" (publish.max_staged seqs already wait).

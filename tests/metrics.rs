@@ -92,7 +92,7 @@ async fn every_exported_metric_is_documented_and_the_output_parses() {
     assert_eq!(value("streamhub_subscriptions"), 1.0);
     assert_eq!(value("streamhub_group_delivered_total{group=\"m/w\"}"), 4.0);
     assert_eq!(value("streamhub_group_outcomes_total{group=\"m/w\",outcome=\"acked\"}"), 4.0);
-    assert!(value("streamhub_redis_command_duration_seconds_count{command=\"sh_publish_v3\"}") >= 2.0);
+    assert!(value("streamhub_redis_command_duration_seconds_count{command=\"sh_publish_v4\"}") >= 2.0);
     assert!(
         value("streamhub_http_request_duration_seconds_count{route=\"/v1/topics/{topic}/messages\",method=\"POST\"}")
             >= 2.0

@@ -83,9 +83,28 @@ async fn an_idempotent_repeat_returns_the_same_seq_and_adds_nothing() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(other["seq"], json!(2));
 
+    // In a batch: a repeat of an earlier key, a new key twice, and a message without one.
+    let batch = json!({ "messages": [
+        { "data": "a", "idempotency_key": "order-17" },
+        { "data": "b", "idempotency_key": "order-19" },
+        { "data": "c" },
+        { "data": "d", "idempotency_key": "order-19" },
+    ] });
+    let (status, answer) = app.post_json("/v1/topics/orders/messages:batch", &batch).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    let shape: Vec<(bool, u64)> =
+        results.iter().map(|r| (r["duplicate"].as_bool().expect("bool"), r["seq"].as_u64().expect("seq"))).collect();
+    assert_eq!(shape, vec![(true, 1), (false, 3), (false, 4), (true, 3)], "{answer}");
+    assert_eq!(results[0]["id"], first["id"], "a repeat answers the first message's id");
+    assert_eq!(results[3]["id"], results[1]["id"]);
+    assert_ne!(results[2]["id"], results[1]["id"]);
+    assert!(results.iter().all(|r| r["epoch"] == first["epoch"]), "{answer}");
+
     let history = app.history_all("orders", 0).await;
-    assert_eq!(history.len(), 2, "the repeats added nothing: {history:?}");
+    assert_eq!(history.len(), 4, "the repeats added nothing: {history:?}");
     assert_eq!(history[0]["data"], json!("once"));
+    assert_eq!(history[2]["id"], results[1]["id"]);
     app.stop().await;
 }
 

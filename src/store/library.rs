@@ -11,7 +11,7 @@
 use crate::config::Config;
 
 /// Function names, one per atomic operation. A changed meaning gets a new name.
-pub const PUBLISH: &str = "sh_publish_v3";
+pub const PUBLISH: &str = "sh_publish_v4";
 pub const COMMIT: &str = "sh_commit_v1";
 pub const PUBLISH_RAW: &str = "sh_publish_raw_v1";
 pub const READ_SINCE: &str = "sh_read_since_v2";
@@ -95,6 +95,7 @@ mod tests {
             COMMIT,
             "sh_publish_v1",
             "sh_publish_v2",
+            "sh_publish_v3",
             "sh_read_since_v1",
             "sh_tail_read_v1",
             "sh_topic_info_v1",

@@ -325,29 +325,31 @@ impl Store {
         // `tk.idempotency` is used below, and `keys[..4]` are those keys).
         let take = std::mem::take::<String>;
         let mut keys = vec![take(&mut tk.meta), take(&mut tk.stream), take(&mut tk.hint), take(&mut tk.staging)];
-        let mut args: Vec<Value> = Vec::with_capacity(6 + n * 3);
+        let mut args: Vec<Value> = Vec::with_capacity(6 + n * 2);
         args.push(Value::from(retention.max_len as i64));
         args.push(Value::from(self.idempotency_window_ms as i64));
         args.push(Value::from(n as i64));
         args.push(Value::from(retention.hard_max_len as i64));
         args.push(Value::from(retention.max_age_ms as i64));
         args.push(Value::from(if self.replication.is_some() { "stage" } else { "direct" }));
-        for m in messages {
-            let idem_index = match &m.idempotency_key {
+        // The message ids, for the results (the function answers a stored message's seq only).
+        let mut ids = Vec::with_capacity(n);
+        for mut m in messages {
+            args.push(Value::Bytes(Bytes::from(m.envelope.encode())));
+            let id = std::mem::take(&mut m.envelope.id);
+            args.push(Value::from(match &m.idempotency_key {
                 Some(k) => {
                     keys.push(tk.idempotency(k));
-                    keys.len() as i64
+                    format!("{} {id}", keys.len())
                 }
-                None => 0,
-            };
-            args.push(Value::Bytes(Bytes::from(m.envelope.encode())));
-            args.push(Value::from(m.envelope.id));
-            args.push(Value::from(idem_index));
+                None => String::new(),
+            }));
+            ids.push(id);
         }
         let client = self.pool.next();
         let Some((replicas, timeout)) = self.replication else {
             let reply = self.call_on(client, library::PUBLISH, keys, args, false).await?.into_array();
-            let (published, aged_out, _) = parse_publish_reply(reply, n)?;
+            let (published, aged_out, _) = parse_publish_reply(reply, ids)?;
             return Ok((published, aged_out));
         };
         let started = std::time::Instant::now();
@@ -356,7 +358,7 @@ impl Store {
         let staged = Box::pin(self.stage_and_wait(client, &commit_keys[1], keys, args, replicas, timeout)).await;
         crate::metrics::redis_call(library::PUBLISH, started, staged.as_ref().err().map(StoreError::kind));
         let (reply, acked) = staged?;
-        let (published, mut aged_out, staged) = parse_publish_reply(reply, n)?;
+        let (published, mut aged_out, staged) = parse_publish_reply(reply, ids)?;
         if acked < replicas as i64 {
             return Err(StoreError::NotReplicated { acked: acked.max(0) as u64, wanted: replicas });
         }
@@ -560,35 +562,55 @@ fn parse_position(reply: &mut impl Iterator<Item = Value>, with_prev: bool) -> R
     }
 }
 
-/// What `sh_publish_v3` answers after the per-message results: for `sh_commit_v1`.
+/// What `sh_publish_v4` answers after the per-message results: for `sh_commit_v1`.
 struct Staged {
     replication_id: String,
     epoch: String,
 }
 
-/// The reply of `sh_publish_v3`: the results, the entries retention by age removed, and
-/// what `sh_commit_v1` needs.
-fn parse_publish_reply(mut reply: Vec<Value>, n: usize) -> Result<(Vec<Published>, u64, Staged)> {
+/// The reply of `sh_publish_v4` for the messages of `ids`: the results, the entries
+/// retention by age removed, and what `sh_commit_v1` needs.
+fn parse_publish_reply(mut reply: Vec<Value>, ids: Vec<String>) -> Result<(Vec<Published>, u64, Staged)> {
     let epoch = reply.pop().and_then(|v| v.as_string());
     let replication_id = reply.pop().and_then(|v| v.as_string());
     let aged_out = reply.pop().and_then(|v| v.as_u64());
     match (epoch, replication_id, aged_out) {
         (Some(epoch), Some(replication_id), Some(aged_out)) => {
-            Ok((parse_published(reply, n)?, aged_out, Staged { replication_id, epoch }))
+            let published = parse_published(reply, ids, &epoch)?;
+            Ok((published, aged_out, Staged { replication_id, epoch }))
         }
         _ => Err(StoreError::Protocol("publish reply does not end with (aged, replication id, epoch)".into())),
     }
 }
 
-fn parse_published(reply: Vec<Value>, n: usize) -> Result<Vec<Published>> {
-    if reply.len() != n * 4 {
-        return Err(StoreError::Protocol(format!("publish answered {} values for {n} messages", reply.len())));
+/// One value per message: the seq it was stored at (in `epoch`, under its own id), or
+/// the idempotency record `"<epoch> <seq> <id>"` of the message it repeats.
+fn parse_published(reply: Vec<Value>, ids: Vec<String>, epoch: &str) -> Result<Vec<Published>> {
+    if reply.len() != ids.len() {
+        return Err(StoreError::Protocol(format!(
+            "publish answered {} values for {} messages",
+            reply.len(),
+            ids.len()
+        )));
     }
+    let malformed = || StoreError::Protocol("a publish result is neither a seq nor \"<epoch> <seq> <id>\"".into());
     reply
-        .chunks(4)
-        .map(|c| match (c[0].as_string(), c[1].as_u64(), c[2].as_u64(), c[3].as_string()) {
-            (Some(epoch), Some(seq), Some(dup), Some(id)) => Ok(Published { epoch, seq, id, duplicate: dup == 1 }),
-            _ => Err(StoreError::Protocol("publish result is not (epoch, seq, duplicate, id)".into())),
+        .into_iter()
+        .zip(ids)
+        .map(|(value, id)| match value {
+            Value::Integer(seq) if seq > 0 => {
+                Ok(Published { epoch: epoch.to_string(), seq: seq as u64, id, duplicate: false })
+            }
+            other => {
+                let record = other.as_string().ok_or_else(malformed)?;
+                let mut parts = record.splitn(3, ' ');
+                match (parts.next(), parts.next().and_then(|s| s.parse().ok()), parts.next()) {
+                    (Some(epoch), Some(seq), Some(id)) => {
+                        Ok(Published { epoch: epoch.to_string(), seq, id: id.to_string(), duplicate: true })
+                    }
+                    _ => Err(malformed()),
+                }
+            }
         })
         .collect()
 }
