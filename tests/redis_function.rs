@@ -136,3 +136,39 @@ async fn a_new_topic_can_be_created_from_redis_and_bad_calls_are_refused_with_co
     assert_eq!(after["seq"], json!(1), "refused calls wrote nothing");
     app.stop().await;
 }
+
+/// streamhub's own publish call, at the level of its contract (lua/publish.lua):
+/// `sh_publish_v4` takes two values per message and answers one; `sh_publish_v3`, which
+/// nodes of the previous release call during a rolling upgrade, still takes three and
+/// answers four. (The function does not read the envelopes it is given.)
+#[tokio::test]
+async fn the_publish_function_answers_in_its_form_and_the_previous_one_in_its_own() {
+    let redis = TestRedis::start();
+    let app = TestApp::start(&redis).await;
+    let (_, first) = app.publish("fv", json!(1)).await;
+    let epoch = first["epoch"].as_str().expect("epoch").to_string();
+    let p = app.prefix().to_string();
+    let key = |suffix: &str| format!("{p}:{{fv}}:{suffix}");
+    let (m, s, h, x, idem) = (key("m"), key("s"), key("h"), key("x"), key("i:once"));
+    let call = |function: &str, idem_key: Option<&str>, per_message: &[&str]| {
+        let mut args: Vec<&str> = vec!["FCALL", function, if idem_key.is_some() { "5" } else { "4" }, &m, &s, &h, &x];
+        args.extend(idem_key);
+        args.extend(["0", "60000", "1", "0", "0", "direct"]);
+        args.extend(per_message);
+        lines(&redis.cli(&args))
+    };
+
+    let v3 = call("sh_publish_v3", None, &["envelope-2", "id-2", "0"]);
+    assert_eq!(v3[..4], [epoch.clone(), "2".into(), "0".into(), "id-2".into()], "epoch, seq, duplicate, id");
+    assert_eq!((v3.len(), &v3[6]), (7, &epoch), "then aged, replication id, epoch: {v3:?}");
+
+    let v4 = call("sh_publish_v4", None, &["envelope-3", ""]);
+    assert_eq!((v4.len(), v4[0].as_str(), &v4[3]), (4, "3", &epoch), "the seq, then aged, replication id, epoch");
+    let keyed = call("sh_publish_v4", Some(&idem), &["envelope-4", "5 id-4"]);
+    assert_eq!(keyed[0], "4");
+    let repeat = call("sh_publish_v4", Some(&idem), &["envelope-5", "5 id-5"]);
+    assert_eq!(repeat[0], format!("{epoch} 4 id-4"), "the record of the message it repeats");
+    let (_, topic) = app.get("/v1/topics/fv").await;
+    assert_eq!(topic["seq"], json!(4), "the repeat added nothing: {topic}");
+    app.stop().await;
+}
