@@ -27,19 +27,21 @@ impl PublishBody {
     /// checked for syntax, and would let through what the readers cannot parse back (a
     /// lone surrogate escape, a number out of range, nesting deeper than 128). Builds
     /// nothing.
-    pub fn check_data(&self) -> Result<(), serde_json::Error> {
+    fn check_data(&self) -> Result<(), serde_json::Error> {
         serde_json::from_str::<AnyJson>(self.data.get()).map(drop)
     }
 
-    /// The message this body asks to publish: its `data` as JSON text.
-    pub fn into_message(self) -> crate::message::NewMessage {
-        crate::message::NewMessage {
+    /// The message this body asks to publish: its `data` as compact JSON text, once
+    /// checked (`check_data`).
+    pub fn into_message(self) -> Result<crate::message::NewMessage, serde_json::Error> {
+        self.check_data()?;
+        Ok(crate::message::NewMessage {
             payload: compact_json(String::from(Box::<str>::from(self.data)).into_bytes()),
             content_type: "application/json".to_string(),
             headers: self.headers,
             ttl_ms: self.ttl_ms,
             idempotency_key: self.idempotency_key,
-        }
+        })
     }
 }
 

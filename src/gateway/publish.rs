@@ -50,7 +50,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> ApiResult<Option<&'h st
 }
 
 fn from_json(body: PublishBody, http_idempotency_key: Option<&str>) -> ApiResult<NewMessage> {
-    let mut message = body.into_message();
+    let mut message = body.into_message().map_err(json_error)?;
     match (&message.idempotency_key, http_idempotency_key) {
         (Some(a), Some(b)) if a != b => {
             return Err(Error::new(
@@ -102,7 +102,6 @@ fn decode_one(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiRe
     match content_type(headers) {
         Some(ct) if is_json(ct) => {
             let parsed: PublishBody = serde_json::from_slice(&body).map_err(json_error)?;
-            parsed.check_data().map_err(json_error)?;
             if parsed.ephemeral {
                 if parsed.ttl_ms.is_some() || parsed.idempotency_key.is_some() {
                     return Err(Error::new(
@@ -131,9 +130,6 @@ fn decode_batch(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Api
     let batch: BatchBody = serde_json::from_slice(&body).map_err(json_error)?;
     if let Some(i) = batch.messages.iter().position(|m| m.ephemeral) {
         return Err(Error::new(Code::InvalidRequest, "a batch holds stored messages only, not ephemeral events").at(i));
-    }
-    if let Some((i, e)) = batch.messages.iter().enumerate().find_map(|(i, m)| m.check_data().err().map(|e| (i, e))) {
-        return Err(json_error(e).at(i));
     }
     batch.messages.into_iter().enumerate().map(|(i, m)| from_json(m, None).map_err(|e| e.at(i))).collect()
 }
