@@ -4,6 +4,7 @@
 
 pub mod event;
 pub mod presence;
+pub mod queue;
 pub mod resume;
 pub mod session;
 pub mod subscription;

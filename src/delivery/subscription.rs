@@ -7,13 +7,13 @@
 //! the hand-over is atomic with respect to delivery: no gap, no duplicate.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use futures::channel::mpsc;
-use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::sync::Notify;
 
 use super::event::TopicEvent;
+use super::queue;
 pub use super::resume::ResetReason;
 use crate::store::StoredMessage;
 use crate::topic::Topic;
@@ -108,7 +108,7 @@ impl Expired {
 #[derive(Debug)]
 pub enum Item {
     Message(Arc<Delivered>),
-    // Boxed: rare, and every queued item is allocated at the size of the largest, so the
+    // Boxed: rare, and every slot of the queue is the size of the largest item, so the
     // item is kept two words wide.
     Reset(Box<Reset>),
     Expired(Box<Expired>),
@@ -129,8 +129,7 @@ impl Drop for Queued {
         // Taken from this subscription's queue (`Outbound::offer`/`push`), and the same
         // item counts the same.
         let outbound = &self.sub.outbound;
-        outbound.bounds.slots.add_permits(1);
-        outbound.bounds.bytes.add_permits(outbound.permits(&self.item) as usize);
+        outbound.bounds.give_back(outbound.bounds.bytes_of(&self.item));
     }
 }
 
@@ -144,75 +143,111 @@ pub enum Refused {
 }
 
 /// The receiving end of a session's outbound queue (its transport's writer reads it).
-pub type Deliveries = mpsc::UnboundedReceiver<Queued>;
+pub type Deliveries = queue::Receiver<Queued>;
 
 /// A session's outbound queue: at most `max_messages` items and `max_bytes` payload bytes.
 ///
-/// The bounds are two semaphores (a slot per item, a permit per payload byte) in front of
-/// an unbounded list: a tokio bounded channel would reserve a block of 32 slots and two
-/// cache-line-padded halves, ≈ 1 KiB, in every session, idle or not (ARCHITECTURE §6).
+/// The bounds are one atomic word (items and bytes queued) in front of an unbounded
+/// queue (`delivery::queue`): taking a share is one compare-and-swap, giving it back one
+/// subtraction; only the catch-up reader, which waits for room, is ever woken by it.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::UnboundedSender<Queued>,
+    tx: queue::Sender<Queued>,
     bounds: Arc<Bounds>,
 }
 
+/// Items queued in the high half of `used`, their bytes in the low half.
 struct Bounds {
-    slots: Semaphore,
-    bytes: Semaphore,
+    used: AtomicU64,
+    max_items: u64,
     max_bytes: u32,
+    /// A catch-up reader waits for room (`push`).
+    waiting: AtomicU32,
+    room: Notify,
+}
+
+const ONE_ITEM: u64 = 1 << 32;
+
+impl Bounds {
+    fn bytes_of(&self, item: &Item) -> u32 {
+        match item {
+            // A message larger than the byte bound counts as the whole bound: alone, it fits.
+            Item::Message(m) => m.size().min(self.max_bytes as usize) as u32,
+            Item::Reset(_) | Item::Expired(_) | Item::Event(_) => 0,
+        }
+    }
+
+    /// Takes one item's share, unless a bound would pass.
+    fn try_take(&self, bytes: u32) -> bool {
+        let (max_items, max_bytes) = (self.max_items, u64::from(self.max_bytes));
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                let fits = (used >> 32) < max_items && (used & 0xffff_ffff) + u64::from(bytes) <= max_bytes;
+                fits.then_some(used + ONE_ITEM + u64::from(bytes))
+            })
+            .is_ok()
+    }
+
+    /// Takes one item's share, waiting for room.
+    async fn take(&self, bytes: u32) {
+        /// Counts a waiter while it lives (a cancelled wait stops counting too).
+        struct Waiting<'a>(&'a AtomicU32);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        // Counted before the check: a share given back after a failed check sees it.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.try_take(bytes) {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    fn give_back(&self, bytes: u32) {
+        self.used.fetch_sub(ONE_ITEM + u64::from(bytes), Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
+    }
 }
 
 impl Outbound {
     pub fn new(max_messages: usize, max_bytes: usize) -> (Outbound, Deliveries) {
-        let (tx, rx) = mpsc::unbounded();
-        let max_bytes = max_bytes.min(u32::MAX as usize) as u32;
+        let (tx, rx) = queue::unbounded();
         let bounds = Bounds {
-            slots: Semaphore::new(max_messages.min(Semaphore::MAX_PERMITS)),
-            bytes: Semaphore::new(max_bytes as usize),
-            max_bytes,
+            used: AtomicU64::new(0),
+            max_items: max_messages.clamp(1, u32::MAX as usize) as u64,
+            max_bytes: max_bytes.min(u32::MAX as usize) as u32,
+            waiting: AtomicU32::new(0),
+            room: Notify::new(),
         };
         (Outbound { tx, bounds: Arc::new(bounds) }, rx)
     }
 
-    fn permits(&self, item: &Item) -> u32 {
-        match item {
-            Item::Message(m) => (m.size().min(self.bounds.max_bytes as usize)) as u32,
-            Item::Reset(_) | Item::Expired(_) => 0,
-            Item::Event(_) => 0,
-        }
-    }
-
     /// Queues without waiting, or says why it cannot. `sub` is the subscription this
-    /// queue belongs to (its `Queued` gives the slot and bytes back to it).
+    /// queue belongs to (its `Queued` gives the share back to it).
     fn offer(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        let refused = |e| match e {
-            TryAcquireError::NoPermits => Refused::Full,
-            TryAcquireError::Closed => Refused::Closed,
-        };
-        // Held by the `Queued` from here on (its drop gives them back).
-        self.bounds.slots.try_acquire().map_err(refused)?.forget();
-        match self.bounds.bytes.try_acquire_many(self.permits(&item)) {
-            Ok(permit) => permit.forget(),
-            Err(e) => {
-                self.bounds.slots.add_permits(1);
-                return Err(refused(e));
-            }
+        if !self.bounds.try_take(self.bounds.bytes_of(&item)) {
+            return Err(Refused::Full);
         }
         // Refused only when the session is gone (the item's drop gives its share back).
-        self.tx.unbounded_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
+        self.tx.try_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
     }
 
     /// Queues, waiting for room (the catch-up reader's pace is the client's pace). The
-    /// permits are held, not yet given to the item, while it waits: a cancelled push
-    /// gives them back.
+    /// share is taken only once there is room and goes to the item at once, with no wait
+    /// in between: a cancelled push holds nothing.
     async fn push(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        let slot = self.bounds.slots.acquire().await.map_err(|_| Refused::Closed)?;
-        let bytes = self.bounds.bytes.acquire_many(self.permits(&item)).await.map_err(|_| Refused::Closed)?;
-        // Held by the `Queued` from here on (its drop gives them back).
-        slot.forget();
-        bytes.forget();
-        self.tx.unbounded_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
+        self.bounds.take(self.bounds.bytes_of(&item)).await;
+        self.tx.try_send(Queued { sub: sub.clone(), item }).map_err(|_| Refused::Closed)
     }
 }
 
@@ -416,7 +451,43 @@ impl Subscription {
 mod tests {
     use super::*;
 
-    /// Every queued item is one allocation of the largest item's size.
+    fn bounds(max_messages: usize, max_bytes: usize) -> Arc<Bounds> {
+        Outbound::new(max_messages, max_bytes).0.bounds
+    }
+
+    /// `ws.outbound_queue_messages` and `ws.outbound_queue_bytes` at their edges.
+    #[test]
+    fn the_queue_bounds_hold_at_their_edges() {
+        let b = bounds(3, 100);
+        assert!(b.try_take(40) && b.try_take(60), "exactly the byte bound fits");
+        assert!(!b.try_take(1), "one byte more does not");
+        assert!(b.try_take(0), "an item without bytes still fits while items are left");
+        assert!(!b.try_take(0), "the item bound is reached");
+        b.give_back(60);
+        assert!(!b.try_take(61) && b.try_take(60), "room comes back with the share");
+        let b = bounds(2, 100);
+        assert!(b.try_take(100), "a message counted as the whole byte bound fits an empty queue");
+        assert!(b.try_take(0) && !b.try_take(0));
+    }
+
+    #[tokio::test]
+    async fn a_push_waits_for_room_and_a_cancelled_wait_holds_nothing() {
+        use futures::FutureExt;
+        let b = bounds(1, 10);
+        assert!(b.try_take(10));
+        let mut waiting = Box::pin(b.take(5));
+        assert!(waiting.as_mut().now_or_never().is_none(), "waits while the queue is full");
+        b.give_back(10);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("woken by the room made");
+        assert!(!b.try_take(0), "the waiter took the room");
+        let cancelled = Box::pin(b.take(5));
+        assert!(cancelled.now_or_never().is_none());
+        assert_eq!(b.waiting.load(Ordering::SeqCst), 0, "a dropped wait stops counting");
+        b.give_back(5);
+        assert!(b.try_take(10), "nothing was held by the cancelled wait");
+    }
+
+    /// Every slot of the outbound queue is the size of its largest item.
     #[test]
     fn a_queued_item_stays_small() {
         assert_eq!(std::mem::size_of::<Item>(), 16);

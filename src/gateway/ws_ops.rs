@@ -19,7 +19,6 @@ use crate::ops::SubscribeRequest;
 use crate::store::groups::GroupDelivery;
 use crate::topic::Topic;
 use crate::wire::MessageOut;
-use futures::SinkExt;
 
 /// A reply, and the topic whose delivery may start once the reply is queued.
 type Reply = (ServerFrame, Option<Topic>);
@@ -199,7 +198,7 @@ impl Conn {
 /// Forwards a consumer's deliveries to the session's writer, as `delivery` frames.
 async fn forward(
     mut rx: mpsc::Receiver<GroupDelivery>,
-    mut replies: Replies<Box<ServerFrame>>,
+    replies: Replies<Box<ServerFrame>>,
     topic: String,
     group: String,
 ) {

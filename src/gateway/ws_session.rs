@@ -10,7 +10,6 @@ use std::time::Duration;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
-use futures::channel::mpsc;
 use futures::stream::{SplitSink, SplitStream};
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::extract::session_caller;
 use super::ws_write::{write, Encoder, Owner, Pace, Replies};
 use super::AppState;
+use crate::delivery::queue;
 use crate::delivery::session::Session;
 use crate::error::{Code, Error};
 use crate::metrics;
@@ -100,7 +100,7 @@ impl<R: Send + 'static> Link<R> {
         let config = &state.ops.config().ws;
         let stop = CancellationToken::new();
         let (session, deliveries) = Session::new(state.hub.clone(), config, stop.clone());
-        let (replies, replies_rx) = mpsc::channel(REPLY_QUEUE);
+        let (replies, replies_rx) = queue::bounded(REPLY_QUEUE);
         let pace = Pace { ping_every, write_timeout: Duration::from_millis(config.write_timeout_ms) };
         let owner =
             Owner { server_shutdown: state.shutdown.clone(), stop: stop.clone(), span: tracing::Span::current() };

@@ -6,26 +6,25 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::channel::mpsc;
 use futures::SinkExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{Encoding, ServerFrame, CLOSE_GOING_AWAY};
+use crate::delivery::queue::{self, TryRecvError};
 use crate::delivery::subscription::{Delivered, Deliveries, Item, Queued};
 use crate::metrics;
 
 /// What the reader hands the writer: a reply (in the protocol's form) or the end.
 pub(super) enum Outgoing<R> {
     Frame(R),
-    /// Boxed, as rare as it is: every queued reply is allocated at the largest item's size.
+    /// Boxed, as rare as it is: every slot of the reply queue is the largest item's size.
     Close(Box<(u16, &'static str)>),
 }
 
-/// The reader's queue to the writer (consumers' deliveries are forwarded into it too).
-/// A futures channel: a tokio bounded channel would reserve a block of 32 slots and two
-/// cache-line-padded halves, ≈ 1 KiB, in every session (ARCHITECTURE §6).
-pub(super) type Replies<R> = mpsc::Sender<Outgoing<R>>;
+/// The reader's queue to the writer (consumers' deliveries are forwarded into it too):
+/// bounded, so a reader whose replies are not written waits (`delivery::queue`).
+pub(super) type Replies<R> = queue::Sender<Outgoing<R>>;
 
 impl<R> Outgoing<R> {
     pub fn close(code: u16, reason: &'static str) -> Outgoing<R> {
@@ -164,13 +163,12 @@ fn size(message: &Message) -> usize {
 
 pub(super) async fn write<E: Encoder>(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut replies: mpsc::Receiver<Outgoing<E::Reply>>,
+    mut replies: queue::Receiver<Outgoing<E::Reply>>,
     mut deliveries: Deliveries,
     encoder: E,
     Pace { ping_every, write_timeout }: Pace,
     Owner { server_shutdown, stop, span }: Owner,
 ) {
-    use futures::channel::mpsc::TryRecvError;
     let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     let meter = metrics::DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -184,8 +182,8 @@ pub(super) async fn write<E: Encoder>(
         // Replies first, then deliveries: a queued shutdown closes after what is queued.
         let mut step = tokio::select! {
             biased;
-            reply = replies.recv() => reply_step(&encoder, reply.ok()),
-            queued = deliveries.recv() => delivery_step(&encoder, &meter, queued.ok()),
+            reply = replies.recv() => reply_step(&encoder, reply),
+            queued = deliveries.recv() => delivery_step(&encoder, &meter, queued),
             _ = &mut shutting_down => Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1),
             _ = ping.tick() => Step::Send(encoder.ping()),
         };
@@ -276,7 +274,7 @@ pub(super) async fn write<E: Encoder>(
 mod tests {
     use super::*;
 
-    /// Every queued reply is one allocation of the largest item's size.
+    /// Every slot of the reply queue is the largest item's size.
     #[test]
     fn a_reply_stays_two_words() {
         assert_eq!(std::mem::size_of::<Outgoing<Box<ServerFrame>>>(), 16);
