@@ -314,7 +314,9 @@ impl GroupSpec {
         }
         if self.target == TargetKind::Webhook {
             match &self.url {
-                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    reqwest::Url::parse(u).map_err(|e| format!("url: {e}"))?;
+                }
                 _ => return Err("url: a webhook group needs an http:// or https:// url".into()),
             }
         }
@@ -882,6 +884,22 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.redis.prefix, "sh");
         assert_eq!(c.limits.max_payload_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_webhook_url_is_checked_when_the_group_is_declared() {
+        let spec = |url: &str| -> GroupSpec {
+            toml::from_str(&format!("topic = \"orders\"\nname = \"g\"\ntarget = \"webhook\"\nurl = \"{url}\"\n"))
+                .expect("a group spec")
+        };
+        let limits = Config::defaults().limits;
+        assert!(spec("http://127.0.0.1:8080/hook").validate(&limits).is_ok());
+        let err = spec("http://exa mple.com/hook").validate(&limits).expect_err("a space in the host");
+        assert!(err.starts_with("url: "), "{err}");
+        let err = spec("http://[::1/hook").validate(&limits).expect_err("an unclosed IPv6 host");
+        assert!(err.starts_with("url: "), "{err}");
+        let err = spec("ftp://example.com/").validate(&limits).expect_err("not http");
+        assert!(err.contains("http:// or https://"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderName, HeaderValue};
 use sha2::Sha256;
 
 use crate::clock::now_ms;
@@ -32,11 +33,34 @@ pub enum Outcome {
 
 pub struct Webhook {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once, not per request.
+    url: reqwest::Url,
+    /// The group's name as a header value, made once.
+    group: HeaderValue,
     secret: Option<Vec<u8>>,
     raw: bool,
     retry_4xx: bool,
 }
+
+/// The JSON body of a delivery (`body = "json"`), serialized as it stands: no tree of
+/// values is built first.
+#[derive(serde::Serialize)]
+struct JsonBody<'a> {
+    topic: &'a str,
+    group: &'a str,
+    epoch: &'a str,
+    attempt: u32,
+    message: MessageOut,
+}
+
+const TOPIC: HeaderName = HeaderName::from_static("x-streamhub-topic");
+const GROUP: HeaderName = HeaderName::from_static("x-streamhub-group");
+const EPOCH: HeaderName = HeaderName::from_static("x-streamhub-epoch");
+const SEQ: HeaderName = HeaderName::from_static("x-streamhub-seq");
+const MESSAGE_ID: HeaderName = HeaderName::from_static("x-streamhub-message-id");
+const ATTEMPT: HeaderName = HeaderName::from_static("x-streamhub-attempt");
+const TIMESTAMP: HeaderName = HeaderName::from_static(TIMESTAMP_HEADER);
+const SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
 
 /// `v1=<hex of HMAC-SHA256(secret, "<timestamp>." + body)>`.
 pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
@@ -50,16 +74,20 @@ pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
 }
 
 impl Webhook {
-    pub fn new(spec: &GroupSpec) -> Result<Webhook, reqwest::Error> {
+    pub fn new(spec: &GroupSpec) -> Result<Webhook, String> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(spec.timeout_ms))
             // A redirect could turn the POST into a body-less GET elsewhere: never follow.
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(spec.concurrency)
-            .build()?;
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = reqwest::Url::parse(spec.url.as_deref().unwrap_or_default()).map_err(|e| format!("url: {e}"))?;
+        let group = HeaderValue::from_str(&spec.name).map_err(|e| format!("name: {e}"))?;
         Ok(Webhook {
             client,
-            url: spec.url.clone().unwrap_or_default(),
+            url,
+            group,
             secret: spec.secret.as_ref().map(|s| s.as_bytes().to_vec()),
             raw: spec.body == WebhookBody::Raw,
             retry_4xx: spec.on_4xx == On4xx::Retry,
@@ -71,28 +99,37 @@ impl Webhook {
             return Outcome::Permanent { error: "the stored entry is not a valid envelope".into() };
         };
         let (body, content_type) = if self.raw {
-            (envelope.payload.clone(), envelope.content_type.clone())
+            let content_type = HeaderValue::from_str(&envelope.content_type)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            (envelope.payload.clone(), content_type)
         } else {
-            let message = MessageOut::new(d.seq, Ok(envelope.clone()));
-            let json = serde_json::json!({
-                "topic": topic, "group": group, "epoch": epoch, "attempt": d.attempt, "message": message,
-            });
-            (serde_json::to_vec(&json).unwrap_or_default(), "application/json".to_string())
+            let body = JsonBody {
+                topic,
+                group,
+                epoch,
+                attempt: d.attempt,
+                message: MessageOut::new(d.seq, Ok(envelope.clone())),
+            };
+            (serde_json::to_vec(&body).unwrap_or_default(), HeaderValue::from_static("application/json"))
         };
-        let timestamp = now_ms().to_string();
+        let timestamp = now_ms();
+        // Topic names and epochs are printable ASCII (PROTOCOL §5), message ids UUIDs.
+        let text = |value: &str| HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static(""));
+        // Each name made once, each value without a string (`.headers(map)` would merge a
+        // second map into the request's).
         let mut request = self
             .client
-            .post(&self.url)
-            .header("content-type", content_type)
-            .header("x-streamhub-topic", topic)
-            .header("x-streamhub-group", group)
-            .header("x-streamhub-epoch", epoch)
-            .header("x-streamhub-seq", d.seq.to_string())
-            .header("x-streamhub-message-id", envelope.id.as_str())
-            .header("x-streamhub-attempt", d.attempt.to_string())
-            .header(TIMESTAMP_HEADER, timestamp.as_str());
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(TOPIC, text(topic))
+            .header(GROUP, self.group.clone())
+            .header(EPOCH, text(epoch))
+            .header(SEQ, HeaderValue::from(d.seq))
+            .header(MESSAGE_ID, text(&envelope.id))
+            .header(ATTEMPT, HeaderValue::from(d.attempt))
+            .header(TIMESTAMP, HeaderValue::from(timestamp));
         if let Some(secret) = &self.secret {
-            request = request.header(SIGNATURE_HEADER, signature(secret, &timestamp, &body));
+            request = request.header(SIGNATURE, text(&signature(secret, &timestamp.to_string(), &body)));
         }
         match request.body(body).send().await {
             Err(e) if e.is_timeout() => Outcome::Retry { error: "webhook timed out".into(), after: None },
