@@ -43,14 +43,15 @@ pub struct Webhook {
 }
 
 /// The JSON body of a delivery (`body = "json"`), serialized as it stands: no tree of
-/// values is built first.
+/// values is built first. (Its keys in the order PROTOCOL §10.8 shows; `message` is in
+/// the history shape, keys as history writes them.)
 #[derive(serde::Serialize)]
 struct JsonBody<'a> {
-    topic: &'a str,
-    group: &'a str,
-    epoch: &'a str,
     attempt: u32,
+    epoch: &'a str,
+    group: &'a str,
     message: MessageOut,
+    topic: &'a str,
 }
 
 const TOPIC: HeaderName = HeaderName::from_static("x-streamhub-topic");
