@@ -115,6 +115,10 @@ impl<T> Sender<T> {
     /// Queues `item`, waiting for room in a bounded queue; gives it back when the
     /// receiver is gone.
     pub async fn send(&self, mut item: T) -> Result<(), SendError<T>> {
+        match self.try_send(item) {
+            Err(SendError::Full(back)) => item = back,
+            done => return done,
+        }
         loop {
             let room = self.shared.room.notified();
             tokio::pin!(room);

@@ -188,8 +188,19 @@ impl Bounds {
             .is_ok()
     }
 
+    /// A live offer's share: refused while the catch-up reader waits for room, so the
+    /// room that the writer gives back goes to the waiting push, not to the next offer (as
+    /// a semaphore serves its waiters first). The offered subscription lags instead, and
+    /// the catch-up reader serves it in turn.
+    fn offer_take(&self, bytes: u32) -> bool {
+        self.waiting.load(Ordering::SeqCst) == 0 && self.try_take(bytes)
+    }
+
     /// Takes one item's share, waiting for room.
     async fn take(&self, bytes: u32) {
+        if self.try_take(bytes) {
+            return;
+        }
         /// Counts a waiter while it lives (a cancelled wait stops counting too).
         struct Waiting<'a>(&'a AtomicU32);
         impl Drop for Waiting<'_> {
@@ -197,7 +208,7 @@ impl Bounds {
                 self.0.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        // Counted before the check: a share given back after a failed check sees it.
+        // Counted before the next check: a share given back after a failed check sees it.
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(&self.waiting);
         loop {
@@ -235,7 +246,7 @@ impl Outbound {
     /// Queues without waiting, or says why it cannot. `sub` is the subscription this
     /// queue belongs to (its `Queued` gives the share back to it).
     fn offer(&self, sub: &Arc<Subscription>, item: Item) -> Result<(), Refused> {
-        if !self.bounds.try_take(self.bounds.bytes_of(&item)) {
+        if !self.bounds.offer_take(self.bounds.bytes_of(&item)) {
             return Err(Refused::Full);
         }
         // Refused only when the session is gone (the item's drop gives its share back).
@@ -485,6 +496,24 @@ mod tests {
         assert_eq!(b.waiting.load(Ordering::SeqCst), 0, "a dropped wait stops counting");
         b.give_back(5);
         assert!(b.try_take(10), "nothing was held by the cancelled wait");
+    }
+
+    /// A waiting push is served before live offers (which would otherwise take every
+    /// share given back, and starve a push that needs more room than one share).
+    #[tokio::test]
+    async fn room_given_back_goes_to_a_waiting_push_before_live_offers() {
+        use futures::FutureExt;
+        let b = bounds(4, 100);
+        assert!(b.offer_take(10) && b.offer_take(10) && b.offer_take(10));
+        assert!(b.try_take(60), "the bytes are full");
+        let mut push = Box::pin(b.take(50));
+        assert!(push.as_mut().now_or_never().is_none(), "the push waits for 50 bytes");
+        b.give_back(10);
+        assert!(!b.offer_take(1), "an offer is refused while the push waits, though 1 byte would fit");
+        b.give_back(60);
+        tokio::time::timeout(std::time::Duration::from_secs(5), push).await.expect("the push got its room");
+        assert_eq!(b.waiting.load(Ordering::SeqCst), 0);
+        assert!(b.offer_take(0), "offers go on once no push waits");
     }
 
     /// Every slot of the outbound queue is the size of its largest item.

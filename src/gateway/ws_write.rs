@@ -153,6 +153,39 @@ fn delivery_step<E: Encoder>(encoder: &E, meter: &metrics::DeliveryMeter, queued
     Step::Send(encoder.message(d))
 }
 
+/// The next input that is ready, without waiting (None: nothing is): a reply, else the
+/// held or next delivery. A delivery is written only once no reply is unread: a reply
+/// queued before the delivery was queued is then seen, and goes first (the delivery is
+/// held for the next call).
+fn ready_step<E: Encoder>(
+    encoder: &E,
+    meter: &metrics::DeliveryMeter,
+    replies: &mut queue::Receiver<Outgoing<E::Reply>>,
+    deliveries: &mut Deliveries,
+    held: &mut Option<Queued>,
+) -> Option<Step> {
+    match replies.try_recv() {
+        Ok(reply) => return Some(reply_step(encoder, Some(reply))),
+        Err(TryRecvError::Closed) => return Some(Step::End),
+        Err(TryRecvError::Empty) => {}
+    }
+    let queued = match held.take() {
+        Some(queued) => queued,
+        None => match deliveries.try_recv() {
+            Ok(queued) => queued,
+            Err(TryRecvError::Closed) => return Some(Step::End),
+            Err(TryRecvError::Empty) => return None,
+        },
+    };
+    match replies.try_recv() {
+        Ok(reply) => {
+            *held = Some(queued);
+            Some(reply_step(encoder, Some(reply)))
+        }
+        Err(_) => Some(delivery_step(encoder, meter, Some(queued))),
+    }
+}
+
 fn size(message: &Message) -> usize {
     match message {
         Message::Text(t) => t.len(),
@@ -178,15 +211,29 @@ pub(super) async fn write<E: Encoder>(
     let shutting_down = server_shutdown.cancelled();
     tokio::pin!(shutting_down);
     let mut batch = Vec::new();
+    // A delivery taken from its queue while a reply queued before it was still unread:
+    // it waits for the reply (a `subscribed` reply precedes its subscription's messages,
+    // whichever queue the writer looks at first).
+    let mut held: Option<Queued> = None;
     loop {
         // Replies first, then deliveries: a queued shutdown closes after what is queued.
-        let mut step = tokio::select! {
-            biased;
-            reply = replies.recv() => reply_step(&encoder, reply),
-            queued = deliveries.recv() => delivery_step(&encoder, &meter, queued),
-            _ = &mut shutting_down => Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1),
-            _ = ping.tick() => Step::Send(encoder.ping()),
-        };
+        let mut step = match &held {
+            Some(_) => ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held),
+            None => tokio::select! {
+                biased;
+                reply = replies.recv() => Some(reply_step(&encoder, reply)),
+                queued = deliveries.recv() => match queued {
+                    Some(queued) => {
+                        held = Some(queued);
+                        ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held)
+                    }
+                    None => Some(Step::End),
+                },
+                _ = &mut shutting_down => Some(Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1)),
+                _ = ping.tick() => Some(Step::Send(encoder.ping())),
+            },
+        }
+        .unwrap_or(Step::Skip);
         // Whatever else is ready goes with it (replies first, as in the select above),
         // then one flush.
         let (mut bytes, mut last) = (0, false);
@@ -217,14 +264,9 @@ pub(super) async fn write<E: Encoder>(
                 }
                 break;
             }
-            step = match replies.try_recv() {
-                Ok(reply) => reply_step(&encoder, Some(reply)),
-                Err(TryRecvError::Closed) => Step::End,
-                Err(TryRecvError::Empty) => match deliveries.try_recv() {
-                    Ok(queued) => delivery_step(&encoder, &meter, Some(queued)),
-                    Err(TryRecvError::Closed) => Step::End,
-                    Err(TryRecvError::Empty) => break,
-                },
+            step = match ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held) {
+                Some(step) => step,
+                None => break,
             };
         }
         if !batch.is_empty() {
@@ -273,6 +315,47 @@ pub(super) async fn write<E: Encoder>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoCatchUp;
+    impl crate::delivery::subscription::CatchUpWake for NoCatchUp {
+        fn wake_catchup(&self) {}
+    }
+
+    fn text(step: Option<Step>) -> String {
+        match step {
+            Some(Step::Send(Message::Text(t))) => t.to_string(),
+            _ => panic!("a frame was expected"),
+        }
+    }
+
+    /// A reply queued before a delivery is written before it, even when the writer took
+    /// the delivery first (its `select!` found the reply queue empty a moment before).
+    #[test]
+    fn a_reply_queued_before_a_delivery_goes_first() {
+        use crate::delivery::subscription::{Outbound, Position, Reset, ResetReason, Subscription};
+        let (outbound, mut deliveries) = Outbound::new(16, 1 << 20);
+        let topic = crate::topic::Topic::parse("t", 200).expect("a topic");
+        let wake: std::sync::Weak<dyn crate::delivery::subscription::CatchUpWake> = std::sync::Weak::<NoCatchUp>::new();
+        let sub = Subscription::new(topic.clone(), outbound, Position { epoch: "e".into(), last: 0 }, wake, false);
+        let (replies_tx, mut replies) = queue::bounded(64);
+        let meter = metrics::DeliveryMeter::new("ws", "streamhub");
+        let encoder = Native(Encoding::Json);
+        let reset = |seq| Reset { topic: topic.clone(), epoch: "e".into(), seq, reason: ResetReason::Trimmed };
+
+        assert!(replies_tx.try_send(Outgoing::Frame(Box::new(ServerFrame::Pong { id: 7 }))).is_ok());
+        sub.offer_reset(reset(1));
+        // The writer's select took the delivery: the reply still goes first.
+        let mut held = deliveries.try_recv().ok();
+        assert!(held.is_some());
+        let first = text(ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held));
+        assert!(first.contains("\"pong\""), "{first}");
+        sub.offer_reset(reset(2));
+        let second = text(ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held));
+        assert!(second.contains("\"seq\":1"), "the held delivery, before the next one: {second}");
+        let third = text(ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held));
+        assert!(third.contains("\"seq\":2"), "{third}");
+        assert!(ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held).is_none());
+    }
 
     /// Every slot of the reply queue is the largest item's size.
     #[test]

@@ -33,8 +33,9 @@ pub enum Outcome {
 
 pub struct Webhook {
     client: reqwest::Client,
-    /// Parsed once, not per request.
-    url: reqwest::Url,
+    /// Parsed once, not per request. (A definition stored before URLs were checked may
+    /// hold one that does not parse: its attempts fail, and are retried like any other.)
+    url: Result<reqwest::Url, String>,
     /// The group's name as a header value, made once.
     group: HeaderValue,
     secret: Option<Vec<u8>>,
@@ -83,7 +84,7 @@ impl Webhook {
             .pool_max_idle_per_host(spec.concurrency)
             .build()
             .map_err(|e| e.to_string())?;
-        let url = reqwest::Url::parse(spec.url.as_deref().unwrap_or_default()).map_err(|e| format!("url: {e}"))?;
+        let url = reqwest::Url::parse(spec.url.as_deref().unwrap_or_default()).map_err(|e| e.to_string());
         let group = HeaderValue::from_str(&spec.name).map_err(|e| format!("name: {e}"))?;
         Ok(Webhook {
             client,
@@ -99,38 +100,51 @@ impl Webhook {
         let Ok(envelope) = &d.envelope else {
             return Outcome::Permanent { error: "the stored entry is not a valid envelope".into() };
         };
+        let url = match &self.url {
+            Ok(url) => url.clone(),
+            Err(e) => return Outcome::Retry { error: format!("webhook url does not parse: {e}"), after: None },
+        };
+        // Topic names and epochs are printable ASCII (PROTOCOL §5), message ids UUIDs and
+        // content types checked at publish: a value that is still not a header value is
+        // not sent with a header missing or blank (receivers deduplicate by the id).
+        let text = |name: &str, value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|_| Outcome::Permanent { error: format!("{name} is not a valid header value") })
+        };
         let (body, content_type) = if self.raw {
-            let content_type = HeaderValue::from_str(&envelope.content_type)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            (envelope.payload.clone(), content_type)
+            match text("the content type", &envelope.content_type) {
+                Ok(content_type) => (envelope.payload.clone(), content_type),
+                Err(refused) => return refused,
+            }
         } else {
-            let body = JsonBody {
-                topic,
-                group,
-                epoch,
-                attempt: d.attempt,
-                message: MessageOut::new(d.seq, Ok(envelope.clone())),
-            };
+            let message = MessageOut::new(d.seq, Ok(envelope.clone()));
+            let body = JsonBody { attempt: d.attempt, epoch, group, message, topic };
             (serde_json::to_vec(&body).unwrap_or_default(), HeaderValue::from_static("application/json"))
         };
+        let (topic, epoch, id) =
+            match (text("the topic", topic), text("the epoch", epoch), text("the message id", &envelope.id)) {
+                (Ok(topic), Ok(epoch), Ok(id)) => (topic, epoch, id),
+                (Err(refused), _, _) | (_, Err(refused), _) | (_, _, Err(refused)) => return refused,
+            };
         let timestamp = now_ms();
-        // Topic names and epochs are printable ASCII (PROTOCOL §5), message ids UUIDs.
-        let text = |value: &str| HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static(""));
-        // Each name made once, each value without a string (`.headers(map)` would merge a
+        // Each name made once, each number without a string (`.headers(map)` would merge a
         // second map into the request's).
         let mut request = self
             .client
-            .post(self.url.clone())
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, content_type)
-            .header(TOPIC, text(topic))
+            .header(TOPIC, topic)
             .header(GROUP, self.group.clone())
-            .header(EPOCH, text(epoch))
+            .header(EPOCH, epoch)
             .header(SEQ, HeaderValue::from(d.seq))
-            .header(MESSAGE_ID, text(&envelope.id))
+            .header(MESSAGE_ID, id)
             .header(ATTEMPT, HeaderValue::from(d.attempt))
             .header(TIMESTAMP, HeaderValue::from(timestamp));
         if let Some(secret) = &self.secret {
-            request = request.header(SIGNATURE, text(&signature(secret, &timestamp.to_string(), &body)));
+            // Lowercase hex after "v1=": always a valid header value.
+            let signature = signature(secret, &timestamp.to_string(), &body);
+            request =
+                request.header(SIGNATURE, HeaderValue::from_str(&signature).unwrap_or(HeaderValue::from_static("")));
         }
         match request.body(body).send().await {
             Err(e) if e.is_timeout() => Outcome::Retry { error: "webhook timed out".into(), after: None },
@@ -161,6 +175,33 @@ impl Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The JSON body's exact bytes (PROTOCOL §10.8's example): a change of its shape or
+    /// key order shows here.
+    #[test]
+    fn the_json_body_is_the_documented_one() {
+        let envelope = crate::envelope::Envelope {
+            version: 1,
+            id: "01a22379-ca05-7876-9aa9-952b451c63f6".into(),
+            published_ms: 1795891513861,
+            ttl_ms: None,
+            content_type: "application/json".into(),
+            headers: [("source".to_string(), "shop".to_string())].into(),
+            payload: br#"{"total":"9.90","order":17}"#.to_vec(),
+            from: None,
+        };
+        let body = JsonBody {
+            attempt: 1,
+            epoch: "f750a640062c60ca",
+            group: "billing",
+            message: MessageOut::new(1, Ok(envelope)),
+            topic: "orders",
+        };
+        assert_eq!(
+            serde_json::to_string(&body).expect("json"),
+            r#"{"attempt":1,"epoch":"f750a640062c60ca","group":"billing","message":{"seq":1,"id":"01a22379-ca05-7876-9aa9-952b451c63f6","ts":1795891513861,"content_type":"application/json","headers":{"source":"shop"},"data":{"order":17,"total":"9.90"}},"topic":"orders"}"#
+        );
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {
