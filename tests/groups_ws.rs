@@ -35,8 +35,10 @@ async fn a_disconnected_consumer_hands_its_in_flight_messages_to_another_at_once
     publish_many(&app, "wsq", 10, 10).await;
 
     let mut a = WsClient::connect(&app.base).await;
-    let reply = a.request(json!({ "op": "consume", "topic": "wsq", "group": "w", "prefetch": 5 })).await;
-    assert_eq!(reply["type"], json!("consuming"), "{reply}");
+    // Ten messages wait: the `consuming` reply still comes before the first delivery.
+    a.send(&json!({ "op": "consume", "id": 1, "topic": "wsq", "group": "w", "prefetch": 5 })).await;
+    let reply = a.next_frame().await;
+    assert_eq!(reply["type"], json!("consuming"), "the reply precedes every delivery: {reply}");
     let held = deliveries(&mut a, 5).await;
     assert!(held.iter().all(|d| d["attempt"] == json!(1)));
 

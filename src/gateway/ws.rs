@@ -28,6 +28,7 @@ use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
+use super::ws_ops::Starts;
 use super::ws_session::{admit, is_too_big, Admitted, Link};
 use super::ws_write::{Native, Outgoing, Replies};
 use super::AppState;
@@ -222,9 +223,13 @@ impl Conn {
         if self.replies.send(Outgoing::Frame(Box::new(frame))).await.is_err() {
             return Flow::End;
         }
-        if let Some(topic) = starts {
-            // Only now, with the reply queued ahead of them, may its messages flow.
-            self.session.start(&topic);
+        // Only now, with the reply queued ahead of them, may its messages or deliveries flow.
+        match starts {
+            Some(Starts::Subscription(topic)) => self.session.start(&topic),
+            Some(Starts::Consumer(go)) => {
+                let _ = go.send(());
+            }
+            None => {}
         }
         if *violations >= self.state.ops.config().ws.max_violations {
             return self.close(CLOSE_VIOLATIONS, "too many protocol violations").await;

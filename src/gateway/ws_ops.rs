@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::frames::{ClientFrame, FrameError, ServerFrame, SinceFrame, TokenStatus};
 use super::ws::Conn;
@@ -20,8 +20,16 @@ use crate::store::groups::GroupDelivery;
 use crate::topic::Topic;
 use crate::wire::MessageOut;
 
-/// A reply, and the topic whose delivery may start once the reply is queued.
-type Reply = (ServerFrame, Option<Topic>);
+/// A reply, and what may start once the reply is queued.
+type Reply = (ServerFrame, Option<Starts>);
+
+/// What a reply announces, and may only begin once the reply is queued ahead of it.
+pub(super) enum Starts {
+    /// The messages of a new subscription (`Session::start`).
+    Subscription(Topic),
+    /// The `delivery` frames of a new consumer: its forwarder waits for this signal.
+    Consumer(oneshot::Sender<()>),
+}
 
 impl Conn {
     /// Answers one client frame.
@@ -56,9 +64,7 @@ impl Conn {
                 self.state.ops.set_status(&self.caller, &status).await.map(|()| (ServerFrame::StatusSet { id }, None))
             }
             ClientFrame::Auth { id, token } => self.auth(id, &token).await.map(|f| (f, None)),
-            ClientFrame::Consume { id, topic, group, prefetch } => {
-                self.consume(id, topic, group, prefetch).map(|f| (f, None))
-            }
+            ClientFrame::Consume { id, topic, group, prefetch } => self.consume(id, topic, group, prefetch),
             ClientFrame::Ack { id, topic, group, tokens } => self.ack(id, &topic, &group, tokens).await,
             ClientFrame::Nack { id, topic, group, tokens, error, retry_after_ms, permanent } => {
                 let nack = Nack { error, retry_after: retry_after_ms.map(Duration::from_millis), permanent };
@@ -79,7 +85,7 @@ impl Conn {
         let grant = self.state.ops.access().grant::<Subscribe>(&self.caller, name)?;
         let since = since.as_ref().map_or(Ok(Since::Now), SinceFrame::to_since)?;
         let subscribed = self.state.ops.subscribe(&self.caller, &self.session, &grant, since, request).await?;
-        Ok((ServerFrame::subscribed(Some(id), name, &subscribed), Some(grant.topic().clone())))
+        Ok((ServerFrame::subscribed(Some(id), name, &subscribed), Some(Starts::Subscription(grant.topic().clone()))))
     }
 
     async fn unsubscribe(&mut self, id: u64, name: String) -> Result<ServerFrame, Error> {
@@ -149,7 +155,7 @@ impl Conn {
         Ok(frame)
     }
 
-    fn consume(&mut self, id: u64, topic: String, group: String, prefetch: Option<u32>) -> Result<ServerFrame, Error> {
+    fn consume(&mut self, id: u64, topic: String, group: String, prefetch: Option<u32>) -> Result<Reply, Error> {
         let ops = &self.state.ops;
         let grant = ops.access().grant::<Consume>(&self.caller, &topic)?;
         let g = ops.pull_group(&grant, &group)?;
@@ -165,14 +171,15 @@ impl Conn {
             ));
         }
         let (replies, (t, gname)) = (self.replies.clone(), key.clone());
+        let (go, queued) = oneshot::channel();
         let consumer = ops.consume(&grant, &g, prefetch, |prefetch| {
             let (tx, rx) = mpsc::channel::<GroupDelivery>(prefetch);
-            // Deliveries become frames behind the `consuming` reply already queued.
-            tokio::spawn(forward(rx, replies, t, gname));
+            // Deliveries become frames behind the `consuming` reply, once it is queued.
+            tokio::spawn(forward(queued, rx, replies, t, gname));
             tx
         });
         self.consumers.insert(key, consumer);
-        Ok(ServerFrame::Consuming { id, topic, group })
+        Ok((ServerFrame::Consuming { id, topic, group }, Some(Starts::Consumer(go))))
     }
 
     async fn ack(&self, id: u64, topic: &str, group: &str, tokens: Vec<String>) -> Result<Reply, Error> {
@@ -197,11 +204,16 @@ impl Conn {
 
 /// Forwards a consumer's deliveries to the session's writer, as `delivery` frames.
 async fn forward(
+    queued: oneshot::Receiver<()>,
     mut rx: mpsc::Receiver<GroupDelivery>,
     replies: Replies<Box<ServerFrame>>,
     topic: String,
     group: String,
 ) {
+    // The `consuming` reply comes first (PROTOCOL §10.7); its sender dropped: the session ended.
+    if queued.await.is_err() {
+        return;
+    }
     while let Some(d) = rx.recv().await {
         let frame = ServerFrame::Delivery {
             topic: topic.clone(),
