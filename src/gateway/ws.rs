@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use futures::stream::SplitStream;
 use futures::StreamExt;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -28,7 +29,6 @@ use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_ops::Starts;
 use super::ws_session::{admit, is_too_big, Admitted, Link};
 use super::ws_write::{Native, Outgoing, Replies};
 use super::AppState;
@@ -36,6 +36,7 @@ use crate::delivery::session::Session;
 use crate::error::Code;
 use crate::groups::consumer::SessionConsumer;
 use crate::ops::access::Caller;
+use crate::topic::Topic;
 
 pub(super) async fn upgrade(
     State(state): State<Arc<AppState>>,
@@ -81,6 +82,14 @@ pub(super) struct Conn {
     pub consumers: HashMap<(String, String), Arc<SessionConsumer>>,
     /// The reader's queue to the writer (deliveries of consumers are forwarded into it).
     pub replies: Replies<Box<ServerFrame>>,
+}
+
+/// What a reply announces, and may only begin once the reply is queued ahead of it.
+pub(super) enum Starts {
+    /// The messages of a new subscription (`Session::start`).
+    Subscription(Topic),
+    /// The `delivery` frames of a new consumer: its forwarder waits for this signal.
+    Consumer(oneshot::Sender<()>),
 }
 
 /// A point in time `secs` from now, or None when it is too far to be represented (a

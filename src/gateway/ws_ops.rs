@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frames::{ClientFrame, FrameError, ServerFrame, SinceFrame, TokenStatus};
-use super::ws::Conn;
+use super::ws::{Conn, Starts};
 use super::ws_write::{Outgoing, Replies};
 use crate::delivery::session::Since;
 use crate::error::{Code, Error};
@@ -17,19 +17,10 @@ use crate::message::NewMessage;
 use crate::ops::access::{Consume, PresenceRead, Publish, Subscribe};
 use crate::ops::SubscribeRequest;
 use crate::store::groups::GroupDelivery;
-use crate::topic::Topic;
 use crate::wire::MessageOut;
 
 /// A reply, and what may start once the reply is queued.
 type Reply = (ServerFrame, Option<Starts>);
-
-/// What a reply announces, and may only begin once the reply is queued ahead of it.
-pub(super) enum Starts {
-    /// The messages of a new subscription (`Session::start`).
-    Subscription(Topic),
-    /// The `delivery` frames of a new consumer: its forwarder waits for this signal.
-    Consumer(oneshot::Sender<()>),
-}
 
 impl Conn {
     /// Answers one client frame.
