@@ -177,12 +177,24 @@ fn ready_step<E: Encoder>(
             Err(TryRecvError::Empty) => return None,
         },
     };
+    Some(delivery_after_replies(encoder, meter, replies, queued, held))
+}
+
+/// A delivery just taken, unless a reply is now unread: that reply was queued before the
+/// delivery, or at the same time, and goes first (the delivery is held).
+fn delivery_after_replies<E: Encoder>(
+    encoder: &E,
+    meter: &metrics::DeliveryMeter,
+    replies: &mut queue::Receiver<Outgoing<E::Reply>>,
+    queued: Queued,
+    held: &mut Option<Queued>,
+) -> Step {
     match replies.try_recv() {
         Ok(reply) => {
             *held = Some(queued);
-            Some(reply_step(encoder, Some(reply)))
+            reply_step(encoder, Some(reply))
         }
-        Err(_) => Some(delivery_step(encoder, meter, Some(queued))),
+        Err(_) => delivery_step(encoder, meter, Some(queued)),
     }
 }
 
@@ -222,11 +234,10 @@ pub(super) async fn write<E: Encoder>(
             None => tokio::select! {
                 biased;
                 reply = replies.recv() => Some(reply_step(&encoder, reply)),
+                // The reply queue was found empty just before: only the look after
+                // taking the delivery is needed.
                 queued = deliveries.recv() => match queued {
-                    Some(queued) => {
-                        held = Some(queued);
-                        ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held)
-                    }
+                    Some(queued) => Some(delivery_after_replies(&encoder, &meter, &mut replies, queued, &mut held)),
                     None => Some(Step::End),
                 },
                 _ = &mut shutting_down => Some(Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1)),
@@ -345,9 +356,10 @@ mod tests {
         assert!(replies_tx.try_send(Outgoing::Frame(Box::new(ServerFrame::Pong { id: 7 }))).is_ok());
         sub.offer_reset(reset(1));
         // The writer's select took the delivery: the reply still goes first.
-        let mut held = deliveries.try_recv().ok();
-        assert!(held.is_some());
-        let first = text(ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held));
+        let mut held = None;
+        let queued = deliveries.try_recv().expect("the delivery");
+        let first = text(Some(delivery_after_replies(&encoder, &meter, &mut replies, queued, &mut held)));
+        assert!(held.is_some(), "the delivery waits");
         assert!(first.contains("\"pong\""), "{first}");
         sub.offer_reset(reset(2));
         let second = text(ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held));
