@@ -176,6 +176,62 @@ impl Webhook {
 mod tests {
     use super::*;
 
+    fn delivery(topic: &str, url: &str) -> (Webhook, GroupDelivery) {
+        let spec: GroupSpec = toml::from_str(&format!(
+            "topic = \"{topic}\"\nname = \"g\"\ntarget = \"webhook\"\nurl = \"{url}\"\nbody = \"raw\"\n"
+        ))
+        .expect("a group spec");
+        let envelope = crate::envelope::Envelope {
+            version: 1,
+            id: "01a22379-ca05-7876-9aa9-952b451c63f6".into(),
+            published_ms: 1,
+            ttl_ms: None,
+            content_type: "text/plain".into(),
+            headers: Default::default(),
+            payload: b"hi".to_vec(),
+            from: None,
+        };
+        let lease =
+            crate::store::groups::Lease { source: crate::store::groups::Source::Main, id: "1-1".into(), count: 1 };
+        let d = GroupDelivery { lease, seq: 1, attempt: 1, last_error: None, envelope: Ok(envelope) };
+        (Webhook::new(&spec).expect("a webhook"), d)
+    }
+
+    /// Nothing is sent for a URL that does not parse (a definition stored before URLs were
+    /// checked): the attempt is retried, with the reason.
+    #[tokio::test]
+    async fn an_unparsable_url_retries_with_its_reason() {
+        let (webhook, d) = delivery("orders", "http://exa mple.com/hook");
+        match webhook.deliver("orders", "g", "e", &d).await {
+            Outcome::Retry { error, after: None } => {
+                assert!(error.starts_with("webhook url does not parse: "), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A value that cannot be a header is not sent blank (receivers deduplicate by the
+    /// message id): the delivery is permanent, and says which value.
+    #[tokio::test]
+    async fn a_value_that_is_no_header_value_is_permanent() {
+        let (webhook, mut d) = delivery("orders", "http://127.0.0.1:9/hook");
+        if let Ok(e) = &mut d.envelope {
+            e.id = "bad\nid".into();
+        }
+        assert_eq!(
+            webhook.deliver("orders", "g", "e", &d).await,
+            Outcome::Permanent { error: "the message id is not a valid header value".into() }
+        );
+        if let Ok(e) = &mut d.envelope {
+            e.id = "01a22379-ca05-7876-9aa9-952b451c63f6".into();
+            e.content_type = "text/plain\r\nx: y".into();
+        }
+        assert_eq!(
+            webhook.deliver("orders", "g", "e", &d).await,
+            Outcome::Permanent { error: "the content type is not a valid header value".into() }
+        );
+    }
+
     /// The JSON body's exact bytes (PROTOCOL §10.8's example): a change of its shape or
     /// key order shows here.
     #[test]
