@@ -177,3 +177,78 @@ async fn a_silent_peer_is_closed_with_4001_and_shutdown_sends_1001() {
     app.stop().await;
     assert_eq!(reader.await.expect("reader"), Some(1001));
 }
+
+/// The socket's edge (`gateway/ws_socket.rs`): the client's ping is answered with a pong
+/// carrying its payload, in order with the replies; its close frame is answered with the
+/// same code, and the connection ends; upgrades that are not valid are refused with what is
+/// missing; the subprotocol is the server's first choice among those offered.
+#[tokio::test]
+async fn pings_and_closes_are_answered_and_bad_upgrades_say_why() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let redis = TestRedis::start();
+    let app = TestApp::start(&redis).await;
+    let url = format!("{}/v1/ws", app.base.replacen("http://", "ws://", 1));
+    let mut request = url.as_str().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "other, streamhub.v1.msgpack, streamhub.v1.json".parse().expect("header"));
+    let (mut ws, answer) = tokio_tungstenite::connect_async(request).await.expect("upgrade");
+    assert_eq!(answer.headers()["sec-websocket-protocol"], "streamhub.v1.json");
+    ws.send(Message::Text(json!({ "op": "subscribe", "topic": "edge", "id": 1 }).to_string().into())).await.expect("send");
+    ws.send(Message::Ping(b"probe".to_vec().into())).await.expect("ping");
+    ws.send(Message::Text(json!({ "op": "ping", "id": 2 }).to_string().into())).await.expect("send");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match next(&mut ws).await {
+            Some(Ok(Message::Text(t))) => seen.push(serde_json::from_str::<serde_json::Value>(&t).expect("json")["type"].clone()),
+            Some(Ok(Message::Pong(p))) => seen.push(json!(String::from_utf8(p.to_vec()).expect("utf-8"))),
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec![json!("subscribed"), json!("probe"), json!("pong")]);
+    // Messages keep flowing until the client closes; the close is answered with its code.
+    app.publish("edge", json!("before the close")).await;
+    match next(&mut ws).await {
+        Some(Ok(Message::Text(t))) => assert!(t.contains("before the close"), "{t}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(4321), reason: "bye".into() })))
+        .await
+        .expect("close");
+    match next(&mut ws).await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4321),
+        other => panic!("no close reply: {other:?}"),
+    }
+    assert!(matches!(next(&mut ws).await, None | Some(Err(_))), "nothing after the close reply");
+
+    // Upgrades that are not valid.
+    let client = reqwest::Client::new();
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[], "Connection"),
+        (&[("connection", "upgrade"), ("upgrade", "websocket")], "Sec-WebSocket-Version"),
+        (&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "12")], "Sec-WebSocket-Version"),
+        (&[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13")], "Sec-WebSocket-Key"),
+    ];
+    for (headers, names) in cases {
+        let mut request = client.get(app.url("/v1/ws"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let (status, body) = common::decode(request.send().await.expect("answer")).await;
+        assert_eq!((status.as_u16(), common::code(&body)), (400, "invalid_request"), "{headers:?}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(names)), "{headers:?}: {body}");
+    }
+    app.stop().await;
+}
+
+type Raw = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next message of a raw client (pongs and closes included), within the frame timeout.
+async fn next(ws: &mut Raw) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    use futures::StreamExt;
+    tokio::time::timeout(common::FRAME_TIMEOUT, ws.next()).await.expect("a frame in time")
+}

@@ -23,6 +23,7 @@ mod topics;
 pub mod ws;
 mod ws_ops;
 mod ws_session;
+mod ws_socket;
 mod ws_write;
 
 use std::sync::Arc;

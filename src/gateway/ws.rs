@@ -13,11 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use futures::stream::SplitStream;
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -29,7 +27,8 @@ use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_session::{admit, is_too_big, Admitted, Link};
+use super::ws_session::{admit, heard, socket_config, Admitted, Heard, Link, Read};
+use super::ws_socket::{Reader, Socket, Upgrade};
 use super::ws_write::{Native, Outgoing, Replies};
 use super::AppState;
 use crate::delivery::session::Session;
@@ -43,17 +42,23 @@ pub(super) async fn upgrade(
     ClientAddr(client): ClientAddr,
     uri: Uri,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, crate::error::Error>,
 ) -> Response {
     let (ws, admitted) = match admit(&state, client, &headers, uri.query(), ws) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
+    let protocol = ws.protocol(&[SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
+    let encoding = match protocol {
+        Some(SUBPROTOCOL_MSGPACK) => Encoding::Msgpack,
+        _ => Encoding::Json,
+    };
+    let config = socket_config(&state);
     let identified = credential(&headers, None).ok().flatten().is_some() || uri.query().is_some_and(has_token);
     // Boxed until the upgrade completes: the upgrade's task keeps what its callback
     // captures for the session's whole life (ARCHITECTURE §6).
     let admitted = Box::new((state, admitted));
-    ws.protocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]).on_upgrade(move |socket| {
+    ws.accept(protocol, config, move |socket| {
         let (state, admitted) = *admitted;
         // The session's lines carry its upgrade request's id (the connection id).
         let span = tracing::Span::current();
@@ -61,7 +66,7 @@ pub(super) async fn upgrade(
         let auth_deadline = (!identified && !state.ops.access().auth().anonymous_allowed())
             .then(|| Instant::now() + Duration::from_millis(state.ops.config().auth.auth_timeout_ms));
         let tasks = state.tasks.clone();
-        tasks.track_future(run(socket, state, admitted, auth_deadline).instrument(span))
+        tasks.track_future(run(socket, encoding, state, admitted, auth_deadline).instrument(span))
     })
 }
 
@@ -113,15 +118,12 @@ impl Conn {
 /// only the setup needs (the socket, the admission) is not kept in the session's future,
 /// nor are the parameters copied into it twice (ARCHITECTURE §6).
 fn run(
-    socket: WebSocket,
+    socket: Socket,
+    encoding: Encoding,
     state: Arc<AppState>,
     Admitted { caller, ip_slot, permit }: Admitted,
     auth_deadline: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let encoding = match socket.protocol().and_then(|p| p.to_str().ok()) {
-        Some(SUBPROTOCOL_MSGPACK) => Encoding::Msgpack,
-        _ => Encoding::Json,
-    };
     let ping_every = Duration::from_millis(state.ops.config().ws.ping_interval_ms);
     let (link, mut stream) = Link::open(socket, &state, Native(encoding), ping_every, permit, ip_slot);
     let user =
@@ -147,7 +149,7 @@ fn run(
 /// Reads frames until the session ends, answering each. Only the wait for the next
 /// frame is kept in the session's future; a frame's handling is boxed (it lives only
 /// while it runs).
-async fn read(stream: &mut SplitStream<WebSocket>, conn: &mut Conn, stop: CancellationToken) {
+async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken) {
     let idle = Duration::from_millis(conn.state.ops.config().ws.idle_timeout_ms);
     let mut deadline = Instant::now() + idle;
     let mut violations = 0u32;
@@ -183,7 +185,7 @@ enum Inbound {
     /// A deadline passed: the session closes with this code and reason.
     Deadline((u16, &'static str)),
     /// The socket's next message (None: it closed).
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Read),
 }
 
 /// Whether the session reads on.
@@ -196,18 +198,16 @@ impl Conn {
     /// Handles what the reader's wait returned: a frame is answered (its reply queued to
     /// the writer), anything else ends the session, with a close frame where it says why.
     async fn inbound(&mut self, inbound: Inbound, violations: &mut u32) -> Flow {
-        let (bytes, encoding) = match inbound {
+        let read = match inbound {
             Inbound::Deadline((code, reason)) => return self.close(code, reason).await,
-            Inbound::Frame(None | Some(Ok(Message::Close(_)))) => return Flow::End,
-            Inbound::Frame(Some(Err(e))) => {
-                if is_too_big(e) {
-                    return self.close(CLOSE_TOO_BIG, "message over ws.max_frame_bytes").await;
-                }
-                return Flow::End;
-            }
-            Inbound::Frame(Some(Ok(Message::Text(text)))) => (text.as_str().as_bytes().to_vec(), Encoding::Json),
-            Inbound::Frame(Some(Ok(Message::Binary(bytes)))) => (bytes.to_vec(), Encoding::Msgpack),
-            Inbound::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => return Flow::Continue,
+            Inbound::Frame(read) => read,
+        };
+        let (bytes, encoding) = match heard(&self.replies, read).await {
+            Heard::Data(bytes, false) => (bytes, Encoding::Json),
+            Heard::Data(bytes, true) => (bytes, Encoding::Msgpack),
+            Heard::Control => return Flow::Continue,
+            Heard::Closed => return Flow::End,
+            Heard::TooBig => return self.close(CLOSE_TOO_BIG, "message over ws.max_frame_bytes").await,
         };
         let decoded = decode_client(&bytes, encoding);
         let is_auth = matches!(decoded, Ok(ClientFrame::Auth { .. }));
@@ -265,7 +265,8 @@ mod tests {
     #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
     fn an_idle_sessions_future_stays_small() {
         let never = std::hint::black_box(false);
-        let session = if never { Some(run(unreachable!(), unreachable!(), unreachable!(), None)) } else { None };
+        let session =
+            if never { Some(run(unreachable!(), Encoding::Json, unreachable!(), unreachable!(), None)) } else { None };
         let read = if never { Some(read(unreachable!(), unreachable!(), unreachable!())) } else { None };
         let (session, read) = (size(&session), size(&read));
         assert!(read <= 512, "the reader's future is {read} bytes");

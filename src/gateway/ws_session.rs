@@ -7,17 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
-use futures::stream::{SplitSink, SplitStream};
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::extract::session_caller;
-use super::ws_write::{write, Encoder, Owner, Pace, Replies};
+use super::ws_socket::{Reader, Socket, Upgrade};
+use super::ws_write::{write, Encoder, Outgoing, Owner, Pace, Replies};
 use super::AppState;
 use crate::delivery::queue;
 use crate::delivery::session::Session;
@@ -42,15 +43,14 @@ pub(super) struct Admitted {
 /// Admits a WebSocket session: the request is a WebSocket upgrade, its `Origin` is
 /// allowed, its credentials (header or `?token=`) verify, its client address
 /// (`client_addr`) has a free slot and the node has room (`ws.max_connections`).
-/// Returns the upgrade with the node's limits on frames and buffers (`ws.*`).
 pub(super) fn admit(
     state: &AppState,
     client: std::net::IpAddr,
     headers: &HeaderMap,
     query: Option<&str>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<(WebSocketUpgrade, Admitted), Error> {
-    let ws = ws.map_err(|rejection| Error::new(Code::InvalidRequest, rejection.body_text()))?;
+    ws: Result<Upgrade, Error>,
+) -> Result<(Upgrade, Admitted), Error> {
+    let ws = ws?;
     let access = state.ops.access();
     access.check_origin(headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("")))?;
     let mut caller = session_caller(state, headers, query, client)?;
@@ -62,13 +62,18 @@ pub(super) fn admit(
         ));
     };
     caller.budget = access.connection_budget();
-    let c = &state.ops.config().ws;
-    let ws = ws
-        .max_message_size(c.max_frame_bytes)
-        .max_frame_size(c.max_frame_bytes)
-        .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(c.write_buffer_bytes);
     Ok((ws, Admitted { caller, ip_slot, permit }))
+}
+
+/// The node's limits on inbound frames and the read buffer (`ws.*`). The reader never
+/// writes (`ws_socket::Inbound`): what tungstenite would answer by itself is not buffered.
+pub(super) fn socket_config(state: &AppState) -> WebSocketConfig {
+    let c = &state.ops.config().ws;
+    WebSocketConfig::default()
+        .max_message_size(Some(c.max_frame_bytes))
+        .max_frame_size(Some(c.max_frame_bytes))
+        .read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(0)
 }
 
 /// A running session: its delivery session, the reader's queue to the writer, and what
@@ -88,32 +93,35 @@ impl<R: Send + 'static> Link<R> {
     /// Starts the session's writer on `socket`; returns the link and
     /// the socket's reading half.
     pub fn open<E: Encoder<Reply = R>>(
-        socket: WebSocket,
+        Socket { reader, writer }: Socket,
         state: &Arc<AppState>,
         encoder: E,
         ping_every: Duration,
         permit: OwnedSemaphorePermit,
         ip_slot: IpSlot,
-    ) -> (Link<R>, SplitStream<WebSocket>) {
+    ) -> (Link<R>, Reader) {
         metrics::session(E::TRANSPORT, E::PROTOCOL, 1.0);
-        let (sink, stream): (SplitSink<WebSocket, Message>, _) = socket.split();
         let config = &state.ops.config().ws;
         let stop = CancellationToken::new();
         let (session, deliveries) = Session::new(state.hub.clone(), config, stop.clone());
         let (replies, replies_rx) = queue::bounded(REPLY_QUEUE);
-        let pace = Pace { ping_every, write_timeout: Duration::from_millis(config.write_timeout_ms) };
+        let pace = Pace {
+            ping_every,
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
+            batch_bytes: config.write_buffer_bytes,
+        };
         let owner =
             Owner { server_shutdown: state.shutdown.clone(), stop: stop.clone(), span: tracing::Span::current() };
-        let writer = tokio::spawn(write(sink, replies_rx, deliveries, encoder, pace, owner));
+        let writer = tokio::spawn(write(writer, replies_rx, deliveries, encoder, pace, owner));
         let link =
             Link { session, replies, stop, writer, kind: (E::TRANSPORT, E::PROTOCOL), _admitted: (permit, ip_slot) };
-        (link, stream)
+        (link, reader)
     }
 
     /// Ends the session once its reader stopped (every other sender of replies must be
     /// gone): the writer drains and closes, the peer gets a moment to answer the close
     /// frame, then subscriptions and presence end.
-    pub async fn finish(self, mut stream: SplitStream<WebSocket>) {
+    pub async fn finish(self, mut stream: Reader) {
         let Link { session, replies, stop, writer, kind, _admitted } = self;
         drop(replies);
         let _ = writer.await;
@@ -133,12 +141,43 @@ impl<R: Send + 'static> Link<R> {
     }
 }
 
-/// Whether a read error is an inbound message over the frame limit.
-pub(super) fn is_too_big(error: axum::Error) -> bool {
-    error
-        .into_inner()
-        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+/// What the socket's reading half returned.
+pub(super) type Read = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
+
+/// An inbound message as a protocol's reader sees it.
+pub(super) enum Heard {
+    /// A data message: its bytes, and whether it came as a binary frame (else text,
+    /// valid UTF-8).
+    Data(Bytes, bool),
+    /// A ping (answered: the writer sends the pong) or a pong: the peer is there.
+    Control,
+    /// The peer closed (its close frame answered) or the connection ended.
+    Closed,
+    /// An inbound message over `ws.max_frame_bytes`: the protocol closes with its code.
+    TooBig,
+}
+
+/// Classifies what the reader read, for either protocol, and answers the peer's control
+/// frames: a ping with a pong carrying its payload, a close frame with the close reply
+/// (its code echoed). The socket's reading half never writes (`ws_socket::Inbound`): the
+/// answers go through the session's writer, in order with everything else it writes.
+pub(super) async fn heard<R>(replies: &Replies<R>, read: Read) -> Heard {
+    match read {
+        None => Heard::Closed,
+        Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => Heard::TooBig,
+        Some(Err(_)) => Heard::Closed,
+        Some(Ok(Message::Text(text))) => Heard::Data(text.into(), false),
+        Some(Ok(Message::Binary(bytes))) => Heard::Data(bytes, true),
+        Some(Ok(Message::Ping(payload))) => {
+            let _ = replies.send(Outgoing::Pong(Box::new(payload))).await;
+            Heard::Control
+        }
+        Some(Ok(Message::Pong(_) | Message::Frame(_))) => Heard::Control,
+        Some(Ok(Message::Close(frame))) => {
+            let _ = replies.send(Outgoing::CloseReply(frame.map(|f| u16::from(f.code)))).await;
+            Heard::Closed
+        }
+    }
 }
 
 /// The size of the future in `never` (a value never made: only its type is used), for the

@@ -5,21 +5,28 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures::SinkExt;
+use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{Encoding, ServerFrame, CLOSE_GOING_AWAY};
+use super::ws_socket::{self, Frame, Writer};
 use crate::delivery::queue::{self, TryRecvError};
 use crate::delivery::subscription::{Delivered, Deliveries, Item, Queued};
 use crate::metrics;
 
-/// What the reader hands the writer: a reply (in the protocol's form) or the end.
+/// What the reader hands the writer: a reply (in the protocol's form), the answer to a
+/// control frame of the peer, or the end.
 pub(super) enum Outgoing<R> {
     Frame(R),
-    /// Boxed, as rare as it is: every slot of the reply queue is the largest item's size.
+    /// The session closes with this code and reason (counted by code). Boxed, as rare as
+    /// it is: every slot of the reply queue is the largest item's size.
     Close(Box<(u16, &'static str)>),
+    /// The answer to the peer's ping (its payload).
+    Pong(Box<Bytes>),
+    /// The answer to the peer's close frame: its code echoed (none when it gave none),
+    /// the last frame written.
+    CloseReply(Option<u16>),
 }
 
 /// The reader's queue to the writer (consumers' deliveries are forwarded into it too):
@@ -40,17 +47,17 @@ pub(super) trait Encoder: Send + 'static {
     const PROTOCOL: &'static str;
     /// The close frame of a node shutting down.
     const SHUTDOWN: (u16, &'static str);
-    fn reply(&self, reply: Self::Reply) -> Message;
+    fn reply(&self, reply: Self::Reply) -> Frame;
     /// The frame of a message (encoded once per message and format on this node, shared
     /// by its sessions: `Delivered::frames`).
-    fn message(&self, delivered: &Delivered) -> Message;
+    fn message(&self, delivered: &Delivered) -> Frame;
     /// What a message that expired while it waited in the queue becomes; None when the
     /// protocol says nothing of it.
-    fn expired_message(&self, delivered: &Delivered) -> Option<Message>;
+    fn expired_message(&self, delivered: &Delivered) -> Option<Frame>;
     /// The frame of any other item (reset, expired run, event); None when there is
     /// nothing to write for it.
-    fn notice(&self, queued: &Queued) -> Option<Message>;
-    fn ping(&self) -> Message;
+    fn notice(&self, queued: &Queued) -> Option<Frame>;
+    fn ping(&self) -> Frame;
 }
 
 /// The native protocol (docs/PROTOCOL.md §2) in its negotiated encoding.
@@ -61,20 +68,20 @@ impl Encoder for Native {
     const PROTOCOL: &'static str = "streamhub";
     const SHUTDOWN: (u16, &'static str) = (CLOSE_GOING_AWAY, "server shutting down");
 
-    fn reply(&self, frame: Box<ServerFrame>) -> Message {
+    fn reply(&self, frame: Box<ServerFrame>) -> Frame {
         encoded(self.0, frame.encode(self.0))
     }
 
-    fn message(&self, d: &Delivered) -> Message {
+    fn message(&self, d: &Delivered) -> Frame {
         let encoding = self.0;
         d.frame(encoding.slot(), || encoded(encoding, ServerFrame::message(d).encode(encoding)))
     }
 
-    fn expired_message(&self, d: &Delivered) -> Option<Message> {
+    fn expired_message(&self, d: &Delivered) -> Option<Frame> {
         Some(encoded(self.0, ServerFrame::expired_message(d).encode(self.0)))
     }
 
-    fn notice(&self, q: &Queued) -> Option<Message> {
+    fn notice(&self, q: &Queued) -> Option<Frame> {
         let encoding = self.0;
         Some(match &q.item {
             Item::Message(d) => self.message(d),
@@ -84,8 +91,8 @@ impl Encoder for Native {
         })
     }
 
-    fn ping(&self) -> Message {
-        Message::Ping(Default::default())
+    fn ping(&self) -> Frame {
+        Frame::ping()
     }
 }
 
@@ -93,6 +100,9 @@ impl Encoder for Native {
 pub(super) struct Pace {
     pub ping_every: Duration,
     pub write_timeout: Duration,
+    /// Most bytes of frames gathered into one write (`ws.write_buffer_bytes`; a single
+    /// larger frame is written alone).
+    pub batch_bytes: usize,
 }
 
 /// What a writer belongs to: the node (its shutdown closes the session with the
@@ -105,25 +115,27 @@ pub(super) struct Owner {
     pub span: tracing::Span,
 }
 
-/// Most frames, and bytes, written with one flush: frames that are ready together go out
-/// in one system call (TCP_NODELAY is on, so a lone frame leaves at once).
-const WRITE_BATCH_FRAMES: usize = 64;
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Most frames written with one vectored write: frames that are ready together go out in
+/// one system call (TCP_NODELAY is on, so a lone frame leaves at once). The bytes of one
+/// such write are bounded by `ws.write_buffer_bytes` (`Pace::batch_bytes`).
+const WRITE_BATCH_FRAMES: usize = ws_socket::MAX_SLICES;
 
 /// What the writer does with one input.
 enum Step {
-    Send(Message),
+    Send(Frame),
     /// Nothing to write (an item of a closed subscription, or one the protocol skips).
     Skip,
     Close(u16, &'static str),
+    /// The last frame, not counted as a close of the session's own (the close reply).
+    Last(Frame),
     /// An input closed: the session ends.
     End,
 }
 
-fn encoded(encoding: Encoding, bytes: Vec<u8>) -> Message {
+fn encoded(encoding: Encoding, bytes: Vec<u8>) -> Frame {
     match encoding {
-        Encoding::Json => Message::Text(String::from_utf8(bytes).unwrap_or_default().into()),
-        Encoding::Msgpack => Message::Binary(bytes.into()),
+        Encoding::Json => Frame::text(bytes),
+        Encoding::Msgpack => Frame::binary(bytes),
     }
 }
 
@@ -131,6 +143,8 @@ fn reply_step<E: Encoder>(encoder: &E, reply: Option<Outgoing<E::Reply>>) -> Ste
     match reply {
         Some(Outgoing::Frame(f)) => Step::Send(encoder.reply(f)),
         Some(Outgoing::Close(close)) => Step::Close(close.0, close.1),
+        Some(Outgoing::Pong(payload)) => Step::Send(Frame::pong(*payload)),
+        Some(Outgoing::CloseReply(code)) => Step::Last(Frame::close(code.map(|code| (code, "")))),
         None => Step::End,
     }
 }
@@ -198,23 +212,14 @@ fn delivery_after_replies<E: Encoder>(
     }
 }
 
-fn size(message: &Message) -> usize {
-    match message {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 16,
-    }
-}
-
 pub(super) async fn write<E: Encoder>(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut sink: Writer,
     mut replies: queue::Receiver<Outgoing<E::Reply>>,
     mut deliveries: Deliveries,
     encoder: E,
-    Pace { ping_every, write_timeout }: Pace,
+    Pace { ping_every, write_timeout, batch_bytes }: Pace,
     Owner { server_shutdown, stop, span }: Owner,
 ) {
-    let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     let meter = metrics::DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     // Made once, and polled last: a fresh `cancelled()` per wake-up would register with
@@ -250,15 +255,20 @@ pub(super) async fn write<E: Encoder>(
         let (mut bytes, mut last) = (0, false);
         loop {
             match step {
-                Step::Send(m) => {
-                    bytes += size(&m);
-                    batch.push(m);
+                Step::Send(frame) => {
+                    bytes += frame.len();
+                    batch.push(frame);
                 }
                 Step::Skip => {}
                 Step::Close(code, reason) => {
                     ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => code.to_string(), "protocol" => E::PROTOCOL)
                         .increment(1);
-                    batch.push(close(code, reason));
+                    batch.push(Frame::close(Some((code, reason))));
+                    last = true;
+                    break;
+                }
+                Step::Last(frame) => {
+                    batch.push(frame);
                     last = true;
                     break;
                 }
@@ -267,7 +277,7 @@ pub(super) async fn write<E: Encoder>(
                     break;
                 }
             }
-            if batch.len() >= WRITE_BATCH_FRAMES || bytes >= WRITE_BATCH_BYTES {
+            if batch.len() >= WRITE_BATCH_FRAMES || bytes >= batch_bytes {
                 // A queue that never runs empty still notices a shutdown, once per full batch.
                 if server_shutdown.is_cancelled() {
                     step = Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1);
@@ -281,12 +291,7 @@ pub(super) async fn write<E: Encoder>(
             };
         }
         if !batch.is_empty() {
-            let send = async {
-                for message in batch.drain(..) {
-                    sink.feed(message).await?;
-                }
-                sink.flush().await
-            };
+            let send = ws_socket::write_all(&mut sink, &mut batch);
             tokio::pin!(send);
             // Most writes finish at once (the socket has room): only one that has to wait
             // gets a timer (`ws.write_timeout_ms` counts from here).
@@ -334,7 +339,7 @@ mod tests {
 
     fn text(step: Option<Step>) -> String {
         match step {
-            Some(Step::Send(Message::Text(t))) => t.to_string(),
+            Some(Step::Send(frame)) => String::from_utf8(frame.payload().to_vec()).expect("a text frame"),
             _ => panic!("a frame was expected"),
         }
     }

@@ -7,11 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
-use futures::stream::SplitStream;
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +24,8 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::delivery::session::{Session, Since};
 use crate::error::{Code, Error};
 use crate::gateway::extract::ClientAddr;
-use crate::gateway::ws_session::{admit, is_too_big, Admitted, Link};
+use crate::gateway::ws_session::{admit, heard, socket_config, Admitted, Heard, Link, Read};
+use crate::gateway::ws_socket::{Reader, Socket, Upgrade};
 use crate::gateway::ws_write::{Outgoing, Replies};
 use crate::gateway::AppState;
 use crate::message::NewMessage;
@@ -42,7 +41,7 @@ pub async fn upgrade(
     ClientAddr(client): ClientAddr,
     uri: Uri,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, Error>,
 ) -> Response {
     let (ws, admitted) = match admit(&state, client, &headers, uri.query(), ws) {
         Ok(admitted) => admitted,
@@ -58,15 +57,17 @@ pub async fn upgrade(
     let admitted = Box::new((state, admitted));
     // A subprotocol is echoed only when the client asked for it (strict clients fail on
     // an answer they did not ask for).
-    ws.protocols([SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON]).on_upgrade(move |socket| {
+    let protocol = ws.protocol(&[SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON]);
+    let format = match protocol {
+        Some(SUBPROTOCOL_PROTOBUF) => Format::Protobuf,
+        Some(_) => Format::Json,
+        None if query_protobuf => Format::Protobuf,
+        None => Format::Json,
+    };
+    let config = socket_config(&admitted.0);
+    ws.accept(protocol, config, move |socket| {
         let (state, admitted) = *admitted;
         let span = tracing::Span::current();
-        let format = match socket.protocol().and_then(|p| p.to_str().ok()) {
-            Some(SUBPROTOCOL_PROTOBUF) => Format::Protobuf,
-            Some(_) => Format::Json,
-            None if query_protobuf => Format::Protobuf,
-            None => Format::Json,
-        };
         let tasks = state.tasks.clone();
         tasks.track_future(run(socket, state, format, admitted).instrument(span))
     })
@@ -76,7 +77,7 @@ pub async fn upgrade(
 /// it ends, then the link finished): set up outside the session's future, which keeps
 /// only what the reader needs (as the native protocol's `run`, ARCHITECTURE §6).
 fn run(
-    socket: WebSocket,
+    socket: Socket,
     state: Arc<AppState>,
     format: Format,
     Admitted { caller, ip_slot, permit }: Admitted,
@@ -136,7 +137,7 @@ enum Flow {
 enum Inbound {
     Due(Due),
     /// The socket's next message (None: it closed).
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Read),
 }
 
 /// Whether the reader reads on.
@@ -157,7 +158,7 @@ fn ttl(exp: u64) -> u32 {
 }
 
 impl Conn {
-    async fn read(&mut self, stream: &mut SplitStream<WebSocket>, stop: CancellationToken) {
+    async fn read(&mut self, stream: &mut Reader, stop: CancellationToken) {
         let c = &self.state.ops.config();
         // A pong answers each ping; silence for a ping interval plus the pong timeout
         // means the client is gone.
@@ -212,16 +213,13 @@ impl Conn {
                 self.expire_subscriptions().await;
                 return ReadOn::Yes { heard: false };
             }
-            Inbound::Frame(None | Some(Ok(Message::Close(_)))) => return ReadOn::No,
-            Inbound::Frame(Some(Err(e))) => {
-                if is_too_big(e) {
-                    return self.close(codes::TOO_BIG).await;
-                }
-                return ReadOn::No;
-            }
-            Inbound::Frame(Some(Ok(Message::Text(text)))) => text.as_str().as_bytes().to_vec(),
-            Inbound::Frame(Some(Ok(Message::Binary(bytes)))) => bytes.to_vec(),
-            Inbound::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => return ReadOn::Yes { heard: true },
+            Inbound::Frame(read) => match heard(&self.replies, read).await {
+                // The format is the session's, whichever kind of frame brought it.
+                Heard::Data(bytes, _) => bytes,
+                Heard::Control => return ReadOn::Yes { heard: true },
+                Heard::Closed => return ReadOn::No,
+                Heard::TooBig => return self.close(codes::TOO_BIG).await,
+            },
         };
         let commands = match self.format.decode(&bytes) {
             Ok(commands) => commands,

@@ -3,14 +3,13 @@
 //! publications without an offset, and a jump of the position as an unsubscribe push that
 //! makes the client resubscribe from where it really is.
 
-use axum::extract::ws::Message;
-
 use super::codec::{self, Format};
 use super::codes;
 use super::proto::{ClientInfo, JoinLeave, Publication, Push, Reply, Unsubscribe};
 use crate::delivery::event::{EventKind, Member, TopicEvent};
 use crate::delivery::subscription::{Delivered, Item, Queued};
 use crate::envelope::Envelope;
+use crate::gateway::ws_socket::Frame;
 use crate::gateway::ws_write::Encoder;
 
 /// Tags that say how a JSON session got a payload that is not JSON (docs/CENTRIFUGO.md).
@@ -28,14 +27,14 @@ impl Centrifugo {
         }
     }
 
-    fn frame(&self, body: Vec<u8>) -> Message {
+    fn frame(&self, body: Vec<u8>) -> Frame {
         match self.0 {
-            Format::Json => Message::Text(String::from_utf8(body).unwrap_or_default().into()),
-            Format::Protobuf => Message::Binary(body.into()),
+            Format::Json => Frame::text(body),
+            Format::Protobuf => Frame::binary(body),
         }
     }
 
-    fn push(&self, push: Push) -> Message {
+    fn push(&self, push: Push) -> Frame {
         self.frame(self.0.encode(&Reply { push: Some(push), ..Default::default() }))
     }
 }
@@ -45,11 +44,11 @@ impl Encoder for Centrifugo {
     const PROTOCOL: &'static str = "centrifugo";
     const SHUTDOWN: (u16, &'static str) = codes::SHUTDOWN;
 
-    fn reply(&self, reply: Box<Reply>) -> Message {
+    fn reply(&self, reply: Box<Reply>) -> Frame {
         self.frame(self.0.encode(&reply))
     }
 
-    fn message(&self, d: &Delivered) -> Message {
+    fn message(&self, d: &Delivered) -> Frame {
         let format = self.0;
         d.frame(self.slot(), || {
             let push = Push {
@@ -63,11 +62,11 @@ impl Encoder for Centrifugo {
 
     /// The protocol has no notice for it: the client's position moves on with the next
     /// publication.
-    fn expired_message(&self, _: &Delivered) -> Option<Message> {
+    fn expired_message(&self, _: &Delivered) -> Option<Frame> {
         None
     }
 
-    fn notice(&self, q: &Queued) -> Option<Message> {
+    fn notice(&self, q: &Queued) -> Option<Frame> {
         match &q.item {
             Item::Message(d) => Some(self.message(d)),
             // Not told in this protocol (see `expired_message`).
@@ -88,7 +87,7 @@ impl Encoder for Centrifugo {
         }
     }
 
-    fn ping(&self) -> Message {
+    fn ping(&self) -> Frame {
         self.frame(codec::ping(self.0))
     }
 }
