@@ -197,13 +197,17 @@ async fn pings_and_closes_are_answered_and_bad_upgrades_say_why() {
         .insert("sec-websocket-protocol", "other, streamhub.v1.msgpack, streamhub.v1.json".parse().expect("header"));
     let (mut ws, answer) = tokio_tungstenite::connect_async(request).await.expect("upgrade");
     assert_eq!(answer.headers()["sec-websocket-protocol"], "streamhub.v1.json");
-    ws.send(Message::Text(json!({ "op": "subscribe", "topic": "edge", "id": 1 }).to_string().into())).await.expect("send");
+    ws.send(Message::Text(json!({ "op": "subscribe", "topic": "edge", "id": 1 }).to_string().into()))
+        .await
+        .expect("send");
     ws.send(Message::Ping(b"probe".to_vec().into())).await.expect("ping");
     ws.send(Message::Text(json!({ "op": "ping", "id": 2 }).to_string().into())).await.expect("send");
     let mut seen = Vec::new();
     while seen.len() < 3 {
         match next(&mut ws).await {
-            Some(Ok(Message::Text(t))) => seen.push(serde_json::from_str::<serde_json::Value>(&t).expect("json")["type"].clone()),
+            Some(Ok(Message::Text(t))) => {
+                seen.push(serde_json::from_str::<serde_json::Value>(&t).expect("json")["type"].clone())
+            }
             Some(Ok(Message::Pong(p))) => seen.push(json!(String::from_utf8(p.to_vec()).expect("utf-8"))),
             Some(Ok(Message::Ping(_))) => {}
             other => panic!("unexpected {other:?}"),
@@ -230,7 +234,10 @@ async fn pings_and_closes_are_answered_and_bad_upgrades_say_why() {
     let cases: [(&[(&str, &str)], &str); 4] = [
         (&[], "Connection"),
         (&[("connection", "upgrade"), ("upgrade", "websocket")], "Sec-WebSocket-Version"),
-        (&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "12")], "Sec-WebSocket-Version"),
+        (
+            &[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "12")],
+            "Sec-WebSocket-Version",
+        ),
         (&[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13")], "Sec-WebSocket-Key"),
     ];
     for (headers, names) in cases {

@@ -27,7 +27,7 @@ use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_session::{admit, heard, socket_config, Admitted, Heard, Link, Read};
+use super::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read};
 use super::ws_socket::{Reader, Socket, Upgrade};
 use super::ws_write::{Native, Outgoing, Replies};
 use super::AppState;
@@ -124,8 +124,7 @@ fn run(
     Admitted { caller, ip_slot, permit }: Admitted,
     auth_deadline: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let ping_every = Duration::from_millis(state.ops.config().ws.ping_interval_ms);
-    let (link, mut stream) = Link::open(socket, &state, Native(encoding), ping_every, permit, ip_slot);
+    let (link, mut stream) = Link::open(socket, &state, Native(encoding), permit, ip_slot);
     let user =
         (caller.principal.kind != crate::auth::PrincipalKind::Anonymous).then(|| caller.principal.subject.clone());
     let session = link.session.clone();
@@ -150,27 +149,50 @@ fn run(
 /// frame is kept in the session's future; a frame's handling is boxed (it lives only
 /// while it runs).
 async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken) {
-    let idle = Duration::from_millis(conn.state.ops.config().ws.idle_timeout_ms);
+    let config = &conn.state.ops.config().ws;
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let mut beat = Beat::new(Duration::from_millis(config.ping_interval_ms), conn.state.shutdown.clone());
     let mut deadline = Instant::now() + idle;
     let mut violations = 0u32;
     loop {
         // One timer for the earliest of the session's deadlines (a timer per deadline
         // would be registered and dropped again for every inbound frame).
-        let (at, close) = [
-            (conn.auth_deadline, (CLOSE_UNAUTHORIZED, "authentication required")),
-            (conn.expiry(), (CLOSE_EXPIRED, "token expired")),
+        let (at, due) = [
+            (conn.auth_deadline, Due::Close((CLOSE_UNAUTHORIZED, "authentication required"))),
+            (conn.expiry(), Due::Close((CLOSE_EXPIRED, "token expired"))),
+            (Some(beat.due()), Due::Ping),
         ]
         .into_iter()
-        .filter_map(|(at, close)| Some((at?, close)))
-        .fold(
-            (deadline, (CLOSE_IDLE, "idle timeout")),
-            |earliest, next| if next.0 < earliest.0 { next } else { earliest },
-        );
+        .filter_map(|(at, due)| Some((at?, due)))
+        .fold((deadline, Due::Close((CLOSE_IDLE, "idle timeout"))), |earliest, next| {
+            if next.0 < earliest.0 {
+                next
+            } else {
+                earliest
+            }
+        });
         let inbound = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(at) => Inbound::Deadline(close),
+            _ = tokio::time::sleep_until(at) => match due {
+                Due::Close(close) => Inbound::Deadline(close),
+                Due::Ping => Inbound::Ping,
+            },
+            _ = beat.shutting_down() => Inbound::Shutdown,
             inbound = stream.next() => Inbound::Frame(inbound),
         };
+        // The keep-alive and the node's shutdown go to the writer; neither is the peer's
+        // traffic, so the idle timer runs on.
+        match inbound {
+            Inbound::Ping => {
+                beat.ping(&conn.replies).await;
+                continue;
+            }
+            Inbound::Shutdown => {
+                beat.shut(&conn.replies).await;
+                continue;
+            }
+            _ => {}
+        }
         // The idle timeout counts from the frame's arrival, not from the end of its handling.
         let arrived = Instant::now();
         match Box::pin(conn.inbound(inbound, &mut violations)).await {
@@ -180,10 +202,20 @@ async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken) {
     }
 }
 
+/// What the reader does when its earliest deadline passes.
+enum Due {
+    Close((u16, &'static str)),
+    Ping,
+}
+
 /// What the reader's wait returned.
 enum Inbound {
     /// A deadline passed: the session closes with this code and reason.
     Deadline((u16, &'static str)),
+    /// The keep-alive is due.
+    Ping,
+    /// The node is shutting down.
+    Shutdown,
     /// The socket's next message (None: it closed).
     Frame(Read),
 }
@@ -200,6 +232,7 @@ impl Conn {
     async fn inbound(&mut self, inbound: Inbound, violations: &mut u32) -> Flow {
         let read = match inbound {
             Inbound::Deadline((code, reason)) => return self.close(code, reason).await,
+            Inbound::Ping | Inbound::Shutdown => return Flow::Continue,
             Inbound::Frame(read) => read,
         };
         let (bytes, encoding) = match heard(&self.replies, read).await {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -96,7 +97,6 @@ impl<R: Send + 'static> Link<R> {
         Socket { reader, writer }: Socket,
         state: &Arc<AppState>,
         encoder: E,
-        ping_every: Duration,
         permit: OwnedSemaphorePermit,
         ip_slot: IpSlot,
     ) -> (Link<R>, Reader) {
@@ -106,12 +106,10 @@ impl<R: Send + 'static> Link<R> {
         let (session, deliveries) = Session::new(state.hub.clone(), config, stop.clone());
         let (replies, replies_rx) = queue::bounded(REPLY_QUEUE);
         let pace = Pace {
-            ping_every,
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             batch_bytes: config.write_buffer_bytes,
         };
-        let owner =
-            Owner { server_shutdown: state.shutdown.clone(), stop: stop.clone(), span: tracing::Span::current() };
+        let owner = Owner { stop: stop.clone(), span: tracing::Span::current() };
         let writer = tokio::spawn(write(writer, replies_rx, deliveries, encoder, pace, owner));
         let link =
             Link { session, replies, stop, writer, kind: (E::TRANSPORT, E::PROTOCOL), _admitted: (permit, ip_slot) };
@@ -138,6 +136,50 @@ impl<R: Send + 'static> Link<R> {
         session.catchup_ended().await;
         Box::pin(session.close()).await;
         metrics::session(kind.0, kind.1, -1.0);
+    }
+}
+
+/// The session's keep-alive and the node's shutdown, watched by the reader (its wait is
+/// already a `select!` over its deadlines and the socket) and handed to the writer through
+/// the reply queue (`Outgoing::Ping`, `Outgoing::Shutdown`): the writer then waits on its
+/// two queues alone, and a wake-up for a delivery polls no timer and no token.
+pub(super) struct Beat {
+    every: Duration,
+    next: Instant,
+    /// The node's shutdown, until it has been told to the writer.
+    shutdown: Option<CancellationToken>,
+}
+
+impl Beat {
+    /// Pings every `every`, the first one an interval from now.
+    pub fn new(every: Duration, shutdown: CancellationToken) -> Beat {
+        Beat { every, next: Instant::now() + every, shutdown: Some(shutdown) }
+    }
+
+    /// When the next ping is due.
+    pub fn due(&self) -> Instant {
+        self.next
+    }
+
+    /// Queues the ping that is due; the next one is an interval later (none is made up
+    /// for a reader that was late).
+    pub async fn ping<R>(&mut self, replies: &Replies<R>) {
+        self.next = Instant::now() + self.every;
+        let _ = replies.send(Outgoing::Ping).await;
+    }
+
+    /// Resolves when the node starts shutting down (once: never again after `shut`).
+    pub async fn shutting_down(&self) {
+        match &self.shutdown {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Tells the writer of the shutdown: it closes the session once what is queued is written.
+    pub async fn shut<R>(&mut self, replies: &Replies<R>) {
+        self.shutdown = None;
+        let _ = replies.send(Outgoing::Shutdown).await;
     }
 }
 

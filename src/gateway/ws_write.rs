@@ -1,12 +1,12 @@
-//! The writer task of a WebSocket session, for either protocol: replies first, then
-//! deliveries, then pings, with frames that are ready together written with one flush,
-//! and every write bounded by `ws.write_timeout_ms` (a peer that stops reading is
-//! dropped). What the frames look like is the protocol's `Encoder`.
+//! The writer task of a WebSocket session, for either protocol: replies first (pings and
+//! the node's shutdown come the same way, from the reader), then deliveries, with frames
+//! that are ready together written with one vectored write, and every write bounded by
+//! `ws.write_timeout_ms` (a peer that stops reading is dropped). What the frames look
+//! like is the protocol's `Encoder`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{Encoding, ServerFrame, CLOSE_GOING_AWAY};
@@ -27,6 +27,11 @@ pub(super) enum Outgoing<R> {
     /// The answer to the peer's close frame: its code echoed (none when it gave none),
     /// the last frame written.
     CloseReply(Option<u16>),
+    /// The protocol's keep-alive is due (`ws_session::Beat`).
+    Ping,
+    /// The node is shutting down: the session closes with the protocol's shutdown frame
+    /// once what is queued is written.
+    Shutdown,
 }
 
 /// The reader's queue to the writer (consumers' deliveries are forwarded into it too):
@@ -96,21 +101,18 @@ impl Encoder for Native {
     }
 }
 
-/// The writer's clock: how often it pings, and how long one write may take.
+/// How long one write may take, and how much it takes.
 pub(super) struct Pace {
-    pub ping_every: Duration,
     pub write_timeout: Duration,
     /// Most bytes of frames gathered into one write (`ws.write_buffer_bytes`; a single
     /// larger frame is written alone).
     pub batch_bytes: usize,
 }
 
-/// What a writer belongs to: the node (its shutdown closes the session with the
-/// protocol's shutdown frame), the session (`stop`, cancelled when the writer ends) and
+/// What a writer belongs to: the session (`stop`, cancelled when the writer ends) and
 /// the session's span (the writer is not instrumented: entering a span on every wake-up
 /// costs more than its own work per delivery; its one log line names the span).
 pub(super) struct Owner {
-    pub server_shutdown: CancellationToken,
     pub stop: CancellationToken,
     pub span: tracing::Span,
 }
@@ -128,6 +130,8 @@ enum Step {
     Close(u16, &'static str),
     /// The last frame, not counted as a close of the session's own (the close reply).
     Last(Frame),
+    /// The node shuts down: close once the queues are empty (or a batch is full).
+    Shutdown,
     /// An input closed: the session ends.
     End,
 }
@@ -145,6 +149,8 @@ fn reply_step<E: Encoder>(encoder: &E, reply: Option<Outgoing<E::Reply>>) -> Ste
         Some(Outgoing::Close(close)) => Step::Close(close.0, close.1),
         Some(Outgoing::Pong(payload)) => Step::Send(Frame::pong(*payload)),
         Some(Outgoing::CloseReply(code)) => Step::Last(Frame::close(code.map(|code| (code, "")))),
+        Some(Outgoing::Ping) => Step::Send(encoder.ping()),
+        Some(Outgoing::Shutdown) => Step::Shutdown,
         None => Step::End,
     }
 }
@@ -217,17 +223,17 @@ pub(super) async fn write<E: Encoder>(
     mut replies: queue::Receiver<Outgoing<E::Reply>>,
     mut deliveries: Deliveries,
     encoder: E,
-    Pace { ping_every, write_timeout, batch_bytes }: Pace,
-    Owner { server_shutdown, stop, span }: Owner,
+    Pace { write_timeout, batch_bytes }: Pace,
+    Owner { stop, span }: Owner,
 ) {
     let meter = metrics::DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL);
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    // Made once, and polled last: a fresh `cancelled()` per wake-up would register with
-    // the token again every time (a lock each), once per delivery. (The writer does not
-    // watch `stop`: only the writer itself cancels it while the writer runs.)
-    let shutting_down = server_shutdown.cancelled();
-    tokio::pin!(shutting_down);
+    // The writer waits on its two queues only: the keep-alive and the node's shutdown
+    // reach it through the reply queue (the reader watches them), so a wake-up for a
+    // delivery polls no timer and no token. (Nor does it watch `stop`: only the writer
+    // itself cancels it while the writer runs.)
     let mut batch = Vec::new();
+    // Set by the node's shutdown: the session closes once what is queued is written.
+    let mut closing = false;
     // A delivery taken from its queue while a reply queued before it was still unread:
     // it waits for the reply (a `subscribed` reply precedes its subscription's messages,
     // whichever queue the writer looks at first).
@@ -245,8 +251,6 @@ pub(super) async fn write<E: Encoder>(
                     Some(queued) => Some(delivery_after_replies(&encoder, &meter, &mut replies, queued, &mut held)),
                     None => Some(Step::End),
                 },
-                _ = &mut shutting_down => Some(Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1)),
-                _ = ping.tick() => Some(Step::Send(encoder.ping())),
             },
         }
         .unwrap_or(Step::Skip);
@@ -260,6 +264,7 @@ pub(super) async fn write<E: Encoder>(
                     batch.push(frame);
                 }
                 Step::Skip => {}
+                Step::Shutdown => closing = true,
                 Step::Close(code, reason) => {
                     ::metrics::counter!(metrics::SESSIONS_CLOSED, "code" => code.to_string(), "protocol" => E::PROTOCOL)
                         .increment(1);
@@ -278,8 +283,8 @@ pub(super) async fn write<E: Encoder>(
                 }
             }
             if batch.len() >= WRITE_BATCH_FRAMES || bytes >= batch_bytes {
-                // A queue that never runs empty still notices a shutdown, once per full batch.
-                if server_shutdown.is_cancelled() {
+                // A queue that never runs empty still closes at a shutdown, after a full batch.
+                if closing {
                     step = Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1);
                     continue;
                 }
@@ -287,6 +292,8 @@ pub(super) async fn write<E: Encoder>(
             }
             step = match ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held) {
                 Some(step) => step,
+                // Everything queued is written: a shutdown closes now.
+                None if closing => Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1),
                 None => break,
             };
         }

@@ -24,7 +24,7 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::delivery::session::{Session, Since};
 use crate::error::{Code, Error};
 use crate::gateway::extract::ClientAddr;
-use crate::gateway::ws_session::{admit, heard, socket_config, Admitted, Heard, Link, Read};
+use crate::gateway::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read};
 use crate::gateway::ws_socket::{Reader, Socket, Upgrade};
 use crate::gateway::ws_write::{Outgoing, Replies};
 use crate::gateway::AppState;
@@ -82,8 +82,7 @@ fn run(
     format: Format,
     Admitted { caller, ip_slot, permit }: Admitted,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let ping_every = Duration::from_millis(state.ops.config().centrifugo.ping_interval_ms);
-    let (link, mut stream) = Link::open(socket, &state, Centrifugo(format), ping_every, permit, ip_slot);
+    let (link, mut stream) = Link::open(socket, &state, Centrifugo(format), permit, ip_slot);
     let session = link.session.clone();
     let caller = Caller { client: Some(session.client().into()), ..caller };
     let mut conn = Conn {
@@ -136,6 +135,8 @@ enum Flow {
 /// What the reader's wait returned.
 enum Inbound {
     Due(Due),
+    /// The node is shutting down.
+    Shutdown,
     /// The socket's next message (None: it closed).
     Frame(Read),
 }
@@ -150,6 +151,8 @@ enum ReadOn {
 enum Due {
     Close((u16, &'static str)),
     SubscriptionExpiry,
+    /// The keep-alive is due.
+    Ping,
 }
 
 /// Seconds from now until `exp` (Unix seconds), at least 1.
@@ -165,6 +168,7 @@ impl Conn {
         let silence = Duration::from_millis(c.centrifugo.ping_interval_ms + c.centrifugo.pong_timeout_ms);
         let stale_at = Instant::now() + Duration::from_millis(c.auth.auth_timeout_ms);
         let max_violations = c.ws.max_violations;
+        let mut beat = Beat::new(Duration::from_millis(c.centrifugo.ping_interval_ms), self.state.shutdown.clone());
         let mut quiet_until = Instant::now() + silence;
         loop {
             // One timer for the earliest of the connection's deadlines (a timer per
@@ -174,6 +178,7 @@ impl Conn {
                 ((!self.connected).then_some(stale_at), Due::Close(codes::STALE)),
                 (self.expires, Due::Close(codes::CONNECTION_EXPIRED)),
                 (next_sub_expiry, Due::SubscriptionExpiry),
+                (Some(beat.due()), Due::Ping),
             ]
             .into_iter()
             .filter_map(|(at, due)| Some((at?, due)))
@@ -187,8 +192,22 @@ impl Conn {
             let inbound = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep_until(at) => Inbound::Due(due),
+                _ = beat.shutting_down() => Inbound::Shutdown,
                 inbound = stream.next() => Inbound::Frame(inbound),
             };
+            // The keep-alive and the node's shutdown go to the writer; neither is the
+            // client's traffic, so its silence timer runs on.
+            match inbound {
+                Inbound::Due(Due::Ping) => {
+                    beat.ping(&self.replies).await;
+                    continue;
+                }
+                Inbound::Shutdown => {
+                    beat.shut(&self.replies).await;
+                    continue;
+                }
+                _ => {}
+            }
             // Boxed: handling lives only while it runs; only the wait above is kept in
             // every idle session's future.
             // Silence counts from the frame's arrival, not from the end of its handling.
@@ -213,6 +232,7 @@ impl Conn {
                 self.expire_subscriptions().await;
                 return ReadOn::Yes { heard: false };
             }
+            Inbound::Due(Due::Ping) | Inbound::Shutdown => return ReadOn::Yes { heard: false },
             Inbound::Frame(read) => match heard(&self.replies, read).await {
                 // The format is the session's, whichever kind of frame brought it.
                 Heard::Data(bytes, _) => bytes,
@@ -582,7 +602,9 @@ mod tests {
             None
         };
         let (session, read) = (size(&session), size(&read));
-        assert!(read <= 512, "the reader's future is {read} bytes");
+        // It also watches the keep-alive and the node's shutdown (`ws_session::Beat`),
+        // which the writer no longer keeps.
+        assert!(read <= 576, "the reader's future is {read} bytes");
         assert!(session <= 1024, "the session's future is {session} bytes");
     }
 }
