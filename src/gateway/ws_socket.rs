@@ -248,6 +248,10 @@ pub(super) async fn write_all(writer: &mut Writer, frames: &mut Vec<Frame>) -> s
     let mut first = 0;
     while first < frames.len() {
         let written = std::future::poll_fn(|cx| {
+            // Most writes are one frame (a delivery to an otherwise idle session).
+            if let [frame] = &frames[first..] {
+                return Pin::new(&mut *writer).poll_write(cx, &frame.0);
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
             for (slot, frame) in slices.iter_mut().zip(&frames[first..]) {
