@@ -259,3 +259,27 @@ async fn next(ws: &mut Raw) -> Option<Result<Message, tokio_tungstenite::tungste
     use futures::StreamExt;
     tokio::time::timeout(common::FRAME_TIMEOUT, ws.next()).await.expect("a frame in time")
 }
+
+/// A session whose reader is in the middle of an op (a publish waiting on a Redis that
+/// does not answer) still closes with 1001 as soon as the node shuts down: the reader
+/// tells its writer at once, before the op's reply (`ws_session::Beat::during`).
+#[tokio::test]
+async fn a_shutdown_closes_a_session_whose_op_waits_on_redis() {
+    if common::skip_unless_standalone("pauses its own Redis") {
+        return;
+    }
+    let redis = common::RedisServer::start();
+    let app = TestApp::start(&redis).await;
+    let mut busy = WsClient::connect(&app.base).await;
+    assert_eq!(busy.request(json!({ "op": "ping" })).await["type"], json!("pong"));
+    redis.pause();
+    busy.send(&json!({ "op": "publish", "topic": "stuck", "data": "waits", "id": 99 })).await;
+    // No signal tells that the server has read the frame: give it a moment on loopback
+    // (the op then waits up to redis.command_timeout_ms, 1 s here).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(app.stop());
+    let first = busy.next_frame().await;
+    assert_eq!((first["type"].clone(), first["code"].clone()), (json!("close"), json!(1001)), "{first}");
+    redis.resume();
+    stopping.await.expect("the node stops");
+}

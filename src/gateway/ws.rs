@@ -1,6 +1,7 @@
 //! `/v1/ws`: one native WebSocket session. The socket is split into a reader (this task:
-//! frames in, replies out; each op is one small function in `ws_ops.rs`) and a writer
-//! task (`ws_write.rs`: replies first, then deliveries, then pings); subscriptions,
+//! frames in, replies out, the keep-alive and the node's shutdown told to the writer;
+//! each op is one small function in `ws_ops.rs`) and a writer task (`ws_write.rs`:
+//! replies first, then deliveries); subscriptions,
 //! resume and slow-consumer handling live in `delivery::session`.
 //!
 //! Close codes (docs/PROTOCOL.md): 1001 server shutting down, 1009 inbound message over
@@ -131,11 +132,13 @@ fn run(
     let caller = Caller { client: Some(session.client().into()), ..caller };
     let mut conn =
         Conn { state, caller, auth_deadline, session, consumers: HashMap::new(), replies: link.replies.clone() };
+    let mut beat =
+        Beat::new(Duration::from_millis(conn.state.ops.config().ws.ping_interval_ms), conn.state.shutdown.clone());
     async move {
         if let Some(user) = user {
-            Box::pin(conn.session.set_user(&user)).await;
+            Box::pin(beat.during(&conn.replies, conn.session.set_user(&user))).await;
         }
-        read(&mut stream, &mut conn, link.stop.clone()).await;
+        read(&mut stream, &mut conn, link.stop.clone(), beat).await;
         // In-flight group deliveries go back at once; their forwarders end with them.
         for consumer in std::mem::take(&mut conn.consumers).into_values() {
             Box::pin(consumer.close()).await;
@@ -148,10 +151,11 @@ fn run(
 /// Reads frames until the session ends, answering each. Only the wait for the next
 /// frame is kept in the session's future; a frame's handling is boxed (it lives only
 /// while it runs).
-async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken) {
-    let config = &conn.state.ops.config().ws;
-    let idle = Duration::from_millis(config.idle_timeout_ms);
-    let mut beat = Beat::new(Duration::from_millis(config.ping_interval_ms), conn.state.shutdown.clone());
+async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken, mut beat: Beat) {
+    let idle = Duration::from_millis(conn.state.ops.config().ws.idle_timeout_ms);
+    // The reader's own handle on the writer's queue, for what `beat` tells it while an op
+    // holds the connection.
+    let replies = conn.replies.clone();
     let mut deadline = Instant::now() + idle;
     let mut violations = 0u32;
     loop {
@@ -195,7 +199,7 @@ async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken) {
         }
         // The idle timeout counts from the frame's arrival, not from the end of its handling.
         let arrived = Instant::now();
-        match Box::pin(conn.inbound(inbound, &mut violations)).await {
+        match Box::pin(beat.during(&replies, conn.inbound(inbound, &mut violations))).await {
             Flow::Continue => deadline = arrived + idle,
             Flow::End => return,
         }
@@ -300,9 +304,12 @@ mod tests {
         let never = std::hint::black_box(false);
         let session =
             if never { Some(run(unreachable!(), Encoding::Json, unreachable!(), unreachable!(), None)) } else { None };
-        let read = if never { Some(read(unreachable!(), unreachable!(), unreachable!())) } else { None };
+        let read =
+            if never { Some(read(unreachable!(), unreachable!(), unreachable!(), unreachable!())) } else { None };
         let (session, read) = (size(&session), size(&read));
-        assert!(read <= 512, "the reader's future is {read} bytes");
+        // It also watches the keep-alive and the node's shutdown (`ws_session::Beat`),
+        // which the writer no longer keeps.
+        assert!(read <= 576, "the reader's future is {read} bytes");
         assert!(session <= 1024, "the session's future is {session} bytes");
     }
 }

@@ -4,6 +4,7 @@
 //! and an orderly end: writer drained, close handshake, subscriptions and presence ended).
 //! A protocol brings its reader loop and its `Encoder`; everything else is here.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +181,21 @@ impl Beat {
     pub async fn shut<R>(&mut self, replies: &Replies<R>) {
         self.shutdown = None;
         let _ = replies.send(Outgoing::Shutdown).await;
+    }
+
+    /// Awaits `op` (the handling of an inbound frame, which may wait on Redis); a
+    /// shutdown that comes meanwhile is told to the writer at once, not after the op.
+    pub async fn during<R, T>(&mut self, replies: &Replies<R>, op: impl Future<Output = T>) -> T {
+        let mut op = std::pin::pin!(op);
+        if self.shutdown.is_some() {
+            tokio::select! {
+                biased;
+                out = &mut op => return out,
+                _ = self.shutting_down() => {}
+            }
+            self.shut(replies).await;
+        }
+        op.await
     }
 }
 

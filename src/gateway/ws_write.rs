@@ -104,8 +104,8 @@ impl Encoder for Native {
 /// How long one write may take, and how much it takes.
 pub(super) struct Pace {
     pub write_timeout: Duration,
-    /// Most bytes of frames gathered into one write (`ws.write_buffer_bytes`; a single
-    /// larger frame is written alone).
+    /// Frames are gathered into one write until they reach at least this many bytes
+    /// (`ws.write_buffer_bytes`).
     pub batch_bytes: usize,
 }
 

@@ -169,6 +169,9 @@ impl Conn {
         let stale_at = Instant::now() + Duration::from_millis(c.auth.auth_timeout_ms);
         let max_violations = c.ws.max_violations;
         let mut beat = Beat::new(Duration::from_millis(c.centrifugo.ping_interval_ms), self.state.shutdown.clone());
+        // The reader's own handle on the writer's queue, for what `beat` tells it while a
+        // command holds the connection.
+        let replies = self.replies.clone();
         let mut quiet_until = Instant::now() + silence;
         loop {
             // One timer for the earliest of the connection's deadlines (a timer per
@@ -212,7 +215,7 @@ impl Conn {
             // every idle session's future.
             // Silence counts from the frame's arrival, not from the end of its handling.
             let arrived = Instant::now();
-            match Box::pin(self.inbound(inbound, max_violations)).await {
+            match Box::pin(beat.during(&replies, self.inbound(inbound, max_violations))).await {
                 ReadOn::Yes { heard } => {
                     if heard {
                         quiet_until = arrived + silence;
