@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use futures::Stream;
@@ -202,6 +202,12 @@ impl<T> Receiver<T> {
     #[inline]
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         self.take()
+    }
+
+    /// Wakes `waker` at the next send (or when the last sender goes); a caller that then
+    /// looks again misses nothing sent in between.
+    pub fn register(&self, waker: &Waker) {
+        self.shared.writer.register(waker);
     }
 
     /// The next item; `Ready(None)` once every sender is gone and nothing is left.

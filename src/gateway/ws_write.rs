@@ -4,6 +4,7 @@
 //! `ws.write_timeout_ms` (a peer that stops reading is dropped). What the frames look
 //! like is the protocol's `Encoder`.
 
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,7 +46,7 @@ impl<R> Outgoing<R> {
 }
 
 /// How one protocol writes: its replies, the session's deliveries and its ping.
-pub(super) trait Encoder: Send + 'static {
+pub(super) trait Encoder: Send + Sync + 'static {
     type Reply: Send + 'static;
     /// The `transport` and `protocol` labels of the session metrics.
     const TRANSPORT: &'static str = "ws";
@@ -239,23 +240,23 @@ pub(super) async fn write<E: Encoder>(
     // whichever queue the writer looks at first).
     let mut held: Option<Queued> = None;
     loop {
-        // Replies first, then deliveries: a queued shutdown closes after what is queued.
-        let mut step = match &held {
-            Some(_) => ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held),
-            None => tokio::select! {
-                biased;
-                reply = replies.recv() => Some(reply_step(&encoder, reply)),
-                // The reply queue was found empty just before: only the look after
-                // taking the delivery is needed.
-                queued = deliveries.recv() => match queued {
-                    Some(queued) => Some(delivery_after_replies(&encoder, &meter, &mut replies, queued, &mut held)),
-                    None => Some(Step::End),
-                },
-            },
-        }
-        .unwrap_or(Step::Skip);
-        // Whatever else is ready goes with it (replies first, as in the select above),
-        // then one flush.
+        // Replies first, then deliveries: whatever is ready now, else wait until either
+        // queue wakes this task (registered with both, then looked at again: a send in
+        // between is seen). One look serves both the wait and the batch below.
+        let mut step = std::future::poll_fn(|cx| {
+            if let Some(step) = ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held) {
+                return Poll::Ready(step);
+            }
+            replies.register(cx.waker());
+            deliveries.register(cx.waker());
+            match ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held) {
+                Some(step) => Poll::Ready(step),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        // Whatever else is ready goes with it (replies first, as in the wait above), then
+        // one write.
         let (mut bytes, mut last) = (0, false);
         loop {
             match step {
