@@ -283,3 +283,19 @@ async fn a_shutdown_closes_a_session_whose_op_waits_on_redis() {
     redis.resume();
     stopping.await.expect("the node stops");
 }
+
+/// A message far over `ws.max_frame_bytes` still gets its close code 1009 while most of
+/// it is on its way: the server reads and drops the rest while it waits for the close
+/// handshake (`Link::finish`), so the client is not reset before it reads the close frame.
+#[tokio::test]
+async fn a_message_far_over_the_limit_still_gets_1009() {
+    let redis = TestRedis::start();
+    let app = TestApp::start_with(&redis, |c| c.ws.max_frame_bytes = 4096).await;
+    for kind in [Message::Binary(vec![0x91; 4 << 20].into()), Message::Text("x".repeat(4 << 20).into())] {
+        let mut huge = WsClient::connect(&app.base).await;
+        huge.send_raw(kind).await;
+        assert_eq!(huge.close_code().await, Some(1009));
+        huge.close().await;
+    }
+    app.stop().await;
+}

@@ -126,11 +126,18 @@ impl<R: Send + 'static> Link<R> {
         let _ = writer.await;
         // Closing handshake: the peer reads the close code instead of a reset connection.
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(m)) = stream.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+            loop {
+                match stream.next().await {
+                    Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => break,
                 }
             }
+            // The frame parser stopped before the peer's close frame (an inbound message
+            // over ws.max_frame_bytes whose rest is still arriving, a protocol error): what
+            // the peer still sends is read and dropped. Closing a socket with unread data
+            // resets the connection, and the peer would lose our close frame with it.
+            let _ = tokio::io::copy(stream.get_mut(), &mut tokio::io::sink()).await;
         })
         .await;
         stop.cancel();
