@@ -231,6 +231,8 @@ async fn pings_and_closes_are_answered_and_bad_upgrades_say_why() {
 
     // Upgrades that are not valid.
     let client = reqwest::Client::new();
+    let head = client.head(app.url("/v1/ws")).header("connection", "upgrade").header("upgrade", "websocket");
+    assert_eq!(head.send().await.expect("answer").status().as_u16(), 405);
     let cases: [(&[(&str, &str)], &str); 4] = [
         (&[], "Connection"),
         (&[("connection", "upgrade"), ("upgrade", "websocket")], "Sec-WebSocket-Version"),

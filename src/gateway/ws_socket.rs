@@ -47,7 +47,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             return Err(refuse("a WebSocket session is opened with an HTTP/1.1 upgrade"));
         }
         if parts.method != Method::GET {
-            return Err(refuse("a WebSocket upgrade's method must be GET"));
+            // HEAD reaches a GET route too.
+            return Err(Error::new(Code::MethodNotAllowed, "a WebSocket upgrade's method must be GET".to_string()));
         }
         if !has_token(&parts.headers, header::CONNECTION, "upgrade") {
             return Err(refuse("the Connection header does not include 'upgrade'"));
