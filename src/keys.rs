@@ -166,16 +166,18 @@ pub struct GroupKeys {
 
 impl TopicKeys {
     pub fn group(&self, group: &str) -> GroupKeys {
-        let base = format!("{}g:{group}", self.idem_base.trim_end_matches("i:"));
+        // Concatenated, not formatted: these are built for every settle and read call.
+        let base = [self.idem_base.trim_end_matches("i:"), "g:", group].concat();
+        let key = |suffix: &str| [base.as_str(), suffix].concat();
         GroupKeys {
             stream: self.stream.clone(),
             meta: self.meta.clone(),
-            retry: format!("{base}:r"),
-            schedule: format!("{base}:z"),
-            payloads: format!("{base}:p"),
-            dlq: format!("{base}:d"),
-            counters: format!("{base}:m"),
-            definition: format!("{base}:def"),
+            retry: key(":r"),
+            schedule: key(":z"),
+            payloads: key(":p"),
+            dlq: key(":d"),
+            counters: key(":m"),
+            definition: key(":def"),
         }
     }
 
