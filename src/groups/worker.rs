@@ -31,7 +31,9 @@ pub(super) enum Target {
 impl Target {
     async fn deliver(&self, topic: &str, group: &str, epoch: &str, d: GroupDelivery, timeout: Duration) -> Outcome {
         match self {
-            Target::Webhook(w) => w.deliver(topic, group, epoch, &d).await,
+            // Boxed: an HTTP request's future is large, and inline it would be moved into
+            // (and reserved by) the task of every delivery, the handler's too.
+            Target::Webhook(w) => Box::pin(w.deliver(topic, group, epoch, &d)).await,
             Target::Handler(h) => {
                 // A panicking or hanging handler is a failed attempt, not a dead worker: the
                 // panic is caught, and a call past its timeout is dropped (cancelled).
@@ -371,8 +373,8 @@ impl Worker {
             None => Some(finished),
         };
         if let Some(finished) = unsent {
-            // No batcher (only while stopping): settle alone.
-            self.settle_alone(finished).await;
+            // No batcher (only while stopping): settle alone (boxed, as rare as it is).
+            Box::pin(self.settle_alone(finished)).await;
         }
     }
 
