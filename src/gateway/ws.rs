@@ -28,7 +28,7 @@ use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read};
+use super::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read, Tick};
 use super::ws_socket::{Reader, Socket, Upgrade};
 use super::ws_write::{Native, Outgoing, Replies};
 use super::AppState;
@@ -179,23 +179,14 @@ async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken, mut
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(at) => match due {
                 Due::Close(close) => Inbound::Deadline(close),
-                Due::Ping => Inbound::Ping,
+                Due::Ping => Inbound::Beat(Tick::Ping),
             },
-            _ = beat.shutting_down() => Inbound::Shutdown,
+            _ = beat.shutting_down() => Inbound::Beat(Tick::Shutdown),
             inbound = stream.next() => Inbound::Frame(inbound),
         };
-        // The keep-alive and the node's shutdown go to the writer; neither is the peer's
-        // traffic, so the idle timer runs on.
-        match inbound {
-            Inbound::Ping => {
-                beat.ping(&conn.replies).await;
-                continue;
-            }
-            Inbound::Shutdown => {
-                beat.shut(&conn.replies).await;
-                continue;
-            }
-            _ => {}
+        if let Inbound::Beat(tick) = inbound {
+            beat.tell(&conn.replies, tick).await;
+            continue;
         }
         // The idle timeout counts from the frame's arrival, not from the end of its handling.
         let arrived = Instant::now();
@@ -216,10 +207,8 @@ enum Due {
 enum Inbound {
     /// A deadline passed: the session closes with this code and reason.
     Deadline((u16, &'static str)),
-    /// The keep-alive is due.
-    Ping,
-    /// The node is shutting down.
-    Shutdown,
+    /// The keep-alive is due, or the node is shutting down (told to the writer by the loop).
+    Beat(Tick),
     /// The socket's next message (None: it closed).
     Frame(Read),
 }
@@ -236,7 +225,7 @@ impl Conn {
     async fn inbound(&mut self, inbound: Inbound, violations: &mut u32) -> Flow {
         let read = match inbound {
             Inbound::Deadline((code, reason)) => return self.close(code, reason).await,
-            Inbound::Ping | Inbound::Shutdown => return Flow::Continue,
+            Inbound::Beat(_) => return Flow::Continue,
             Inbound::Frame(read) => read,
         };
         let (bytes, encoding) = match heard(&self.replies, read).await {

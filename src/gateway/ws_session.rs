@@ -169,11 +169,18 @@ impl Beat {
         self.next
     }
 
-    /// Queues the ping that is due; the next one is an interval later (none is made up
-    /// for a reader that was late).
-    pub async fn ping<R>(&mut self, replies: &Replies<R>) {
-        self.next = Instant::now() + self.every;
-        let _ = replies.send(Outgoing::Ping).await;
+    /// Tells the writer what is due: the ping (the next one an interval later; none is
+    /// made up for a reader that was late) or the node's shutdown (the writer closes the
+    /// session once what is queued is written). Neither is the peer's traffic: the
+    /// reader's idle or silence timer runs on.
+    pub async fn tell<R>(&mut self, replies: &Replies<R>, tick: Tick) {
+        match tick {
+            Tick::Ping => {
+                self.next = Instant::now() + self.every;
+                let _ = replies.send(Outgoing::Ping).await;
+            }
+            Tick::Shutdown => self.shut(replies).await,
+        }
     }
 
     /// Resolves when the node starts shutting down (once: never again after `shut`).
@@ -184,8 +191,7 @@ impl Beat {
         }
     }
 
-    /// Tells the writer of the shutdown: it closes the session once what is queued is written.
-    pub async fn shut<R>(&mut self, replies: &Replies<R>) {
+    async fn shut<R>(&mut self, replies: &Replies<R>) {
         self.shutdown = None;
         let _ = replies.send(Outgoing::Shutdown).await;
     }
@@ -204,6 +210,12 @@ impl Beat {
         }
         op.await
     }
+}
+
+/// What a reader's `Beat` has due.
+pub(super) enum Tick {
+    Ping,
+    Shutdown,
 }
 
 /// What the socket's reading half returned.

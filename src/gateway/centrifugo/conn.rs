@@ -24,7 +24,7 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::delivery::session::{Session, Since};
 use crate::error::{Code, Error};
 use crate::gateway::extract::ClientAddr;
-use crate::gateway::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read};
+use crate::gateway::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read, Tick};
 use crate::gateway::ws_socket::{Reader, Socket, Upgrade};
 use crate::gateway::ws_write::{Outgoing, Replies};
 use crate::gateway::AppState;
@@ -135,8 +135,8 @@ enum Flow {
 /// What the reader's wait returned.
 enum Inbound {
     Due(Due),
-    /// The node is shutting down.
-    Shutdown,
+    /// The keep-alive is due, or the node is shutting down (told to the writer by the loop).
+    Beat(Tick),
     /// The socket's next message (None: it closed).
     Frame(Read),
 }
@@ -194,22 +194,16 @@ impl Conn {
             });
             let inbound = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep_until(at) => Inbound::Due(due),
-                _ = beat.shutting_down() => Inbound::Shutdown,
+                _ = tokio::time::sleep_until(at) => match due {
+                    Due::Ping => Inbound::Beat(Tick::Ping),
+                    due => Inbound::Due(due),
+                },
+                _ = beat.shutting_down() => Inbound::Beat(Tick::Shutdown),
                 inbound = stream.next() => Inbound::Frame(inbound),
             };
-            // The keep-alive and the node's shutdown go to the writer; neither is the
-            // client's traffic, so its silence timer runs on.
-            match inbound {
-                Inbound::Due(Due::Ping) => {
-                    beat.ping(&self.replies).await;
-                    continue;
-                }
-                Inbound::Shutdown => {
-                    beat.shut(&self.replies).await;
-                    continue;
-                }
-                _ => {}
+            if let Inbound::Beat(tick) = inbound {
+                beat.tell(&self.replies, tick).await;
+                continue;
             }
             // Boxed: handling lives only while it runs; only the wait above is kept in
             // every idle session's future.
@@ -235,7 +229,7 @@ impl Conn {
                 self.expire_subscriptions().await;
                 return ReadOn::Yes { heard: false };
             }
-            Inbound::Due(Due::Ping) | Inbound::Shutdown => return ReadOn::Yes { heard: false },
+            Inbound::Due(Due::Ping) | Inbound::Beat(_) => return ReadOn::Yes { heard: false },
             Inbound::Frame(read) => match heard(&self.replies, read).await {
                 // The format is the session's, whichever kind of frame brought it.
                 Heard::Data(bytes, _) => bytes,
