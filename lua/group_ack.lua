@@ -12,33 +12,36 @@
   whose lease expired can never acknowledge a later delivery of the same entry.
 ]]
 local function group_ack(keys, args)
-  local group = args[1]
-  local out = {}
+  local group, stream, retry = args[1], keys[1], keys[2]
+  local out, n = {}, 0
   -- Every lease is checked first; the acknowledged ids then go in one XACK per stream and
-  -- one counter update, whatever their number.
-  local acked = { [keys[1]] = {}, [keys[2]] = {} }
-  local seen = {}
+  -- one counter update, whatever their number. Per delivery only what the check needs is
+  -- made (no per-delivery table or key string): this runs for every message consumed.
+  local main, retried = {}, {}
+  local seen_main, seen_retry = {}, {}
   for i = 2, #args, 3 do
-    local src = (args[i] == 'r') and keys[2] or keys[1]
-    local id, count = args[i + 1], tonumber(args[i + 2])
+    local from_retry = args[i] == 'r'
+    local id = args[i + 1]
+    local seen = from_retry and seen_retry or seen_main
     local status
-    if seen[src .. ' ' .. id] then
+    if seen[id] then
       status = 'unknown' -- the same delivery twice in one call: acknowledged once
     else
-      status = pending_status(src, group, id, count)
+      status = pending_status(from_retry and retry or stream, group, id, tonumber(args[i + 2]))
+      if status == 'ok' then
+        seen[id] = true
+        local acked = from_retry and retried or main
+        acked[#acked + 1] = id
+        status = 'acked'
+      end
     end
-    if status == 'ok' then
-      seen[src .. ' ' .. id] = true
-      table.insert(acked[src], id)
-      status = 'acked'
-    end
-    table.insert(out, status)
+    n = n + 1
+    out[n] = status
   end
-  local main, retry = acked[keys[1]], acked[keys[2]]
-  call_chunked({ 'XACK', keys[1], group }, main)
-  call_chunked({ 'XACK', keys[2], group }, retry)
-  call_chunked({ 'XDEL', keys[2] }, retry)
-  if #main + #retry > 0 then redis.call('HINCRBY', keys[3], 'acked', #main + #retry) end
+  call_chunked({ 'XACK', stream, group }, main)
+  call_chunked({ 'XACK', retry, group }, retried)
+  call_chunked({ 'XDEL', retry }, retried)
+  if #main + #retried > 0 then redis.call('HINCRBY', keys[3], 'acked', int(#main + #retried)) end
   return out
 end
 

@@ -29,78 +29,101 @@
   checked and entries read one by one; the schedule, the releases and the counters are
   written once per call, whatever the number of failures.
 ]]
-local function group_fail_batch(keys, group, policy, failures)
+local function dead_letter(dlq, policy, seq, attempt, err, reason, envelope)
+  if policy.dlq_max > 0 then
+    redis.call('XADD', dlq, 'MAXLEN', '~', int(policy.dlq_max), '*', 'seq', seq, 'attempts', int(attempt),
+      'err', err, 'ts', int(policy.now), 'reason', reason, 'e', envelope)
+  else
+    redis.call('XADD', dlq, '*', 'seq', seq, 'attempts', int(attempt), 'err', err, 'ts', int(policy.now),
+      'reason', reason, 'e', envelope)
+  end
+end
+
+-- `list` holds the failures from index `first` on, 6 values each (sh_group_fail_v2's
+-- ARGV[9…]); they are read in place, without a table per failure.
+local function group_fail_batch(keys, group, policy, list, first)
   local stream, retry, schedule, dlq, meta = keys[1], keys[2], keys[3], keys[5], keys[6]
-  local out, seen, scheduled = {}, {}, {}
-  local released = { [stream] = {}, [retry] = {} }
-  local counts = {}
-  local function count(name) counts[name] = (counts[name] or 0) + 1 end
-  for _, f in ipairs(failures) do
-    local from_retry = f.source == 'r'
+  local out, n, scheduled = {}, 0, {}
+  local released_main, released_retry = {}, {}
+  local seen_main, seen_retry = {}, {}
+  local dead, expired, retried, deleted = 0, 0, 0, 0
+  for i = first, #list, 6 do
+    local from_retry = list[i] == 'r'
+    local id, count, outcome, err = list[i + 1], tonumber(list[i + 2]), list[i + 3], list[i + 5]
     local src = from_retry and retry or stream
+    local seen = from_retry and seen_retry or seen_main
     local status
-    if seen[src .. ' ' .. f.id] then
-      status = 'unknown'
+    if seen[id] then
+      status = 'unknown' -- the same delivery twice in one call: failed once
     else
-      status = pending_status(src, group, f.id, f.count)
+      status = pending_status(src, group, id, count)
     end
     local result
     if status ~= 'ok' then
       result = { status, 0, 0 }
     else
-      seen[src .. ' ' .. f.id] = true
-      table.insert(released[src], f.id)
-      local entry = redis.call('XRANGE', src, f.id, f.id)
+      seen[id] = true
+      local released = from_retry and released_retry or released_main
+      released[#released + 1] = id
+      local entry = redis.call('XRANGE', src, id, id)
       if #entry == 0 then
-        count('deleted')
-        result = { 'deleted', f.count, 0 }
+        deleted = deleted + 1
+        result = { 'deleted', count, 0 }
       else
-        local fields = fields_of(entry[1][2])
-        local attempt = f.count
-        if from_retry then attempt = tonumber(fields['a'] or '1') + f.count - 1 end
-        local seq = from_retry and fields['seq'] or string.match(f.id, '^(%d+)')
-        local envelope = fields['e'] or ''
-        local function dead_letter(reason)
-          local cmd = { 'XADD', dlq }
-          if policy.dlq_max > 0 then
-            table.insert(cmd, 'MAXLEN'); table.insert(cmd, '~'); table.insert(cmd, policy.dlq_max)
+        -- The entry's fields, scanned in place: "e" (the envelope), and on a retry
+        -- entry "seq" and "a" (the attempts before this one).
+        local fields = entry[1][2]
+        local envelope, seq, before = '', nil, nil
+        for j = 1, #fields, 2 do
+          local name = fields[j]
+          if name == 'e' then
+            envelope = fields[j + 1]
+          elseif name == 'seq' then
+            seq = fields[j + 1]
+          elseif name == 'a' then
+            before = fields[j + 1]
           end
-          for _, v in ipairs({ '*', 'seq', seq, 'attempts', attempt, 'err', f.err, 'ts', policy.now,
-                               'reason', reason, 'e', envelope }) do
-            table.insert(cmd, v)
-          end
-          redis.call(unpack(cmd))
         end
-        if f.outcome == 'expired-dlq' or f.outcome == 'expired-drop' then
-          if f.outcome == 'expired-dlq' then dead_letter('expired') end
-          count('expired')
+        local attempt = count
+        if from_retry then
+          attempt = tonumber(before or '1') + count - 1
+        else
+          seq = string.match(id, '^(%d+)')
+        end
+        if outcome == 'expired-dlq' or outcome == 'expired-drop' then
+          if outcome == 'expired-dlq' then dead_letter(dlq, policy, seq, attempt, err, 'expired', envelope) end
+          expired = expired + 1
           result = { 'expired', attempt, 0 }
-        elseif f.outcome == 'permanent' or attempt >= policy.max_attempts then
-          dead_letter('failed')
-          count('dead')
+        elseif outcome == 'permanent' or attempt >= policy.max_attempts then
+          dead_letter(dlq, policy, seq, attempt, err, 'failed', envelope)
+          dead = dead + 1
           result = { 'dead', attempt, 0 }
         else
-          local delay = f.delay
+          local delay = tonumber(list[i + 4])
           if delay < 0 then
             delay = math.min(policy.max_delay, policy.base * policy.multiplier ^ (attempt - 1))
             delay = math.floor(delay - delay * policy.jitter * math.random())
           end
           local due = policy.now + delay
           -- The retry is its member: no second key to write now and read back at promotion.
-          table.insert(scheduled, due)
-          table.insert(scheduled, seq .. ':' .. (attempt + 1) .. ':' .. #f.err .. ':' .. f.err .. envelope)
-          count('retried')
+          scheduled[#scheduled + 1] = int(due)
+          scheduled[#scheduled + 1] = seq .. ':' .. int(attempt + 1) .. ':' .. int(#err) .. ':' .. err .. envelope
+          retried = retried + 1
           result = { 'scheduled', attempt, due }
         end
       end
     end
-    table.insert(out, result)
+    n = n + 1
+    out[n] = result
   end
   call_chunked({ 'ZADD', schedule }, scheduled) -- score and member pairs
-  call_chunked({ 'XACK', stream, group }, released[stream])
-  call_chunked({ 'XACK', retry, group }, released[retry])
-  call_chunked({ 'XDEL', retry }, released[retry])
-  for name, n in pairs(counts) do redis.call('HINCRBY', meta, name, n) end
+  call_chunked({ 'XACK', stream, group }, released_main)
+  call_chunked({ 'XACK', retry, group }, released_retry)
+  call_chunked({ 'XDEL', retry }, released_retry)
+  if retried > 0 then redis.call('HINCRBY', meta, 'retried', int(retried)) end
+  if dead > 0 then redis.call('HINCRBY', meta, 'dead', int(dead)) end
+  if expired > 0 then redis.call('HINCRBY', meta, 'expired', int(expired)) end
+  if deleted > 0 then redis.call('HINCRBY', meta, 'deleted', int(deleted)) end
   return out
 end
 
@@ -111,14 +134,7 @@ local function group_fail_v2(keys, args)
     multiplier = tonumber(args[5]), jitter = tonumber(args[6]),
     now = tonumber(args[7]), dlq_max = tonumber(args[8]),
   }
-  local failures = {}
-  for i = 9, #args, 6 do
-    table.insert(failures, {
-      source = args[i], id = args[i + 1], count = tonumber(args[i + 2]),
-      outcome = args[i + 3], delay = tonumber(args[i + 4]), err = args[i + 5],
-    })
-  end
-  return group_fail_batch(keys, args[1], policy, failures)
+  return group_fail_batch(keys, args[1], policy, args, 9)
 end
 
 redis.register_function('sh_group_fail_v2', group_fail_v2)
@@ -143,11 +159,8 @@ local function group_fail_v1(keys, args)
     multiplier = tonumber(args[10]), jitter = tonumber(args[11]),
     now = tonumber(args[13]), dlq_max = tonumber(args[14]),
   }
-  local failure = {
-    source = args[2], id = args[3], count = tonumber(args[4]),
-    outcome = args[6], delay = tonumber(args[7]), err = args[12],
-  }
-  return group_fail_batch(keys, args[1], policy, { failure })[1]
+  local failure = { args[2], args[3], args[4], args[6], args[7], args[12] }
+  return group_fail_batch(keys, args[1], policy, failure, 1)[1]
 end
 
 redis.register_function('sh_group_fail_v1', group_fail_v1)

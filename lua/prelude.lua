@@ -279,6 +279,14 @@ local function call_chunked(prefix, list)
   return out
 end
 
+-- A whole number as text for a command's argument or a stored string: string.format's %d.
+-- A Lua number given to redis.call, or turned into text by `..`, goes through printf's
+-- floating-point path instead, which costs more than the command it is for (XPENDING,
+-- HINCRBY). Constant numbers in calls are written as strings ('1') for the same reason.
+local function int(n)
+  return string.format('%d', n)
+end
+
 local function fields_of(list)
   local t = {}
   for i = 1, #list, 2 do t[list[i]] = list[i + 1] end
@@ -289,7 +297,8 @@ end
 -- pending with exactly that delivery count, "lease_expired" when it was delivered again
 -- since, "unknown" when it is not pending.
 local function pending_status(stream, group, id, count)
-  local p = redis.call('XPENDING', stream, group, id, id, 1)
+  -- '1', not 1: a number argument is formatted by the C library's printf on every call.
+  local p = redis.call('XPENDING', stream, group, id, id, '1')
   if #p == 0 then return 'unknown' end
   if tonumber(p[1][4]) ~= count then return 'lease_expired' end
   return 'ok'
