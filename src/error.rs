@@ -38,6 +38,9 @@ pub enum Code {
     /// while `presence.users` is off).
     NotEnabled,
     MethodNotAllowed,
+    /// A WebSocket upgrade without `Sec-WebSocket-Version: 13` (426, with that header:
+    /// RFC 6455 §4.4).
+    UnsupportedWebSocketVersion,
     /// This client IP has `http.max_connections_per_ip` sessions open (429).
     TooManyConnectionsPerIp,
     /// The node has `ws.max_connections` sessions open (503).
@@ -64,7 +67,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in the order of PROTOCOL.md §4.
-    pub const ALL: [Code; 42] = [
+    pub const ALL: [Code; 43] = [
         Code::InvalidTopic,
         Code::InvalidJson,
         Code::InvalidRequest,
@@ -90,6 +93,7 @@ impl Code {
         Code::NotFound,
         Code::NotEnabled,
         Code::MethodNotAllowed,
+        Code::UnsupportedWebSocketVersion,
         Code::TooManyConnectionsPerIp,
         Code::TooManyConnections,
         Code::RequestTimeout,
@@ -137,6 +141,7 @@ impl Code {
             Code::NotFound => "not_found",
             Code::NotEnabled => "not_enabled",
             Code::MethodNotAllowed => "method_not_allowed",
+            Code::UnsupportedWebSocketVersion => "unsupported_websocket_version",
             Code::TooManyConnectionsPerIp | Code::TooManyConnections => "too_many_connections",
             Code::RequestTimeout => "request_timeout",
             Code::GroupNotReady => "group_not_ready",
@@ -181,6 +186,7 @@ impl Code {
             | Code::NotEnabled => 404,
             Code::NotAPullGroup | Code::DeclaredInConfig => 409,
             Code::MethodNotAllowed => 405,
+            Code::UnsupportedWebSocketVersion => 426,
             Code::TooManyConnections
             | Code::RequestTimeout
             | Code::GroupNotReady

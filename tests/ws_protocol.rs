@@ -233,22 +233,49 @@ async fn pings_and_closes_are_answered_and_bad_upgrades_say_why() {
     let client = reqwest::Client::new();
     let head = client.head(app.url("/v1/ws")).header("connection", "upgrade").header("upgrade", "websocket");
     assert_eq!(head.send().await.expect("answer").status().as_u16(), 405);
-    let cases: [(&[(&str, &str)], &str); 4] = [
-        (&[], "Connection"),
-        (&[("connection", "upgrade"), ("upgrade", "websocket")], "Sec-WebSocket-Version"),
+    let cases: [(&[(&str, &str)], u16, &str, &str); 5] = [
+        (&[], 400, "invalid_request", "Connection"),
         (
-            &[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "12")],
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            426,
+            "unsupported_websocket_version",
             "Sec-WebSocket-Version",
         ),
-        (&[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13")], "Sec-WebSocket-Key"),
+        (
+            &[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "12")],
+            426,
+            "unsupported_websocket_version",
+            "Sec-WebSocket-Version",
+        ),
+        (
+            &[("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13")],
+            400,
+            "invalid_request",
+            "Sec-WebSocket-Key",
+        ),
+        (
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "c2hvcnQ="),
+            ],
+            400,
+            "invalid_request",
+            "Sec-WebSocket-Key",
+        ),
     ];
-    for (headers, names) in cases {
+    for (headers, want_status, want_code, names) in cases {
         let mut request = client.get(app.url("/v1/ws"));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let (status, body) = common::decode(request.send().await.expect("answer")).await;
-        assert_eq!((status.as_u16(), common::code(&body)), (400, "invalid_request"), "{headers:?}: {body}");
+        let answer = request.send().await.expect("answer");
+        // A version refusal names the version this server speaks (RFC 6455 §4.4).
+        let version = answer.headers().get("sec-websocket-version").map(|v| v.as_bytes().to_vec());
+        assert_eq!(version.as_deref(), (want_status == 426).then_some(&b"13"[..]), "{headers:?}");
+        let (status, body) = common::decode(answer).await;
+        assert_eq!((status.as_u16(), common::code(&body)), (want_status, want_code), "{headers:?}: {body}");
         assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(names)), "{headers:?}: {body}");
     }
     app.stop().await;

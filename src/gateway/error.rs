@@ -1,6 +1,6 @@
 //! Errors as HTTP answers: the status from the code's one table, a JSON body with the
-//! stable code and a message that never leaks internals, and the two headers some codes
-//! carry (`WWW-Authenticate` on 401, `Retry-After` on 429).
+//! stable code and a message that never leaks internals, and the headers some codes carry
+//! (`WWW-Authenticate` on 401, `Retry-After` on 429, `Sec-WebSocket-Version` on 426).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,10 @@ impl IntoResponse for Error {
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.code == Code::UnsupportedWebSocketVersion {
+            // The versions this server speaks (RFC 6455 §4.4).
+            response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         }
         response
     }

@@ -30,7 +30,8 @@ use crate::error::{Code, Error};
 
 /// A WebSocket upgrade request that passed the handshake's checks: HTTP/1.1 `GET` with
 /// `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a
-/// `Sec-WebSocket-Key`. Refused otherwise with `invalid_request` and what is missing.
+/// `Sec-WebSocket-Key` of 16 bytes in base64. Refused otherwise with `invalid_request` and
+/// what is missing, or (another version) `426 unsupported_websocket_version`.
 pub(super) struct Upgrade {
     key: HeaderValue,
     /// The subprotocols the client asked for, in its order.
@@ -57,11 +58,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             return Err(refuse("the Upgrade header does not include 'websocket'"));
         }
         if parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-            return Err(refuse("the Sec-WebSocket-Version header is not 13"));
+            return Err(Error::new(
+                Code::UnsupportedWebSocketVersion,
+                "this server speaks WebSocket version 13 only (Sec-WebSocket-Version: 13)".to_string(),
+            ));
         }
         let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
             return Err(refuse("the Sec-WebSocket-Key header is missing"));
         };
+        if !valid_key(key.as_bytes()) {
+            return Err(refuse("the Sec-WebSocket-Key header is not 16 bytes in base64"));
+        }
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             return Err(refuse("this connection cannot be upgraded"));
         };
@@ -74,6 +81,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .collect();
         Ok(Upgrade { key, requested, on_upgrade })
     }
+}
+
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 §4.1 requires: a nonce of 16 bytes in
+/// base64 (24 characters, padding included).
+fn valid_key(key: &[u8]) -> bool {
+    use base64::Engine;
+    key.len() == 24 && base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|nonce| nonce.len() == 16)
 }
 
 /// Whether a header's comma-separated tokens include `token` (ASCII case-insensitive).
@@ -284,6 +298,18 @@ pub(super) async fn write_all(writer: &mut Writer, frames: &mut Vec<Frame>) -> s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_16_bytes_in_base64() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ==")); // RFC 6455 §1.3's example
+        assert!(valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(!valid_key(b""));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ")); // unpadded
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZSE=")); // 17 bytes
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25j")); // 15 bytes
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZ!==")); // not base64
+        assert!(!valid_key(b"not a key at all, but 24"));
+    }
 
     #[test]
     fn frames_have_the_rfc_6455_header() {

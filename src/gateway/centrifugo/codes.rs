@@ -22,6 +22,7 @@ pub fn reply_error(e: &Error) -> proto::Error {
         Code::TooManySubscriptions | Code::TooManyConnections | Code::TooManyConnectionsPerIp => (106, false),
         Code::InvalidJson
         | Code::InvalidRequest
+        | Code::UnsupportedWebSocketVersion
         | Code::InvalidQuery
         | Code::InvalidGroup
         | Code::InvalidHeader
