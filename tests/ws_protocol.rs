@@ -233,7 +233,9 @@ async fn pings_and_closes_are_answered_and_bad_upgrades_say_why() {
     let client = reqwest::Client::new();
     let head = client.head(app.url("/v1/ws")).header("connection", "upgrade").header("upgrade", "websocket");
     assert_eq!(head.send().await.expect("answer").status().as_u16(), 405);
-    let cases: [(&[(&str, &str)], u16, &str, &str); 5] = [
+    // (request headers, status, code, what the message names)
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str, &'a str);
+    let cases: [Case; 5] = [
         (&[], 400, "invalid_request", "Connection"),
         (
             &[("connection", "upgrade"), ("upgrade", "websocket")],
