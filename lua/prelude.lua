@@ -33,6 +33,14 @@ local function fail(code, message)
   return redis.error_reply('SH ' .. code .. ' ' .. message)
 end
 
+-- A whole number as text for a command's argument or a stored string: string.format's %d.
+-- A Lua number given to redis.call, or turned into text by `..`, goes through printf's
+-- floating-point path instead, which costs more than the command it is for (XPENDING,
+-- HINCRBY). Constant numbers in calls are written as strings ('1') for the same reason.
+local function int(n)
+  return string.format('%d', n)
+end
+
 -- ---- MessagePack writer: just the types the envelope uses ----------------------
 local function be(n, bytes)
   local out = {}
@@ -206,12 +214,12 @@ end
 -- Writes the meta after a write that assigned seqs (or, staging, only touched it).
 local function commit_meta(meta, t)
   if t.created then
-    redis.call('HSET', meta, 'epoch', t.epoch, 'seq', t.seq, 'staged', t.staged, 'created_ms', now_ms(),
-      'base', t.base, 'rid', t.rid, 'prev', t.prev or '')
+    redis.call('HSET', meta, 'epoch', t.epoch, 'seq', int(t.seq), 'staged', int(t.staged), 'created_ms', int(now_ms()),
+      'base', int(t.base), 'rid', t.rid, 'prev', t.prev or '')
   elseif t.adopt then
-    redis.call('HSET', meta, 'seq', t.seq, 'staged', t.staged, 'rid', t.rid)
+    redis.call('HSET', meta, 'seq', int(t.seq), 'staged', int(t.staged), 'rid', t.rid)
   else
-    redis.call('HSET', meta, 'seq', t.seq, 'staged', t.staged)
+    redis.call('HSET', meta, 'seq', int(t.seq), 'staged', int(t.staged))
   end
 end
 
@@ -277,14 +285,6 @@ local function call_chunked(prefix, list)
     end
   end
   return out
-end
-
--- A whole number as text for a command's argument or a stored string: string.format's %d.
--- A Lua number given to redis.call, or turned into text by `..`, goes through printf's
--- floating-point path instead, which costs more than the command it is for (XPENDING,
--- HINCRBY). Constant numbers in calls are written as strings ('1') for the same reason.
-local function int(n)
-  return string.format('%d', n)
 end
 
 local function fields_of(list)
@@ -441,12 +441,12 @@ local function append(stream, meta, seq, envelope, max_len, hard_max, max_age, g
   if groups == nil then groups = redis.call('HGET', meta, 'groups') end
   local has_groups = groups and groups ~= ''
   if max_len > 0 and not has_groups then
-    redis.call('XADD', stream, 'MAXLEN', '~', max_len, seq .. '-0', 'e', envelope)
+    redis.call('XADD', stream, 'MAXLEN', '~', int(max_len), int(seq) .. '-0', 'e', envelope)
   else
-    redis.call('XADD', stream, seq .. '-0', 'e', envelope)
+    redis.call('XADD', stream, int(seq) .. '-0', 'e', envelope)
   end
   if max_age > 0 and not has_groups then
-    redis.call('PEXPIRE', stream, max_age)
+    redis.call('PEXPIRE', stream, int(max_age))
   end
   if seq % GROUP_TRIM_EVERY ~= 0 or (max_age <= 0 and (max_len <= 0 or not has_groups)) then return 0 end
   local cut, by_age = 0, false
@@ -468,13 +468,13 @@ local function append(stream, meta, seq, envelope, max_len, hard_max, max_age, g
       cut = floor
     end
   end
-  local removed = redis.call('XTRIM', stream, 'MINID', '~', cut .. '-0')
+  local removed = redis.call('XTRIM', stream, 'MINID', '~', int(cut) .. '-0')
   if by_age then return removed end
   return 0
 end
 
 local function hint(channel, epoch, seq)
-  redis.call('SPUBLISH', channel, epoch .. ' ' .. seq)
+  redis.call('SPUBLISH', channel, epoch .. ' ' .. int(seq))
 end
 
 -- ---- staging (durability = "replicated") ------------------------------------------

@@ -95,16 +95,16 @@ local function publish_messages(keys, args, max_age, first, mode, staging, compa
       t.staged = t.staged + 1
       local seq = t.staged
       if mode == 'stage' then
-        redis.call('XADD', staging, seq .. '-0', 'e', envelope)
+        redis.call('XADD', staging, int(seq) .. '-0', 'e', envelope)
       elseif mode == 'queued' then
-        redis.call('XADD', staging, seq .. '-0', 'e', envelope, 'r', '1')
+        redis.call('XADD', staging, int(seq) .. '-0', 'e', envelope, 'r', '1')
       else
         aged = aged + append(stream, meta, seq, envelope, max_len, hard_max, max_age, t.groups)
         t.seq = seq
       end
       wrote = true
       if idem > 0 then
-        redis.call('SET', keys[idem], t.epoch .. ' ' .. seq .. ' ' .. id, 'PX', window)
+        redis.call('SET', keys[idem], t.epoch .. ' ' .. int(seq) .. ' ' .. id, 'PX', int(window))
       end
       if compact then
         table.insert(out, seq)
@@ -200,7 +200,7 @@ local function commit(keys, args)
   local before = t.seq
   local aged = move_staged(t, meta, stream, staging, upto, tonumber(args[4]), tonumber(args[5]), tonumber(args[6]))
   if t.seq > before then
-    redis.call('HSET', meta, 'seq', t.seq)
+    redis.call('HSET', meta, 'seq', int(t.seq))
     hint(channel, t.epoch, t.seq)
   end
   return { t.seq, aged }
