@@ -104,6 +104,10 @@ enum Scenario {
     },
 }
 
+/// mimalloc, not the C library's allocator: see ARCHITECTURE.md §19.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
