@@ -85,11 +85,10 @@ local function group_fail_batch(keys, group, policy, list, first)
           end
         end
         local attempt = count
-        if from_retry then
-          attempt = tonumber(before or '1') + count - 1
-        else
-          seq = string.match(id, '^(%d+)')
-        end
+        if from_retry then attempt = tonumber(before or '1') + count - 1 end
+        -- A main-stream entry's seq is its id's; a retry entry without one (never written
+        -- so) falls back to its id, as before, rather than failing the whole call.
+        if not from_retry or not seq then seq = string.match(id, '^(%d+)') end
         if outcome == 'expired-dlq' or outcome == 'expired-drop' then
           if outcome == 'expired-dlq' then dead_letter(dlq, policy, seq, attempt, err, 'expired', envelope) end
           expired = expired + 1
