@@ -30,13 +30,15 @@
   written once per call, whatever the number of failures.
 ]]
 local function dead_letter(dlq, policy, seq, attempt, err, reason, envelope)
+  local cmd = { 'XADD', dlq }
   if policy.dlq_max > 0 then
-    redis.call('XADD', dlq, 'MAXLEN', '~', int(policy.dlq_max), '*', 'seq', seq, 'attempts', int(attempt),
-      'err', err, 'ts', int(policy.now), 'reason', reason, 'e', envelope)
-  else
-    redis.call('XADD', dlq, '*', 'seq', seq, 'attempts', int(attempt), 'err', err, 'ts', int(policy.now),
-      'reason', reason, 'e', envelope)
+    cmd[3], cmd[4], cmd[5] = 'MAXLEN', '~', int(policy.dlq_max)
   end
+  for _, v in ipairs({ '*', 'seq', seq, 'attempts', int(attempt), 'err', err, 'ts', int(policy.now),
+                       'reason', reason, 'e', envelope }) do
+    cmd[#cmd + 1] = v
+  end
+  redis.call(unpack(cmd))
 end
 
 -- `list` holds the failures from index `first` on, 6 values each (sh_group_fail_v2's

@@ -34,9 +34,10 @@ local function fail(code, message)
 end
 
 -- A whole number as text for a command's argument or a stored string: string.format's %d.
--- A Lua number given to redis.call, or turned into text by `..`, goes through printf's
--- floating-point path instead, which costs more than the command it is for (XPENDING,
--- HINCRBY). Constant numbers in calls are written as strings ('1') for the same reason.
+-- Lua's own conversion (a number given to redis.call, or joined by `..`) is %.14g, which
+-- writes 10^14 and above as 1e+14: a seq that large would make a wrong entry id. It costs
+-- about the same. Constant numbers in calls are written as strings ('1'), which need no
+-- conversion at all.
 local function int(n)
   return string.format('%d', n)
 end
