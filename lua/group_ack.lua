@@ -13,34 +13,35 @@
 ]]
 local function group_ack(keys, args)
   local group, stream, retry = args[1], keys[1], keys[2]
-  local out, n = {}, 0
-  -- Every lease is checked first; the acknowledged ids then go in one XACK per stream and
-  -- one counter update, whatever their number. Per delivery only what the check needs is
+  -- Every lease is checked first, with one XPENDING per stream for the whole batch
+  -- (`pending_counts`); the acknowledged ids then go in one XACK per stream and one
+  -- counter update, whatever their number. Per delivery only what the check needs is
   -- made (no per-delivery table or key string): this runs for every message consumed.
+  local ids_main, ids_retry = {}, {}
+  for i = 2, #args, 3 do
+    local ids = args[i] == 'r' and ids_retry or ids_main
+    ids[#ids + 1] = args[i + 1]
+  end
+  local pending_main = pending_counts(stream, group, ids_main, id_span(ids_main))
+  local pending_retry = pending_counts(retry, group, ids_retry, id_span(ids_retry))
+  local out, n = {}, 0
   local main, retried = {}, {}
-  local seen_main, seen_retry = {}, {}
   for i = 2, #args, 3 do
     local from_retry = args[i] == 'r'
     local id = args[i + 1]
-    local seen = from_retry and seen_retry or seen_main
-    local status
-    if seen[id] then
-      status = 'unknown' -- the same delivery twice in one call: acknowledged once
-    else
-      status = pending_status(from_retry and retry or stream, group, id, tonumber(args[i + 2]))
-      if status == 'ok' then
-        seen[id] = true
-        local acked = from_retry and retried or main
-        acked[#acked + 1] = id
-        status = 'acked'
-      end
+    local pending = from_retry and pending_retry or pending_main
+    local status = lease_status(pending, id, tonumber(args[i + 2]))
+    if status == 'ok' then
+      pending[id] = false -- the same delivery twice in one call: acknowledged once
+      local acked = from_retry and retried or main
+      acked[#acked + 1] = id
+      status = 'acked'
     end
     n = n + 1
     out[n] = status
   end
   call_chunked({ 'XACK', stream, group }, main)
-  call_chunked({ 'XACK', retry, group }, retried)
-  call_chunked({ 'XDEL', retry }, retried)
+  release_retry(retry, group, retried)
   if #main + #retried > 0 then redis.call('HINCRBY', keys[3], 'acked', int(#main + #retried)) end
   return out
 end

@@ -26,8 +26,9 @@
   the retry stream (its field "a"), so it survives crashes and redeliveries.
   Atomicity: each entry leaves the group's pending list in the same call that records what
   comes next (schedule or dead letter), so a crash at any instant loses nothing. Leases are
-  checked and entries read one by one; the schedule, the releases and the counters are
-  written once per call, whatever the number of failures.
+  checked and entries read with one call per stream for the whole batch (prelude); the
+  schedule, the releases and the counters are written once per call, whatever the number
+  of failures.
 ]]
 local function dead_letter(dlq, policy, seq, attempt, err, reason, envelope)
   local cmd = { 'XADD', dlq }
@@ -45,36 +46,38 @@ end
 -- ARGV[9…]); they are read in place, without a table per failure.
 local function group_fail_batch(keys, group, policy, list, first)
   local stream, retry, schedule, dlq, meta = keys[1], keys[2], keys[3], keys[5], keys[6]
+  -- The batch's leases and entries are read with one call per stream each (prelude,
+  -- `pending_counts` and `entries_of`), then each failure is settled from them.
+  local ids_main, ids_retry = {}, {}
+  for i = first, #list, 6 do
+    local ids = list[i] == 'r' and ids_retry or ids_main
+    ids[#ids + 1] = list[i + 1]
+  end
+  local lo, hi, width = id_span(ids_main)
+  local pending_main, entries_main = pending_counts(stream, group, ids_main, lo, hi), entries_of(stream, ids_main, lo, hi, width)
+  local pending_retry, entries_retry = pending_counts(retry, group, ids_retry, id_span(ids_retry)), entries_of(retry, ids_retry)
   local out, n, scheduled = {}, 0, {}
   local released_main, released_retry = {}, {}
-  local seen_main, seen_retry = {}, {}
   local dead, expired, retried, deleted = 0, 0, 0, 0
   for i = first, #list, 6 do
     local from_retry = list[i] == 'r'
     local id, count, outcome, err = list[i + 1], tonumber(list[i + 2]), list[i + 3], list[i + 5]
-    local src = from_retry and retry or stream
-    local seen = from_retry and seen_retry or seen_main
-    local status
-    if seen[id] then
-      status = 'unknown' -- the same delivery twice in one call: failed once
-    else
-      status = pending_status(src, group, id, count)
-    end
+    local pending = from_retry and pending_retry or pending_main
+    local status = lease_status(pending, id, count)
     local result
     if status ~= 'ok' then
       result = { status, 0, 0 }
     else
-      seen[id] = true
+      pending[id] = false -- the same delivery twice in one call: failed once
       local released = from_retry and released_retry or released_main
       released[#released + 1] = id
-      local entry = redis.call('XRANGE', src, id, id)
-      if #entry == 0 then
+      local fields = (from_retry and entries_retry or entries_main)[id]
+      if not fields then
         deleted = deleted + 1
         result = { 'deleted', count, 0 }
       else
         -- The entry's fields, scanned in place: "e" (the envelope), and on a retry
         -- entry "seq" and "a" (the attempts before this one).
-        local fields = entry[1][2]
         local envelope, seq, before = '', nil, nil
         for j = 1, #fields, 2 do
           local name = fields[j]
@@ -119,8 +122,7 @@ local function group_fail_batch(keys, group, policy, list, first)
   end
   call_chunked({ 'ZADD', schedule }, scheduled) -- score and member pairs
   call_chunked({ 'XACK', stream, group }, released_main)
-  call_chunked({ 'XACK', retry, group }, released_retry)
-  call_chunked({ 'XDEL', retry }, released_retry)
+  release_retry(retry, group, released_retry)
   if retried > 0 then redis.call('HINCRBY', meta, 'retried', int(retried)) end
   if dead > 0 then redis.call('HINCRBY', meta, 'dead', int(dead)) end
   if expired > 0 then redis.call('HINCRBY', meta, 'expired', int(expired)) end

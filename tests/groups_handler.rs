@@ -170,13 +170,70 @@ async fn settle_and_read_in_one_round_trip_checks_leases_and_reads_retries_first
     let summary = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
     assert_eq!(summary, "3", "pending count");
 
-    // Count 0: only settle; a retry entry is acknowledged and deleted.
+    // Count 0: only settle; a retry entry is acknowledged.
     let acks = [leases[1].clone(), settled.read[0].lease.clone()];
     let last = store.group_settle_read(&topic, "g", "c1", &acks, &[], &policy, 0).await.expect("ack");
     assert_eq!(last.acks, vec![AckStatus::Acked, AckStatus::Acked]);
     assert!(last.read.is_empty());
-    let out = redis.cli(&["XLEN", &retry]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    let out = redis.cli(&["XPENDING", &retry, "g"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("0"));
+}
+
+/// Acknowledged retries leave the retry stream by trimming, not one by one: an entry
+/// still pending (here held by a slow consumer, and older than all the others) is kept
+/// with its data however many after it are acknowledged, and once nothing is pending the
+/// stream is trimmed to its last node, so acknowledged retries do not pile up.
+#[tokio::test]
+async fn acknowledged_retries_are_trimmed_but_a_pending_one_is_kept_whole() {
+    use streamhub::store::groups::{AckStatus, FailStatus, Failure, Lease, RetryPolicy, Source};
+
+    const N: usize = 300;
+    let redis = TestRedis::start();
+    let (config, store, topic) = store_with_group(&redis, "trim", (1..=N).map(|n| format!("{n}").into_bytes())).await;
+    let policy = RetryPolicy { max_attempts: 5, base_ms: 0, max_ms: 0, multiplier: 2.0, jitter: 0.0, dlq_max_len: 0 };
+    let p = &config.redis.prefix;
+    let retry = format!("{p}:{{trim}}:g:g:r");
+    let cli = |args: &[&str]| String::from_utf8_lossy(&redis.cli(args).stdout).trim().to_string();
+
+    // Every message fails once and its retry is promoted: N entries on the retry stream.
+    let read = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, N as u64).await.expect("read").read;
+    let fails: Vec<_> = read.iter().map(|d| (d.lease.clone(), Failure::Retry(None), "once".to_string())).collect();
+    let settled = store.group_settle_read(&topic, "g", "c1", &[], &fails, &policy, 0).await.expect("fail");
+    assert!(settled.fails.iter().all(|f| f.status == FailStatus::Scheduled));
+    let (moved, _) = store.group_promote(&topic, "g", streamhub::clock::now_ms() + 1, 1000).await.expect("promote");
+    assert_eq!(moved, N as u64);
+
+    // A slow consumer takes the oldest retry; the others are read and acknowledged in
+    // batches of 16, as a worker settles them.
+    let slow = store.group_settle_read(&topic, "g", "slow", &[], &[], &policy, 1).await.expect("read").read;
+    assert_eq!((slow.len(), slow[0].lease.source), (1, Source::Retry));
+    let rest = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, N as u64).await.expect("read").read;
+    assert_eq!(rest.len(), N - 1);
+    let leases: Vec<Lease> = rest.iter().map(|d| d.lease.clone()).collect();
+    for batch in leases.chunks(16) {
+        let settled = store.group_settle_read(&topic, "g", "c1", batch, &[], &policy, 0).await.expect("ack");
+        assert!(settled.acks.iter().all(|a| *a == AckStatus::Acked));
+    }
+    assert_eq!(cli(&["XLEN", &retry]), N.to_string(), "nothing from the pending entry on is trimmed");
+
+    // The slow consumer's retry is whole: failed again, it is scheduled with its payload.
+    let fails = [(slow[0].lease.clone(), Failure::Retry(None), "slow".to_string())];
+    let settled = store.group_settle_read(&topic, "g", "slow", &[], &fails, &policy, 0).await.expect("fail");
+    assert_eq!((settled.fails[0].status, settled.fails[0].attempt), (FailStatus::Scheduled, 2));
+    store.group_promote(&topic, "g", streamhub::clock::now_ms() + 1, 1000).await.expect("promote");
+    let again = store.group_settle_read(&topic, "g", "slow", &[], &[], &policy, 10).await.expect("read").read;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].seq, again[0].attempt, again[0].last_error.as_deref()), (slow[0].seq, 3, Some("slow")));
+    let payload = again[0].envelope.as_ref().ok().map(|e| e.payload.to_vec());
+    assert_eq!(payload, Some(slow[0].seq.to_string().into_bytes()));
+
+    // Nothing pending once it is acknowledged: the stream keeps at most its last node.
+    let settled = store.group_settle_read(&topic, "g", "slow", &[again[0].lease.clone()], &[], &policy, 0).await;
+    assert_eq!(settled.expect("ack").acks, vec![AckStatus::Acked]);
+    assert_eq!(cli(&["XPENDING", &retry, "g"]).lines().next(), Some("0"));
+    let left: usize = cli(&["XLEN", &retry]).parse().expect("XLEN");
+    assert!(left < 100, "{left} acknowledged retries left on the retry stream");
+    assert_eq!(cli(&["HGET", &format!("{p}:{{trim}}:g:g:m"), "acked"]), N.to_string());
 }
 
 /// A worker's failures are settled in one call: each lease checked (a stale one and a
