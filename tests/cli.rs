@@ -67,6 +67,7 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
         (vec!["check-config".into()], vec![("STREAMHUB__LIMITS__MAX_HEADERS", "many")], "max_headers"),
         (vec!["--redis-url".into(), "http://x".into(), "check-config".into()], vec![], "redis.url"),
         (vec!["check-config".into()], vec![("STREAMHUB__WS__WRITE_TIMEOUT_MS", "0")], "ws.write_timeout_ms"),
+        (vec!["check-config".into()], vec![("STREAMHUB__WS__WRITE_BUFFER_BYTES", "0")], "ws.write_buffer_bytes"),
         (
             vec!["check-config".into()],
             vec![("STREAMHUB__SERVER__METRICS_POLL_INTERVAL_MS", "99")],
@@ -80,6 +81,7 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
     // The edges that are allowed.
     for (key, value) in [
         ("STREAMHUB__WS__WRITE_TIMEOUT_MS", "1"),
+        ("STREAMHUB__WS__WRITE_BUFFER_BYTES", "1"),
         ("STREAMHUB__SERVER__METRICS_POLL_INTERVAL_MS", "100"),
         ("STREAMHUB__PROXIES__TRUSTED", "[\"10.0.0.0/8\", \"::1\", \"127.0.0.1\", \"fd00::/8\"]"),
         ("STREAMHUB__PROXIES__HEADER", "forwarded"),

@@ -234,3 +234,25 @@ async fn an_idle_subscribed_session_keeps_two_tasks() {
         assert_eq!(ws.next_frame().await["data"], "second");
     }
 }
+
+/// `ws.write_buffer_bytes` at its edges: at 1 byte every write holds one frame, and far
+/// above a burst's size a write is bounded by its 64 frames; either way two subscribers
+/// get a burst of batches whole and in order. (0 is refused by the configuration:
+/// tests/cli.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_arrives_whole_and_in_order_at_both_edges_of_the_write_batch() {
+    const N: usize = 600;
+    let redis = TestRedis::start();
+    for bytes in [1, 64 << 20] {
+        let app = TestApp::start_with(&redis, |c| c.ws.write_buffer_bytes = bytes).await;
+        let mut a = WsClient::connect(&app.base).await;
+        a.subscribe("burst", None).await;
+        let mut b = WsClient::connect(&app.base).await;
+        b.subscribe("burst", None).await;
+        publish_many(&app, "burst", N, 200).await;
+        let want: Vec<u64> = (1..=N as u64).collect();
+        assert_eq!(a.messages(N).await.iter().map(seq).collect::<Vec<u64>>(), want, "write_buffer_bytes {bytes}");
+        assert_eq!(b.messages(N).await.iter().map(seq).collect::<Vec<u64>>(), want, "write_buffer_bytes {bytes}");
+        app.stop().await;
+    }
+}
