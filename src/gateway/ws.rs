@@ -28,7 +28,7 @@ use super::frames::{
     decode_client, ClientFrame, Encoding, FrameError, ServerFrame, CLOSE_EXPIRED, CLOSE_IDLE, CLOSE_TOO_BIG,
     CLOSE_UNAUTHORIZED, CLOSE_VIOLATIONS, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
-use super::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read, Tick};
+use super::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read, Tick, Woke};
 use super::ws_socket::{Reader, Socket, Upgrade};
 use super::ws_write::{Native, Outgoing, Replies};
 use super::AppState;
@@ -175,19 +175,22 @@ async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken, mut
                 earliest
             }
         });
-        let inbound = tokio::select! {
+        let woke = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(at) => match due {
-                Due::Close(close) => Inbound::Deadline(close),
-                Due::Ping => Inbound::Beat(Tick::Ping),
+                Due::Close(close) => Woke::Inbound(Inbound::Deadline(close)),
+                Due::Ping => Woke::Beat(Tick::Ping),
             },
-            _ = beat.shutting_down() => Inbound::Beat(Tick::Shutdown),
-            inbound = stream.next() => Inbound::Frame(inbound),
+            _ = beat.shutting_down() => Woke::Beat(Tick::Shutdown),
+            inbound = stream.next() => Woke::Inbound(Inbound::Frame(inbound)),
         };
-        if let Inbound::Beat(tick) = inbound {
-            beat.tell(&conn.replies, tick).await;
-            continue;
-        }
+        let inbound = match woke {
+            Woke::Beat(tick) => {
+                beat.tell(&conn.replies, tick).await;
+                continue;
+            }
+            Woke::Inbound(inbound) => inbound,
+        };
         // The idle timeout counts from the frame's arrival, not from the end of its handling.
         let arrived = Instant::now();
         match Box::pin(beat.during(&replies, conn.inbound(inbound, &mut violations))).await {
@@ -203,12 +206,10 @@ enum Due {
     Ping,
 }
 
-/// What the reader's wait returned.
+/// What the reader handles (a beat is the loop's: `Woke`).
 enum Inbound {
     /// A deadline passed: the session closes with this code and reason.
     Deadline((u16, &'static str)),
-    /// The keep-alive is due, or the node is shutting down (told to the writer by the loop).
-    Beat(Tick),
     /// The socket's next message (None: it closed).
     Frame(Read),
 }
@@ -225,7 +226,6 @@ impl Conn {
     async fn inbound(&mut self, inbound: Inbound, violations: &mut u32) -> Flow {
         let read = match inbound {
             Inbound::Deadline((code, reason)) => return self.close(code, reason).await,
-            Inbound::Beat(_) => return Flow::Continue,
             Inbound::Frame(read) => read,
         };
         let (bytes, encoding) = match heard(&self.replies, read).await {

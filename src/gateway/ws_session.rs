@@ -5,7 +5,9 @@
 //! A protocol brings its reader loop and its `Encoder`; everything else is here.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
@@ -16,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::extract::session_caller;
 use super::ws_socket::{Reader, Socket, Upgrade};
@@ -154,14 +156,16 @@ impl<R: Send + 'static> Link<R> {
 pub(super) struct Beat {
     every: Duration,
     next: Instant,
-    /// The node's shutdown, until it has been told to the writer.
-    shutdown: Option<CancellationToken>,
+    /// The node's shutdown, until it has been told to the writer: one wait for the whole
+    /// session, registered with the token once, not once per inbound frame (the reader's
+    /// wait and `during` both poll it).
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl Beat {
     /// Pings every `every`, the first one an interval from now.
     pub fn new(every: Duration, shutdown: CancellationToken) -> Beat {
-        Beat { every, next: Instant::now() + every, shutdown: Some(shutdown) }
+        Beat { every, next: Instant::now() + every, shutdown: Some(Box::pin(shutdown.cancelled_owned())) }
     }
 
     /// When the next ping is due.
@@ -184,11 +188,12 @@ impl Beat {
     }
 
     /// Resolves when the node starts shutting down (once: never again after `shut`).
-    pub async fn shutting_down(&self) {
-        match &self.shutdown {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
+    pub async fn shutting_down(&mut self) {
+        std::future::poll_fn(|cx| match &mut self.shutdown {
+            Some(wait) => wait.as_mut().poll(cx),
+            None => Poll::Pending,
+        })
+        .await
     }
 
     async fn shut<R>(&mut self, replies: &Replies<R>) {
@@ -216,6 +221,14 @@ impl Beat {
 pub(super) enum Tick {
     Ping,
     Shutdown,
+}
+
+/// What a protocol reader's wait returned: a beat, which the loop tells the writer
+/// (`Beat::tell`), or what the protocol handles (its deadlines and the socket's next
+/// message), which therefore never holds a beat.
+pub(super) enum Woke<I> {
+    Beat(Tick),
+    Inbound(I),
 }
 
 /// What the socket's reading half returned.

@@ -24,7 +24,7 @@ use crate::auth::{Principal, PrincipalKind};
 use crate::delivery::session::{Session, Since};
 use crate::error::{Code, Error};
 use crate::gateway::extract::ClientAddr;
-use crate::gateway::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read, Tick};
+use crate::gateway::ws_session::{admit, heard, socket_config, Admitted, Beat, Heard, Link, Read, Tick, Woke};
 use crate::gateway::ws_socket::{Reader, Socket, Upgrade};
 use crate::gateway::ws_write::{Outgoing, Replies};
 use crate::gateway::AppState;
@@ -132,11 +132,10 @@ enum Flow {
     Close((u16, &'static str)),
 }
 
-/// What the reader's wait returned.
+/// What the reader handles (a beat is the loop's: `Woke`).
 enum Inbound {
-    Due(Due),
-    /// The keep-alive is due, or the node is shutting down (told to the writer by the loop).
-    Beat(Tick),
+    /// A deadline passed.
+    Deadline(Deadline),
     /// The socket's next message (None: it closed).
     Frame(Read),
 }
@@ -149,10 +148,15 @@ enum ReadOn {
 
 /// What the reader does when its earliest deadline passes.
 enum Due {
+    Deadline(Deadline),
+    /// The keep-alive is due (told to the writer by the loop).
+    Ping,
+}
+
+/// A deadline the reader handles.
+enum Deadline {
     Close((u16, &'static str)),
     SubscriptionExpiry,
-    /// The keep-alive is due.
-    Ping,
 }
 
 /// Seconds from now until `exp` (Unix seconds), at least 1.
@@ -178,33 +182,36 @@ impl Conn {
             // deadline would be registered and dropped again for every inbound frame).
             let next_sub_expiry = self.sub_expiry.values().min().copied();
             let (at, due) = [
-                ((!self.connected).then_some(stale_at), Due::Close(codes::STALE)),
-                (self.expires, Due::Close(codes::CONNECTION_EXPIRED)),
-                (next_sub_expiry, Due::SubscriptionExpiry),
+                ((!self.connected).then_some(stale_at), Due::Deadline(Deadline::Close(codes::STALE))),
+                (self.expires, Due::Deadline(Deadline::Close(codes::CONNECTION_EXPIRED))),
+                (next_sub_expiry, Due::Deadline(Deadline::SubscriptionExpiry)),
                 (Some(beat.due()), Due::Ping),
             ]
             .into_iter()
             .filter_map(|(at, due)| Some((at?, due)))
-            .fold((quiet_until, Due::Close(codes::NO_PONG)), |earliest, next| {
+            .fold((quiet_until, Due::Deadline(Deadline::Close(codes::NO_PONG))), |earliest, next| {
                 if next.0 < earliest.0 {
                     next
                 } else {
                     earliest
                 }
             });
-            let inbound = tokio::select! {
+            let woke = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep_until(at) => match due {
-                    Due::Ping => Inbound::Beat(Tick::Ping),
-                    due => Inbound::Due(due),
+                    Due::Ping => Woke::Beat(Tick::Ping),
+                    Due::Deadline(deadline) => Woke::Inbound(Inbound::Deadline(deadline)),
                 },
-                _ = beat.shutting_down() => Inbound::Beat(Tick::Shutdown),
-                inbound = stream.next() => Inbound::Frame(inbound),
+                _ = beat.shutting_down() => Woke::Beat(Tick::Shutdown),
+                inbound = stream.next() => Woke::Inbound(Inbound::Frame(inbound)),
             };
-            if let Inbound::Beat(tick) = inbound {
-                beat.tell(&self.replies, tick).await;
-                continue;
-            }
+            let inbound = match woke {
+                Woke::Beat(tick) => {
+                    beat.tell(&self.replies, tick).await;
+                    continue;
+                }
+                Woke::Inbound(inbound) => inbound,
+            };
             // Boxed: handling lives only while it runs; only the wait above is kept in
             // every idle session's future.
             // Silence counts from the frame's arrival, not from the end of its handling.
@@ -224,12 +231,11 @@ impl Conn {
     /// client was heard from (which restarts its silence timer).
     async fn inbound(&mut self, inbound: Inbound, max_violations: u32) -> ReadOn {
         let bytes = match inbound {
-            Inbound::Due(Due::Close(code)) => return self.close(code).await,
-            Inbound::Due(Due::SubscriptionExpiry) => {
+            Inbound::Deadline(Deadline::Close(code)) => return self.close(code).await,
+            Inbound::Deadline(Deadline::SubscriptionExpiry) => {
                 self.expire_subscriptions().await;
                 return ReadOn::Yes { heard: false };
             }
-            Inbound::Due(Due::Ping) | Inbound::Beat(_) => return ReadOn::Yes { heard: false },
             Inbound::Frame(read) => match heard(&self.replies, read).await {
                 // The format is the session's, whichever kind of frame brought it.
                 Heard::Data(bytes, _) => bytes,
