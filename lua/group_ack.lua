@@ -22,8 +22,8 @@ local function group_ack(keys, args)
     local ids = args[i] == 'r' and ids_retry or ids_main
     ids[#ids + 1] = args[i + 1]
   end
-  local pending_main = pending_counts(stream, group, ids_main, id_span(ids_main))
-  local pending_retry = pending_counts(retry, group, ids_retry, id_span(ids_retry))
+  local pending_main = pending_counts(stream, group, ids_main)
+  local pending_retry = pending_counts(retry, group, ids_retry)
   local out, n = {}, 0
   local main, retried = {}, {}
   for i = 2, #args, 3 do

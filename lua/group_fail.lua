@@ -53,9 +53,8 @@ local function group_fail_batch(keys, group, policy, list, first)
     local ids = list[i] == 'r' and ids_retry or ids_main
     ids[#ids + 1] = list[i + 1]
   end
-  local lo, hi, width = id_span(ids_main)
-  local pending_main, entries_main = pending_counts(stream, group, ids_main, lo, hi), entries_of(stream, ids_main, lo, hi, width)
-  local pending_retry, entries_retry = pending_counts(retry, group, ids_retry, id_span(ids_retry)), entries_of(retry, ids_retry)
+  local pending_main, entries_main = pending_counts(stream, group, ids_main), entries_of(stream, ids_main, true)
+  local pending_retry, entries_retry = pending_counts(retry, group, ids_retry), entries_of(retry, ids_retry, false)
   local out, n, scheduled = {}, 0, {}
   local released_main, released_retry = {}, {}
   local dead, expired, retried, deleted = 0, 0, 0, 0

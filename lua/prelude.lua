@@ -300,42 +300,22 @@ end
 -- id, and XRANGE of one entry, which walks the entry's node from its start (~13,000
 -- instructions per id on Redis 7.0, ARCHITECTURE 19). Over the batch's span it is one call
 -- each, bounded so that a sparse span costs no more than the ids looked up alone.
-
--- The lowest and highest of a list of entry ids (two or more), and how far apart their
--- first parts are (an entry id is "<ms>-<seq>"; a topic's stream's is "<seq>-0", so for
--- it that is how many entries the span can hold, less one); nil for a single id or when
--- one of them is not an id. Computed once per batch and stream, for the two reads below.
-local function id_span(ids)
-  if #ids < 2 then return nil end
-  local lo, hi, lo_a, lo_b, hi_a, hi_b
-  for i = 1, #ids do
-    local a, b = string.match(ids[i], '^(%d+)-(%d+)$')
-    if not a then return nil end
-    a, b = tonumber(a), tonumber(b)
-    if not lo or a < lo_a or (a == lo_a and b < lo_b) then lo, lo_a, lo_b = ids[i], a, b end
-    if not hi or a > hi_a or (a == hi_a and b > hi_b) then hi, hi_a, hi_b = ids[i], a, b end
-  end
-  return lo, hi, hi_a - lo_a
-end
+-- streamhub passes each stream's ids lowest first (src/store/groups.rs, `lease_order`),
+-- so the span is from the first id to the last, found without parsing every id. An id the
+-- span's read did not return is looked up alone: with ids in another order (a caller of
+-- an earlier release) that is every id out of the span, and the answers stay exact.
 
 -- The delivery count of each of `ids` that is pending in `group`, by id (false: not
--- pending). One XPENDING over their span (`id_span`), reading at most twice as many
--- pending entries as asked for (plus 16); when the span holds more, or there is no span,
--- the ids it did not reach are asked alone.
-local function pending_counts(stream, group, ids, lo, hi)
+-- pending). One XPENDING over the span from the first id to the last, reading at most
+-- twice as many pending entries as asked for (plus 16).
+local function pending_counts(stream, group, ids)
   local counts = {}
-  if lo then
-    local limit = 2 * #ids + 16
-    local p = redis.call('XPENDING', stream, group, lo, hi, int(limit))
+  local n = #ids
+  if n > 1 then
+    local p = redis.call('XPENDING', stream, group, ids[1], ids[n], int(2 * n + 16))
     for i = 1, #p do counts[p[i][1]] = p[i][4] end
-    if #p < limit then
-      for i = 1, #ids do
-        if not counts[ids[i]] then counts[ids[i]] = false end
-      end
-      return counts
-    end
   end
-  for i = 1, #ids do
+  for i = 1, n do
     local id = ids[i]
     if counts[id] == nil then
       -- '1', not 1: a number argument is formatted by the C library's printf on every call.
@@ -357,24 +337,22 @@ local function lease_status(counts, id, count)
 end
 
 -- The fields ({ field, value, … }) of each of `ids` in a topic's stream, by id (false: no
--- such entry). One XRANGE over their span (`id_span`) when it can hold at most twice as
--- many entries as asked for; otherwise each is read alone. Only for a topic's stream,
--- whose ids say how many entries a span can hold (a retry stream's are times: pass no
--- span).
-local function entries_of(stream, ids, lo, hi, width)
+-- such entry). One XRANGE over the span from the first id to the last when it can hold at
+-- most twice as many entries as asked for — a topic's ids are "<seq>-0", so their seqs
+-- say how many entries a span holds; a retry stream's are times, and `span` is false for
+-- it — else each is read alone.
+local function entries_of(stream, ids, span)
   local found = {}
-  if lo and width < 2 * #ids then
-    local limit = 2 * #ids
-    local r = redis.call('XRANGE', stream, lo, hi, 'COUNT', int(limit))
-    for i = 1, #r do found[r[i][1]] = r[i][2] end
-    if #r < limit then
-      for i = 1, #ids do
-        if not found[ids[i]] then found[ids[i]] = false end
-      end
-      return found
+  local n = #ids
+  if span and n > 1 then
+    local lo = tonumber(string.match(ids[1], '^(%d+)-'))
+    local hi = tonumber(string.match(ids[n], '^(%d+)-'))
+    if lo and hi and hi >= lo and hi - lo < 2 * n then
+      local r = redis.call('XRANGE', stream, ids[1], ids[n], 'COUNT', int(2 * n))
+      for i = 1, #r do found[r[i][1]] = r[i][2] end
     end
   end
-  for i = 1, #ids do
+  for i = 1, n do
     local id = ids[i]
     if found[id] == nil then
       local r = redis.call('XRANGE', stream, id, id)

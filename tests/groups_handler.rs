@@ -179,6 +179,65 @@ async fn settle_and_read_in_one_round_trip_checks_leases_and_reads_retries_first
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("0"));
 }
 
+/// The functions read a batch over the span from its first id to its last, which is
+/// exact because streamhub passes each stream's ids lowest first. A caller of an earlier
+/// release passes them in any order: every answer must still be exact. Here the ids go
+/// to Redis reversed and interleaved with a repeat, an id never delivered and a stale
+/// count; the failures' entries are read whole.
+#[tokio::test]
+async fn a_batch_named_in_any_order_is_settled_exactly() {
+    use streamhub::store::groups::{RetryPolicy, Source};
+
+    let redis = TestRedis::start();
+    let (config, store, topic) = store_with_group(&redis, "any", (1..=12).map(|n| format!("{n}").into_bytes())).await;
+    let policy = RetryPolicy { max_attempts: 5, base_ms: 0, max_ms: 0, multiplier: 2.0, jitter: 0.0, dlq_max_len: 0 };
+    let read = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, 10).await.expect("read").read;
+    let ids: Vec<String> = read.iter().map(|d| d.lease.id.clone()).collect();
+    assert_eq!(ids.len(), 10);
+    let p = &config.redis.prefix;
+    let key = |suffix: &str| format!("{p}:{{any}}:{suffix}");
+    let (s, r, z, pay, d, m) = (key("s"), key("g:g:r"), key("g:g:z"), key("g:g:p"), key("g:g:d"), key("g:g:m"));
+    let lines = |out: std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    };
+
+    // Acks of seqs 5, 4, 3, 2, 1 (reversed), seq 5 again, seq 11 (never delivered), seq 1
+    // with a stale count.
+    let mut args: Vec<String> = ["FCALL", "sh_group_ack_v1", "3", &s, &r, &m, "g"].map(String::from).to_vec();
+    for id in ids[..5].iter().rev().chain([&ids[4]]) {
+        args.extend(["m".to_string(), id.clone(), "1".to_string()]);
+    }
+    args.extend(["m", "11-0", "1", "m", &ids[0], "2"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = lines(redis.cli(&argv));
+    let want = ["acked", "acked", "acked", "acked", "acked", "unknown", "unknown", "unknown"];
+    assert_eq!(got, want, "seq 1's stale lease is unknown once seq 1 is acked in the same call");
+
+    // Failures of seqs 10, 8, 6 (reversed, with gaps): each scheduled, its entry read whole.
+    let now = streamhub::clock::now_ms().to_string();
+    let mut args: Vec<String> = ["FCALL", "sh_group_fail_v2", "6", &s, &r, &z, &pay, &d, &m]
+        .into_iter()
+        .chain(["g", "5", "0", "0", "2", "0", &now, "0"])
+        .map(String::from)
+        .collect();
+    for id in [&ids[9], &ids[7], &ids[5]] {
+        args.extend(["m", id, "1", "retry", "0", "boom"].map(String::from));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = lines(redis.cli(&argv));
+    assert_eq!(got.iter().filter(|l| *l == "scheduled").count(), 3, "{got:?}");
+    store.group_promote(&topic, "g", streamhub::clock::now_ms() + 1, 1000).await.expect("promote");
+    let retries = store.group_settle_read(&topic, "g", "c1", &[], &[], &policy, 10).await.expect("read").read;
+    let mut got: Vec<(Source, u64, Vec<u8>)> = retries
+        .iter()
+        .map(|d| (d.lease.source, d.seq, d.envelope.as_ref().map(|e| e.payload.to_vec()).unwrap_or_default()))
+        .collect();
+    got.sort_by_key(|g| g.1);
+    let want: Vec<(Source, u64, Vec<u8>)> =
+        [6u64, 8, 10].iter().map(|&n| (Source::Retry, n, n.to_string().into_bytes())).collect();
+    assert_eq!(got.into_iter().filter(|g| g.0 == Source::Retry).collect::<Vec<_>>(), want);
+}
+
 /// Acknowledged retries leave the retry stream by trimming, not one by one: an entry
 /// still pending (here held by a slow consumer, and older than all the others) is kept
 /// with its data however many after it are acknowledged, and once nothing is pending the

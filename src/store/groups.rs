@@ -427,9 +427,39 @@ fn failed(reply: Value, expected: usize) -> Result<Vec<Failed>> {
     Ok(outcomes)
 }
 
-/// A function call's per-lease arguments: source, entry id, delivery count.
-fn push_leases(args: &mut Vec<Value>, leases: &[Lease]) {
-    for l in leases {
+/// The order in which a batch's leases go to the group functions: by stream, and each
+/// stream's ids lowest first, so that a function reads the batch's leases and entries
+/// over the span from its first id to its last (lua/prelude.lua, `pending_counts`). The
+/// sort is stable: the same delivery named twice keeps its first place, which is the one
+/// settled. The answers come back in this order (`in_caller_order`).
+fn lease_order<'a>(leases: impl Iterator<Item = &'a Lease>) -> Vec<usize> {
+    let keys: Vec<(&str, u64, u64)> = leases
+        .map(|l| {
+            // Ids are "<u64>-<u64>" (`Lease::parse`, or read from Redis).
+            let (a, b) = l.id.split_once('-').unwrap_or((&l.id, ""));
+            (l.source_arg(), a.parse().unwrap_or(u64::MAX), b.parse().unwrap_or(u64::MAX))
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by_key(|&i| keys[i]);
+    order
+}
+
+/// A function's answers (one per lease, in `order`) in the caller's order of the leases.
+fn in_caller_order<T>(answers: Vec<T>, order: &[usize]) -> Result<Vec<T>> {
+    if answers.len() != order.len() {
+        return Err(StoreError::Protocol(format!("{} answers for {} leases", answers.len(), order.len())));
+    }
+    let mut slots: Vec<Option<T>> = std::iter::repeat_with(|| None).take(order.len()).collect();
+    for (answer, &i) in answers.into_iter().zip(order) {
+        slots[i] = Some(answer);
+    }
+    Ok(slots.into_iter().flatten().collect())
+}
+
+/// A function call's per-lease arguments: source, entry id, delivery count, in `order`.
+fn push_leases(args: &mut Vec<Value>, leases: &[Lease], order: &[usize]) {
+    for l in order.iter().map(|&i| &leases[i]) {
         args.push(l.source_arg().into());
         args.push(l.id.clone().into());
         args.push((l.count as i64).into());
@@ -572,9 +602,10 @@ impl Store {
         let k = self.group_keys(topic, group);
         let mut args: Vec<Value> = Vec::with_capacity(1 + 3 * leases.len());
         args.push(group.into());
-        push_leases(&mut args, leases);
+        let order = lease_order(leases.iter());
+        push_leases(&mut args, leases, &order);
         let reply = self.call(library::GROUP_ACK, vec![k.stream, k.retry, k.counters], args, false).await?;
-        ack_statuses(reply)
+        in_caller_order(ack_statuses(reply)?, &order)
     }
 
     /// Settles a worker's finished deliveries and then reads up to `count` new ones for
@@ -601,11 +632,14 @@ impl Store {
         let ack_keys = vec![k.stream.clone(), k.retry.clone(), k.counters.clone()];
         let mut ack_args: Vec<Value> = Vec::with_capacity(1 + 3 * acks.len());
         ack_args.push(group.into());
-        push_leases(&mut ack_args, acks);
+        let ack_order = lease_order(acks.iter());
+        push_leases(&mut ack_args, acks, &ack_order);
         // All failures in one call (one schedule write, one release and one counter
         // update per call, whatever their number).
+        let fail_order = lease_order(fails.iter().map(|(lease, _, _)| lease));
+        let ordered_fails = fail_order.iter().map(|&i| &fails[i]);
         let fail_args =
-            fail_args(group, policy, fails.iter().map(|(lease, failure, error)| (lease, *failure, error.as_str())));
+            fail_args(group, policy, ordered_fails.map(|(lease, failure, error)| (lease, *failure, error.as_str())));
         let writer = self.writer_for(&k.stream);
         let client = writer.as_ref().unwrap_or_else(|| self.pool.next());
         let started = std::time::Instant::now();
@@ -627,16 +661,18 @@ impl Store {
         let mut replies = replies.into_iter();
         let mut out = Settles::default();
         if !acks.is_empty() {
-            out.acks = match replies.next() {
+            let statuses = match replies.next() {
                 Some(Ok(reply)) => ack_statuses(reply)?,
                 _ => ack_statuses(self.call(library::GROUP_ACK, ack_keys, ack_args, false).await?)?,
             };
+            out.acks = in_caller_order(statuses, &ack_order)?;
         }
         if !fails.is_empty() {
-            out.fails = match replies.next() {
+            let outcomes = match replies.next() {
                 Some(Ok(reply)) => failed(reply, fails.len())?,
                 _ => failed(self.call(library::GROUP_FAIL, fail_keys(&k), fail_args, false).await?, fails.len())?,
             };
+            out.fails = in_caller_order(outcomes, &fail_order)?;
         }
         // What the pipeline read is this consumer's now, whatever became of the rest.
         if let Some(Ok(reply)) = replies.next() {
@@ -984,6 +1020,30 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leases_go_by_stream_then_id_and_answers_come_back_in_the_callers_order() {
+        let lease = |source, id: &str, count| Lease { source, id: id.to_string(), count };
+        let leases = [
+            lease(Source::Main, "10-0", 1),
+            lease(Source::Retry, "1700000000000-2", 1),
+            lease(Source::Main, "9-0", 1),
+            lease(Source::Main, "10-0", 2),
+            lease(Source::Retry, "1700000000000-10", 1),
+            lease(Source::Main, "100-0", 1),
+        ];
+        let order = lease_order(leases.iter());
+        let sorted: Vec<(&str, u64)> = order.iter().map(|&i| (leases[i].id.as_str(), leases[i].count)).collect();
+        // Numbers, not text ("9" before "10"); the same id keeps its caller's order.
+        assert_eq!(
+            sorted,
+            vec![("9-0", 1), ("10-0", 1), ("10-0", 2), ("100-0", 1), ("1700000000000-2", 1), ("1700000000000-10", 1)]
+        );
+        let answers: Vec<String> = order.iter().map(|&i| format!("answer {i}")).collect();
+        let back = in_caller_order(answers, &order).expect("one answer each");
+        assert_eq!(back, (0..leases.len()).map(|i| format!("answer {i}")).collect::<Vec<_>>());
+        assert!(in_caller_order(vec!["one"], &order).is_err(), "an answer missing is an error");
+    }
 
     #[test]
     fn tokens_round_trip_and_reject_garbage() {
