@@ -53,23 +53,35 @@ local function group_fail_batch(keys, group, policy, list, first)
     local ids = list[i] == 'r' and ids_retry or ids_main
     ids[#ids + 1] = list[i + 1]
   end
-  local pending_main, entries_main = pending_counts(stream, group, ids_main), entries_of(stream, ids_main, true)
-  local pending_retry, entries_retry = pending_counts(retry, group, ids_retry), entries_of(retry, ids_retry, false)
+  local pending_main, pending_retry = pending_counts(stream, group, ids_main), pending_counts(retry, group, ids_retry)
+  -- Leases first: only the entries of the deliveries that hold theirs are read — the
+  -- ones released below, in the batch's order.
+  local statuses, released_main, released_retry = {}, {}, {}
+  for i = first, #list, 6 do
+    local from_retry = list[i] == 'r'
+    local id = list[i + 1]
+    local pending = from_retry and pending_retry or pending_main
+    local status = lease_status(pending, id, tonumber(list[i + 2]))
+    if status == 'ok' then
+      pending[id] = false -- the same delivery twice in one call: failed once
+      local released = from_retry and released_retry or released_main
+      released[#released + 1] = id
+    end
+    statuses[#statuses + 1] = status
+  end
+  local entries_main, entries_retry = entries_of(stream, released_main, true), entries_of(retry, released_retry, false)
   local out, n, scheduled = {}, 0, {}
-  local released_main, released_retry = {}, {}
   local dead, expired, retried, deleted = 0, 0, 0, 0
   for i = first, #list, 6 do
     local from_retry = list[i] == 'r'
-    local id, count, outcome, err = list[i + 1], tonumber(list[i + 2]), list[i + 3], list[i + 5]
-    local pending = from_retry and pending_retry or pending_main
-    local status = lease_status(pending, id, count)
+    local id, outcome, err = list[i + 1], list[i + 3], list[i + 5]
+    n = n + 1
+    local status = statuses[n]
     local result
     if status ~= 'ok' then
       result = { status, 0, 0 }
     else
-      pending[id] = false -- the same delivery twice in one call: failed once
-      local released = from_retry and released_retry or released_main
-      released[#released + 1] = id
+      local count = tonumber(list[i + 2])
       local fields = (from_retry and entries_retry or entries_main)[id]
       if not fields then
         deleted = deleted + 1
@@ -116,7 +128,6 @@ local function group_fail_batch(keys, group, policy, list, first)
         end
       end
     end
-    n = n + 1
     out[n] = result
   end
   call_chunked({ 'ZADD', schedule }, scheduled) -- score and member pairs

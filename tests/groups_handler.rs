@@ -494,3 +494,60 @@ async fn a_busy_worker_keeps_its_in_flight_bound_and_handles_each_message_once()
     assert!(most_pending <= CONCURRENCY as u64, "pending entries at once: {most_pending}");
     assert!(most_pending >= 1, "the sampler saw the group at work");
 }
+
+/// Departed consumers are removed only when they hold nothing, checked in the same call
+/// as the removal (a consumer removed with an entry pending would take the entry out of
+/// the pending list: delivered, never acknowledged, never delivered again). The idle
+/// pruning keeps this node's consumers; removing a session's consumer by name keeps it
+/// while it holds something.
+#[tokio::test]
+async fn consumers_are_removed_only_when_they_hold_nothing() {
+    use streamhub::store::groups::RetryPolicy;
+
+    let redis = TestRedis::start();
+    let (config, store, topic) = store_with_group(&redis, "drop", (1..=4).map(|n| format!("{n}").into_bytes())).await;
+    let policy =
+        RetryPolicy { max_attempts: 5, base_ms: 60_000, max_ms: 60_000, multiplier: 2.0, jitter: 0.0, dlq_max_len: 0 };
+    // One message each; "gone" and "node-a:2" acknowledge theirs.
+    for consumer in ["node-a:1", "gone", "holder", "node-a:2"] {
+        let read = store.group_settle_read(&topic, "g", consumer, &[], &[], &policy, 1).await.expect("read").read;
+        assert_eq!(read.len(), 1, "{consumer}");
+        if consumer == "gone" || consumer == "node-a:2" {
+            let lease = [read[0].lease.clone()];
+            store.group_settle_read(&topic, "g", consumer, &lease, &[], &policy, 0).await.expect("ack");
+        }
+    }
+    let stream = format!("{}:{{drop}}:s", config.redis.prefix);
+    // (name, pending, idle ms) of each consumer of the topic's stream.
+    let consumers = || -> Vec<(String, u64, u64)> {
+        let out = redis.cli(&["XINFO", "CONSUMERS", &stream, "g"]);
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        // Field and value lines, each consumer's starting with "name" (Redis 7.2 adds fields).
+        let starts: Vec<usize> = (0..lines.len()).step_by(2).filter(|&i| lines[i] == "name").collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(k, &at)| {
+                let c = &lines[at..starts.get(k + 1).copied().unwrap_or(lines.len())];
+                let value = |field: &str| c.chunks(2).find(|p| p[0] == field).and_then(|p| p.get(1)).cloned();
+                let number = |field: &str| value(field).and_then(|v| v.parse().ok()).unwrap_or(0);
+                (value("name").unwrap_or_default(), number("pending"), number("idle"))
+            })
+            .collect()
+    };
+    let names = || -> Vec<String> { consumers().into_iter().map(|c| c.0).collect() };
+    assert_eq!(names(), ["gone", "holder", "node-a:1", "node-a:2"]);
+
+    // Pruning whatever has been idle at all: only "gone" (nothing pending, not this node's).
+    common::wait_until("an idle millisecond", common::READY_TIMEOUT, || consumers().iter().all(|c| c.2 > 0));
+    let removed = store.group_prune_consumers(&topic, "g", Duration::ZERO, "node-a").await.expect("prune");
+    assert_eq!(removed, 1);
+    assert_eq!(names(), ["holder", "node-a:1", "node-a:2"]);
+
+    // By name: kept while it holds something, removed once it does not.
+    store.group_delete_consumer(&topic, "g", "holder").await.expect("delete");
+    store.group_delete_consumer(&topic, "g", "node-a:2").await.expect("delete");
+    assert_eq!(names(), ["holder", "node-a:1"]);
+    let out = redis.cli(&["XPENDING", &stream, "g"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().next(), Some("2"), "nothing left the pending list");
+}

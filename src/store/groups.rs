@@ -977,43 +977,31 @@ impl Store {
     /// session ends, after its deliveries were handed back. A consumer that still holds
     /// pending entries (the hand-back failed) is kept, so nothing it holds is lost: its
     /// entries are reclaimed after `ack_wait_ms` and the idle pruning removes it later.
+    /// The check and the removal are one atomic call (`sh_group_drop_consumers_v1`).
     pub async fn group_delete_consumer(&self, topic: &Topic, group: &str, consumer: &str) -> Result<()> {
-        let k = self.group_keys(topic, group);
-        let client = self.pool.next();
-        for key in [k.stream, k.retry] {
-            let consumers: Value = client.xinfo_consumers(key.clone(), group).await?;
-            let holds = consumers.into_array().into_iter().any(|c| {
-                let f = fields(&c);
-                f.get("name").and_then(|v| v.as_string()).as_deref() == Some(consumer)
-                    && f.get("pending").and_then(|v| v.as_u64()).unwrap_or(1) > 0
-            });
-            if !holds {
-                let _: Value = client.xgroup_delconsumer(key, group, consumer).await?;
-            }
-        }
-        Ok(())
+        self.group_drop_consumers(topic, group, consumer, -1, "").await.map(|_| ())
     }
 
     /// Removes consumers (other than this node's, whose names start with `keep`) idle
-    /// longer than `idle` and holding nothing pending, on both of the group's streams.
+    /// longer than `idle` and holding nothing pending, on both of the group's streams; one
+    /// atomic call, so a consumer that reads meanwhile is not removed with what it read.
+    /// Returns how many were removed (one removed from both streams counts twice).
     pub async fn group_prune_consumers(&self, topic: &Topic, group: &str, idle: Duration, keep: &str) -> Result<u64> {
+        self.group_drop_consumers(topic, group, "", idle.as_millis() as i64, keep).await
+    }
+
+    async fn group_drop_consumers(
+        &self,
+        topic: &Topic,
+        group: &str,
+        only: &str,
+        idle_ms: i64,
+        keep: &str,
+    ) -> Result<u64> {
         let k = self.group_keys(topic, group);
-        let client = self.pool.next();
-        let mut removed = 0;
-        for key in [k.stream, k.retry] {
-            let consumers: Value = client.xinfo_consumers(key.clone(), group).await?;
-            for c in consumers.into_array() {
-                let f = fields(&c);
-                let name = f.get("name").and_then(|v| v.as_string()).unwrap_or_default();
-                let pending = f.get("pending").and_then(|v| v.as_u64()).unwrap_or(1);
-                let idle_ms = f.get("idle").and_then(|v| v.as_u64()).unwrap_or(0);
-                if pending == 0 && idle_ms > idle.as_millis() as u64 && !name.starts_with(keep) {
-                    let _: Value = client.xgroup_delconsumer(key.clone(), group, name).await?;
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
+        let args: Vec<Value> = vec![group.into(), only.into(), idle_ms.into(), keep.into()];
+        let reply = self.call(library::GROUP_DROP_CONSUMERS, vec![k.stream, k.retry], args, false).await?;
+        Ok(reply.as_u64().unwrap_or(0))
     }
 }
 

@@ -24,6 +24,7 @@ pub const GROUP_PROMOTE: &str = "sh_group_promote_v2";
 pub const GROUP_RECLAIM: &str = "sh_group_reclaim_v1";
 pub const GROUP_REPLAY: &str = "sh_group_replay_v1";
 pub const GROUP_DELETE: &str = "sh_group_delete_v1";
+pub const GROUP_DROP_CONSUMERS: &str = "sh_group_drop_consumers_v1";
 pub const PRESENCE_UPSERT: &str = "sh_presence_upsert_v1";
 pub const PRESENCE_LEAVE: &str = "sh_presence_leave_v1";
 pub const PRESENCE_LIST: &str = "sh_presence_list_v1";
@@ -32,7 +33,7 @@ pub const USER_REMOVE: &str = "sh_user_remove_v1";
 pub const USER_STATUS: &str = "sh_user_status_v1";
 pub const USER_SET_STATUS: &str = "sh_user_set_status_v1";
 
-const SOURCES: [&str; 13] = [
+const SOURCES: [&str; 14] = [
     include_str!("../../lua/prelude.lua"),
     include_str!("../../lua/publish.lua"),
     include_str!("../../lua/publish_raw.lua"),
@@ -45,6 +46,7 @@ const SOURCES: [&str; 13] = [
     include_str!("../../lua/group_reclaim.lua"),
     include_str!("../../lua/group_dlq.lua"),
     include_str!("../../lua/group_delete.lua"),
+    include_str!("../../lua/group_consumers.lua"),
     include_str!("../../lua/presence.lua"),
 ];
 
@@ -112,6 +114,7 @@ mod tests {
             GROUP_RECLAIM,
             GROUP_REPLAY,
             GROUP_DELETE,
+            GROUP_DROP_CONSUMERS,
             PRESENCE_UPSERT,
             PRESENCE_LEAVE,
             PRESENCE_LIST,
