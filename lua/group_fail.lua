@@ -46,43 +46,33 @@ end
 -- ARGV[9…]); they are read in place, without a table per failure.
 local function group_fail_batch(keys, group, policy, list, first)
   local stream, retry, schedule, dlq, meta = keys[1], keys[2], keys[3], keys[5], keys[6]
-  -- The batch's leases and entries are read with one call per stream each (prelude,
-  -- `pending_counts` and `entries_of`), then each failure is settled from them.
+  -- The batch's leases are read with one call per stream, and its entries of the topic's
+  -- stream with one more (prelude, `pending_counts` and `span_entries`), then each
+  -- failure is settled from them.
   local ids_main, ids_retry = {}, {}
   for i = first, #list, 6 do
     local ids = list[i] == 'r' and ids_retry or ids_main
     ids[#ids + 1] = list[i + 1]
   end
   local pending_main, pending_retry = pending_counts(stream, group, ids_main), pending_counts(retry, group, ids_retry)
-  -- Leases first: only the entries of the deliveries that hold theirs are read — the
-  -- ones released below, in the batch's order.
-  local statuses, released_main, released_retry = {}, {}, {}
-  for i = first, #list, 6 do
-    local from_retry = list[i] == 'r'
-    local id = list[i + 1]
-    local pending = from_retry and pending_retry or pending_main
-    local status = lease_status(pending, id, tonumber(list[i + 2]))
-    if status == 'ok' then
-      pending[id] = false -- the same delivery twice in one call: failed once
-      local released = from_retry and released_retry or released_main
-      released[#released + 1] = id
-    end
-    statuses[#statuses + 1] = status
-  end
-  local entries_main, entries_retry = entries_of(stream, released_main, true), entries_of(retry, released_retry, false)
+  local entries_main, entries_retry = span_entries(stream, ids_main), {}
   local out, n, scheduled = {}, 0, {}
+  local released_main, released_retry = {}, {}
   local dead, expired, retried, deleted = 0, 0, 0, 0
   for i = first, #list, 6 do
     local from_retry = list[i] == 'r'
-    local id, outcome, err = list[i + 1], list[i + 3], list[i + 5]
-    n = n + 1
-    local status = statuses[n]
+    local id, count, outcome, err = list[i + 1], tonumber(list[i + 2]), list[i + 3], list[i + 5]
+    local pending = from_retry and pending_retry or pending_main
+    local status = lease_status(pending, id, count)
     local result
     if status ~= 'ok' then
       result = { status, 0, 0 }
     else
-      local count = tonumber(list[i + 2])
-      local fields = (from_retry and entries_retry or entries_main)[id]
+      pending[id] = false -- the same delivery twice in one call: failed once
+      local released = from_retry and released_retry or released_main
+      released[#released + 1] = id
+      -- Read alone when the span did not hold it: only deliveries that hold their lease.
+      local fields = entry_of(from_retry and entries_retry or entries_main, from_retry and retry or stream, id)
       if not fields then
         deleted = deleted + 1
         result = { 'deleted', count, 0 }
@@ -128,6 +118,7 @@ local function group_fail_batch(keys, group, policy, list, first)
         end
       end
     end
+    n = n + 1
     out[n] = result
   end
   call_chunked({ 'ZADD', schedule }, scheduled) -- score and member pairs

@@ -299,7 +299,7 @@ end
 -- call's 16, say). Looked up one by one, every id costs a call and a seek: XPENDING of one
 -- id, and XRANGE of one entry, which walks the entry's node from its start (~13,000
 -- instructions per id on Redis 7.0, ARCHITECTURE 19). Over the batch's span it is one call
--- each, bounded so that a sparse span costs no more than the ids looked up alone.
+-- each, bounded, and an id the span's read did not return is looked up alone.
 -- streamhub passes each stream's ids lowest first (src/store/groups.rs, `lease_order`),
 -- so the span is from the first id to the last, found without parsing every id. An id the
 -- span's read did not return is looked up alone: with ids in another order (a caller of
@@ -336,15 +336,15 @@ local function lease_status(counts, id, count)
   return 'ok'
 end
 
--- The fields ({ field, value, … }) of each of `ids` in a topic's stream, by id (false: no
--- such entry). One XRANGE over the span from the first id to the last when it can hold at
--- most twice as many entries as asked for — a topic's ids are "<seq>-0", so their seqs
--- say how many entries a span holds; a retry stream's are times, and `span` is false for
--- it — else each is read alone.
-local function entries_of(stream, ids, span)
+-- The fields ({ field, value, … }) of the entries of a topic's stream among `ids`, by
+-- id, read with one XRANGE over the span from the first id to the last when it can hold
+-- at most twice as many entries as asked for: a topic's ids are "<seq>-0", so their seqs
+-- say how many entries a span holds (a retry stream's are times: it has no such read).
+-- An id not in the table is read alone by `entry_of`, when it is needed.
+local function span_entries(stream, ids)
   local found = {}
   local n = #ids
-  if span and n > 1 then
+  if n > 1 then
     local lo = tonumber(string.match(ids[1], '^(%d+)-'))
     local hi = tonumber(string.match(ids[n], '^(%d+)-'))
     if lo and hi and hi >= lo and hi - lo < 2 * n then
@@ -352,14 +352,19 @@ local function entries_of(stream, ids, span)
       for i = 1, #r do found[r[i][1]] = r[i][2] end
     end
   end
-  for i = 1, n do
-    local id = ids[i]
-    if found[id] == nil then
-      local r = redis.call('XRANGE', stream, id, id)
-      found[id] = #r > 0 and r[1][2]
-    end
-  end
   return found
+end
+
+-- The fields of entry `id` of `stream`: from `found` (`span_entries`), else read alone
+-- and kept there; false when there is no such entry.
+local function entry_of(found, stream, id)
+  local fields = found[id]
+  if fields == nil then
+    local r = redis.call('XRANGE', stream, id, id)
+    fields = #r > 0 and r[1][2]
+    found[id] = fields
+  end
+  return fields
 end
 
 -- Acknowledges `ids` on a group's retry stream and trims what no one needs any more,
