@@ -298,12 +298,12 @@ end
 -- A worker's acks and failures come in batches of ids that lie close together (a settle
 -- call's 16, say). Looked up one by one, every id costs a call and a seek: XPENDING of one
 -- id, and XRANGE of one entry, which walks the entry's node from its start (~13,000
--- instructions per id on Redis 7.0, ARCHITECTURE 19). Over the batch's span it is one call
--- each, bounded, and an id the span's read did not return is looked up alone.
--- streamhub passes each stream's ids lowest first (src/store/groups.rs, `lease_order`),
--- so the span is from the first id to the last, found without parsing every id. An id the
--- span's read did not return is looked up alone: with ids in another order (a caller of
--- an earlier release) that is every id out of the span, and the answers stay exact.
+-- instructions per id on Redis 7.0, ARCHITECTURE 19). Over the batch's span it is one
+-- bounded call each. streamhub passes each stream's ids lowest first
+-- (src/store/groups.rs, `lease_order`), so the span is from the first id to the last,
+-- found without parsing every id. An id the span's read did not return is looked up
+-- alone: with ids in another order (a caller of an earlier release) that is every id out
+-- of the span, and the answers stay exact.
 
 -- The delivery count of each of `ids` that is pending in `group`, by id (false: not
 -- pending). One XPENDING over the span from the first id to the last, reading at most
@@ -371,9 +371,11 @@ end
 -- instead of deleting each entry (an XDEL seeks and rewrites the entry's node: ~13,000
 -- instructions per entry). An entry older than the oldest pending one was delivered
 -- (XREADGROUP hands a stream out in id order) and is not pending, so it was acknowledged;
--- with nothing pending, every entry up to the group's last delivered one was. `~` trims
--- whole nodes only, so up to a node of acknowledged entries stays until the next trim
--- (never delivered again: the group is past them). Nothing else reads a retry stream.
+-- with nothing pending, every entry up to the group's last delivered one was. What stays:
+-- everything from the oldest pending entry on, and (`~` trims whole nodes only) up to a
+-- node below it; the group is past them and never reads them again. (Reclaim and fail
+-- read only pending entries, and streamhub removes only consumers that hold nothing:
+-- lua/group_consumers.lua.)
 local function release_retry(retry, group, ids)
   if #ids == 0 then return end
   call_chunked({ 'XACK', retry, group }, ids)
