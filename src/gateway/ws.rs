@@ -184,13 +184,7 @@ async fn read(stream: &mut Reader, conn: &mut Conn, stop: CancellationToken, mut
             _ = beat.shutting_down() => Woke::Beat(Tick::Shutdown),
             inbound = stream.next() => Woke::Inbound(Inbound::Frame(inbound)),
         };
-        let inbound = match woke {
-            Woke::Beat(tick) => {
-                beat.tell(&conn.replies, tick).await;
-                continue;
-            }
-            Woke::Inbound(inbound) => inbound,
-        };
+        let Some(inbound) = beat.take(&replies, woke).await else { continue };
         // The idle timeout counts from the frame's arrival, not from the end of its handling.
         let arrived = Instant::now();
         match Box::pin(beat.during(&replies, conn.inbound(inbound, &mut violations))).await {

@@ -187,6 +187,18 @@ impl Beat {
         }
     }
 
+    /// What the reader handles of what its wait returned: a beat is told to the writer here
+    /// (`tell`), and the reader then waits again (None).
+    pub async fn take<I, R>(&mut self, replies: &Replies<R>, woke: Woke<I>) -> Option<I> {
+        match woke {
+            Woke::Beat(tick) => {
+                self.tell(replies, tick).await;
+                None
+            }
+            Woke::Inbound(inbound) => Some(inbound),
+        }
+    }
+
     /// Resolves when the node starts shutting down (once: never again after `shut`).
     pub async fn shutting_down(&mut self) {
         std::future::poll_fn(|cx| match &mut self.shutdown {

@@ -205,13 +205,7 @@ impl Conn {
                 _ = beat.shutting_down() => Woke::Beat(Tick::Shutdown),
                 inbound = stream.next() => Woke::Inbound(Inbound::Frame(inbound)),
             };
-            let inbound = match woke {
-                Woke::Beat(tick) => {
-                    beat.tell(&self.replies, tick).await;
-                    continue;
-                }
-                Woke::Inbound(inbound) => inbound,
-            };
+            let Some(inbound) = beat.take(&replies, woke).await else { continue };
             // Boxed: handling lives only while it runs; only the wait above is kept in
             // every idle session's future.
             // Silence counts from the frame's arrival, not from the end of its handling.
