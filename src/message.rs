@@ -112,7 +112,7 @@ impl NewMessage {
         Ok(OutgoingMessage {
             envelope: Envelope {
                 version: ENVELOPE_VERSION,
-                id: uuid::Uuid::now_v7().to_string(),
+                id: uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned(),
                 published_ms: now_ms(),
                 ttl_ms: self.ttl_ms,
                 content_type: self.content_type,

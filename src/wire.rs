@@ -31,6 +31,51 @@ pub struct BatchResult {
     pub results: Vec<PublishResult>,
 }
 
+impl PublishResult {
+    /// Appends this result's JSON to `out`, byte for byte what its `Serialize` writes
+    /// (keys in order, no spaces), with each string escaped only if a byte of it needs
+    /// it. Epochs and ids are UUID text: escaping them byte by byte through serde_json
+    /// cost more than the rest of a batch's answer (docs/BENCHMARKS.md, "Session 11").
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"epoch\":");
+        json_string(out, &self.epoch);
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        out.extend_from_slice(b",\"id\":");
+        json_string(out, &self.id);
+        out.extend_from_slice(if self.duplicate { b",\"duplicate\":true}" } else { b",\"duplicate\":false}" });
+    }
+}
+
+impl BatchResult {
+    /// This answer's JSON, as `PublishResult::write_json` writes each result.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 120 * self.results.len());
+        out.extend_from_slice(b"{\"results\":[");
+        for (i, result) in self.results.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            result.write_json(&mut out);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+}
+
+/// `s` as a JSON string: as it is between quotes when no byte needs escaping (printable
+/// ASCII other than `"` and `\\`), else as serde_json escapes it.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, s);
+    }
+}
+
 /// One message as returned by history, delivered to subscribers and to consumers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessageOut {
@@ -291,4 +336,35 @@ pub struct ErrorDetail {
     /// For a batch: the position of the offending message.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub index: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_answer_is_written_as_serde_writes_it() {
+        let result = |epoch: &str, seq: u64, id: &str, duplicate: bool| PublishResult {
+            epoch: epoch.into(),
+            seq,
+            id: id.into(),
+            duplicate,
+        };
+        let results = vec![
+            result("0193a5b2-7c1d-7000-8000-0123456789ab", 1, "0193a5b2-7c1d-7000-8000-0123456789ac", false),
+            result("e", u64::MAX, "a \"quoted\" \\ id", true),
+            result("", 0, "\u{1}\t\n é \u{7f} 😀 </script>", false),
+        ];
+        for r in &results {
+            let mut ours = Vec::new();
+            r.write_json(&mut ours);
+            assert_eq!(String::from_utf8(ours).expect("utf8"), serde_json::to_string(r).expect("json"));
+        }
+        for n in [0, 1, results.len()] {
+            let batch = BatchResult {
+                results: results.iter().take(n).map(|r| result(&r.epoch, r.seq, &r.id, r.duplicate)).collect(),
+            };
+            assert_eq!(String::from_utf8(batch.to_json()).expect("utf8"), serde_json::to_string(&batch).expect("json"));
+        }
+    }
 }

@@ -144,7 +144,9 @@ pub(super) async fn publish_one(
         Publish1::Message(message) => {
             let published = state.ops.publish(&caller, &grant, message).await?;
             let status = if published.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-            Ok((status, Json(PublishResult::from(published))).into_response())
+            let mut body = Vec::with_capacity(128);
+            PublishResult::from(published).write_json(&mut body);
+            Ok(json_answer(status, body))
         }
         Publish1::Ephemeral(data, headers) => {
             state.ops.publish_ephemeral(&caller, &grant, data, headers).await?;
@@ -158,8 +160,15 @@ pub(super) async fn publish_batch(
     Granted { caller, grant }: Granted<Publish>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<BatchResult>> {
+) -> ApiResult<Response> {
     let messages = decode_batch(&headers, body).map_err(refused)?;
     let published = state.ops.publish_batch(&caller, &grant, messages).await?;
-    Ok(Json(BatchResult { results: published.into_iter().map(PublishResult::from).collect() }))
+    let answer = BatchResult { results: published.into_iter().map(PublishResult::from).collect() };
+    Ok(json_answer(StatusCode::OK, answer.to_json()))
+}
+
+/// A publish's answer: JSON written by `wire` (axum's `Json` would grow a `BytesMut`
+/// from 128 bytes and escape every string byte by byte through serde_json).
+fn json_answer(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

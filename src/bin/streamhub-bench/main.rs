@@ -52,6 +52,9 @@ enum Scenario {
         /// through node w mod N.
         #[arg(long, default_value_t = 1)]
         nodes: usize,
+        /// Only the single or only the batch row (a longer batch row in the same time).
+        #[arg(long, value_enum)]
+        only: Option<scenarios::PublishRow>,
     },
     /// WebSocket publishes, each awaiting its ack.
     PublishWs,
@@ -126,8 +129,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.scenario {
-            Scenario::PublishHttp { batch, child, nodes } => {
-                scenarios::publish_http(&limits, batch.max(1), child, nodes.max(1)).await
+            Scenario::PublishHttp { batch, child, nodes, only } => {
+                scenarios::publish_http(&limits, batch.max(1), child, nodes.max(1), only).await
             }
             Scenario::PublishWs => scenarios::publish_ws(&limits).await,
             Scenario::Fanout { subscribers, topics, rate, seconds, child, nodes, centrifugo } => {

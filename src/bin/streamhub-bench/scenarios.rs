@@ -188,12 +188,27 @@ fn exact(mut seqs: Vec<u64>, n: u64) -> bool {
     seqs.len() as u64 == n && seqs.iter().enumerate().all(|(i, s)| *s == i as u64 + 1)
 }
 
-pub async fn publish_http(limits: &Limits, batch: usize, child: bool, nodes: usize) -> Result<Vec<Row>> {
+/// A row of `publish-http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishRow {
+    Single,
+    Batch,
+}
+
+pub async fn publish_http(
+    limits: &Limits,
+    batch: usize,
+    child: bool,
+    nodes: usize,
+    only: Option<PublishRow>,
+) -> Result<Vec<Row>> {
     let node = BenchNode::start(limits, child, nodes, "\"publish\"").await?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(limits.concurrency).build()?;
     let data = payload(limits.payload);
     let mut rows = Vec::new();
-    for (name, per_request) in [("publish-http single", 1u64), ("publish-http batch", batch as u64)] {
+    let all =
+        [(PublishRow::Single, "publish-http single", 1u64), (PublishRow::Batch, "publish-http batch", batch as u64)];
+    for (_, name, per_request) in all.into_iter().filter(|(row, ..)| only.is_none_or(|o| o == *row)) {
         let topic = format!("http-{per_request}");
         let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
         let bar = bar(limits.count, name);
