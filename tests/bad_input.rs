@@ -73,6 +73,8 @@ async fn malformed_and_oversized_requests_get_their_codes_and_store_nothing() {
         // Well-formed text that no reader could parse back into a value.
         (Some("application/json"), br#"{"data": "\ud800"}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
         (Some("application/json"), br#"{"data": [1e400]}"#.to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
+        // A body that is not UTF-8 text (a byte 0xff inside a string).
+        (Some("application/json"), b"{\"data\": \"\xff\"}".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
         (None, b"raw".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         // data over max_payload_bytes once JSON-encoded ("x"*999 plus quotes = 1001 bytes)
         (
@@ -110,6 +112,9 @@ async fn malformed_and_oversized_requests_get_their_codes_and_store_nothing() {
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_request"));
     let (status, body) = post_raw(&app, "/v1/topics/bad/messages:batch", Some("text/plain"), b"x".to_vec()).await;
     assert_eq!((status, code(&body)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let not_utf8 = b"{\"messages\": [{\"data\": 1}, {\"data\": \"\xc3\"}]}".to_vec();
+    let (status, body) = post_raw(&app, "/v1/topics/bad/messages:batch", Some("application/json"), not_utf8).await;
+    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "invalid_json"), "{body}");
 
     // Too many headers, too many header bytes.
     let headers: serde_json::Map<String, serde_json::Value> =
@@ -124,7 +129,7 @@ async fn malformed_and_oversized_requests_get_their_codes_and_store_nothing() {
     let (_, topic) = app.get("/v1/topics/bad").await;
     assert_eq!(topic["seq"], json!(5), "{topic}");
     let metrics = app.metrics().await;
-    assert!(metrics.contains("streamhub_publish_rejected_total{code=\"invalid_json\"} 4"), "{metrics}");
+    assert!(metrics.contains("streamhub_publish_rejected_total{code=\"invalid_json\"} 6"), "{metrics}");
     app.stop().await;
 }
 

@@ -36,6 +36,15 @@ fn json_error(e: serde_json::Error) -> Error {
     }
 }
 
+/// A JSON body, checked as UTF-8 once as a whole: parsed from bytes, serde_json checks
+/// every string it reads on its own (and the raw text of every `data` again).
+fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> ApiResult<T> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Error::new(Code::InvalidJson, format!("the body is not UTF-8 text (from byte {})", e.valid_up_to()))
+    })?;
+    serde_json::from_str(text).map_err(json_error)
+}
+
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
@@ -101,7 +110,7 @@ fn decode_one(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiRe
     let body = body.map_err(body_error)?;
     match content_type(headers) {
         Some(ct) if is_json(ct) => {
-            let parsed: PublishBody = serde_json::from_slice(&body).map_err(json_error)?;
+            let parsed: PublishBody = parse_json(&body)?;
             if parsed.ephemeral {
                 if parsed.ttl_ms.is_some() || parsed.idempotency_key.is_some() {
                     return Err(Error::new(
@@ -127,7 +136,7 @@ fn decode_batch(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Api
     if !content_type(headers).is_some_and(is_json) {
         return Err(Error::new(Code::UnsupportedMediaType, "a batch is JSON: Content-Type: application/json"));
     }
-    let batch: BatchBody = serde_json::from_slice(&body).map_err(json_error)?;
+    let batch: BatchBody = parse_json(&body)?;
     if let Some(i) = batch.messages.iter().position(|m| m.ephemeral) {
         return Err(Error::new(Code::InvalidRequest, "a batch holds stored messages only, not ephemeral events").at(i));
     }
