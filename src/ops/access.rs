@@ -200,9 +200,9 @@ impl Access {
             Budget::Connection(limiter) => limiter.check_n(n),
             Budget::Credential => {
                 let key = match caller.principal.kind {
-                    PrincipalKind::Anonymous => format!("ip:{}", caller.ip),
-                    PrincipalKind::ApiKey => format!("key:{}", caller.principal.subject),
-                    PrincipalKind::Token => format!("sub:{}", caller.principal.subject),
+                    PrincipalKind::Anonymous => PublishBudget::Ip(caller.ip),
+                    PrincipalKind::ApiKey => PublishBudget::Key(caller.principal.subject.clone()),
+                    PrincipalKind::Token => PublishBudget::Subject(caller.principal.subject.clone()),
                     PrincipalKind::Operator => return Ok(()),
                 };
                 self.limiters.publish.check_key_n(&key, n)
@@ -267,8 +267,18 @@ fn rate_limited(wait: Duration, what: &str) -> Error {
 }
 
 /// Per-credential publish rates, per-IP session rates and open sessions per IP.
+/// Whose publish budget a request spends: an anonymous caller's IP, an API key's name or
+/// a token's subject (a typed key: formatting one into a string cost more than the rest
+/// of the check).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PublishBudget {
+    Ip(IpAddr),
+    Key(String),
+    Subject(String),
+}
+
 struct Limiters {
-    publish: DefaultKeyedRateLimiter<String>,
+    publish: DefaultKeyedRateLimiter<PublishBudget>,
     connect: DefaultKeyedRateLimiter<IpAddr>,
     open: Mutex<HashMap<IpAddr, usize>>,
     max_open_per_ip: usize,
