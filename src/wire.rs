@@ -34,8 +34,9 @@ pub struct BatchResult {
 impl PublishResult {
     /// Appends this result's JSON to `out`, byte for byte what its `Serialize` writes
     /// (keys in order, no spaces), with each string escaped only if a byte of it needs
-    /// it. Epochs and ids are UUID text: escaping them byte by byte through serde_json
-    /// cost more than the rest of a batch's answer (docs/BENCHMARKS.md, "Session 11").
+    /// it. The epoch (16 hex digits) and the id (a UUID) need none: escaping them byte by
+    /// byte through serde_json cost more than the rest of a batch's answer
+    /// (docs/BENCHMARKS.md, "Session 11").
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"epoch\":");
         json_string(out, &self.epoch);

@@ -233,6 +233,10 @@ async fn rate_limits_refuse_the_n_plus_first_and_spare_others() {
     assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)), "Retry-After is given");
     // Another credential is not affected.
     assert_eq!(publish_as(&app, "svc.a", Some("key-b")).await.0, StatusCode::CREATED);
+    // Nor is a token whose subject is the spent key's name: a key's budget and a
+    // subject's are two budgets.
+    let token = hs(&claims("svc-a", now() as i64 + 600, json!({})), "hs", SECRET.as_bytes());
+    assert_eq!(publish_as(&app, "chat.limits", Some(&token)).await.0, StatusCode::CREATED);
 
     // Sessions per IP: the third from 127.0.0.1 is refused, 127.0.0.2 is still served.
     let from = |ip: &str| {
@@ -357,6 +361,8 @@ async fn jwks_keys_cors_and_redis_acl_users_work() {
         allowed.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap_or("")),
         Some("https://app.example")
     );
+    let vary = allowed.headers().get("vary").map(|v| v.to_str().unwrap_or("").to_string());
+    assert!(vary.as_deref().is_some_and(|v| v.contains("origin")), "with CORS on, answers vary by Origin: {vary:?}");
     let refused = preflight("https://evil.example").await.expect("preflight");
     assert!(refused.headers().get("access-control-allow-origin").is_none());
     app.stop().await;

@@ -76,6 +76,10 @@ async fn an_idempotent_repeat_returns_the_same_seq_and_adds_nothing() {
         .await
         .expect("raw publish");
     assert_eq!(response.status(), StatusCode::OK);
+    // The answer is JSON; with CORS off (the default), no CORS header and no `Vary`.
+    let headers = response.headers();
+    assert_eq!(headers.get("content-type").map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+    assert!(headers.get("vary").is_none() && headers.get("access-control-allow-origin").is_none(), "{headers:?}");
 
     // Another key is a new message.
     let (status, other) =

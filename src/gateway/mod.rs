@@ -110,7 +110,9 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use axum::http::{header, HeaderValue, Method};
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if origins.is_empty() {
-        return CorsLayer::new();
+        // No CORS headers, and no `Vary` naming the CORS request headers either: nothing
+        // varies with them (tower-http builds that header anew for every response).
+        return CorsLayer::new().vary::<[header::HeaderName; 0]>([]);
     }
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -36,8 +36,9 @@ fn json_error(e: serde_json::Error) -> Error {
     }
 }
 
-/// A JSON body, checked as UTF-8 once as a whole: parsed from bytes, serde_json checks
-/// every string it reads on its own (and the raw text of every `data` again).
+/// A JSON body: checked as UTF-8 once, as a whole, then parsed as text (serde_json
+/// parsing bytes checks every string it reads on its own, and the raw text of every
+/// `data` again). A body that is not UTF-8 is `invalid_json` before any other fault.
 fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> ApiResult<T> {
     let text = std::str::from_utf8(body).map_err(|e| {
         Error::new(Code::InvalidJson, format!("the body is not UTF-8 text (from byte {})", e.valid_up_to()))
@@ -179,5 +180,5 @@ pub(super) async fn publish_batch(
 /// A publish's answer: JSON written by `wire` (axum's `Json` would grow a `BytesMut`
 /// from 128 bytes and escape every string byte by byte through serde_json).
 fn json_answer(status: StatusCode, body: Vec<u8>) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

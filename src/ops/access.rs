@@ -266,7 +266,6 @@ fn rate_limited(wait: Duration, what: &str) -> Error {
     Error::new(Code::RateLimited, format!("{what}; retry later")).retry_after(wait.as_secs())
 }
 
-/// Per-credential publish rates, per-IP session rates and open sessions per IP.
 /// Whose publish budget a request spends: an anonymous caller's IP, an API key's name or
 /// a token's subject (a typed key: formatting one into a string cost more than the rest
 /// of the check).
@@ -277,6 +276,7 @@ enum PublishBudget {
     Subject(String),
 }
 
+/// Per-credential publish rates, per-IP session rates and open sessions per IP.
 struct Limiters {
     publish: DefaultKeyedRateLimiter<PublishBudget>,
     connect: DefaultKeyedRateLimiter<IpAddr>,
