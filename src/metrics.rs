@@ -166,7 +166,6 @@ fn describe() {
     metrics::gauge!(START_TIME).set(*start);
     for (transport, protocol) in SESSION_KINDS {
         metrics::gauge!(SESSIONS, "transport" => transport, "protocol" => protocol).increment(0.0);
-        metrics::counter!(MESSAGES_DELIVERED, "transport" => transport, "protocol" => protocol).increment(0);
         metrics::counter!(SLOW_SESSIONS_CLOSED, "transport" => transport, "protocol" => protocol).increment(0);
     }
     metrics::gauge!(SUBSCRIPTIONS).increment(0.0);
@@ -270,6 +269,7 @@ fn refresh_process() -> Option<f64> {
 pub fn render(handle: &PrometheusHandle) -> String {
     let cpu = refresh_process();
     let mut text = handle.render();
+    render_deliveries(&mut text);
     if let Some(seconds) = cpu {
         // Written here: a fractional counter (the recorder's counters are integers).
         text.push_str(&format!("# TYPE {CPU_SECONDS} counter\n{CPU_SECONDS} {seconds}\n"));
@@ -427,31 +427,137 @@ pub fn hint_gaps_repaired(cause: &'static str) {
 /// The kinds of subscriber session: (`transport`, `protocol`) label values.
 pub const SESSION_KINDS: [(&str, &str); 3] = [("ws", "streamhub"), ("ws", "centrifugo"), ("sse", "streamhub")];
 
-/// Counts the messages one session writes, with handles looked up once when the session
-/// starts (a registry lookup per delivery hashes the name and labels every time).
+/// Counts the messages one session writes. The counts are the process's own sharded
+/// figures (`DELIVERIES`), not the recorder's: a delivery is the hottest event a node
+/// counts, and every worker thread adding to the same counter and histogram moves their
+/// cache lines from core to core on every delivery (ARCHITECTURE §6).
 pub struct DeliveryMeter {
-    delivered: metrics::Counter,
-    lag: metrics::Histogram,
-    sse: bool,
+    kind: usize,
 }
 
 impl DeliveryMeter {
-    /// The meter of a session over `transport` in `protocol`.
+    /// The meter of a session over `transport` in `protocol` (one of `SESSION_KINDS`).
     pub fn new(transport: &'static str, protocol: &'static str) -> DeliveryMeter {
-        DeliveryMeter {
-            delivered: metrics::counter!(MESSAGES_DELIVERED, "transport" => transport, "protocol" => protocol),
-            lag: metrics::histogram!(DELIVERY_LAG, "transport" => transport, "protocol" => protocol),
-            sse: transport == "sse",
-        }
+        let kind = SESSION_KINDS.iter().position(|k| *k == (transport, protocol));
+        debug_assert!(kind.is_some(), "({transport}, {protocol}) is not in SESSION_KINDS");
+        DeliveryMeter { kind: kind.unwrap_or(0) }
     }
 
     /// A message published at `published_ms` written at `now_ms`.
+    #[inline]
     pub fn delivered(&self, published_ms: u64, now_ms: u64) {
-        self.delivered.increment(1);
-        let lag_ms = now_ms.saturating_sub(published_ms);
-        FIGURES.delivered(self.sse, lag_ms);
-        self.lag.record(lag_ms as f64 / 1000.0);
+        DELIVERIES[self.kind][shard()].record(now_ms.saturating_sub(published_ms));
     }
+}
+
+/// How many shards each kind's delivery figures are spread over: a thread adds to its
+/// own (threads beyond this many share, which stays exact, only slower).
+const SHARDS: usize = 16;
+
+/// One thread's share of one kind's deliveries: the count, and the lag histogram
+/// (`LAG_BUCKETS`, one count per bucket and one above the last, not cumulative; the sum
+/// in milliseconds). Aligned to its own cache lines, so that no two threads' shards share
+/// one.
+#[repr(align(128))]
+struct DeliveryShard {
+    delivered: AtomicU64,
+    lag_sum_ms: AtomicU64,
+    lag_buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
+}
+
+impl DeliveryShard {
+    const fn new() -> DeliveryShard {
+        DeliveryShard {
+            delivered: AtomicU64::new(0),
+            lag_sum_ms: AtomicU64::new(0),
+            lag_buckets: [const { AtomicU64::new(0) }; LAG_BUCKETS.len() + 1],
+        }
+    }
+
+    #[inline]
+    fn record(&self, lag_ms: u64) {
+        self.delivered.fetch_add(1, Relaxed);
+        self.lag_sum_ms.fetch_add(lag_ms, Relaxed);
+        let lag = lag_ms as f64 / 1000.0;
+        let bucket = LAG_BUCKETS.iter().position(|le| lag <= *le).unwrap_or(LAG_BUCKETS.len());
+        self.lag_buckets[bucket].fetch_add(1, Relaxed);
+    }
+}
+
+/// Deliveries by kind of session (`SESSION_KINDS`), in shards. Process-wide, like the
+/// recorder: several nodes in one process (tests) share them.
+static DELIVERIES: [[DeliveryShard; SHARDS]; SESSION_KINDS.len()] =
+    [const { [const { DeliveryShard::new() }; SHARDS] }; SESSION_KINDS.len()];
+
+/// This thread's shard: threads take them in turn as they first deliver.
+fn shard() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// One kind's deliveries, all shards together: the count, the non-cumulative bucket
+/// counts and the lag's sum in milliseconds.
+struct DeliveryTotals {
+    delivered: u64,
+    lag_sum_ms: u64,
+    lag_buckets: [u64; LAG_BUCKETS.len() + 1],
+}
+
+fn delivery_totals(kind: usize) -> DeliveryTotals {
+    sum_shards(&DELIVERIES[kind])
+}
+
+fn sum_shards(shards: &[DeliveryShard]) -> DeliveryTotals {
+    let mut totals = DeliveryTotals { delivered: 0, lag_sum_ms: 0, lag_buckets: [0; LAG_BUCKETS.len() + 1] };
+    for shard in shards {
+        totals.delivered += shard.delivered.load(Relaxed);
+        totals.lag_sum_ms += shard.lag_sum_ms.load(Relaxed);
+        for (total, n) in totals.lag_buckets.iter_mut().zip(&shard.lag_buckets) {
+            *total += n.load(Relaxed);
+        }
+    }
+    totals
+}
+
+/// `MESSAGES_DELIVERED` and `DELIVERY_LAG` in the text format, as the recorder writes a
+/// counter and a histogram (every kind, from zero).
+fn render_deliveries(text: &mut String) {
+    let totals: Vec<DeliveryTotals> = (0..SESSION_KINDS.len()).map(delivery_totals).collect();
+    write_deliveries(text, &totals);
+}
+
+/// `totals` is by kind, in the order of `SESSION_KINDS`.
+fn write_deliveries(text: &mut String, totals: &[DeliveryTotals]) {
+    use std::fmt::Write;
+    let _ = writeln!(text, "# TYPE {MESSAGES_DELIVERED} counter");
+    for ((transport, protocol), t) in SESSION_KINDS.iter().zip(totals) {
+        let _ =
+            writeln!(text, "{MESSAGES_DELIVERED}{{transport=\"{transport}\",protocol=\"{protocol}\"}} {}", t.delivered);
+    }
+    let _ = writeln!(text);
+    let _ = writeln!(text, "# TYPE {DELIVERY_LAG} histogram");
+    for ((transport, protocol), t) in SESSION_KINDS.iter().zip(totals) {
+        let labels = format!("transport=\"{transport}\",protocol=\"{protocol}\"");
+        let mut cumulative = 0;
+        for (i, n) in t.lag_buckets.iter().enumerate() {
+            cumulative += n;
+            match LAG_BUCKETS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(text, "{DELIVERY_LAG}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(text, "{DELIVERY_LAG}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(text, "{DELIVERY_LAG}_sum{{{labels}}} {}", t.lag_sum_ms as f64 / 1000.0);
+        let _ = writeln!(text, "{DELIVERY_LAG}_count{{{labels}}} {}", t.delivered);
+    }
+    let _ = writeln!(text);
 }
 
 /// A subscriber session opened (+1) or ended (-1).
@@ -516,19 +622,14 @@ pub fn redis_up(up: bool) {
 // ---- the node's own figures (GET /v1/node) ----
 
 /// Running totals of the events the series above count, kept as plain atomics so that
-/// the node can report them itself (`GET /v1/node`, the console) without a Prometheus.
+/// the node can report them itself (`GET /v1/node`, the console) without a Prometheus
+/// (deliveries are `DELIVERIES`, which /metrics renders too).
 /// Process-wide, like the recorder: several nodes in one process (tests) share them.
 struct Figures {
     stored: AtomicU64,
     duplicates: AtomicU64,
     rejected: AtomicU64,
     subscriptions: std::sync::atomic::AtomicI64,
-    delivered_ws: AtomicU64,
-    delivered_sse: AtomicU64,
-    /// Delivery lag: one count per bucket of `LAG_BUCKETS` (upper bounds, seconds) and
-    /// one for above the last; the sum in milliseconds.
-    lag_buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
-    lag_sum_ms: AtomicU64,
     redis_errors: AtomicU64,
     redis_reconnects: AtomicU64,
     /// 0 not polled yet, 1 the last PING was answered, 2 it was not.
@@ -540,25 +641,10 @@ static FIGURES: Figures = Figures {
     duplicates: AtomicU64::new(0),
     rejected: AtomicU64::new(0),
     subscriptions: std::sync::atomic::AtomicI64::new(0),
-    delivered_ws: AtomicU64::new(0),
-    delivered_sse: AtomicU64::new(0),
-    lag_buckets: [const { AtomicU64::new(0) }; LAG_BUCKETS.len() + 1],
-    lag_sum_ms: AtomicU64::new(0),
     redis_errors: AtomicU64::new(0),
     redis_reconnects: AtomicU64::new(0),
     redis_up: std::sync::atomic::AtomicU8::new(0),
 };
-
-impl Figures {
-    fn delivered(&self, sse: bool, lag_ms: u64) {
-        let count = if sse { &self.delivered_sse } else { &self.delivered_ws };
-        count.fetch_add(1, Relaxed);
-        let lag = lag_ms as f64 / 1000.0;
-        let bucket = LAG_BUCKETS.iter().position(|le| lag <= *le).unwrap_or(LAG_BUCKETS.len());
-        self.lag_buckets[bucket].fetch_add(1, Relaxed);
-        self.lag_sum_ms.fetch_add(lag_ms, Relaxed);
-    }
-}
 
 /// One bucket of a histogram: how many observations were at most `le` seconds
 /// (cumulative, as in Prometheus; `le` None is +Inf).
@@ -617,13 +703,22 @@ pub struct NodeFigures {
 /// Reads the node's figures.
 pub fn figures() -> NodeFigures {
     let f = &FIGURES;
+    let (mut delivered_ws, mut delivered_sse, mut lag_sum_ms) = (0, 0, 0);
+    let mut lag_buckets = [0u64; LAG_BUCKETS.len() + 1];
+    for (kind, (transport, _)) in SESSION_KINDS.iter().enumerate() {
+        let totals = delivery_totals(kind);
+        *(if *transport == "sse" { &mut delivered_sse } else { &mut delivered_ws }) += totals.delivered;
+        lag_sum_ms += totals.lag_sum_ms;
+        for (sum, n) in lag_buckets.iter_mut().zip(totals.lag_buckets) {
+            *sum += n;
+        }
+    }
     let mut cumulative = 0;
-    let buckets = f
-        .lag_buckets
+    let buckets = lag_buckets
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            cumulative += n.load(Relaxed);
+            cumulative += n;
             Bucket { le: LAG_BUCKETS.get(i).copied(), count: cumulative }
         })
         .collect();
@@ -632,13 +727,9 @@ pub fn figures() -> NodeFigures {
         messages_duplicate: f.duplicates.load(Relaxed),
         publishes_rejected: f.rejected.load(Relaxed),
         subscriptions: f.subscriptions.load(Relaxed).max(0) as u64,
-        delivered_ws: f.delivered_ws.load(Relaxed),
-        delivered_sse: f.delivered_sse.load(Relaxed),
-        delivery_lag: LagHistogram {
-            count: cumulative,
-            sum_seconds: f.lag_sum_ms.load(Relaxed) as f64 / 1000.0,
-            buckets,
-        },
+        delivered_ws,
+        delivered_sse,
+        delivery_lag: LagHistogram { count: cumulative, sum_seconds: lag_sum_ms as f64 / 1000.0, buckets },
         redis_errors: f.redis_errors.load(Relaxed),
         redis_reconnects: f.redis_reconnects.load(Relaxed),
         redis_up: match f.redis_up.load(Relaxed) {
@@ -685,5 +776,77 @@ mod tests {
         let i = LAG_BUCKETS.iter().position(|le| *le == 0.05).expect("bucket");
         assert_eq!(after.delivery_lag.buckets[i].count, before.delivery_lag.buckets[i].count + 1);
         assert_eq!(after.delivery_lag.buckets[i - 1].count, before.delivery_lag.buckets[i - 1].count);
+    }
+
+    /// What /metrics says of deliveries is what the recorder would say of the same
+    /// observations through a counter and a histogram (the series dashboards know).
+    #[test]
+    fn deliveries_render_as_the_recorder_renders_a_counter_and_a_histogram() {
+        let lags: [&[u64]; 3] = [&[0, 1, 30, 2_500, 4_000_000, 30], &[], &[7]];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DELIVERY_LAG.to_string()), LAG_BUCKETS)
+            .expect("buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        let mut totals = Vec::new();
+        metrics::with_local_recorder(&recorder, || {
+            for ((transport, protocol), lags) in SESSION_KINDS.iter().zip(lags) {
+                // Two shards, as two threads would fill them.
+                let shards = [DeliveryShard::new(), DeliveryShard::new()];
+                for (i, lag) in lags.iter().enumerate() {
+                    shards[i % 2].record(*lag);
+                    metrics::counter!(MESSAGES_DELIVERED, "transport" => *transport, "protocol" => *protocol)
+                        .increment(1);
+                    metrics::histogram!(DELIVERY_LAG, "transport" => *transport, "protocol" => *protocol)
+                        .record(*lag as f64 / 1000.0);
+                }
+                totals.push(sum_shards(&shards));
+            }
+        });
+        let theirs = handle.render();
+        let mut ours = String::new();
+        write_deliveries(&mut ours, &totals);
+        let family = |l: &&str| l.contains(MESSAGES_DELIVERED) || l.contains(DELIVERY_LAG);
+        let theirs: Vec<&str> = theirs.lines().filter(family).collect();
+        let ours: Vec<&str> = ours.lines().collect();
+        assert!(theirs.len() > 20, "{theirs:?}");
+        for line in &theirs {
+            match line.split_once("_sum{") {
+                // A sum of floats, in whatever order they were added.
+                Some(_) => {
+                    let (series, value) = line.rsplit_once(' ').expect("a value");
+                    let value: f64 = value.parse().expect("a number");
+                    let mine = ours.iter().find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok());
+                    assert!(mine.is_some_and(|m| (m - value).abs() < 1e-9), "{line} against {mine:?}");
+                }
+                None => assert!(ours.contains(line), "{line:?} is not in\n{}", ours.join("\n")),
+            }
+        }
+        // The kind that delivered nothing is there too, at zero.
+        let idle = "streamhub_messages_delivered_total{transport=\"ws\",protocol=\"centrifugo\"} 0";
+        assert!(ours.contains(&idle), "{ours:?}");
+    }
+
+    /// Threads count in their own shards; the totals are exact.
+    #[test]
+    fn deliveries_from_many_threads_add_up() {
+        let kind = SESSION_KINDS.iter().position(|k| *k == ("ws", "centrifugo")).expect("a kind");
+        let before = delivery_totals(kind);
+        std::thread::scope(|scope| {
+            for _ in 0..SHARDS + 3 {
+                scope.spawn(|| {
+                    let meter = DeliveryMeter::new("ws", "centrifugo");
+                    for _ in 0..1_000 {
+                        meter.delivered(10_000, 10_002);
+                    }
+                });
+            }
+        });
+        let after = delivery_totals(kind);
+        let n = (SHARDS as u64 + 3) * 1_000;
+        assert_eq!(after.delivered - before.delivered, n);
+        assert_eq!(after.lag_sum_ms - before.lag_sum_ms, 2 * n);
+        // 2 ms: above 0.001, at most 0.0025 (the second bucket).
+        assert_eq!(after.lag_buckets[1] - before.lag_buckets[1], n);
     }
 }
