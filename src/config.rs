@@ -346,6 +346,9 @@ pub struct FanoutConfig {
     pub tail_page: usize,
     /// Messages per read when a subscriber resumes or catches up on its own.
     pub catchup_page: usize,
+    /// Most idle sessions a tail writes one message to itself (0: none); the rest are
+    /// written by their sessions' writers, in parallel.
+    pub direct_writes_per_message: usize,
 }
 
 /// WebSocket and SSE sessions.

@@ -127,6 +127,7 @@ impl Hub {
             wake: Arc::new(Notify::new()),
             stop: stop.clone(),
             page: self.inner.config.tail_page,
+            direct_writes: self.inner.config.direct_writes_per_message,
             check_every: Duration::from_millis(self.inner.config.position_check_ms),
             epoch: "".into(),
             last: 0,

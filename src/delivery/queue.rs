@@ -112,6 +112,16 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Wakes the receiver's task with nothing queued (it looks at its queues again).
+    pub fn wake(&self) {
+        self.shared.writer.wake();
+    }
+
+    /// A view of whether anything is queued, which does not hold the queue open.
+    pub fn probe(&self) -> Probe<T> {
+        Probe { shared: self.shared.clone() }
+    }
+
     /// Queues `item`, waiting for room in a bounded queue; gives it back when the
     /// receiver is gone.
     pub async fn send(&self, mut item: T) -> Result<(), SendError<T>> {
@@ -130,6 +140,19 @@ impl<T> Sender<T> {
             }
             room.await;
         }
+    }
+}
+
+/// Whether a queue holds items not yet taken by its receiver (`Sender::probe`); unlike
+/// a sender, it does not keep the queue open.
+pub struct Probe<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Probe<T> {
+    /// Nothing is queued (the receiver may still hold items it took).
+    pub fn is_empty(&self) -> bool {
+        self.shared.flags.load(Ordering::SeqCst) & QUEUED == 0
     }
 }
 

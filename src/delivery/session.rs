@@ -134,6 +134,12 @@ impl Session {
         (session, rx)
     }
 
+    /// Lets the tails write this session's live messages through `direct` when nothing
+    /// is queued (`subscription::DirectWrite`).
+    pub fn set_direct(&self, direct: Box<dyn super::subscription::DirectWrite>) {
+        self.outbound.set_direct(direct);
+    }
+
     /// Stops the catch-up reader (`stop` must be cancelled) and waits for it to end.
     pub async fn catchup_ended(&self) {
         self.catchup.task.close();

@@ -154,6 +154,30 @@ pub type Deliveries = queue::Receiver<Queued>;
 pub struct Outbound {
     tx: queue::Sender<Queued>,
     bounds: Arc<Bounds>,
+    /// The transport's direct write, if it has one (set once, when its session starts).
+    direct: Arc<OnceLock<Box<dyn DirectWrite>>>,
+}
+
+/// A transport that can write a live message itself, at once, from the tail that read
+/// it: when its session has nothing queued and its writer is idle, a delivery then costs
+/// no queueing and no wake-up of the writer's task (ARCHITECTURE §6, "Direct writes").
+pub trait DirectWrite: Send + Sync {
+    /// Writes `message`'s frame now, or nothing. `nothing_queued` tells whether the
+    /// session's queue is empty, items its writer took and has not written included:
+    /// asked once the writer is kept out, so that nothing queued before is overtaken.
+    fn write_now(&self, message: &Delivered, nothing_queued: &dyn Fn() -> bool) -> Direct;
+}
+
+/// What a direct write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// Nothing: queue the message.
+    No,
+    /// The frame is written whole.
+    Written,
+    /// The socket took a part of the frame: the transport's writer writes the rest before
+    /// anything else, once woken.
+    Started,
 }
 
 /// Items queued in the high half of `used`, their bytes in the low half.
@@ -240,7 +264,40 @@ impl Outbound {
             waiting: AtomicU32::new(0),
             room: Notify::new(),
         };
-        (Outbound { tx, bounds: Arc::new(bounds) }, rx)
+        (Outbound { tx, bounds: Arc::new(bounds), direct: Arc::new(OnceLock::new()) }, rx)
+    }
+
+    /// Gives the session's transport a direct write (once; a second is ignored).
+    pub fn set_direct(&self, direct: Box<dyn DirectWrite>) {
+        let _ = self.direct.set(direct);
+    }
+
+    /// A live message: written by the transport at once when it can (and `budget`, the
+    /// direct writes the tail has left for this message, allows), else queued.
+    fn offer_message(
+        &self,
+        sub: &Arc<Subscription>,
+        delivered: &Arc<Delivered>,
+        budget: &mut usize,
+    ) -> Result<(), Refused> {
+        if *budget > 0 && self.bounds.used.load(Ordering::SeqCst) == 0 {
+            if let Some(direct) = self.direct.get() {
+                let bounds = &self.bounds;
+                match direct.write_now(delivered, &|| bounds.used.load(Ordering::SeqCst) == 0) {
+                    Direct::No => {}
+                    Direct::Written => {
+                        *budget -= 1;
+                        return Ok(());
+                    }
+                    Direct::Started => {
+                        *budget -= 1;
+                        self.tx.wake();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.offer(sub, Item::Message(delivered.clone()))
     }
 
     /// Queues without waiting, or says why it cannot. `sub` is the subscription this
@@ -370,8 +427,9 @@ impl Subscription {
         }
     }
 
-    /// Called by the tail for each message it reads, in seq order.
-    pub fn offer_live(self: &Arc<Self>, delivered: &Arc<Delivered>) -> Offered {
+    /// Called by the tail for each message it reads, in seq order; `direct` is what is
+    /// left of the message's budget of direct writes (`fanout.direct_writes_per_message`).
+    pub fn offer_live(self: &Arc<Self>, delivered: &Arc<Delivered>, direct: &mut usize) -> Offered {
         if self.is_closed() {
             return Offered::Closed;
         }
@@ -381,7 +439,7 @@ impl Subscription {
         if delivered.seq() <= position.last {
             return Offered::Skipped;
         }
-        match self.outbound.offer(self, Item::Message(delivered.clone())) {
+        match self.outbound.offer_message(self, delivered, direct) {
             Ok(()) => {
                 if position.epoch != *delivered.epoch {
                     position.epoch = delivered.epoch.to_string();

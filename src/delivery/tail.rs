@@ -53,6 +53,9 @@ pub(super) struct TailTask {
     pub wake: Arc<Notify>,
     pub stop: CancellationToken,
     pub page: usize,
+    /// Most live sessions a message is written to by this task itself
+    /// (`fanout.direct_writes_per_message`); the rest are queued for their writers.
+    pub direct_writes: usize,
     pub check_every: Duration,
     /// "" until the topic has an epoch.
     pub epoch: Arc<str>,
@@ -212,7 +215,8 @@ impl TailTask {
                 }
                 self.offer_expired(expired.take());
                 self.last = seq;
-                self.offer_all(|sub| sub.offer_live(&delivered), 0);
+                let mut direct = self.direct_writes;
+                self.offer_all(|sub| sub.offer_live(&delivered, &mut direct), 0);
             }
             self.offer_expired(expired.take());
             self.deliver_records(&mut events, u64::MAX);
@@ -230,7 +234,7 @@ impl TailTask {
 
     /// Offers one item to every live subscription; those that cannot take it lag and
     /// leave the live set. `expired` counts the expired messages the item stands for.
-    fn offer_all(&mut self, offer: impl Fn(&Arc<Subscription>) -> Offered, expired: u64) {
+    fn offer_all(&mut self, mut offer: impl FnMut(&Arc<Subscription>) -> Offered, expired: u64) {
         metrics::expired_skipped("subscription", expired);
         self.live.retain(|sub| match offer(sub) {
             Offered::Queued | Offered::Skipped => true,

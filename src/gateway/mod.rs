@@ -21,6 +21,7 @@ mod request;
 mod sse;
 mod topics;
 pub mod ws;
+mod ws_direct;
 mod ws_ops;
 mod ws_session;
 mod ws_socket;

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::extract::session_caller;
+use super::ws_direct::DirectWriter;
 use super::ws_socket::{Reader, Socket, Upgrade};
 use super::ws_write::{write, Encoder, Outgoing, Owner, Pace, Replies};
 use super::AppState;
@@ -97,7 +98,7 @@ impl<R: Send + 'static> Link<R> {
     /// Starts the session's writer on `socket`; returns the link and
     /// the socket's reading half.
     pub fn open<E: Encoder<Reply = R>>(
-        Socket { reader, writer }: Socket,
+        Socket { reader, writer, shared }: Socket,
         state: &Arc<AppState>,
         encoder: E,
         permit: OwnedSemaphorePermit,
@@ -113,7 +114,14 @@ impl<R: Send + 'static> Link<R> {
             batch_bytes: config.write_buffer_bytes,
         };
         let owner = Owner { stop: stop.clone(), span: tracing::Span::current() };
-        let writer = tokio::spawn(write(writer, replies_rx, deliveries, encoder, pace, owner));
+        let encoder = Arc::new(encoder);
+        // The tails write live messages to a TCP connection themselves when its writer
+        // has nothing to do (`ws_direct`).
+        let direct = shared.map(|socket| Arc::new(DirectWriter::new(socket, encoder.clone(), replies.probe())));
+        if let Some(direct) = &direct {
+            session.set_direct(Box::new(direct.clone()));
+        }
+        let writer = tokio::spawn(write(writer, replies_rx, deliveries, encoder, pace, owner, direct));
         let link =
             Link { session, replies, stop, writer, kind: (E::TRANSPORT, E::PROTOCOL), _admitted: (permit, ip_slot) };
         (link, reader)

@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
@@ -20,6 +21,7 @@ use axum::response::Response;
 use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame as WireFrame};
@@ -141,6 +143,9 @@ impl Upgrade {
 pub(super) struct Socket {
     pub reader: Reader,
     pub writer: Writer,
+    /// The writing half, shared with the tails' direct writes (`ws_direct`): a TCP
+    /// connection's only (the writer writes through `Shared` then).
+    pub shared: Option<Arc<OwnedWriteHalf>>,
 }
 
 /// The reading half: inbound messages (tungstenite's `Stream` of `Message`s). Boxed: the
@@ -155,21 +160,73 @@ impl Socket {
     async fn open(upgraded: hyper::upgrade::Upgraded, config: WebSocketConfig) -> Socket {
         // The server's connections are TCP streams (`server.rs`): split into owned halves,
         // which share no lock. Anything else is split behind tokio's lock.
-        let (read, writer, part): (Box<dyn AsyncRead + Send + Unpin>, Writer, Bytes) =
+        let (read, writer, shared, part): (Box<dyn AsyncRead + Send + Unpin>, Writer, _, Bytes) =
             match hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded) {
                 Ok(parts) => {
                     let (read, write) = parts.io.into_inner().into_split();
-                    (Box::new(read), Box::new(write), parts.read_buf)
+                    let write = Arc::new(write);
+                    (Box::new(read), Box::new(Shared(write.clone())), Some(write), parts.read_buf)
                 }
                 Err(upgraded) => {
                     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                    (Box::new(read), Box::new(write), Bytes::new())
+                    (Box::new(read), Box::new(write), None, Bytes::new())
                 }
             };
         let reader =
             WebSocketStream::from_partially_read(Inbound(read), part.to_vec(), Role::Server, Some(config)).await;
-        Socket { reader: Box::new(reader), writer }
+        Socket { reader: Box::new(reader), writer, shared }
     }
+}
+
+/// The writing half of a TCP connection, shared with the tails' direct writes: written
+/// through `&TcpStream` (its readiness and non-blocking writes), as tokio's own half does.
+/// The write side closes when the last holder drops the half.
+struct Shared(Arc<OwnedWriteHalf>);
+
+impl AsyncWrite for Shared {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let stream: &TcpStream = (*self.0).as_ref();
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let stream: &TcpStream = (*self.0).as_ref();
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // The write side closes when the half is dropped (by its last holder).
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One non-blocking write of `frame` (a direct write): the bytes the socket took.
+pub(super) fn try_write(socket: &OwnedWriteHalf, frame: &Frame) -> std::io::Result<usize> {
+    socket.try_write(&frame.0)
 }
 
 /// The reading half as tungstenite sees it. Its writes go nowhere: tungstenite queues a
@@ -240,6 +297,17 @@ impl Frame {
     /// Bytes on the wire.
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// What is left to write of this frame once its first `written` bytes are written.
+    pub fn after(&self, written: usize) -> Frame {
+        Frame(self.0.slice(written.min(self.0.len())..))
+    }
+
+    /// The bytes on the wire.
+    #[cfg(test)]
+    pub fn wire(&self) -> &[u8] {
+        &self.0
     }
 
     /// The payload (after the 2-, 4- or 10-byte header).

@@ -4,6 +4,7 @@
 //! `ws.write_timeout_ms` (a peer that stops reading is dropped). What the frames look
 //! like is the protocol's `Encoder`.
 
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::frames::{Encoding, ServerFrame, CLOSE_GOING_AWAY};
+use super::ws_direct::DirectWriter;
 use super::ws_socket::{self, Frame, Writer};
 use crate::delivery::queue::{self, TryRecvError};
 use crate::delivery::subscription::{Delivered, Deliveries, Item, Queued};
@@ -219,14 +221,19 @@ fn delivery_after_replies<E: Encoder>(
     }
 }
 
+/// The writer's task. With `direct`, the tails write live messages to the socket
+/// themselves while this task waits (`ws_direct`): it holds the socket from the moment it
+/// looks at its queues until it finds nothing more to write.
 pub(super) async fn write<E: Encoder>(
     mut sink: Writer,
     mut replies: queue::Receiver<Outgoing<E::Reply>>,
     mut deliveries: Deliveries,
-    encoder: E,
+    encoder: Arc<E>,
     Pace { write_timeout, batch_bytes }: Pace,
     Owner { stop, span }: Owner,
+    direct: Option<Arc<DirectWriter<E>>>,
 ) {
+    let encoder = &*encoder;
     let meter = metrics::DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL);
     // The writer waits on its two queues only: the keep-alive and the node's shutdown
     // reach it through the reply queue (the reader watches them), so a wake-up for a
@@ -239,19 +246,45 @@ pub(super) async fn write<E: Encoder>(
     // it waits for the reply (a `subscribed` reply precedes its subscription's messages,
     // whichever queue the writer looks at first).
     let mut held: Option<Queued> = None;
+    // Whether this task holds the socket against the tails' direct writes.
+    let mut holding = false;
     loop {
         // Replies first, then deliveries: whatever is ready now, else wait until either
         // queue wakes this task (registered with both, then looked at again: a send in
-        // between is seen). One look serves both the wait and the batch below.
+        // between is seen). One look serves both the wait and the batch below. The rest
+        // of a frame a tail began goes before anything else.
         let mut step = std::future::poll_fn(|cx| {
-            if let Some(step) = ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held) {
+            let hold = |holding: &mut bool, batch: &mut Vec<Frame>| {
+                if let (Some(direct), false) = (&direct, *holding) {
+                    batch.extend(direct.hold());
+                }
+                *holding = true;
+            };
+            hold(&mut holding, &mut batch);
+            if let Some(step) = ready_step(encoder, &meter, &mut replies, &mut deliveries, &mut held) {
                 return Poll::Ready(step);
+            }
+            if !batch.is_empty() {
+                return Poll::Ready(Step::Skip);
+            }
+            // Nothing to write: the tails may write while this task waits.
+            if let Some(direct) = &direct {
+                direct.let_go();
+                holding = false;
             }
             replies.register(cx.waker());
             deliveries.register(cx.waker());
-            match ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held) {
+            hold(&mut holding, &mut batch);
+            match ready_step(encoder, &meter, &mut replies, &mut deliveries, &mut held) {
                 Some(step) => Poll::Ready(step),
-                None => Poll::Pending,
+                None if !batch.is_empty() => Poll::Ready(Step::Skip),
+                None => {
+                    if let Some(direct) = &direct {
+                        direct.let_go();
+                        holding = false;
+                    }
+                    Poll::Pending
+                }
             }
         })
         .await;
@@ -291,7 +324,7 @@ pub(super) async fn write<E: Encoder>(
                 }
                 break;
             }
-            step = match ready_step(&encoder, &meter, &mut replies, &mut deliveries, &mut held) {
+            step = match ready_step(encoder, &meter, &mut replies, &mut deliveries, &mut held) {
                 Some(step) => step,
                 // Everything queued is written: a shutdown closes now.
                 None if closing => Step::Close(E::SHUTDOWN.0, E::SHUTDOWN.1),
@@ -331,6 +364,9 @@ pub(super) async fn write<E: Encoder>(
         if last {
             break;
         }
+    }
+    if let Some(direct) = &direct {
+        direct.close();
     }
     // Whatever ended the writer ends the session.
     stop.cancel();
