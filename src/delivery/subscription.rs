@@ -163,8 +163,9 @@ pub struct Outbound {
 /// no queueing and no wake-up of the writer's task (ARCHITECTURE §6, "Direct writes").
 pub trait DirectWrite: Send + Sync {
     /// Writes `message`'s frame now, or nothing. `nothing_queued` tells whether the
-    /// session's queue is empty, items its writer took and has not written included:
-    /// asked once the writer is kept out, so that nothing queued before is overtaken.
+    /// session's queue is empty (and the subscription still open): asked once the writer
+    /// is kept out, so that nothing queued before is overtaken (what the writer took and
+    /// has not written is covered by the writer holding the socket until it has).
     fn write_now(&self, message: &Delivered, nothing_queued: &dyn Fn() -> bool) -> Direct;
 }
 
@@ -283,7 +284,10 @@ impl Outbound {
         if *budget > 0 && self.bounds.used.load(Ordering::SeqCst) == 0 {
             if let Some(direct) = self.direct.get() {
                 let bounds = &self.bounds;
-                match direct.write_now(delivered, &|| bounds.used.load(Ordering::SeqCst) == 0) {
+                // Asked again once the writer is kept out: an item queued meanwhile, or a
+                // notice that closed the subscription (Centrifugo's reset), is not overtaken.
+                let nothing_queued = || !sub.is_closed() && bounds.used.load(Ordering::SeqCst) == 0;
+                match direct.write_now(delivered, &nothing_queued) {
                     Direct::No => {}
                     Direct::Written => {
                         *budget -= 1;
@@ -522,6 +526,83 @@ mod tests {
 
     fn bounds(max_messages: usize, max_bytes: usize) -> Arc<Bounds> {
         Outbound::new(max_messages, max_bytes).0.bounds
+    }
+
+    /// A transport that writes whenever it is asked with nothing queued, and counts.
+    struct Writes(std::sync::atomic::AtomicUsize);
+    impl DirectWrite for Arc<Writes> {
+        fn write_now(&self, _: &Delivered, nothing_queued: &dyn Fn() -> bool) -> Direct {
+            if !nothing_queued() {
+                return Direct::No;
+            }
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Direct::Written
+        }
+    }
+
+    struct NoCatchUp;
+    impl CatchUpWake for NoCatchUp {
+        fn wake_catchup(&self) {}
+    }
+
+    /// A live message goes to an idle session's transport directly while the message's
+    /// budget lasts and nothing is queued; otherwise, or once its subscription is closed,
+    /// it is queued (and a closed subscription's writer skips it).
+    #[test]
+    fn direct_writes_keep_to_the_budget_and_never_overtake_the_queue() {
+        let topic = Topic::parse("t", 200).expect("a topic");
+        let message = |seq| {
+            Arc::new(Delivered::new(topic.clone(), "e".into(), StoredMessage { seq, envelope: Err(b"x".to_vec()) }))
+        };
+        let wake: Weak<dyn CatchUpWake> = Weak::<NoCatchUp>::new();
+        let sessions: Vec<_> = (0..3)
+            .map(|_| {
+                let (outbound, deliveries) = Outbound::new(16, 1 << 20);
+                let writes = Arc::new(Writes(std::sync::atomic::AtomicUsize::new(0)));
+                outbound.set_direct(Box::new(writes.clone()));
+                let start = Position { epoch: "e".into(), last: 0 };
+                (Subscription::new(topic.clone(), outbound, start, wake.clone(), false), deliveries, writes)
+            })
+            .collect();
+        let written = |i: usize| sessions[i].2 .0.load(Ordering::SeqCst);
+        // A budget of 2 for message 1: two sessions directly, the third queued.
+        let mut budget = 2;
+        for (sub, _, _) in &sessions {
+            assert_eq!(sub.offer_live(&message(1), &mut budget), Offered::Queued);
+        }
+        assert_eq!((written(0), written(1), written(2), budget), (1, 1, 0, 0));
+        // Message 2: the third session's queue holds message 1, so 2 is queued behind it.
+        let mut budget = 3;
+        for (sub, _, _) in &sessions {
+            assert_eq!(sub.offer_live(&message(2), &mut budget), Offered::Queued);
+        }
+        assert_eq!((written(0), written(1), written(2), budget), (2, 2, 0, 1));
+        let mut deliveries = sessions.into_iter().nth(2).map(|s| s.1).expect("the third session");
+        let seqs: Vec<u64> = std::iter::from_fn(|| deliveries.try_recv().ok())
+            .map(|q| match &q.item {
+                Item::Message(m) => m.seq(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
+    }
+
+    /// Asked once the transport holds its socket, the check says no for a subscription
+    /// closed meanwhile (a notice closed it), and the message is queued, not written.
+    #[test]
+    fn a_closed_subscription_is_not_written_directly() {
+        let topic = Topic::parse("t", 200).expect("a topic");
+        let wake: Weak<dyn CatchUpWake> = Weak::<NoCatchUp>::new();
+        let (outbound, _deliveries) = Outbound::new(16, 1 << 20);
+        let writes = Arc::new(Writes(std::sync::atomic::AtomicUsize::new(0)));
+        outbound.set_direct(Box::new(writes.clone()));
+        let sub =
+            Subscription::new(topic.clone(), outbound.clone(), Position { epoch: "e".into(), last: 0 }, wake, false);
+        sub.close();
+        let m = Arc::new(Delivered::new(topic, "e".into(), StoredMessage { seq: 1, envelope: Err(b"x".to_vec()) }));
+        let mut budget = 1;
+        assert!(outbound.offer_message(&sub, &m, &mut budget).is_ok());
+        assert_eq!((writes.0.load(Ordering::SeqCst), budget), (0, 1), "queued, not written");
     }
 
     /// `ws.outbound_queue_messages` and `ws.outbound_queue_bytes` at their edges.

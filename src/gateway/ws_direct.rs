@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::ws_socket::{self, Frame};
-use super::ws_write::{Encoder, Outgoing};
 use crate::delivery::queue::Probe;
 use crate::delivery::subscription::{Delivered, Direct, DirectWrite};
 use crate::metrics::DeliveryMeter;
@@ -32,14 +31,18 @@ const REST: u8 = 3;
 /// The writer ended: nobody writes again.
 const CLOSED: u8 = 4;
 
-/// One session's socket as its writer task and the tails share it.
-pub(super) struct DirectWriter<E: Encoder> {
+/// A message's frame in the session's protocol (its `Encoder::message`).
+pub(super) type EncodeMessage = Box<dyn Fn(&Delivered) -> Frame + Send + Sync>;
+
+/// One session's socket as its writer task and the tails share it; `R` is the type of
+/// the session's replies.
+pub(super) struct DirectWriter<R> {
     state: AtomicU8,
     /// Touched only by whoever holds `state`, so never waited for.
     held: Mutex<Held>,
-    encoder: Arc<E>,
+    encode: EncodeMessage,
     /// The session's replies not yet taken by its writer.
-    replies: Probe<Outgoing<E::Reply>>,
+    replies: Probe<R>,
     meter: DeliveryMeter,
 }
 
@@ -49,14 +52,14 @@ struct Held {
     rest: Option<Frame>,
 }
 
-impl<E: Encoder> DirectWriter<E> {
-    pub fn new(socket: Arc<OwnedWriteHalf>, encoder: Arc<E>, replies: Probe<Outgoing<E::Reply>>) -> Self {
+impl<R> DirectWriter<R> {
+    pub fn new(socket: Arc<OwnedWriteHalf>, encode: EncodeMessage, replies: Probe<R>, meter: DeliveryMeter) -> Self {
         DirectWriter {
             state: AtomicU8::new(IDLE),
             held: Mutex::new(Held { socket: Some(socket), rest: None }),
-            encoder,
+            encode,
             replies,
-            meter: DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL),
+            meter,
         }
     }
 
@@ -106,20 +109,25 @@ impl<E: Encoder> DirectWriter<E> {
         held.rest = None;
     }
 
-    /// The tail's write, with the socket held.
-    fn write_held(&self, message: &Delivered, nothing_queued: &dyn Fn() -> bool) -> Direct {
+    /// The tail's write of `frame` (`message`'s), with the socket held.
+    fn write_held(&self, message: &Delivered, frame: &Frame, nothing_queued: &dyn Fn() -> bool) -> Direct {
         if !nothing_queued() || !self.replies.is_empty() {
+            return Direct::No;
+        }
+        // Expiry is judged when a message is written (PROTOCOL "Expired messages"): an
+        // expired one is queued, and the writer writes its notice in its place.
+        let now = crate::clock::now_ms();
+        if message.has_ttl() && message.is_expired(now) {
             return Direct::No;
         }
         let mut held = self.held();
         let Some(socket) = &held.socket else { return Direct::No };
-        let frame = self.encoder.message(message);
         // Nothing written (no room, or an error the writer will meet): the queue's way.
-        let written = match ws_socket::try_write(socket, &frame) {
+        let written = match ws_socket::try_write(socket, frame) {
             Ok(n) if n > 0 => n,
             _ => return Direct::No,
         };
-        self.meter.delivered(message.published_ms(), crate::clock::now_ms());
+        self.meter.delivered(message.published_ms(), now);
         if written == frame.len() {
             return Direct::Written;
         }
@@ -128,13 +136,26 @@ impl<E: Encoder> DirectWriter<E> {
     }
 }
 
-impl<E: Encoder> DirectWrite for Arc<DirectWriter<E>> {
+impl<R: Send + 'static> DirectWrite for Arc<DirectWriter<R>> {
     fn write_now(&self, message: &Delivered, nothing_queued: &dyn Fn() -> bool) -> Direct {
+        // Encoded first (once per message and protocol on this node, shared), so that the
+        // socket is held for the checks and one write only.
+        let frame = (self.encode)(message);
         if self.state.compare_exchange(IDLE, TAIL, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Direct::No;
         }
-        let done = self.write_held(message, nothing_queued);
-        self.state.store(if done == Direct::Started { REST } else { IDLE }, Ordering::Release);
+        // Given back however the write ends (a panic too: a writer would wait forever).
+        struct Release<'a>(&'a AtomicU8, u8);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(self.1, Ordering::Release);
+            }
+        }
+        let mut release = Release(&self.state, IDLE);
+        let done = self.write_held(message, &frame, nothing_queued);
+        if done == Direct::Started {
+            release.1 = REST;
+        }
         done
     }
 }
@@ -144,7 +165,7 @@ mod tests {
     use super::*;
     use crate::delivery::queue;
     use crate::gateway::frames::{Encoding, ServerFrame};
-    use crate::gateway::ws_write::Native;
+    use crate::gateway::ws_write::{Encoder, Native, Outgoing};
     use crate::store::StoredMessage;
     use tokio::io::AsyncReadExt;
 
@@ -185,11 +206,31 @@ mod tests {
         let write = Arc::new(write);
         let (replies_tx, mut replies_rx) = queue::bounded::<Outgoing<Box<ServerFrame>>>(8);
         let encoder = Arc::new(Native(Encoding::Json));
-        let direct = Arc::new(DirectWriter::new(write.clone(), encoder.clone(), replies_tx.probe()));
+        let encode: EncodeMessage = Box::new({
+            let encoder = encoder.clone();
+            move |m| encoder.message(m)
+        });
+        let meter = DeliveryMeter::new("ws", "streamhub");
+        let direct = Arc::new(DirectWriter::new(write.clone(), encode, replies_tx.probe(), meter));
         let (first, big, last) = (message(1, 10), message(2, 1 << 20), message(3, 10));
         let expected: Vec<u8> = [&first, &big, &last].iter().flat_map(|m| encoder.message(m).wire().to_vec()).collect();
 
         assert_eq!(direct.write_now(&first, &|| false), Direct::No, "something is queued");
+        let expired = {
+            let envelope = crate::envelope::Envelope {
+                version: 1,
+                id: "x".into(),
+                published_ms: 1,
+                ttl_ms: Some(1),
+                content_type: "text/plain".into(),
+                headers: Default::default(),
+                payload: b"x".to_vec(),
+                from: None,
+            };
+            let topic = crate::topic::Topic::parse("t", 200).expect("a topic");
+            Delivered::new(topic, "e".into(), StoredMessage { seq: 1, envelope: Ok(envelope) })
+        };
+        assert_eq!(direct.write_now(&expired, &|| true), Direct::No, "expired: its notice is the writer's");
         assert!(replies_tx.try_send(Outgoing::Ping).is_ok());
         assert_eq!(direct.write_now(&first, &|| true), Direct::No, "a reply is unread");
         assert!(replies_rx.try_recv().is_ok());

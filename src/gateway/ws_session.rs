@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::extract::session_caller;
-use super::ws_direct::DirectWriter;
+use super::ws_direct::{DirectWriter, EncodeMessage};
 use super::ws_socket::{Reader, Socket, Upgrade};
 use super::ws_write::{write, Encoder, Outgoing, Owner, Pace, Replies};
 use super::AppState;
@@ -117,7 +117,14 @@ impl<R: Send + 'static> Link<R> {
         let encoder = Arc::new(encoder);
         // The tails write live messages to a TCP connection themselves when its writer
         // has nothing to do (`ws_direct`).
-        let direct = shared.map(|socket| Arc::new(DirectWriter::new(socket, encoder.clone(), replies.probe())));
+        let direct = shared.map(|socket| {
+            let encode: EncodeMessage = Box::new({
+                let encoder = encoder.clone();
+                move |message| encoder.message(message)
+            });
+            let meter = metrics::DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL);
+            Arc::new(DirectWriter::new(socket, encode, replies.probe(), meter))
+        });
         if let Some(direct) = &direct {
             session.set_direct(Box::new(direct.clone()));
         }

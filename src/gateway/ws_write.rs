@@ -231,9 +231,20 @@ pub(super) async fn write<E: Encoder>(
     encoder: Arc<E>,
     Pace { write_timeout, batch_bytes }: Pace,
     Owner { stop, span }: Owner,
-    direct: Option<Arc<DirectWriter<E>>>,
+    direct: Option<Arc<DirectWriter<Outgoing<E::Reply>>>>,
 ) {
     let encoder = &*encoder;
+    // However the writer ends (a panic too), no tail writes after it, and the socket's
+    // write side closes with it.
+    struct Close<R: Send + 'static>(Option<Arc<DirectWriter<R>>>);
+    impl<R: Send + 'static> Drop for Close<R> {
+        fn drop(&mut self) {
+            if let Some(direct) = &self.0 {
+                direct.close();
+            }
+        }
+    }
+    let _close = Close(direct.clone());
     let meter = metrics::DeliveryMeter::new(E::TRANSPORT, E::PROTOCOL);
     // The writer waits on its two queues only: the keep-alive and the node's shutdown
     // reach it through the reply queue (the reader watches them), so a wake-up for a
@@ -364,9 +375,6 @@ pub(super) async fn write<E: Encoder>(
         if last {
             break;
         }
-    }
-    if let Some(direct) = &direct {
-        direct.close();
     }
     // Whatever ended the writer ends the session.
     stop.cancel();
