@@ -31,6 +31,18 @@ use crate::store::presence::{PresenceRecord, TailPage};
 use crate::store::Store;
 use crate::topic::Topic;
 
+/// Direct writes of one message look for a newer message's hint this often.
+const HINT_CHECK_EVERY: usize = 32;
+
+/// Whether a hint is waiting on `wake`, taken if so (the caller then reads again).
+fn took_hint(wake: &Notify) -> bool {
+    let hint = wake.notified();
+    tokio::pin!(hint);
+    // A notification that comes while the check is registered is passed on when the
+    // check is dropped (tokio's `Notified`): none is lost.
+    hint.as_mut().enable()
+}
+
 pub(super) enum TailCommand {
     /// Join live delivery; answered true when joined, false when the subscription must
     /// read further on its own first.
@@ -54,7 +66,8 @@ pub(super) struct TailTask {
     pub stop: CancellationToken,
     pub page: usize,
     /// Most live sessions a message is written to by this task itself
-    /// (`fanout.direct_writes_per_message`); the rest are queued for their writers.
+    /// (`fanout.direct_writes_per_message`), when its read brought that message alone; the
+    /// rest are queued for their writers.
     pub direct_writes: usize,
     pub check_every: Duration,
     /// "" until the topic has an epoch.
@@ -197,6 +210,12 @@ impl TailTask {
             }
             self.last_event = last_event_id;
             let count = page.messages.len();
+            // Direct writes only while this tail keeps up (its read brought one message):
+            // one that falls behind reads several, queues them, and the sessions' writers
+            // write each session's share with one vectored write, in parallel.
+            let direct_writes = if count == 1 { self.direct_writes } else { 0 };
+            // Set when a hint that came during direct writes was taken: read again.
+            let mut hinted = false;
             let epoch: Arc<str> = self.epoch.clone();
             let now = crate::clock::now_ms();
             let mut expired: Option<Expired> = None;
@@ -215,12 +234,24 @@ impl TailTask {
                 }
                 self.offer_expired(expired.take());
                 self.last = seq;
-                let mut direct = self.direct_writes;
-                self.offer_all(|sub| sub.offer_live(&delivered, &mut direct), 0);
+                let (mut direct, mut offered) = (direct_writes, 0usize);
+                let wake = self.wake.clone();
+                self.offer_all(
+                    |sub| {
+                        // A newer message waits (its hint came): the rest of this one is
+                        // queued, so that the next is not held up behind serial writes.
+                        offered += 1;
+                        if direct > 0 && offered % HINT_CHECK_EVERY == 0 && took_hint(&wake) {
+                            (direct, hinted) = (0, true);
+                        }
+                        sub.offer_live(&delivered, &mut direct)
+                    },
+                    0,
+                );
             }
             self.offer_expired(expired.take());
             self.deliver_records(&mut events, u64::MAX);
-            if count < self.page {
+            if count < self.page && !hinted {
                 return;
             }
         }
@@ -244,5 +275,24 @@ impl TailTask {
             }
             Offered::Closed => false,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// A waiting hint is taken (the tail then reads again); without one, the check
+    /// leaves nothing behind, and a later hint still wakes the tail's wait.
+    #[test]
+    fn a_hint_check_takes_a_waiting_hint_and_loses_none() {
+        let wake = Notify::new();
+        assert!(!took_hint(&wake), "no hint yet");
+        wake.notify_one();
+        assert!(took_hint(&wake), "the hint is taken");
+        assert!(!took_hint(&wake), "and only once");
+        wake.notify_one();
+        assert!(wake.notified().now_or_never().is_some(), "a hint after a check still wakes the wait");
     }
 }
