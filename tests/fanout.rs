@@ -256,3 +256,33 @@ async fn a_burst_arrives_whole_and_in_order_at_both_edges_of_the_write_batch() {
         app.stop().await;
     }
 }
+
+/// A message much larger than the socket's buffers, written to an idle session by its
+/// topic's tail (a direct write), goes out in part; the session's writer finishes it
+/// before anything else, so a client that reads late gets every message whole and in
+/// order, and the session is idle and written directly again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_begun_by_the_tail_is_finished_whole_before_the_next() {
+    let redis = TestRedis::start();
+    let app = TestApp::start(&redis).await;
+    let mut late = WsClient::connect(&app.base).await;
+    late.subscribe("large", None).await;
+    publish_many(&app, "large", 1, 1).await;
+    assert_eq!(seq(&late.messages(1).await[0]), 1, "subscribed and live");
+    // One at a time, so that each is its tail's only message (the direct-write case);
+    // 6 × 900 KB is far more than the loopback socket's buffers while the client does
+    // not read.
+    let blob = |n: u64| format!("{n}:{}", "y".repeat(900_000));
+    for n in 2..=7u64 {
+        let (status, body) = app.publish("large", json!({ "blob": blob(n) })).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for (n, frame) in (2..=7u64).zip(late.messages(6).await) {
+        assert_eq!(seq(&frame), n);
+        assert!(frame["data"]["blob"] == json!(blob(n)), "message {n} arrived whole");
+    }
+    app.publish("large", json!({ "after": true })).await;
+    let next = late.messages(1).await;
+    assert_eq!((seq(&next[0]), next[0]["data"]["after"].clone()), (8, json!(true)));
+    app.stop().await;
+}

@@ -164,8 +164,6 @@ impl<R: Send + 'static> DirectWrite for Arc<DirectWriter<R>> {
 mod tests {
     use super::*;
     use crate::delivery::queue;
-    use crate::gateway::frames::{Encoding, ServerFrame};
-    use crate::gateway::ws_write::{Encoder, Native, Outgoing};
     use crate::store::StoredMessage;
     use tokio::io::AsyncReadExt;
 
@@ -204,16 +202,18 @@ mod tests {
         let (mut peer, _) = listener.accept().await.expect("accept");
         let (_read, write) = stream.into_split();
         let write = Arc::new(write);
-        let (replies_tx, mut replies_rx) = queue::bounded::<Outgoing<Box<ServerFrame>>>(8);
-        let encoder = Arc::new(Native(Encoding::Json));
-        let encode: EncodeMessage = Box::new({
-            let encoder = encoder.clone();
-            move |m| encoder.message(m)
-        });
+        // Replies of any type: only whether one is unread matters here.
+        let (replies_tx, mut replies_rx) = queue::bounded::<&'static str>(8);
+        // A frame that names its message and is as large as its payload.
+        let frame_of = |m: &Delivered| {
+            let size = m.size();
+            Frame::binary([m.seq().to_be_bytes().to_vec(), vec![b'f'; size]].concat())
+        };
+        let encode: EncodeMessage = Box::new(frame_of);
         let meter = DeliveryMeter::new("ws", "streamhub");
         let direct = Arc::new(DirectWriter::new(write.clone(), encode, replies_tx.probe(), meter));
         let (first, big, last) = (message(1, 10), message(2, 1 << 20), message(3, 10));
-        let expected: Vec<u8> = [&first, &big, &last].iter().flat_map(|m| encoder.message(m).wire().to_vec()).collect();
+        let expected: Vec<u8> = [&first, &big, &last].iter().flat_map(|m| frame_of(m).wire().to_vec()).collect();
 
         assert_eq!(direct.write_now(&first, &|| false), Direct::No, "something is queued");
         let expired = {
@@ -231,7 +231,7 @@ mod tests {
             Delivered::new(topic, "e".into(), StoredMessage { seq: 1, envelope: Ok(envelope) })
         };
         assert_eq!(direct.write_now(&expired, &|| true), Direct::No, "expired: its notice is the writer's");
-        assert!(replies_tx.try_send(Outgoing::Ping).is_ok());
+        assert!(replies_tx.try_send("pong").is_ok());
         assert_eq!(direct.write_now(&first, &|| true), Direct::No, "a reply is unread");
         assert!(replies_rx.try_recv().is_ok());
         assert!(direct.hold().is_none());
@@ -248,7 +248,7 @@ mod tests {
             got
         });
         let rest = direct.hold().expect("the rest of the frame");
-        assert!(rest.len() < encoder.message(&big).len());
+        assert!(rest.len() < frame_of(&big).len());
         write_rest(&write, &rest).await;
         direct.let_go();
         // Once the socket has room again (the peer reads), the idle session is written:
