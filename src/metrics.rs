@@ -42,6 +42,8 @@ pub const SESSIONS: &str = "streamhub_sessions";
 pub const SUBSCRIPTIONS: &str = "streamhub_subscriptions";
 /// Messages written to subscribers, by `transport`.
 pub const MESSAGES_DELIVERED: &str = "streamhub_messages_delivered_total";
+/// Of `MESSAGES_DELIVERED`, those written by the topic's tail itself (direct writes).
+pub const MESSAGES_DELIVERED_DIRECT: &str = "streamhub_messages_delivered_direct_total";
 /// Publish time (envelope) to the write to a subscriber, by `transport`, seconds.
 pub const DELIVERY_LAG: &str = "streamhub_delivery_lag_seconds";
 /// Subscriptions with a `since` position, by `outcome` = `recovered` | `epoch_changed` |
@@ -448,6 +450,13 @@ impl DeliveryMeter {
     pub fn delivered(&self, published_ms: u64, now_ms: u64) {
         DELIVERIES[self.kind][shard()].record(now_ms.saturating_sub(published_ms));
     }
+
+    /// The same, written by the topic's tail itself (a direct write).
+    pub fn delivered_direct(&self, published_ms: u64, now_ms: u64) {
+        let shard = &DELIVERIES[self.kind][shard()];
+        shard.record(now_ms.saturating_sub(published_ms));
+        shard.direct.fetch_add(1, Relaxed);
+    }
 }
 
 /// How many shards each kind's delivery figures are spread over: a thread adds to its
@@ -461,6 +470,8 @@ const SHARDS: usize = 16;
 #[repr(align(128))]
 struct DeliveryShard {
     delivered: AtomicU64,
+    /// Of `delivered`, the direct writes.
+    direct: AtomicU64,
     lag_sum_ms: AtomicU64,
     lag_buckets: [AtomicU64; LAG_BUCKETS.len() + 1],
 }
@@ -469,6 +480,7 @@ impl DeliveryShard {
     const fn new() -> DeliveryShard {
         DeliveryShard {
             delivered: AtomicU64::new(0),
+            direct: AtomicU64::new(0),
             lag_sum_ms: AtomicU64::new(0),
             lag_buckets: [const { AtomicU64::new(0) }; LAG_BUCKETS.len() + 1],
         }
@@ -503,6 +515,7 @@ fn shard() -> usize {
 /// counts and the lag's sum in milliseconds.
 struct DeliveryTotals {
     delivered: u64,
+    direct: u64,
     lag_sum_ms: u64,
     lag_buckets: [u64; LAG_BUCKETS.len() + 1],
 }
@@ -512,9 +525,10 @@ fn delivery_totals(kind: usize) -> DeliveryTotals {
 }
 
 fn sum_shards(shards: &[DeliveryShard]) -> DeliveryTotals {
-    let mut totals = DeliveryTotals { delivered: 0, lag_sum_ms: 0, lag_buckets: [0; LAG_BUCKETS.len() + 1] };
+    let mut totals = DeliveryTotals { delivered: 0, direct: 0, lag_sum_ms: 0, lag_buckets: [0; LAG_BUCKETS.len() + 1] };
     for shard in shards {
         totals.delivered += shard.delivered.load(Relaxed);
+        totals.direct += shard.direct.load(Relaxed);
         totals.lag_sum_ms += shard.lag_sum_ms.load(Relaxed);
         for (total, n) in totals.lag_buckets.iter_mut().zip(&shard.lag_buckets) {
             *total += n.load(Relaxed);
@@ -537,6 +551,15 @@ fn write_deliveries(text: &mut String, totals: &[DeliveryTotals]) {
     for ((transport, protocol), t) in SESSION_KINDS.iter().zip(totals) {
         let _ =
             writeln!(text, "{MESSAGES_DELIVERED}{{transport=\"{transport}\",protocol=\"{protocol}\"}} {}", t.delivered);
+    }
+    let _ = writeln!(text);
+    let _ = writeln!(text, "# TYPE {MESSAGES_DELIVERED_DIRECT} counter");
+    for ((transport, protocol), t) in SESSION_KINDS.iter().zip(totals) {
+        let _ = writeln!(
+            text,
+            "{MESSAGES_DELIVERED_DIRECT}{{transport=\"{transport}\",protocol=\"{protocol}\"}} {}",
+            t.direct
+        );
     }
     let _ = writeln!(text);
     let _ = writeln!(text, "# TYPE {DELIVERY_LAG} histogram");
@@ -838,13 +861,16 @@ mod tests {
                     let meter = DeliveryMeter::new("ws", "centrifugo");
                     for _ in 0..1_000 {
                         meter.delivered(10_000, 10_002);
+                        meter.delivered_direct(10_000, 10_002);
                     }
                 });
             }
         });
         let after = delivery_totals(kind);
         let n = (SHARDS as u64 + 3) * 1_000;
-        assert_eq!(after.delivered - before.delivered, n);
+        assert_eq!(after.direct - before.direct, n, "the direct writes, counted apart");
+        let n = 2 * n;
+        assert_eq!(after.delivered - before.delivered, n, "and among the deliveries");
         assert_eq!(after.lag_sum_ms - before.lag_sum_ms, 2 * n);
         // 2 ms: above 0.001, at most 0.0025 (the second bucket).
         assert_eq!(after.lag_buckets[1] - before.lag_buckets[1], n);

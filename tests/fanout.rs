@@ -284,5 +284,16 @@ async fn a_large_message_begun_by_the_tail_is_finished_whole_before_the_next() {
     app.publish("large", json!({ "after": true })).await;
     let next = late.messages(1).await;
     assert_eq!((seq(&next[0]), next[0]["data"]["after"].clone()), (8, json!(true)));
+    // Each of these messages was its tail's only one, to a session that was mostly
+    // idle: some were written by the tail itself (counted apart, of the deliveries).
+    let metrics = app.metrics().await;
+    let direct = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("streamhub_messages_delivered_direct_total{transport=\"ws\",protocol=\"streamhub\"} ")
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("the direct-write counter");
+    assert!(direct >= 1, "no direct write:\n{metrics}");
     app.stop().await;
 }

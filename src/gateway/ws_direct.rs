@@ -127,7 +127,7 @@ impl<R> DirectWriter<R> {
             Ok(n) if n > 0 => n,
             _ => return Direct::No,
         };
-        self.meter.delivered(message.published_ms(), now);
+        self.meter.delivered_direct(message.published_ms(), now);
         if written == frame.len() {
             return Direct::Written;
         }
