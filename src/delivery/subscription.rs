@@ -577,6 +577,10 @@ mod tests {
             assert_eq!(sub.offer_live(&message(2), &mut budget), Offered::Queued);
         }
         assert_eq!((written(0), written(1), written(2), budget), (2, 2, 0, 1));
+        // A budget of 0 (`fanout.direct_writes_per_message = 0`): direct writes are off.
+        let mut budget = 0;
+        assert_eq!(sessions[0].0.offer_live(&message(3), &mut budget), Offered::Queued);
+        assert_eq!(written(0), 2, "queued, not written");
         let mut deliveries = sessions.into_iter().nth(2).map(|s| s.1).expect("the third session");
         let seqs: Vec<u64> = std::iter::from_fn(|| deliveries.try_recv().ok())
             .map(|q| match &q.item {

@@ -183,16 +183,27 @@ impl Socket {
 /// The write side closes when the last holder drops the half.
 struct Shared(Arc<OwnedWriteHalf>);
 
-impl AsyncWrite for Shared {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+impl Shared {
+    /// `write` once the socket is ready for it, again while it would block.
+    fn poll_when_ready(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
         let stream: &TcpStream = (*self.0).as_ref();
         loop {
             std::task::ready!(stream.poll_write_ready(cx))?;
-            match stream.try_write(buf) {
+            match write(stream) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 done => return Poll::Ready(done),
             }
         }
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.poll_when_ready(cx, |stream| stream.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -200,14 +211,7 @@ impl AsyncWrite for Shared {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let stream: &TcpStream = (*self.0).as_ref();
-        loop {
-            std::task::ready!(stream.poll_write_ready(cx))?;
-            match stream.try_write_vectored(bufs) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
+        self.poll_when_ready(cx, |stream| stream.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
