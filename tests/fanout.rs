@@ -286,14 +286,67 @@ async fn a_large_message_begun_by_the_tail_is_finished_whole_before_the_next() {
     assert_eq!((seq(&next[0]), next[0]["data"]["after"].clone()), (8, json!(true)));
     // Each of these messages was its tail's only one, to a session that was mostly
     // idle: some were written by the tail itself (counted apart, of the deliveries).
+    let (_, direct) = deliveries(&app).await;
+    assert!(direct >= 1, "no direct write");
+    app.stop().await;
+}
+
+/// The node's WebSocket deliveries so far: all of them, and those a tail wrote itself.
+async fn deliveries(app: &TestApp) -> (u64, u64) {
     let metrics = app.metrics().await;
-    let direct = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("streamhub_messages_delivered_direct_total{transport=\"ws\",protocol=\"streamhub\"} ")
-        })
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("the direct-write counter");
-    assert!(direct >= 1, "no direct write:\n{metrics}");
+    let counter = |name: &str| {
+        let line = format!("{name}{{transport=\"ws\",protocol=\"streamhub\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    (counter("streamhub_messages_delivered_total"), counter("streamhub_messages_delivered_direct_total"))
+}
+
+/// The seqs of the next `n` messages each client gets.
+async fn receive_all(clients: &mut [WsClient], n: usize) -> Vec<Vec<u64>> {
+    futures::future::join_all(
+        clients.iter_mut().map(|ws| async move { ws.messages(n).await.iter().map(seq).collect() }),
+    )
+    .await
+}
+
+/// `fanout.direct_writes_per_message` bounds the sessions a tail writes one message to
+/// itself (the others are queued for their writers, and every session still gets every
+/// message in order), and a tail whose read brings several messages writes none of them
+/// itself: it has fallen behind, and the writers write each session's share at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_writes_to_at_most_its_budget_of_sessions_and_only_while_it_keeps_up() {
+    const SESSIONS: usize = 5;
+    const BUDGET: u64 = 2;
+    let redis = TestRedis::start();
+    let app = TestApp::start_with(&redis, |c| c.fanout.direct_writes_per_message = BUDGET as usize).await;
+    let mut clients = Vec::new();
+    for _ in 0..SESSIONS {
+        let mut ws = WsClient::connect(&app.base).await;
+        ws.subscribe("budget", None).await;
+        clients.push(ws);
+    }
+    // One message at a time: each is its tail's only one, to idle sessions.
+    let before = deliveries(&app).await;
+    for n in 1..=10u64 {
+        let (status, body) = app.publish("budget", json!(n)).await;
+        assert_eq!(status, 201, "{body}");
+        assert!(receive_all(&mut clients, 1).await.iter().all(|got| *got == [n]), "every session got seq {n}");
+    }
+    let after = deliveries(&app).await;
+    assert_eq!(after.0 - before.0, 10 * SESSIONS as u64, "every delivery is counted");
+    let direct = after.1 - before.1;
+    assert!((1..=10 * BUDGET).contains(&direct), "{direct} direct writes for 10 messages with a budget of {BUDGET}");
+
+    // Twenty messages stored by one call: the tail reads them together, and queues them.
+    publish_many(&app, "budget", 20, 20).await;
+    let want: Vec<u64> = (11..=30).collect();
+    assert!(receive_all(&mut clients, 20).await.iter().all(|got| *got == want), "the batch, whole and in order");
+    let last = deliveries(&app).await;
+    assert_eq!(last.0 - after.0, 20 * SESSIONS as u64);
+    assert_eq!(last.1, after.1, "no direct write of a read that brought several messages");
     app.stop().await;
 }

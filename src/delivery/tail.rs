@@ -234,13 +234,19 @@ impl TailTask {
                 }
                 self.offer_expired(expired.take());
                 self.last = seq;
+                // The sessions past the direct budget are queued first: their writers run
+                // on the other workers while this task writes to the rest itself.
+                let queued_first = self.live.len().saturating_sub(direct_writes);
                 let (mut direct, mut offered) = (direct_writes, 0usize);
                 let wake = self.wake.clone();
                 self.offer_all(
                     |sub| {
+                        offered += 1;
+                        if offered <= queued_first {
+                            return sub.offer_live(&delivered, &mut 0);
+                        }
                         // A newer message waits (its hint came): the rest of this one is
                         // queued, so that the next is not held up behind serial writes.
-                        offered += 1;
                         if direct > 0 && offered % HINT_CHECK_EVERY == 0 && took_hint(&wake) {
                             (direct, hinted) = (0, true);
                         }
