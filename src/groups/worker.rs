@@ -126,10 +126,10 @@ impl Acks {
                     }
                 }
                 let (weak, shutdown) = (weak.clone(), shutdown.clone());
-                tokio::spawn(async move {
+                tokio::spawn(Box::pin(async move {
                     acknowledge(weak, &shutdown, batch).await;
                     drop(turn);
-                });
+                }));
             }
         });
         Acks { tx }
@@ -190,7 +190,9 @@ async fn acknowledge(weak: std::sync::Weak<Worker>, shutdown: &CancellationToken
     let mut slots = batch.into_iter().map(|f| f.permit);
     for delivery in read {
         let (w, epoch, slot) = (worker.clone(), epoch.clone(), slots.next());
-        worker.in_flight.spawn(async move {
+        // Boxed: the delivery's future is large, and a task's future is moved several
+        // times as the task is made (a pointer is moved instead).
+        worker.in_flight.spawn(Box::pin(async move {
             // A read of both streams may return more than it acknowledged (up to as many
             // again of due retries): those wait for a slot.
             let permit = match slot {
@@ -201,7 +203,7 @@ async fn acknowledge(weak: std::sync::Weak<Worker>, shutdown: &CancellationToken
                 },
             };
             w.settle(delivery, &epoch, permit).await
-        });
+        }));
     }
 }
 
@@ -335,7 +337,7 @@ impl Worker {
                     },
                 };
                 let (w, epoch) = (worker.clone(), epoch.clone());
-                worker.in_flight.spawn(async move { w.settle(delivery, &epoch, permit).await });
+                worker.in_flight.spawn(Box::pin(async move { w.settle(delivery, &epoch, permit).await }));
             }
         }
         // Shutdown: fetch nothing more; in-flight deliveries (and acks on their way) get

@@ -309,8 +309,9 @@ async fn xreadgroup(
 /// Builds a delivery from an entry of the main or retry stream.
 fn delivery(source: Source, id: String, count: u64, entry_fields: &Value) -> GroupDelivery {
     let f = fields(entry_fields);
-    let bytes = f.get("e").and_then(|v| v.as_bytes().map(<[u8]>::to_vec)).unwrap_or_default();
-    let envelope = Envelope::decode(&bytes).map_err(|_| bytes);
+    let bytes = f.get("e").and_then(|v| v.as_bytes()).unwrap_or_default();
+    // Decoded from the reply in place; the bytes are copied only when they are not an envelope.
+    let envelope = Envelope::decode(bytes).map_err(|_| bytes.to_vec());
     let (seq, attempt, last_error) = match source {
         Source::Main => (seq_of(&id), count as u32, None),
         Source::Retry => {
@@ -323,19 +324,21 @@ fn delivery(source: Source, id: String, count: u64, entry_fields: &Value) -> Gro
     GroupDelivery { lease: Lease { source, id, count }, seq, attempt, last_error, envelope }
 }
 
-/// Entries of one XREADGROUP/XRANGE stream reply: `[[id, [f, v, …]], …]`.
-fn entries(reply: &Value) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    if let Value::Array(items) = reply {
-        for item in items {
-            if let Value::Array(pair) = item {
-                if let (Some(id), Some(f)) = (pair.first().and_then(|v| v.as_string()), pair.get(1)) {
-                    out.push((id, f.clone()));
-                }
+/// Entries of one XREADGROUP/XRANGE stream reply: `[[id, [f, v, …]], …]`, taken apart
+/// (the fields are moved out, not copied).
+fn entries(reply: Value) -> Vec<(String, Value)> {
+    let Value::Array(items) = reply else { return Vec::new() };
+    items
+        .into_iter()
+        .filter_map(|item| match item {
+            Value::Array(pair) => {
+                let mut pair = pair.into_iter();
+                let id = pair.next()?.as_string()?;
+                Some((id, pair.next()?))
             }
-        }
-    }
-    out
+            _ => None,
+        })
+        .collect()
 }
 
 /// The deliveries of an `XREADGROUP … STREAMS <retry> <stream> > >` reply (RESP2 or 3).
@@ -359,7 +362,7 @@ fn deliveries(reply: Value, retry_key: &str) -> Vec<GroupDelivery> {
     };
     for (key, body) in streams {
         let source = if key == retry_key { Source::Retry } else { Source::Main };
-        for (id, f) in entries(&body) {
+        for (id, f) in entries(body) {
             out.push(delivery(source, id, 1, &f));
         }
     }
@@ -629,26 +632,31 @@ impl Store {
         count: u64,
     ) -> Result<Settles> {
         let k = self.group_keys(topic, group);
-        let ack_keys = vec![k.stream.clone(), k.retry.clone(), k.counters.clone()];
-        let mut ack_args: Vec<Value> = Vec::with_capacity(1 + 3 * acks.len());
-        ack_args.push(group.into());
+        let ack_keys = || vec![k.stream.clone(), k.retry.clone(), k.counters.clone()];
         let ack_order = lease_order(acks.iter());
-        push_leases(&mut ack_args, acks, &ack_order);
+        let ack_args = || {
+            let mut args: Vec<Value> = Vec::with_capacity(1 + 3 * acks.len());
+            args.push(group.into());
+            push_leases(&mut args, acks, &ack_order);
+            args
+        };
         // All failures in one call (one schedule write, one release and one counter
         // update per call, whatever their number).
         let fail_order = lease_order(fails.iter().map(|(lease, _, _)| lease));
-        let ordered_fails = fail_order.iter().map(|&i| &fails[i]);
-        let fail_args =
-            fail_args(group, policy, ordered_fails.map(|(lease, failure, error)| (lease, *failure, error.as_str())));
+        let fail_args = || {
+            let ordered = fail_order.iter().map(|&i| &fails[i]);
+            fail_args(group, policy, ordered.map(|(lease, failure, error)| (lease, *failure, error.as_str())))
+        };
         let writer = self.writer_for(&k.stream);
         let client = writer.as_ref().unwrap_or_else(|| self.pool.next());
         let started = std::time::Instant::now();
         let pipeline = client.pipeline();
+        // The arguments are built again only for a call that must be sent again, alone.
         if !acks.is_empty() {
-            let _: () = pipeline.fcall(library::GROUP_ACK, ack_keys.clone(), ack_args.clone()).await?;
+            let _: () = pipeline.fcall(library::GROUP_ACK, ack_keys(), ack_args()).await?;
         }
         if !fails.is_empty() {
-            let _: () = pipeline.fcall(library::GROUP_FAIL, fail_keys(&k), fail_args.clone()).await?;
+            let _: () = pipeline.fcall(library::GROUP_FAIL, fail_keys(&k), fail_args()).await?;
         }
         if count > 0 {
             let streams = vec![k.retry.clone(), k.stream.clone()];
@@ -663,14 +671,14 @@ impl Store {
         if !acks.is_empty() {
             let statuses = match replies.next() {
                 Some(Ok(reply)) => ack_statuses(reply)?,
-                _ => ack_statuses(self.call(library::GROUP_ACK, ack_keys, ack_args, false).await?)?,
+                _ => ack_statuses(self.call(library::GROUP_ACK, ack_keys(), ack_args(), false).await?)?,
             };
             out.acks = in_caller_order(statuses, &ack_order)?;
         }
         if !fails.is_empty() {
             let outcomes = match replies.next() {
                 Some(Ok(reply)) => failed(reply, fails.len())?,
-                _ => failed(self.call(library::GROUP_FAIL, fail_keys(&k), fail_args, false).await?, fails.len())?,
+                _ => failed(self.call(library::GROUP_FAIL, fail_keys(&k), fail_args(), false).await?, fails.len())?,
             };
             out.fails = in_caller_order(outcomes, &fail_order)?;
         }
@@ -745,7 +753,7 @@ impl Store {
         let k = self.group_keys(topic, group);
         let start = after.map(|a| format!("({a}")).unwrap_or_else(|| "-".into());
         let reply: Value = self.pool.next().xrange(k.dlq, start, "+", Some(limit)).await?;
-        Ok(entries(&reply)
+        Ok(entries(reply)
             .into_iter()
             .map(|(id, f)| {
                 let f = fields(&f);
