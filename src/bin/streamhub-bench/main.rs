@@ -55,6 +55,11 @@ enum Scenario {
         /// Only the single or only the batch row (a longer batch row in the same time).
         #[arg(long, value_enum)]
         only: Option<scenarios::PublishRow>,
+        /// Publish over HTTP/2 without TLS (h2c, prior knowledge): the workers' requests
+        /// are streams of one connection per node, instead of a keep-alive HTTP/1.1
+        /// connection each.
+        #[arg(long)]
+        h2c: bool,
     },
     /// WebSocket publishes, each awaiting its ack.
     PublishWs,
@@ -129,8 +134,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.scenario {
-            Scenario::PublishHttp { batch, child, nodes, only } => {
-                scenarios::publish_http(&limits, batch.max(1), child, nodes.max(1), only).await
+            Scenario::PublishHttp { batch, child, nodes, only, h2c } => {
+                let how = scenarios::PublishHow { batch: batch.max(1), child, nodes: nodes.max(1), only, h2c };
+                scenarios::publish_http(&limits, how).await
             }
             Scenario::PublishWs => scenarios::publish_ws(&limits).await,
             Scenario::Fanout { subscribers, topics, rate, seconds, child, nodes, centrifugo } => {

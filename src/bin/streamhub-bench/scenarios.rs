@@ -195,15 +195,23 @@ pub enum PublishRow {
     Batch,
 }
 
-pub async fn publish_http(
-    limits: &Limits,
-    batch: usize,
-    child: bool,
-    nodes: usize,
-    only: Option<PublishRow>,
-) -> Result<Vec<Row>> {
+/// The shape of a `publish-http` run.
+pub struct PublishHow {
+    /// Messages per batch request.
+    pub batch: usize,
+    /// streamhub as a child process (its own CPU is then measured).
+    pub child: bool,
+    pub nodes: usize,
+    pub only: Option<PublishRow>,
+    /// HTTP/2 without TLS (prior knowledge) instead of keep-alive HTTP/1.1.
+    pub h2c: bool,
+}
+
+pub async fn publish_http(limits: &Limits, how: PublishHow) -> Result<Vec<Row>> {
+    let PublishHow { batch, child, nodes, only, h2c } = how;
     let node = BenchNode::start(limits, child, nodes, "\"publish\"").await?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(limits.concurrency).build()?;
+    let builder = reqwest::Client::builder().pool_max_idle_per_host(limits.concurrency);
+    let http = if h2c { builder.http2_prior_knowledge() } else { builder }.build()?;
     let data = payload(limits.payload);
     let mut rows = Vec::new();
     let all =
@@ -261,9 +269,10 @@ pub async fn publish_http(
         let acked = acked.lock().map_err(|_| "poisoned")?.clone();
         let n = acked.len() as u64;
         let note = format!(
-            "C={} payload={}B per request={per_request}{}; latency per request{cpu}",
+            "C={} payload={}B per request={per_request}{}{}; latency per request{cpu}",
             limits.concurrency,
             limits.payload,
+            if h2c { ", h2c" } else { "" },
             if node.count() > 1 { format!(", {} nodes", node.count()) } else { String::new() },
         );
         rows.push(Row::new(name, n, elapsed.as_secs_f64(), Some(&h), exact(acked, n), note));
